@@ -1,0 +1,44 @@
+# Every target runs inside .venv; `make install` creates it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install train sweep compare ui test test-fast lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python ## Create .venv and install the project with its dev tools (idempotent)
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
+	$(BIN)/textclf train $(ARGS)
+
+sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
+	$(BIN)/textclf train --multirun experiment=compare_padding $(ARGS)
+
+compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
+	$(BIN)/textclf compare $(ARGS)
+
+ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+
+test: ## The whole test suite, as CI runs it
+	$(BIN)/pytest
+
+test-fast: ## Unit tests only (skips tests marked slow)
+	$(BIN)/pytest -m "not slow"
+
+lint: ## ruff
+	$(BIN)/ruff check src tests
+
+clean: ## Remove run outputs (keeps the MLflow store)
+	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep ! -name 'mlflow.db' ! -name mlartifacts -exec rm -rf {} +

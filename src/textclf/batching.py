@@ -1,0 +1,143 @@
+"""Token ids → padded `tf.data` batches: the one place where padding happens.
+
+Four strategies, each a `conf/batching/*.yaml` option:
+- `fixed`: pad or truncate every review to `max_length` (the classic `pad_sequences` way);
+- `per_batch`: random batches padded to their own longest review;
+- `bucket`: `bucket_by_sequence_length` with boundaries from the training-length quantiles;
+- `exact`: `group_by_window` on the (rounded) length, so a batch holds reviews of one length.
+Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .config import BatchingConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
+    """Upper bounds (exclusive) splitting `lengths` into equally populated buckets."""
+    quantiles = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1], method="lower")
+    return sorted({int(q) + 1 for q in quantiles if q >= 1})
+
+
+def bucket_batch_sizes(boundaries: list[int], batch_size: int, token_budget: bool) -> list[int]:
+    """One batch size per bucket; with a token budget, short buckets get larger batches."""
+    if not token_budget or not boundaries:
+        return [batch_size] * (len(boundaries) + 1)
+    reference = boundaries[len(boundaries) // 2]
+    uppers = boundaries + [boundaries[-1] * 2]
+    return [int(np.clip(batch_size * reference // upper, max(1, batch_size // 4), batch_size * 4))
+            for upper in uppers]
+
+
+def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Move each row's trailing padding to its front: [a b c 0 0] → [0 0 a b c]."""
+    lengths = tf.math.count_nonzero(x, axis=1)
+    return tf.reverse(tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0), axis=[1]), y
+
+
+def make_dataset(tokens: tf.RaggedTensor, labels: np.ndarray, spec: BatchingConfig,
+                 boundaries: list[int] | None = None, shuffle: bool = False,
+                 seed: int = 0) -> tf.data.Dataset:
+    """Batches of (padded int32 ids [batch, time], labels), reshuffled each epoch if `shuffle`.
+
+    `boundaries` are the bucket limits for `bucket` (see `bucket_boundaries`).
+    """
+    # The identity map turns each ragged row into a dense 1-D tensor, which padding needs.
+    ds = tf.data.Dataset.from_tensor_slices((tokens, labels)).map(lambda x, y: (x, y))
+    if shuffle:
+        ds = ds.shuffle(spec.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    size = spec.batch_size
+    if spec.strategy == "fixed":
+        length = spec.max_length
+        ds = ds.map(lambda x, y: (x[:length], y)).padded_batch(size, padded_shapes=([length], []))
+    elif spec.strategy == "per_batch":
+        ds = ds.padded_batch(size)
+    elif spec.strategy == "bucket":
+        ds = ds.bucket_by_sequence_length(
+            lambda x, y: tf.shape(x)[0], list(boundaries or []),
+            bucket_batch_sizes(list(boundaries or []), size, spec.token_budget),
+            pad_to_bucket_boundary=False)
+    elif spec.strategy == "exact":
+        step = spec.round_to
+        ds = ds.group_by_window(
+            key_func=lambda x, y: tf.cast((tf.shape(x)[0] + step - 1) // step, tf.int64),
+            reduce_func=lambda key, window: window.padded_batch(size), window_size=size)
+    else:
+        raise ValueError(f"unknown batching strategy {spec.strategy!r}")
+    if shuffle and spec.strategy in ("bucket", "exact"):
+        # Grouping emits batches in length order at the end of an epoch; mix them again.
+        ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+    if spec.padding_side == "pre":
+        ds = ds.map(_pre_pad, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+@dataclass
+class PaddingStats:
+    reviews: int
+    real_tokens: int
+    padded_tokens: int
+    batches: int
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / tokens processed including padding."""
+        return self.real_tokens / max(1, self.padded_tokens)
+
+
+def padding_stats(ds: tf.data.Dataset) -> PaddingStats:
+    """One pass over `ds` counting real and padded tokens (no model involved)."""
+    reviews = real = total = batches = 0
+    for x, _ in ds:
+        reviews += int(x.shape[0])
+        real += int(tf.math.count_nonzero(x))
+        total += int(tf.size(x))
+        batches += 1
+    return PaddingStats(reviews, real, total, batches)
+
+
+def counted(ds: tf.data.Dataset) -> tuple[tf.data.Dataset, PaddingStats]:
+    """`ds` with its batch count declared (grouping hides it from Keras), and its stats.
+
+    The count holds for every epoch: each bucket or length group yields ceil(size/batch)
+    batches whatever the shuffle order.
+    """
+    stats = padding_stats(ds)
+    return ds.apply(tf.data.experimental.assert_cardinality(stats.batches)), stats
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class Repad(keras.layers.Layer):
+    """Inside the saved model: vectorizer output → the padding the model was trained with.
+
+    Trims columns that are padding in every row, gives a row with no token one OOV id (an
+    all-padding row breaks masked LSTMs on GPU), and moves padding to the front for `pre`.
+    """
+
+    def __init__(self, padding_side: str = "post", **kwargs):
+        super().__init__(**kwargs)
+        self.padding_side = padding_side
+
+    def call(self, ids):
+        ids = tf.cast(ids, tf.int32)
+        lengths = tf.math.count_nonzero(ids, axis=1, dtype=tf.int32)
+        ids = ids[:, : tf.maximum(tf.reduce_max(lengths), 1)]
+        empty = tf.equal(lengths, 0)[:, None] & tf.equal(tf.range(tf.shape(ids)[1]), 0)[None, :]
+        ids = tf.where(empty, tf.ones_like(ids), ids)
+        if self.padding_side == "pre":
+            ids, _ = _pre_pad(ids, None)
+        return ids
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"padding_side": self.padding_side}

@@ -1,0 +1,94 @@
+"""Entry points: `textclf train|compare [hydra overrides]`, one Hydra app per command.
+
+Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
+plain values down to the orchestration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, flatten, register, to_object
+
+log = logging.getLogger("textclf")
+ROOT = Path(os.environ.get("TEXTCLF_ROOT", Path(__file__).resolve().parents[2]))
+CONF_DIR = ROOT / "conf"
+
+OmegaConf.register_new_resolver("root", lambda: str(ROOT), replace=True)
+register()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .data import DataError
+    from .tracking import TrackingError
+
+    return ConfigError, DataError, TrackingError
+
+
+def _fail_clearly(error: BaseException) -> None:
+    """A mistake of the user's: one clear message, no traceback (unless HYDRA_FULL_ERROR=1)."""
+    log.error("%s: %s", type(error).__name__, error)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    raise SystemExit(2) from None
+
+
+def train(cfg: DictConfig) -> float:
+    """One training run (or one job of a sweep); returns test accuracy for sweepers."""
+    from . import pipeline, sweep, tracking
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        config = to_object(cfg)
+        tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
+                if not k.startswith("hydra") and v is not None}
+        tags["git_commit"] = tracking.git_commit(ROOT)
+        metrics = pipeline.run(config, flatten(cfg), tags, sweep.parent_run_id())
+    except Exception as error:
+        if hydra_cfg.mode.name == "MULTIRUN":
+            # Already recorded as this job's FAILED run; the sweep goes on and reports it.
+            log.exception("job failed: %s: %s", type(error).__name__, error)
+            return float("nan")
+        if isinstance(error, _user_errors()):
+            _fail_clearly(error)
+        raise
+    return metrics["test_accuracy"]
+
+
+def compare(cfg: DictConfig) -> None:
+    from . import compare as report
+
+    try:
+        report.main(cfg.tracking.uri, cfg.tracking.experiment, cfg.sweep, Path(cfg.out_dir))
+    except _user_errors() as error:
+        _fail_clearly(error)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
+    "train": ("config", train),
+    "compare": ("compare", compare),
+}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] not in COMMANDS:
+        print(f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
+              "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
+              "  textclf train --help   lists the config groups and their options")
+        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    config_name, task = COMMANDS[args[0]]
+    sys.argv = [f"textclf-{args[0]}", *args[1:]]
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Typed configuration: one dataclass per stage, the schema behind `conf/`.
+
+Hydra composes YAML into these schemas (registered in the ConfigStore), so a wrong type or
+unknown key fails at compose time; `__post_init__` then rejects impossible values with the
+key's dotted name before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+DATA_SOURCES = ("imdb", "aclimdb", "csv")
+STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
+BATCHING = ("fixed", "per_batch", "bucket", "exact")
+PADDING_SIDES = ("post", "pre")
+MASKING = ("mask_zero", "masking_layer", "explicit", "none")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    source: str = "imdb"
+    path: str | None = None
+    test_path: str | None = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    download: bool = True
+    text_column: str = "text"
+    label_column: str = "label"
+    classes: list[str] | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    limit: int | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, "data.source", DATA_SOURCES)
+        _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _check(self.limit is None or self.limit >= 4, "data.limit", f"must be null or >= 4, got {self.limit}")
+        if self.source in ("aclimdb", "csv"):
+            _check(bool(self.path), "data.path", f"is required for data={self.source}: "
+                   "pass data.path=<file or folder>")
+
+
+@dataclass
+class TokenizeConfig:
+    vocab_size: int = 20000
+    standardize: str = "html"
+    max_length: int | None = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size > 2, "tokenize.vocab_size",
+               f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}")
+        _one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
+        _check(self.max_length is None or self.max_length > 0, "tokenize.max_length",
+               f"must be null or > 0, got {self.max_length}")
+
+
+@dataclass
+class BatchingConfig:
+    strategy: str = "per_batch"
+    batch_size: int = 64
+    padding_side: str = "post"
+    max_length: int | None = None
+    num_buckets: int = 64
+    round_to: int = 1
+    token_budget: bool = False
+    shuffle_buffer: int = 25000
+
+    def __post_init__(self) -> None:
+        _one_of(self.strategy, "batching.strategy", BATCHING)
+        _one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
+        _check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
+        _check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
+        _check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
+        if self.strategy == "fixed":
+            _check(self.max_length is not None and self.max_length > 0, "batching.max_length",
+                   "batching=fixed pads and truncates to batching.max_length: set it > 0")
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = 128
+    units: int = 64
+    bidirectional: bool = False
+    dropout: float = 0.0
+    masking: str = "mask_zero"
+
+    def __post_init__(self) -> None:
+        _check(self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}")
+        _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
+        _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _one_of(self.masking, "model.masking", MASKING)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 10
+    patience: int = 1
+    seed: int = 42
+    steps_per_epoch: int | None = None
+    verbose: int = 2
+
+    def __post_init__(self) -> None:
+        _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
+        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "train.steps_per_epoch",
+               "must be null or > 0")
+
+
+@dataclass
+class EvaluateConfig:
+    length_edges: list[int] = field(default_factory=lambda: [128, 256, 512])
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        edges = list(self.length_edges)
+        _check(edges == sorted(set(edges)) and all(e > 0 for e in edges), "evaluate.length_edges",
+               f"must be increasing positive token counts, got {edges}")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING
+    experiment: str = "textclf"
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        _check(self.batching.strategy == "fixed" or self.batching.max_length is None,
+               "batching.max_length", f"applies only to batching=fixed (got batching="
+               f"{self.batching.strategy}); truncate with tokenize.max_length instead")
+
+
+def register() -> None:
+    """Make the schema available to `conf/config.yaml`'s defaults list."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def to_object(cfg: DictConfig) -> Config:
+    """Resolve and validate Hydra's config into the typed `Config` (raises ConfigError)."""
+    obj: Any = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):
+        raise ConfigError("the composed config does not use the config_schema defaults entry")
+    return obj
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
+    """Dotted keys → string values, the shape MLflow params want."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, str] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat

@@ -1,0 +1,285 @@
+"""Load labelled texts from TFDS, the Stanford aclImdb layout, or a CSV/JSONL file, and split them.
+
+Every loader returns plain Python lists; `split` then carves validation (and, when the source
+has none, test) data with a fixed seed, so test data never reaches vocabulary or early stopping.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+
+IMDB_CLASSES = ["neg", "pos"]
+IMDB_HOST = "ai.stanford.edu"
+IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message says which file or row and how to fix it."""
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: np.ndarray  # int32 class indices
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Raw:
+    """What a loader returns: texts and integer labels, per split (test may be None)."""
+
+    train: Split
+    test: Split | None
+    class_names: list[str]
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def clean(text: str) -> str:
+    """HTML line breaks become spaces; surrounding whitespace goes."""
+    return _BREAK.sub(" ", text).strip()
+
+
+def _decode(raw: bytes, stats: dict[str, int]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats["invalid_utf8"] = stats.get("invalid_utf8", 0) + 1
+        return raw.decode("utf-8", errors="replace")
+
+
+# --- aclImdb: the Stanford layout, as a folder or the .tar.gz itself ---------------------------
+
+_ACL_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/[^/]+\.txt$")
+
+
+def _acl_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    if path.is_dir():
+        for file in sorted(path.rglob("*.txt")):
+            match = _ACL_MEMBER.search(file.relative_to(path).as_posix())
+            if match:
+                yield match.group(1), match.group(2), file.read_bytes()
+        return
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                match = _ACL_MEMBER.search(member.name)
+                if member.isfile() and match:
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    yield match.group(1), match.group(2), handle.read()
+    except tarfile.TarError as error:
+        raise DataError(f"{path} is neither a folder nor a readable tar archive ({error}). "
+                        "Pass the extracted aclImdb folder or aclImdb_*.tar.gz.") from error
+
+
+def load_aclimdb(path: str | Path) -> Raw:
+    """Read `train/{pos,neg}` and `test/{pos,neg}` reviews from a folder or a tar archive."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path={path} does not exist. Point it at the extracted aclImdb "
+                        "folder or at the archive (e.g. ../shared/data/aclImdb_labeled.tar.gz).")
+    stats: dict[str, int] = {}
+    texts: dict[str, list[str]] = {"train": [], "test": []}
+    labels: dict[str, list[int]] = {"train": [], "test": []}
+    for split, polarity, raw in _acl_files(path):
+        texts[split].append(_decode(raw, stats))
+        labels[split].append(IMDB_CLASSES.index(polarity))
+    for split in ("train", "test"):
+        if not texts[split]:
+            raise DataError(f"{path} has no {split}/pos/*.txt or {split}/neg/*.txt reviews: "
+                            "it is not in the aclImdb layout (train/{pos,neg}, test/{pos,neg}).")
+    return Raw(_split(texts["train"], labels["train"]), _split(texts["test"], labels["test"]),
+               list(IMDB_CLASSES), stats)
+
+
+# --- CSV / JSON Lines ------------------------------------------------------------------------
+
+def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list]:
+    import pandas as pd
+
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist.")
+    try:
+        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    except ValueError as error:
+        raise DataError(f"cannot parse {path} as {'JSON Lines' if path.suffix != '.csv' else 'CSV'}: "
+                        f"{error}") from error
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} has no column(s) {missing}; it has {list(frame.columns)}. "
+                        "Set data.text_column / data.label_column.")
+    texts = ["" if t is None else str(t) for t in frame[text_column].tolist()]
+    return texts, [str(v).strip() for v in frame[label_column].tolist()]
+
+
+def _sort_classes(values: set[str]) -> list[str]:
+    if all(v.lstrip("-").isdigit() for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def load_table(path: str | Path, test_path: str | Path | None, text_column: str = "text",
+               label_column: str = "label", classes: list[str] | None = None) -> Raw:
+    """Read a CSV or JSONL file (and an optional test file); labels may be strings or ints."""
+    path = Path(path).expanduser()
+    train_texts, train_labels = _read_table(path, text_column, label_column)
+    test = _read_table(Path(test_path).expanduser(), text_column, label_column) if test_path else None
+    class_names = [str(c) for c in classes] if classes else _sort_classes(set(train_labels))
+    if len(class_names) < 2:
+        raise DataError(f"{path} has {len(class_names)} distinct label(s) {class_names}; "
+                        "a classifier needs at least two.")
+    index = {name: i for i, name in enumerate(class_names)}
+
+    def encode(labels: list[str], where: Path) -> list[int]:
+        for row, label in enumerate(labels):
+            if label not in index:
+                raise DataError(f"{where}, row {row + 2}: label {label!r} is not one of "
+                                f"{class_names} (set data.classes to list every label).")
+        return [index[label] for label in labels]
+
+    train = _split(train_texts, encode(train_labels, path))
+    test_split = _split(test[0], encode(test[1], Path(test_path))) if test else None
+    return Raw(train, test_split, class_names)
+
+
+# --- TFDS imdb_reviews -----------------------------------------------------------------------
+
+def host_reachable(host: str = IMDB_HOST, port: int = 80, timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds instead of TFDS's retries."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_imdb(data_dir: str | None = None, manual_dir: str | None = None,
+              download: bool = True) -> Raw:
+    """`tfds.load("imdb_reviews")`, failing fast with the alternatives when it cannot download."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("imdb_reviews", data_dir=data_dir)
+    if not builder.is_prepared():
+        manual = Path(manual_dir).expanduser() / IMDB_ARCHIVE if manual_dir else None
+        has_manual = manual is not None and manual.exists()
+        if not has_manual and (not download or not host_reachable()):
+            reason = ("download is disabled (data.download=false)" if not download
+                      else f"{IMDB_HOST} cannot be reached (no network?)")
+            raise DataError(
+                f"imdb_reviews is not prepared in {builder.data_dir} and {reason}. Alternatives:\n"
+                "  data=aclimdb data.path=<aclImdb folder or aclImdb*.tar.gz>  (no TFDS needed)\n"
+                f"  data.manual_dir=<folder holding {IMDB_ARCHIVE}>  (the original archive)\n"
+                "  data.data_dir=<a TFDS data_dir where imdb_reviews is already prepared>\n"
+                "  data=csv data.path=<file.csv or .jsonl> with text and label columns")
+        config = tfds.download.DownloadConfig(manual_dir=str(manual.parent) if has_manual else None)
+        builder.download_and_prepare(download_config=config)
+    splits = []
+    for name in ("train", "test"):
+        texts, labels = [], []
+        for text, label in tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True)):
+            texts.append(text.decode("utf-8", errors="replace"))
+            labels.append(int(label))
+        splits.append(_split(texts, labels))
+    return Raw(splits[0], splits[1], list(IMDB_CLASSES))
+
+
+# --- splitting -------------------------------------------------------------------------------
+
+def _split(texts: list[str], labels: list[int] | np.ndarray) -> Split:
+    return Split(list(texts), np.asarray(labels, dtype=np.int32))
+
+
+def _take(split: Split, index: np.ndarray) -> Split:
+    return Split([split.texts[i] for i in index], split.labels[index])
+
+
+def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask selecting `fraction` of each class (at least one row per class)."""
+    chosen = np.zeros(len(labels), dtype=bool)
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        chosen[rows[: max(1, round(len(rows) * fraction))]] = True
+    return chosen
+
+
+def _balanced_subset(split: Split, n: int, rng: np.random.Generator) -> Split:
+    """`n` rows, as evenly spread over the classes as they allow, in shuffled order."""
+    classes = np.unique(split.labels)
+    rows = [rng.permutation(np.flatnonzero(split.labels == c)) for c in classes]
+    picked: list[int] = []
+    per_class = [0] * len(classes)
+    while len(picked) < min(n, len(split)):
+        for i, cls_rows in enumerate(rows):
+            if per_class[i] < len(cls_rows) and len(picked) < n:
+                picked.append(int(cls_rows[per_class[i]]))
+                per_class[i] += 1
+    return _take(split, rng.permutation(np.asarray(picked)))
+
+
+def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
+    texts = [clean(t) for t in split.texts]
+    keep = np.array([bool(t) for t in texts], dtype=bool)
+    stats[f"empty_dropped_{name}"] = int((~keep).sum())
+    kept = Split([t for t, k in zip(texts, keep, strict=True) if k], split.labels[keep])
+    if not len(kept):
+        raise DataError(f"the {name} split is empty after dropping empty reviews.")
+    return kept
+
+
+def split(raw: Raw, val_fraction: float = 0.1, test_fraction: float = 0.2,
+          limit: int | None = None, seed: int = 42) -> Dataset:
+    """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`."""
+    rng = np.random.default_rng(seed)
+    stats = dict(raw.stats)
+    train = _drop_empty(raw.train, "train", stats)
+    if raw.test is None:
+        is_test = _stratified(train.labels, test_fraction, rng)
+        train, test = _take(train, np.flatnonzero(~is_test)), _take(train, np.flatnonzero(is_test))
+    else:
+        test = _drop_empty(raw.test, "test", stats)
+    if limit:
+        train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
+    is_val = _stratified(train.labels, val_fraction, rng)
+    val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
+    for name, part in (("train", train), ("validation", val), ("test", test)):
+        if not len(part):
+            raise DataError(f"the {name} split is empty; use more data or a smaller "
+                            "data.val_fraction / data.test_fraction.")
+    stats.update(train_size=len(train), val_size=len(val), test_size=len(test))
+    return Dataset(train, val, test, raw.class_names, stats)
+
+
+def load(config: DataConfig) -> Dataset:
+    """The configured source, cleaned and split."""
+    if config.source == "imdb":
+        raw = load_imdb(config.data_dir, config.manual_dir, config.download)
+    elif config.source == "aclimdb":
+        raw = load_aclimdb(config.path)
+    else:
+        raw = load_table(config.path, config.test_path, config.text_column, config.label_column,
+                         config.classes)
+    return split(raw, config.val_fraction, config.test_fraction, config.limit, config.seed)

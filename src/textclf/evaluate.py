@@ -1,0 +1,124 @@
+"""Test-set metrics under stable names, accuracy by review length, and the plots.
+
+Predictions come from iterating the test batches built the same way training batches were
+(same strategy and padding side, no shuffling), so an unmasked model is judged on the padding
+it learned with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn import metrics as skm
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray  # int class index per review
+    probabilities: np.ndarray  # [reviews, classes]
+    lengths: np.ndarray  # real tokens per review
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A sigmoid head's [n, 1] output → [n, 2]; a softmax head's output is returned as is."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        positive = outputs.reshape(-1)
+        return np.stack([1.0 - positive, positive], axis=1)
+    return outputs
+
+
+def predict(model: keras.Model, ds: tf.data.Dataset) -> Predictions:
+    labels, outputs, lengths = [], [], []
+    for x, y in ds:
+        outputs.append(model.predict_on_batch(x))
+        labels.append(y.numpy())
+        lengths.append(tf.math.count_nonzero(x, axis=1).numpy())
+    return Predictions(np.concatenate(labels).astype(np.int64),
+                       as_class_probabilities(np.concatenate(outputs)), np.concatenate(lengths))
+
+
+def length_buckets(edges: list[int]) -> list[tuple[int, int | None, str]]:
+    """[(low, high, name)] with names like `1-128`, `129-256`, `513+`."""
+    bounds = [0, *edges]
+    buckets = [(lo, hi, f"{lo + 1}-{hi}") for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return [*buckets, (bounds[-1], None, f"{bounds[-1] + 1}+")]
+
+
+def score(pred: Predictions, class_names: list[str], length_edges: list[int]) -> dict[str, float]:
+    """Metrics named `test_*`; F1/precision/recall are of the positive class when binary."""
+    y, p, yhat = pred.labels, pred.probabilities, pred.predicted
+    binary = len(class_names) == 2
+    average = "binary" if binary else "macro"
+    classes = list(range(len(class_names)))
+    out = {
+        "test_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=classes)),
+        "test_accuracy": float(skm.accuracy_score(y, yhat)),
+        "test_precision": float(skm.precision_score(y, yhat, average=average, zero_division=0)),
+        "test_recall": float(skm.recall_score(y, yhat, average=average, zero_division=0)),
+        "test_f1": float(skm.f1_score(y, yhat, average=average, zero_division=0)),
+    }
+    if binary and len(np.unique(y)) == 2:
+        out["test_auc"] = float(skm.roc_auc_score(y, p[:, 1]))
+    for lo, hi, name in length_buckets(length_edges):
+        rows = (pred.lengths > lo) & (pred.lengths <= (hi if hi is not None else np.inf))
+        if rows.any():
+            out[f"test_accuracy_len_{name}"] = float((yhat[rows] == y[rows]).mean())
+    return out
+
+
+def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
+    return skm.confusion_matrix(pred.labels, pred.predicted, labels=list(range(num_classes)))
+
+
+def plot(history: dict[str, list[float]], matrix: np.ndarray, class_names: list[str],
+         train_lengths: np.ndarray, out_dir: Path) -> list[Path]:
+    """Learning curves, confusion matrix and length histogram as PNG files in `out_dir`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix in ("", "val_"):
+            values = history.get(prefix + metric, [])
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=prefix + metric)
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    paths.append(_save(fig, out_dir / "learning_curves.png"))
+
+    fig, ax = plt.subplots(figsize=(4 + len(class_names) * 0.4,) * 2)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+           xticklabels=class_names, yticklabels=class_names, xlabel="predicted", ylabel="true",
+           title="test confusion matrix")
+    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(train_lengths, bins=50)
+    ax.set(xlabel="tokens per review", ylabel="training reviews", title="review lengths")
+    paths.append(_save(fig, out_dir / "length_histogram.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,68 @@
+"""The classifier: Embedding → (mask) → LSTM → dense head, with the masking mode as data.
+
+Masking modes (`model.masking`):
+- `mask_zero`: the Embedding marks id 0 as padding and Keras carries the mask to the LSTM;
+- `masking_layer`: a Keras `Masking` layer finds padded steps (their vectors are zeroed first);
+- `explicit`: a boolean mask built from each row's true length, passed to the LSTM call;
+- `none`: the LSTM reads padding like any other token.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class ZeroPadding(layers.Layer):
+    """Zero the embedding vectors of pad ids, so `Masking(mask_value=0.0)` can find them."""
+
+    def call(self, inputs):
+        vectors, tokens = inputs
+        keep = ops.cast(ops.not_equal(tokens, 0), vectors.dtype)
+        return vectors * ops.expand_dims(keep, -1)
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class LengthMask(layers.Layer):
+    """A [batch, time] boolean mask from each row's true length, for `pre` or `post` padding."""
+
+    def __init__(self, padding_side: str = "post", **kwargs):
+        super().__init__(**kwargs)
+        self.padding_side = padding_side
+
+    def call(self, tokens):
+        lengths = ops.sum(ops.cast(ops.not_equal(tokens, 0), "int32"), axis=1, keepdims=True)
+        steps = ops.expand_dims(ops.arange(ops.shape(tokens)[1], dtype="int32"), 0)
+        if self.padding_side == "pre":
+            return steps >= ops.shape(tokens)[1] - lengths
+        return steps < lengths
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"padding_side": self.padding_side}
+
+
+def build(vocab_size: int, num_classes: int, embedding_dim: int = 128, units: int = 64,
+          bidirectional: bool = False, dropout: float = 0.0, masking: str = "mask_zero",
+          padding_side: str = "post") -> keras.Model:
+    """An uncompiled model from padded int ids [batch, time] to class probabilities."""
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    x = layers.Embedding(vocab_size, embedding_dim, mask_zero=masking == "mask_zero",
+                         name="embedding")(tokens)
+    mask = None
+    if masking == "masking_layer":
+        x = layers.Masking(mask_value=0.0, name="masking")(ZeroPadding(name="zero_padding")([x, tokens]))
+    elif masking == "explicit":
+        mask = LengthMask(padding_side, name="length_mask")(tokens)
+    # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
+    use_cudnn = False if padding_side == "pre" and masking != "none" else "auto"
+    rnn = layers.LSTM(units, use_cudnn=use_cudnn, name="lstm")
+    if bidirectional:
+        rnn = layers.Bidirectional(rnn, name="bilstm")
+    x = rnn(x, mask=mask)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    if num_classes == 2:
+        outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
+    else:
+        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(tokens, outputs, name=f"lstm_{masking}")

@@ -1,0 +1,123 @@
+"""One tracked training run: data → tokenize → batching → model → train → evaluate.
+
+The only place that composes the stages; each stage takes plain values and knows nothing of
+Hydra or MLflow. Everything the run produces lands in `output_dir` and in its MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import batching, data, evaluate, model, tokenize, tracking, train
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+def end_to_end(vectorizer: keras.layers.TextVectorization, standardize: str,
+               classifier: keras.Model, max_length: int | None, padding_side: str) -> keras.Model:
+    """Raw strings → class probabilities: the vectorizer, padding and classifier in one model."""
+    text = keras.Input(shape=(), dtype="string", name="text")
+    ids = tokenize.inference_vectorizer(vectorizer, standardize, max_length)(text)
+    ids = batching.Repad(padding_side, name="repad")(ids)
+    return keras.Model(text, classifier(ids), name="text_classifier")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _encode(vectorizer, split: data.Split, max_length: int | None, name: str,
+            counts: dict[str, int]) -> tokenize.Encoded:
+    encoded, dropped = tokenize.drop_empty(tokenize.encode(vectorizer, split.texts, split.labels,
+                                                           max_length))
+    counts[f"no_tokens_dropped_{name}"] = dropped
+    counts[f"truncated_{name}"] = encoded.truncated
+    if not len(encoded):
+        raise data.DataError(f"no {name} review has a token left after tokenization.")
+    return encoded
+
+
+def run(cfg: Config, params: dict[str, str], tags: dict[str, str],
+        parent_run_id: str | None = None) -> dict[str, float]:
+    """Train and evaluate once, logging to MLflow; returns the final metrics."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.backend.clear_session()
+    train.seed_everything(cfg.train.seed)
+    tags = {**tags, "batching": cfg.batching.strategy, "padding_side": cfg.batching.padding_side,
+            "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": str(out)}
+    run_name = cfg.tracking.run_name or (
+        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}")
+    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags,
+                            parent_run_id) as mlrun:
+        mlrun.log_params(params)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+        dataset = data.load(cfg.data)
+        counts = dict(dataset.stats)
+        log.info("data: %s", counts)
+
+        vectorizer = tokenize.adapt(dataset.train.texts, cfg.tokenize.vocab_size,
+                                    cfg.tokenize.standardize)
+        vocabulary = vectorizer.get_vocabulary()
+        (out / "vocabulary.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+        max_length = cfg.tokenize.max_length
+        splits = {name: _encode(vectorizer, part, max_length, name, counts)
+                  for name, part in (("train", dataset.train), ("val", dataset.val),
+                                     ("test", dataset.test))}
+        mlrun.log_metrics({f"data_{k}": v for k, v in counts.items()})
+
+        spec, seed = cfg.batching, cfg.train.seed
+        boundaries = (batching.bucket_boundaries(splits["train"].lengths, spec.num_buckets)
+                      if spec.strategy == "bucket" else None)
+        if boundaries:
+            mlrun.set_tags({"bucket_boundaries": boundaries})
+        train_ds, val_ds, test_ds = (
+            batching.make_dataset(s.tokens, s.labels, spec, boundaries, shuffle=name == "train",
+                                  seed=seed) for name, s in splits.items())
+        train_ds, padding = batching.counted(train_ds)
+        log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)
+
+        classifier = model.build(len(vocabulary), len(dataset.class_names),
+                                 cfg.model.embedding_dim, cfg.model.units, cfg.model.bidirectional,
+                                 cfg.model.dropout, cfg.model.masking, spec.padding_side)
+        train.compile_model(classifier, len(dataset.class_names), cfg.train.optimizer,
+                            cfg.train.learning_rate)
+        fitted = train.fit(classifier, train_ds, val_ds, cfg.train.epochs, cfg.train.patience,
+                           cfg.train.steps_per_epoch, [mlrun.epoch_logger()], cfg.train.verbose)
+
+        predictions = evaluate.predict(classifier, test_ds)
+        metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
+        metrics.update(
+            padding_efficiency=padding.efficiency,
+            train_reviews_per_s=fitted.rate(padding.reviews / padding.batches),
+            train_tokens_per_s=fitted.rate(padding.real_tokens / padding.batches),
+            epoch_seconds=float(np.mean(fitted.epoch_seconds)),
+            epochs_run=len(fitted.epoch_seconds),
+            best_epoch=fitted.best_epoch + 1,
+            peak_rss_mb=peak_rss_mb(),
+        )
+        mlrun.log_metrics(metrics)
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+        exported = end_to_end(vectorizer, cfg.tokenize.standardize, classifier, max_length, spec.padding_side)
+        exported.save(out / "model.keras")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        artifacts = [out / "config.json", out / "vocabulary.txt", out / "metrics.json",
+                     out / "model.keras"]
+        if cfg.evaluate.plots:
+            artifacts += evaluate.plot(fitted.history,
+                                       evaluate.confusion(predictions, len(dataset.class_names)),
+                                       dataset.class_names, splits["train"].lengths, out / "plots")
+        for path in artifacts:
+            mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)
+        return metrics

@@ -1,0 +1,179 @@
+"""The only module that talks to MLflow.
+
+Runs are created and closed through `MlflowClient` (no global "active run"), so a failing job
+ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave the next one
+"already active". The default store is a SQLite file at an absolute path under the project's
+`outputs/`, the same one `make ui` serves, wherever Hydra puts the job's working folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+_BATCH = 100
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message holds its URI."""
+
+
+def default_uri(project_root: str | Path) -> str:
+    return f"sqlite:///{Path(project_root).resolve() / 'outputs' / 'mlflow.db'}"
+
+
+def _local_artifacts(uri: str) -> str | None:
+    """Artifact root beside a local SQLite store; None lets a tracking server decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, created if needed; fails fast naming the URI."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        return client, client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+    except Exception as error:  # MLflow raises many types for an unusable store
+        if "already exists" in str(error):  # created meanwhile by a parallel job
+            return client, client.get_experiment_by_name(experiment).experiment_id
+        raise TrackingError(f"cannot use the MLflow tracking store {uri!r}: "
+                            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
+                            "Check tracking.uri (or start the server it names).") from error
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Run:
+    """One MLflow run: params, metrics, tags and artifacts, through one client."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        items = [Metric(k, float(v), int(_now_ms()), step) for k, v in metrics.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), folder)
+        else:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def epoch_logger(self) -> keras.callbacks.Callback:
+        return _EpochLogger(self)
+
+
+class _EpochLogger(keras.callbacks.Callback):
+    """Per-epoch train/validation loss and accuracy, step = epoch number (from 1)."""
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.log_metrics({k: v for k, v in (logs or {}).items() if _is_number(v)}, step=epoch + 1)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def start_run(uri: str, experiment: str, run_name: str | None = None,
+              tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+              run_id: str | None = None) -> Iterator[Run]:
+    """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING."""
+    client, experiment_id = connect(uri, experiment)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+    run = Run(client, run_id)
+    try:
+        yield run
+    except (KeyboardInterrupt, SystemExit) as stop:
+        run.set_tags({"error": f"interrupted ({type(stop).__name__})"})
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        run.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def finish(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    if tags:
+        Run(client, run_id).set_tags(tags)
+    client.set_terminated(run_id, status)
+
+
+def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -> str:
+    """A run left RUNNING for a caller that ends it later (a sweep's parent run)."""
+    client, experiment_id = connect(uri, experiment)
+    return client.create_run(experiment_id, run_name=run_name,
+                             tags={k: str(v) for k, v in tags.items()}).info.run_id
+
+
+def search(uri: str, experiment: str, parent_run_id: str | None = None):
+    """Runs of an experiment (or children of one parent) as a pandas DataFrame."""
+    import mlflow
+
+    client, experiment_id = connect(uri, experiment)
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs([experiment_id], filter_string=query, max_results=10000)
+
+
+def children(uri: str, parent_run_id: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")

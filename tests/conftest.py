@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny data the tests write themselves, and the project's real config."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from textclf.cli import CONF_DIR, ROOT
+from textclf.config import Config, to_object
+
+ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
+
+GOOD = ["a wonderful film", "great acting and a lovely story", "i loved every minute of it",
+        "brilliant, moving and funny", "superb direction and a fine cast", "a joy to watch"]
+BAD = ["a terrible film", "awful acting and a dull story", "i hated every minute of it",
+       "boring, slow and pointless", "weak direction and a bad cast", "a chore to sit through"]
+
+
+def review(positive: bool, rng: random.Random) -> str:
+    """A few phrases of one polarity, of varied length, with an HTML break now and then."""
+    parts = [rng.choice(GOOD if positive else BAD) for _ in range(rng.randint(1, 8))]
+    return (" <br /> " if rng.random() < 0.2 else ". ").join(parts)
+
+
+def reviews(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(f"{review(i % 2 == 1, rng)} (review {i})", "pos" if i % 2 else "neg")
+            for i in range(n)]
+
+
+def write_csv(path: Path, rows: list[tuple[str, object]], header=("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "reviews.csv", reviews(240))
+
+
+def compose_config(overrides: list[str], tmp_path: Path) -> Config:
+    """The real config, shrunk: outputs and the MLflow store inside `tmp_path`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"output_dir={tmp_path / 'run'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "train.verbose=0", *overrides])
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    def make(*overrides: str) -> Config:
+        return to_object(compose_config(list(overrides), tmp_path))
+
+    return make
+
+
+@pytest.fixture
+def archive() -> Path:
+    if not ARCHIVE.exists():
+        pytest.skip(f"the real IMDB archive is not at {ARCHIVE} (shared/ beside the checkout)")
+    return ARCHIVE

@@ -1,0 +1,107 @@
+"""Every strategy yields each review exactly once per epoch, with its label, padded as promised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from textclf import batching
+from textclf.config import BatchingConfig
+
+STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
+
+
+def ragged(lengths: list[int]) -> tf.RaggedTensor:
+    """Row i holds ids (i*1000 + 1 ...), so every row is recognisable after padding."""
+    return tf.ragged.constant([[i * 1000 + j + 1 for j in range(n)] for i, n in enumerate(lengths)],
+                              dtype=tf.int32)
+
+
+def spec(strategy: str, **kw) -> BatchingConfig:
+    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None,
+                "num_buckets": 3}
+    return BatchingConfig(strategy=strategy, **(defaults | kw))
+
+
+def rows(ds: tf.data.Dataset) -> list[tuple[list[int], int]]:
+    out = []
+    for x, y in ds:
+        for ids, label in zip(x.numpy(), y.numpy(), strict=True):
+            out.append(([int(t) for t in ids if t], int(label)))
+    return out
+
+
+lengths_st = st.lists(st.integers(1, 12), min_size=1, max_size=40)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=lengths_st, strategy=st.sampled_from(STRATEGIES), side=st.sampled_from(["post", "pre"]),
+       shuffle=st.booleans())
+def test_each_review_once_with_its_label_and_untruncated(lengths, strategy, side, shuffle):
+    tokens, labels = ragged(lengths), np.arange(len(lengths), dtype=np.int32) % 2
+    s = spec(strategy, padding_side=side)
+    bounds = batching.bucket_boundaries(np.array(lengths), s.num_buckets)
+    got = rows(batching.make_dataset(tokens, labels, s, bounds, shuffle=shuffle, seed=1))
+    expected = [(row, int(label)) for row, label in zip(tokens.to_list(), labels, strict=True)]
+    if strategy == "fixed":  # the only strategy that truncates, and only to max_length
+        expected = [(row[: s.max_length], label) for row, label in expected]
+    assert sorted(got) == sorted(expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=lengths_st, round_to=st.integers(1, 4))
+def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
+    ds = batching.make_dataset(ragged(lengths), np.zeros(len(lengths), np.int32),
+                               spec("exact", round_to=round_to))
+    for x, _ in ds:
+        real = tf.math.count_nonzero(x, axis=1).numpy()
+        assert x.shape[1] - real.min() <= round_to - 1
+        assert x.shape[0] <= 4
+
+
+def test_padding_side_puts_pads_after_or_before():
+    tokens = ragged([3, 1])
+    post = next(iter(batching.make_dataset(tokens, np.zeros(2, np.int32), spec("per_batch"))))[0]
+    pre = next(iter(batching.make_dataset(tokens, np.zeros(2, np.int32),
+                                          spec("per_batch", padding_side="pre"))))[0]
+    assert post.numpy().tolist() == [[1, 2, 3], [1001, 0, 0]]
+    assert pre.numpy().tolist() == [[1, 2, 3], [0, 0, 1001]]
+
+
+def test_fixed_pads_every_batch_to_max_length():
+    ds = batching.make_dataset(ragged([2, 9, 4]), np.zeros(3, np.int32), spec("fixed"))
+    assert {x.shape[1] for x, _ in ds} == {6}
+
+
+def test_bucket_boundaries_follow_the_length_distribution():
+    lengths = np.concatenate([np.full(100, 10), np.full(100, 100), np.full(100, 1000)])
+    bounds = batching.bucket_boundaries(lengths, 3)
+    assert bounds == [11, 101]
+    assert batching.bucket_boundaries(np.full(10, 5), 4) == [6]
+
+
+def test_token_budget_gives_short_buckets_larger_batches():
+    sizes = batching.bucket_batch_sizes([50, 100, 200, 400], 64, token_budget=True)
+    assert sizes == sorted(sizes, reverse=True) and sizes[2] == 64 and sizes[0] > 64
+    assert batching.bucket_batch_sizes([50, 100], 64, token_budget=False) == [64, 64, 64]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_padding_efficiency_counts_real_and_padded_tokens(strategy):
+    lengths = [1, 2, 3, 4, 5, 6, 7, 8]
+    stats = batching.padding_stats(batching.make_dataset(
+        ragged(lengths), np.zeros(8, np.int32), spec(strategy, max_length=10 if strategy == "fixed" else None)))
+    assert stats.reviews == 8 and stats.real_tokens == sum(lengths)
+    if strategy == "exact":
+        assert stats.efficiency == 1.0
+    if strategy == "fixed":
+        assert stats.padded_tokens == 80
+
+
+def test_repad_trims_guards_empty_rows_and_moves_padding():
+    ids = tf.constant([[5, 6, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=tf.int64)
+    assert batching.Repad("post")(ids).numpy().tolist() == [[5, 6], [1, 0]]
+    assert batching.Repad("pre")(ids).numpy().tolist() == [[5, 6], [0, 1]]

@@ -1,0 +1,82 @@
+"""Masking makes a review's prediction independent of its padding; no mask does not."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from textclf import model
+
+VOCAB = 50
+MASKED = ["mask_zero", "masking_layer", "explicit"]
+
+
+def pad(ids: list[int], pads: int, side: str) -> np.ndarray:
+    zeros = [0] * pads
+    return np.array([zeros + ids if side == "pre" else ids + zeros], dtype=np.int32)
+
+
+def build(masking: str, side: str = "post", **kw) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return model.build(VOCAB, 2, embedding_dim=8, units=4, masking=masking, padding_side=side, **kw)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {(m, side): build(m, side) for m in [*MASKED, "none"] for side in ("post", "pre")}
+
+
+review_st = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(ids=review_st, pads=st.sampled_from([0, 1, 7, 500]), side=st.sampled_from(["post", "pre"]),
+       masking=st.sampled_from(MASKED))
+def test_masked_prediction_ignores_padding(models, ids, pads, side, masking):
+    net = models[(masking, side)]
+    bare = net.predict_on_batch(pad(ids, 0, side))
+    np.testing.assert_allclose(net.predict_on_batch(pad(ids, pads, side)), bare, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(ids=review_st, side=st.sampled_from(["post", "pre"]))
+def test_masking_modes_agree_for_identical_weights(models, ids, side):
+    reference = models[("mask_zero", side)]
+    x = pad(ids, 5, side)
+    for masking in MASKED[1:]:
+        other = build(masking, side)
+        for name in ("embedding", "lstm", "probability"):
+            other.get_layer(name).set_weights(reference.get_layer(name).get_weights())
+        np.testing.assert_allclose(other.predict_on_batch(x), reference.predict_on_batch(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["post", "pre"])
+def test_without_a_mask_padding_moves_the_prediction(models, side):
+    net = models[("none", side)]
+    ids = [3, 14, 15, 9, 26]
+    outputs = [float(net.predict_on_batch(pad(ids, p, side))[0, 0]) for p in (0, 50, 500)]
+    assert max(outputs) - min(outputs) > 1e-4
+
+
+def test_left_padding_with_a_mask_avoids_cudnn():
+    assert build("mask_zero", "pre").get_layer("lstm").use_cudnn is False
+    assert build("mask_zero", "post").get_layer("lstm").use_cudnn == "auto"
+    assert build("none", "pre").get_layer("lstm").use_cudnn == "auto"
+
+
+def test_multiclass_head_and_bidirectional():
+    net = model.build(VOCAB, 4, embedding_dim=8, units=4, bidirectional=True)
+    out = net.predict_on_batch(pad([1, 2, 3], 2, "post"))
+    assert out.shape == (1, 4) and np.isclose(out.sum(), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("masking", MASKED)
+def test_custom_layers_survive_save_and_load(tmp_path, masking):
+    net = build(masking, "pre")
+    net.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    x = pad([4, 5, 6], 3, "pre")
+    np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-6)

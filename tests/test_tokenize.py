@@ -1,0 +1,45 @@
+"""TextVectorization adapted on training text only; truncation counted; inference layer agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from textclf import tokenize
+
+TRAIN = ["The film was GREAT<br />great!", "a dull, dull film", "great cast"]
+
+
+def test_vocabulary_comes_from_training_text_only():
+    vectorizer = tokenize.adapt(TRAIN, vocab_size=50)
+    vocab = vectorizer.get_vocabulary()
+    assert vocab[:2] == ["", "[UNK]"] and "great" in vocab and "br" not in vocab
+    encoded = tokenize.encode(vectorizer, ["great zebra"], np.array([1]))
+    assert encoded.tokens.to_list() == [[vocab.index("great"), 1]]  # unseen word → OOV id 1
+
+
+def test_vocab_size_caps_the_vocabulary():
+    assert len(tokenize.adapt(TRAIN, vocab_size=4).get_vocabulary()) == 4
+
+
+def test_truncation_is_counted_and_applied():
+    vectorizer = tokenize.adapt(TRAIN)
+    encoded = tokenize.encode(vectorizer, ["great " * 10, "great", "great " * 3],
+                              np.array([1, 1, 0]), max_length=3)
+    assert encoded.lengths.tolist() == [3, 1, 3]
+    assert encoded.truncated == 1
+
+
+def test_rows_without_tokens_are_dropped_and_counted():
+    vectorizer = tokenize.adapt(TRAIN)
+    encoded = tokenize.encode(vectorizer, ["great", "!!!", "dull film"], np.array([1, 0, 0]))
+    kept, dropped = tokenize.drop_empty(encoded)
+    assert dropped == 1 and len(kept) == 2 and kept.labels.tolist() == [1, 0]
+
+
+def test_inference_vectorizer_matches_the_training_encoding():
+    vectorizer = tokenize.adapt(TRAIN)
+    texts = ["great film<br />", "a dull cast", "zebra"]
+    ragged = tokenize.encode(vectorizer, texts, np.zeros(3)).tokens
+    dense = tokenize.inference_vectorizer(vectorizer, "html", max_length=None)(tf.constant(texts))
+    assert tf.RaggedTensor.from_tensor(tf.cast(dense, tf.int32), padding=0).to_list() == ragged.to_list()

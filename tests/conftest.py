@@ -14,10 +14,22 @@ from textclf.config import Config, to_object
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
-GOOD = ["a wonderful film", "great acting and a lovely story", "i loved every minute of it",
-        "brilliant, moving and funny", "superb direction and a fine cast", "a joy to watch"]
-BAD = ["a terrible film", "awful acting and a dull story", "i hated every minute of it",
-       "boring, slow and pointless", "weak direction and a bad cast", "a chore to sit through"]
+GOOD = [
+    "a wonderful film",
+    "great acting and a lovely story",
+    "i loved every minute of it",
+    "brilliant, moving and funny",
+    "superb direction and a fine cast",
+    "a joy to watch",
+]
+BAD = [
+    "a terrible film",
+    "awful acting and a dull story",
+    "i hated every minute of it",
+    "boring, slow and pointless",
+    "weak direction and a bad cast",
+    "a chore to sit through",
+]
 
 
 def review(positive: bool, rng: random.Random) -> str:
@@ -28,8 +40,9 @@ def review(positive: bool, rng: random.Random) -> str:
 
 def reviews(n: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    return [(f"{review(i % 2 == 1, rng)} (review {i})", "pos" if i % 2 else "neg")
-            for i in range(n)]
+    return [
+        (f"{review(i % 2 == 1, rng)} (review {i})", "pos" if i % 2 else "neg") for i in range(n)
+    ]
 
 
 def write_csv(path: Path, rows: list[tuple[str, object]], header=("text", "label")) -> Path:
@@ -48,10 +61,15 @@ def tiny_csv(tmp_path: Path) -> Path:
 def compose_config(overrides: list[str], tmp_path: Path) -> Config:
     """The real config, shrunk: outputs and the MLflow store inside `tmp_path`."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            f"output_dir={tmp_path / 'run'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "train.verbose=0", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"output_dir={tmp_path / 'run'}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "train.verbose=0",
+                *overrides,
+            ],
+        )
     return cfg
 
 

@@ -16,13 +16,13 @@ STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
 
 def ragged(lengths: list[int]) -> tf.RaggedTensor:
     """Row i holds ids (i*1000 + 1 ...), so every row is recognisable after padding."""
-    return tf.ragged.constant([[i * 1000 + j + 1 for j in range(n)] for i, n in enumerate(lengths)],
-                              dtype=tf.int32)
+    return tf.ragged.constant(
+        [[i * 1000 + j + 1 for j in range(n)] for i, n in enumerate(lengths)], dtype=tf.int32
+    )
 
 
 def spec(strategy: str, **kw) -> BatchingConfig:
-    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None,
-                "num_buckets": 3}
+    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None, "num_buckets": 3}
     return BatchingConfig(strategy=strategy, **(defaults | kw))
 
 
@@ -38,8 +38,12 @@ lengths_st = st.lists(st.integers(1, 12), min_size=1, max_size=40)
 
 
 @settings(max_examples=25, deadline=None)
-@given(lengths=lengths_st, strategy=st.sampled_from(STRATEGIES), side=st.sampled_from(["post", "pre"]),
-       shuffle=st.booleans())
+@given(
+    lengths=lengths_st,
+    strategy=st.sampled_from(STRATEGIES),
+    side=st.sampled_from(["post", "pre"]),
+    shuffle=st.booleans(),
+)
 def test_each_review_once_with_its_label_and_untruncated(lengths, strategy, side, shuffle):
     tokens, labels = ragged(lengths), np.arange(len(lengths), dtype=np.int32) % 2
     s = spec(strategy, padding_side=side)
@@ -54,8 +58,9 @@ def test_each_review_once_with_its_label_and_untruncated(lengths, strategy, side
 @settings(max_examples=25, deadline=None)
 @given(lengths=lengths_st, round_to=st.integers(1, 4))
 def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
-    ds = batching.make_dataset(ragged(lengths), np.zeros(len(lengths), np.int32),
-                               spec("exact", round_to=round_to))
+    ds = batching.make_dataset(
+        ragged(lengths), np.zeros(len(lengths), np.int32), spec("exact", round_to=round_to)
+    )
     for x, _ in ds:
         real = tf.math.count_nonzero(x, axis=1).numpy()
         assert x.shape[1] - real.min() <= round_to - 1
@@ -65,8 +70,13 @@ def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
 def test_padding_side_puts_pads_after_or_before():
     tokens = ragged([3, 1])
     post = next(iter(batching.make_dataset(tokens, np.zeros(2, np.int32), spec("per_batch"))))[0]
-    pre = next(iter(batching.make_dataset(tokens, np.zeros(2, np.int32),
-                                          spec("per_batch", padding_side="pre"))))[0]
+    pre = next(
+        iter(
+            batching.make_dataset(
+                tokens, np.zeros(2, np.int32), spec("per_batch", padding_side="pre")
+            )
+        )
+    )[0]
     assert post.numpy().tolist() == [[1, 2, 3], [1001, 0, 0]]
     assert pre.numpy().tolist() == [[1, 2, 3], [0, 0, 1001]]
 
@@ -92,8 +102,13 @@ def test_token_budget_gives_short_buckets_larger_batches():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_padding_efficiency_counts_real_and_padded_tokens(strategy):
     lengths = [1, 2, 3, 4, 5, 6, 7, 8]
-    stats = batching.padding_stats(batching.make_dataset(
-        ragged(lengths), np.zeros(8, np.int32), spec(strategy, max_length=10 if strategy == "fixed" else None)))
+    stats = batching.padding_stats(
+        batching.make_dataset(
+            ragged(lengths),
+            np.zeros(8, np.int32),
+            spec(strategy, max_length=10 if strategy == "fixed" else None),
+        )
+    )
     assert stats.reviews == 8 and stats.real_tokens == sum(lengths)
     if strategy == "exact":
         assert stats.efficiency == 1.0

@@ -29,8 +29,13 @@ def test_every_option_composes_into_the_typed_config(group, option, make_config)
 def test_default_is_the_documented_pipeline(make_config):
     config = make_config()
     assert (config.data.source, config.batching.strategy, config.model.masking) == (
-        "imdb", "bucket", "mask_zero")
-    assert config.tracking.uri.startswith("sqlite:///") and config.tracking.uri.endswith("mlflow.db")
+        "imdb",
+        "bucket",
+        "mask_zero",
+    )
+    assert config.tracking.uri.startswith("sqlite:///") and config.tracking.uri.endswith(
+        "mlflow.db"
+    )
 
 
 def test_experiment_presets_compose(make_config):
@@ -38,18 +43,21 @@ def test_experiment_presets_compose(make_config):
         assert isinstance(make_config(f"+experiment={preset.stem}"), Config)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.units=-1", "model.units"),
-    ("batching.batch_size=0", "batching.batch_size"),
-    ("tokenize.vocab_size=2", "tokenize.vocab_size"),
-    ("data.val_fraction=1.5", "data.val_fraction"),
-    ("data.val_fraction=0", "data.val_fraction"),
-    ("model.masking=sometimes", "model.masking"),
-    ("batching.padding_side=middle", "batching.padding_side"),
-    ("batching.max_length=100", "batching.max_length"),  # only fixed truncates in batching
-    ("model.dropout=1.0", "model.dropout"),
-    ("train.learning_rate=0", "train.learning_rate"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.units=-1", "model.units"),
+        ("batching.batch_size=0", "batching.batch_size"),
+        ("tokenize.vocab_size=2", "tokenize.vocab_size"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.val_fraction=0", "data.val_fraction"),
+        ("model.masking=sometimes", "model.masking"),
+        ("batching.padding_side=middle", "batching.padding_side"),
+        ("batching.max_length=100", "batching.max_length"),  # only fixed truncates in batching
+        ("model.dropout=1.0", "model.dropout"),
+        ("train.learning_rate=0", "train.learning_rate"),
+    ],
+)
 def test_impossible_values_are_rejected_with_the_key(override, key, make_config):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make_config(override)

@@ -24,7 +24,8 @@ def write_acl_folder(root: Path, per_class: int = 6) -> Path:
             folder.mkdir(parents=True)
             for i in range(per_class):
                 (folder / f"{i}_{7 if polarity == 'pos' else 2}.txt").write_text(
-                    f"{text} number {i}<br />the end", encoding="utf-8")
+                    f"{text} number {i}<br />the end", encoding="utf-8"
+                )
     (root / "aclImdb" / "README").write_text("not a review")
     return root / "aclImdb"
 
@@ -76,8 +77,11 @@ def test_jsonl_with_int_labels_and_three_classes(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     test = tmp_path / "t.jsonl"
     test.write_text("\n".join(json.dumps(r) for r in rows[:30]))
-    ds = data.load(DataConfig(source="csv", path=str(path), test_path=str(test),
-                              text_column="body", label_column="y"))
+    ds = data.load(
+        DataConfig(
+            source="csv", path=str(path), test_path=str(test), text_column="body", label_column="y"
+        )
+    )
     assert ds.class_names == ["0", "1", "2"]
     assert len(ds.test) == 30 and set(ds.train.labels.tolist()) == {0, 1, 2}
 
@@ -141,4 +145,3 @@ def test_imdb_without_download_fails_without_touching_the_network(tmp_path, monk
     monkeypatch.setattr(data, "host_reachable", lambda *a, **k: pytest.fail("probed network"))
     with pytest.raises(data.DataError, match="download is disabled"):
         data.load_imdb(data_dir=str(tmp_path), download=False)
-

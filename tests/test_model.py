@@ -33,8 +33,12 @@ review_st = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=12)
 
 
 @settings(max_examples=20, deadline=None)
-@given(ids=review_st, pads=st.sampled_from([0, 1, 7, 500]), side=st.sampled_from(["post", "pre"]),
-       masking=st.sampled_from(MASKED))
+@given(
+    ids=review_st,
+    pads=st.sampled_from([0, 1, 7, 500]),
+    side=st.sampled_from(["post", "pre"]),
+    masking=st.sampled_from(MASKED),
+)
 def test_masked_prediction_ignores_padding(models, ids, pads, side, masking):
     net = models[(masking, side)]
     bare = net.predict_on_batch(pad(ids, 0, side))
@@ -50,7 +54,9 @@ def test_masking_modes_agree_for_identical_weights(models, ids, side):
         other = build(masking, side)
         for name in ("embedding", "lstm", "probability"):
             other.get_layer(name).set_weights(reference.get_layer(name).get_weights())
-        np.testing.assert_allclose(other.predict_on_batch(x), reference.predict_on_batch(x), atol=1e-6)
+        np.testing.assert_allclose(
+            other.predict_on_batch(x), reference.predict_on_batch(x), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("side", ["post", "pre"])

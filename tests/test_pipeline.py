@@ -15,29 +15,56 @@ pytestmark = pytest.mark.e2e
 
 
 def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "textclf.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "textclf.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def quick(tmp_path: Path) -> list[str]:
-    return [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "train.epochs=3",
-            "train.learning_rate=0.01", "model.units=8", "model.embedding_dim=16",
-            "tokenize.vocab_size=200", "batching.batch_size=16", "train.verbose=0"]
+    return [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "train.epochs=3",
+        "train.learning_rate=0.01",
+        "model.units=8",
+        "model.embedding_dim=16",
+        "tokenize.vocab_size=200",
+        "batching.batch_size=16",
+        "train.verbose=0",
+    ]
 
 
 def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, tiny_csv):
     run_dir = tmp_path / "run"
-    done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={run_dir}",
-                   *quick(tmp_path), cwd=tmp_path)
+    done = textclf(
+        "train",
+        "data=csv",
+        f"data.path={tiny_csv}",
+        f"hydra.run.dir={run_dir}",
+        *quick(tmp_path),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.units"] == "8" and run.data.params["data.source"] == "csv"
-    for name in ("test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1",
-                 "test_auc", "padding_efficiency", "train_reviews_per_s", "epoch_seconds",
-                 "peak_rss_mb"):
+    for name in (
+        "test_loss",
+        "test_accuracy",
+        "test_precision",
+        "test_recall",
+        "test_f1",
+        "test_auc",
+        "padding_efficiency",
+        "train_reviews_per_s",
+        "epoch_seconds",
+        "peak_rss_mb",
+    ):
         assert name in run.data.metrics, name
     assert run.data.metrics["test_accuracy"] >= 0.75
     assert 0 < run.data.metrics["padding_efficiency"] <= 1
@@ -45,39 +72,62 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
     assert [m.step for m in history] == [1, 2, 3][: len(history)] and history
     tags = run.data.tags
     assert (tags["batching"], tags["padding_side"], tags["masking"], tags["data"]) == (
-        "bucket", "post", "mask_zero", "csv")
+        "bucket",
+        "post",
+        "mask_zero",
+        "csv",
+    )
     assert tags["choice.data"] == "csv" and len(tags["git_commit"]) >= 7
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.keras", "vocabulary.txt", "config.json", "metrics.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/learning_curves.png", "plots/confusion_matrix.png",
-            "plots/length_histogram.png"} <= plots
+    assert {
+        "plots/learning_curves.png",
+        "plots/confusion_matrix.png",
+        "plots/length_histogram.png",
+    } <= plots
     assert (run_dir / "train.log").exists() and (run_dir / "model.keras").exists()
 
     # The saved model takes raw strings in a fresh process (custom layers registered on import).
-    script = ("import keras, tensorflow as tf, textclf.pipeline\n"
-              f"m = keras.models.load_model({str(run_dir / 'model.keras')!r})\n"
-              "p = m.predict(tf.constant(['a wonderful film, i loved every minute of it <br />',"
-              " 'a terrible film, boring and pointless', '']), verbose=0)\n"
-              "print(' '.join(f'{v:.4f}' for v in p[:, 0]))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        "import keras, tensorflow as tf, textclf.pipeline\n"
+        f"m = keras.models.load_model({str(run_dir / 'model.keras')!r})\n"
+        "p = m.predict(tf.constant(['a wonderful film, i loved every minute of it <br />',"
+        " 'a terrible film, boring and pointless', '']), verbose=0)\n"
+        "print(' '.join(f'{v:.4f}' for v in p[:, 0]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     positive, negative, empty = map(float, out.stdout.split()[-3:])
     assert positive > 0.5 > negative and 0 <= empty <= 1
 
 
 def test_bad_input_is_one_clear_message_not_a_traceback(tmp_path):
-    done = textclf("train", "data=csv", f"data.path={tmp_path / 'missing.csv'}",
-                   f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), cwd=tmp_path)
+    done = textclf(
+        "train",
+        "data=csv",
+        f"data.path={tmp_path / 'missing.csv'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *quick(tmp_path),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "does not exist" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_config_error_names_the_key_before_reading_data(tmp_path):
-    done = textclf("train", "data=csv", f"data.path={tmp_path / 'missing.csv'}",
-                   f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), "model.units=-3",
-                   cwd=tmp_path)
+    done = textclf(
+        "train",
+        "data=csv",
+        f"data.path={tmp_path / 'missing.csv'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *quick(tmp_path),
+        "model.units=-3",
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "model.units: must be > 0, got -3" in output
     assert "does not exist" not in output and not (tmp_path / "mlflow.db").exists()
@@ -85,9 +135,17 @@ def test_config_error_names_the_key_before_reading_data(tmp_path):
 
 def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(tmp_path):
     good = write_csv(tmp_path / "good.csv", reviews(120))
-    done = textclf("train", "--multirun", "data=csv", f"data.path={good},{tmp_path / 'gone.csv'}",
-                   "batching=per_batch,exact", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   *quick(tmp_path), "train.epochs=1", cwd=tmp_path)
+    done = textclf(
+        "train",
+        "--multirun",
+        "data=csv",
+        f"data.path={good},{tmp_path / 'gone.csv'}",
+        "batching=per_batch,exact",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *quick(tmp_path),
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
     assert done.returncode != 0  # Hydra reports the failed job after running all of them
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("textclf").experiment_id
@@ -96,8 +154,12 @@ def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4
     statuses = sorted((r.data.tags["batching"], r.info.status) for r in children)
-    assert statuses == [("exact", "FAILED"), ("exact", "FINISHED"),
-                        ("per_batch", "FAILED"), ("per_batch", "FINISHED")]
+    assert statuses == [
+        ("exact", "FAILED"),
+        ("exact", "FINISHED"),
+        ("per_batch", "FAILED"),
+        ("per_batch", "FINISHED"),
+    ]
     failed = [r for r in children if r.info.status == "FAILED"]
     assert all("does not exist" in r.data.tags["error"] for r in failed)
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "2"

@@ -24,8 +24,9 @@ def test_vocab_size_caps_the_vocabulary():
 
 def test_truncation_is_counted_and_applied():
     vectorizer = tokenize.adapt(TRAIN)
-    encoded = tokenize.encode(vectorizer, ["great " * 10, "great", "great " * 3],
-                              np.array([1, 1, 0]), max_length=3)
+    encoded = tokenize.encode(
+        vectorizer, ["great " * 10, "great", "great " * 3], np.array([1, 1, 0]), max_length=3
+    )
     assert encoded.lengths.tolist() == [3, 1, 3]
     assert encoded.truncated == 1
 
@@ -42,4 +43,7 @@ def test_inference_vectorizer_matches_the_training_encoding():
     texts = ["great film<br />", "a dull cast", "zebra"]
     ragged = tokenize.encode(vectorizer, texts, np.zeros(3)).tokens
     dense = tokenize.inference_vectorizer(vectorizer, "html", max_length=None)(tf.constant(texts))
-    assert tf.RaggedTensor.from_tensor(tf.cast(dense, tf.int32), padding=0).to_list() == ragged.to_list()
+    assert (
+        tf.RaggedTensor.from_tensor(tf.cast(dense, tf.int32), padding=0).to_list()
+        == ragged.to_list()
+    )

@@ -1,4 +1,4 @@
-"""Text classification template: masked Embedding-LSTM on ragged text, Hydra configs, MLflow runs."""
+"""Text classification template: masked Embedding-LSTM on ragged text, Hydra, MLflow."""
 
 import os
 

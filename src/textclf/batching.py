@@ -33,8 +33,10 @@ def bucket_batch_sizes(boundaries: list[int], batch_size: int, token_budget: boo
         return [batch_size] * (len(boundaries) + 1)
     reference = boundaries[len(boundaries) // 2]
     uppers = boundaries + [boundaries[-1] * 2]
-    return [int(np.clip(batch_size * reference // upper, max(1, batch_size // 4), batch_size * 4))
-            for upper in uppers]
+    return [
+        int(np.clip(batch_size * reference // upper, max(1, batch_size // 4), batch_size * 4))
+        for upper in uppers
+    ]
 
 
 def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -43,9 +45,14 @@ def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.reverse(tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0), axis=[1]), y
 
 
-def make_dataset(tokens: tf.RaggedTensor, labels: np.ndarray, spec: BatchingConfig,
-                 boundaries: list[int] | None = None, shuffle: bool = False,
-                 seed: int = 0) -> tf.data.Dataset:
+def make_dataset(
+    tokens: tf.RaggedTensor,
+    labels: np.ndarray,
+    spec: BatchingConfig,
+    boundaries: list[int] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
     """Batches of (padded int32 ids [batch, time], labels), reshuffled each epoch if `shuffle`.
 
     `boundaries` are the bucket limits for `bucket` (see `bucket_boundaries`).
@@ -62,14 +69,18 @@ def make_dataset(tokens: tf.RaggedTensor, labels: np.ndarray, spec: BatchingConf
         ds = ds.padded_batch(size)
     elif spec.strategy == "bucket":
         ds = ds.bucket_by_sequence_length(
-            lambda x, y: tf.shape(x)[0], list(boundaries or []),
+            lambda x, y: tf.shape(x)[0],
+            list(boundaries or []),
             bucket_batch_sizes(list(boundaries or []), size, spec.token_budget),
-            pad_to_bucket_boundary=False)
+            pad_to_bucket_boundary=False,
+        )
     elif spec.strategy == "exact":
         step = spec.round_to
         ds = ds.group_by_window(
             key_func=lambda x, y: tf.cast((tf.shape(x)[0] + step - 1) // step, tf.int64),
-            reduce_func=lambda key, window: window.padded_batch(size), window_size=size)
+            reduce_func=lambda key, window: window.padded_batch(size),
+            window_size=size,
+        )
     else:
         raise ValueError(f"unknown batching strategy {spec.strategy!r}")
     if shuffle and spec.strategy in ("bucket", "exact"):

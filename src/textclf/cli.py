@@ -48,8 +48,11 @@ def train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         config = to_object(cfg)
-        tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
-                if not k.startswith("hydra") and v is not None}
+        tags = {
+            f"choice.{k}": v
+            for k, v in hydra_cfg.runtime.choices.items()
+            if not k.startswith("hydra") and v is not None
+        }
         tags["git_commit"] = tracking.git_commit(ROOT)
         metrics = pipeline.run(config, flatten(cfg), tags, sweep.parent_run_id())
     except Exception as error:
@@ -81,9 +84,11 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] not in COMMANDS:
-        print(f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
-              "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
-              "  textclf train --help   lists the config groups and their options")
+        print(
+            f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
+            "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
+            "  textclf train --help   lists the config groups and their options"
+        )
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     config_name, task = COMMANDS[args[0]]
     sys.argv = [f"textclf-{args[0]}", *args[1:]]

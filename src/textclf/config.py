@@ -52,12 +52,27 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.source, "data.source", DATA_SOURCES)
-        _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _check(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
-        _check(self.limit is None or self.limit >= 4, "data.limit", f"must be null or >= 4, got {self.limit}")
+        _check(
+            0 < self.val_fraction < 1,
+            "data.val_fraction",
+            f"must be in (0, 1), got {self.val_fraction}",
+        )
+        _check(
+            0 < self.test_fraction < 1,
+            "data.test_fraction",
+            f"must be in (0, 1), got {self.test_fraction}",
+        )
+        _check(
+            self.limit is None or self.limit >= 4,
+            "data.limit",
+            f"must be null or >= 4, got {self.limit}",
+        )
         if self.source in ("aclimdb", "csv"):
-            _check(bool(self.path), "data.path", f"is required for data={self.source}: "
-                   "pass data.path=<file or folder>")
+            _check(
+                bool(self.path),
+                "data.path",
+                f"is required for data={self.source}: pass data.path=<file or folder>",
+            )
 
 
 @dataclass
@@ -67,11 +82,17 @@ class TokenizeConfig:
     max_length: int | None = 1000
 
     def __post_init__(self) -> None:
-        _check(self.vocab_size > 2, "tokenize.vocab_size",
-               f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}")
+        _check(
+            self.vocab_size > 2,
+            "tokenize.vocab_size",
+            f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}",
+        )
         _one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
-        _check(self.max_length is None or self.max_length > 0, "tokenize.max_length",
-               f"must be null or > 0, got {self.max_length}")
+        _check(
+            self.max_length is None or self.max_length > 0,
+            "tokenize.max_length",
+            f"must be null or > 0, got {self.max_length}",
+        )
 
 
 @dataclass
@@ -93,8 +114,11 @@ class BatchingConfig:
         _check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
         _check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
         if self.strategy == "fixed":
-            _check(self.max_length is not None and self.max_length > 0, "batching.max_length",
-                   "batching=fixed pads and truncates to batching.max_length: set it > 0")
+            _check(
+                self.max_length is not None and self.max_length > 0,
+                "batching.max_length",
+                "batching=fixed pads and truncates to batching.max_length: set it > 0",
+            )
 
 
 @dataclass
@@ -106,7 +130,9 @@ class ModelConfig:
     masking: str = "mask_zero"
 
     def __post_init__(self) -> None:
-        _check(self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}")
+        _check(
+            self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
+        )
         _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
         _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _one_of(self.masking, "model.masking", MASKING)
@@ -124,11 +150,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
-        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(
+            self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
+        )
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
         _check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
-        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0, "train.steps_per_epoch",
-               "must be null or > 0")
+        _check(
+            self.steps_per_epoch is None or self.steps_per_epoch > 0,
+            "train.steps_per_epoch",
+            "must be null or > 0",
+        )
 
 
 @dataclass
@@ -138,8 +169,11 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         edges = list(self.length_edges)
-        _check(edges == sorted(set(edges)) and all(e > 0 for e in edges), "evaluate.length_edges",
-               f"must be increasing positive token counts, got {edges}")
+        _check(
+            edges == sorted(set(edges)) and all(e > 0 for e in edges),
+            "evaluate.length_edges",
+            f"must be increasing positive token counts, got {edges}",
+        )
 
 
 @dataclass
@@ -161,14 +195,26 @@ class Config:
     output_dir: str = MISSING
 
     def __post_init__(self) -> None:
-        _check(self.batching.strategy == "fixed" or self.batching.max_length is None,
-               "batching.max_length", f"applies only to batching=fixed (got batching="
-               f"{self.batching.strategy}); truncate with tokenize.max_length instead")
+        _check(
+            self.batching.strategy == "fixed" or self.batching.max_length is None,
+            "batching.max_length",
+            f"applies only to batching=fixed (got batching="
+            f"{self.batching.strategy}); truncate with tokenize.max_length instead",
+        )
+
+
+@dataclass
+class CompareConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: str = "latest"
+    out_dir: str = MISSING
 
 
 def register() -> None:
-    """Make the schema available to `conf/config.yaml`'s defaults list."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    """Make the schemas available to the defaults lists of `conf/*.yaml`."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="config_schema_compare", node=CompareConfig)
 
 
 def to_object(cfg: DictConfig) -> Config:

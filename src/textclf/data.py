@@ -89,16 +89,20 @@ def _acl_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
                     assert handle is not None
                     yield match.group(1), match.group(2), handle.read()
     except tarfile.TarError as error:
-        raise DataError(f"{path} is neither a folder nor a readable tar archive ({error}). "
-                        "Pass the extracted aclImdb folder or aclImdb_*.tar.gz.") from error
+        raise DataError(
+            f"{path} is neither a folder nor a readable tar archive ({error}). "
+            "Pass the extracted aclImdb folder or aclImdb_*.tar.gz."
+        ) from error
 
 
 def load_aclimdb(path: str | Path) -> Raw:
     """Read `train/{pos,neg}` and `test/{pos,neg}` reviews from a folder or a tar archive."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"data.path={path} does not exist. Point it at the extracted aclImdb "
-                        "folder or at the archive (e.g. ../shared/data/aclImdb_labeled.tar.gz).")
+        raise DataError(
+            f"data.path={path} does not exist. Point it at the extracted aclImdb "
+            "folder or at the archive (e.g. ../shared/data/aclImdb_labeled.tar.gz)."
+        )
     stats: dict[str, int] = {}
     texts: dict[str, list[str]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
@@ -107,13 +111,20 @@ def load_aclimdb(path: str | Path) -> Raw:
         labels[split].append(IMDB_CLASSES.index(polarity))
     for split in ("train", "test"):
         if not texts[split]:
-            raise DataError(f"{path} has no {split}/pos/*.txt or {split}/neg/*.txt reviews: "
-                            "it is not in the aclImdb layout (train/{pos,neg}, test/{pos,neg}).")
-    return Raw(_split(texts["train"], labels["train"]), _split(texts["test"], labels["test"]),
-               list(IMDB_CLASSES), stats)
+            raise DataError(
+                f"{path} has no {split}/pos/*.txt or {split}/neg/*.txt reviews: "
+                "it is not in the aclImdb layout (train/{pos,neg}, test/{pos,neg})."
+            )
+    return Raw(
+        _split(texts["train"], labels["train"]),
+        _split(texts["test"], labels["test"]),
+        list(IMDB_CLASSES),
+        stats,
+    )
 
 
 # --- CSV / JSON Lines ------------------------------------------------------------------------
+
 
 def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list]:
     import pandas as pd
@@ -126,12 +137,15 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
     except ValueError as error:
-        raise DataError(f"cannot parse {path} as {'JSON Lines' if path.suffix != '.csv' else 'CSV'}: "
-                        f"{error}") from error
+        raise DataError(
+            f"cannot parse {path} as {'JSON Lines' if path.suffix != '.csv' else 'CSV'}: {error}"
+        ) from error
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
-        raise DataError(f"{path} has no column(s) {missing}; it has {list(frame.columns)}. "
-                        "Set data.text_column / data.label_column.")
+        raise DataError(
+            f"{path} has no column(s) {missing}; it has {list(frame.columns)}. "
+            "Set data.text_column / data.label_column."
+        )
     texts = ["" if t is None else str(t) for t in frame[text_column].tolist()]
     return texts, [str(v).strip() for v in frame[label_column].tolist()]
 
@@ -142,23 +156,34 @@ def _sort_classes(values: set[str]) -> list[str]:
     return sorted(values)
 
 
-def load_table(path: str | Path, test_path: str | Path | None, text_column: str = "text",
-               label_column: str = "label", classes: list[str] | None = None) -> Raw:
+def load_table(
+    path: str | Path,
+    test_path: str | Path | None,
+    text_column: str = "text",
+    label_column: str = "label",
+    classes: list[str] | None = None,
+) -> Raw:
     """Read a CSV or JSONL file (and an optional test file); labels may be strings or ints."""
     path = Path(path).expanduser()
     train_texts, train_labels = _read_table(path, text_column, label_column)
-    test = _read_table(Path(test_path).expanduser(), text_column, label_column) if test_path else None
+    test = (
+        _read_table(Path(test_path).expanduser(), text_column, label_column) if test_path else None
+    )
     class_names = [str(c) for c in classes] if classes else _sort_classes(set(train_labels))
     if len(class_names) < 2:
-        raise DataError(f"{path} has {len(class_names)} distinct label(s) {class_names}; "
-                        "a classifier needs at least two.")
+        raise DataError(
+            f"{path} has {len(class_names)} distinct label(s) {class_names}; "
+            "a classifier needs at least two."
+        )
     index = {name: i for i, name in enumerate(class_names)}
 
     def encode(labels: list[str], where: Path) -> list[int]:
         for row, label in enumerate(labels):
             if label not in index:
-                raise DataError(f"{where}, row {row + 2}: label {label!r} is not one of "
-                                f"{class_names} (set data.classes to list every label).")
+                raise DataError(
+                    f"{where}, row {row + 2}: label {label!r} is not one of "
+                    f"{class_names} (set data.classes to list every label)."
+                )
         return [index[label] for label in labels]
 
     train = _split(train_texts, encode(train_labels, path))
@@ -167,6 +192,7 @@ def load_table(path: str | Path, test_path: str | Path | None, text_column: str 
 
 
 # --- TFDS imdb_reviews -----------------------------------------------------------------------
+
 
 def host_reachable(host: str = IMDB_HOST, port: int = 80, timeout: float = 3.0) -> bool:
     """A quick TCP probe, so an offline machine fails in seconds instead of TFDS's retries."""
@@ -177,8 +203,9 @@ def host_reachable(host: str = IMDB_HOST, port: int = 80, timeout: float = 3.0) 
         return False
 
 
-def load_imdb(data_dir: str | None = None, manual_dir: str | None = None,
-              download: bool = True) -> Raw:
+def load_imdb(
+    data_dir: str | None = None, manual_dir: str | None = None, download: bool = True
+) -> Raw:
     """`tfds.load("imdb_reviews")`, failing fast with the alternatives when it cannot download."""
     import tensorflow_datasets as tfds
 
@@ -187,14 +214,18 @@ def load_imdb(data_dir: str | None = None, manual_dir: str | None = None,
         manual = Path(manual_dir).expanduser() / IMDB_ARCHIVE if manual_dir else None
         has_manual = manual is not None and manual.exists()
         if not has_manual and (not download or not host_reachable()):
-            reason = ("download is disabled (data.download=false)" if not download
-                      else f"{IMDB_HOST} cannot be reached (no network?)")
+            reason = (
+                "download is disabled (data.download=false)"
+                if not download
+                else f"{IMDB_HOST} cannot be reached (no network?)"
+            )
             raise DataError(
                 f"imdb_reviews is not prepared in {builder.data_dir} and {reason}. Alternatives:\n"
                 "  data=aclimdb data.path=<aclImdb folder or aclImdb*.tar.gz>  (no TFDS needed)\n"
                 f"  data.manual_dir=<folder holding {IMDB_ARCHIVE}>  (the original archive)\n"
                 "  data.data_dir=<a TFDS data_dir where imdb_reviews is already prepared>\n"
-                "  data=csv data.path=<file.csv or .jsonl> with text and label columns")
+                "  data=csv data.path=<file.csv or .jsonl> with text and label columns"
+            )
         config = tfds.download.DownloadConfig(manual_dir=str(manual.parent) if has_manual else None)
         builder.download_and_prepare(download_config=config)
     splits = []
@@ -208,6 +239,7 @@ def load_imdb(data_dir: str | None = None, manual_dir: str | None = None,
 
 
 # --- splitting -------------------------------------------------------------------------------
+
 
 def _split(texts: list[str], labels: list[int] | np.ndarray) -> Split:
     return Split(list(texts), np.asarray(labels, dtype=np.int32))
@@ -250,8 +282,13 @@ def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
     return kept
 
 
-def split(raw: Raw, val_fraction: float = 0.1, test_fraction: float = 0.2,
-          limit: int | None = None, seed: int = 42) -> Dataset:
+def split(
+    raw: Raw,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+    seed: int = 42,
+) -> Dataset:
     """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`."""
     rng = np.random.default_rng(seed)
     stats = dict(raw.stats)
@@ -267,8 +304,10 @@ def split(raw: Raw, val_fraction: float = 0.1, test_fraction: float = 0.2,
     val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
     for name, part in (("train", train), ("validation", val), ("test", test)):
         if not len(part):
-            raise DataError(f"the {name} split is empty; use more data or a smaller "
-                            "data.val_fraction / data.test_fraction.")
+            raise DataError(
+                f"the {name} split is empty; use more data or a smaller "
+                "data.val_fraction / data.test_fraction."
+            )
     stats.update(train_size=len(train), val_size=len(val), test_size=len(test))
     return Dataset(train, val, test, raw.class_names, stats)
 
@@ -280,6 +319,7 @@ def load(config: DataConfig) -> Dataset:
     elif config.source == "aclimdb":
         raw = load_aclimdb(config.path)
     else:
-        raw = load_table(config.path, config.test_path, config.text_column, config.label_column,
-                         config.classes)
+        raw = load_table(
+            config.path, config.test_path, config.text_column, config.label_column, config.classes
+        )
     return split(raw, config.val_fraction, config.test_fraction, config.limit, config.seed)

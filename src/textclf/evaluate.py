@@ -42,15 +42,18 @@ def predict(model: keras.Model, ds: tf.data.Dataset) -> Predictions:
         outputs.append(model.predict_on_batch(x))
         labels.append(y.numpy())
         lengths.append(tf.math.count_nonzero(x, axis=1).numpy())
-    return Predictions(np.concatenate(labels).astype(np.int64),
-                       as_class_probabilities(np.concatenate(outputs)), np.concatenate(lengths))
+    return Predictions(
+        np.concatenate(labels).astype(np.int64),
+        as_class_probabilities(np.concatenate(outputs)),
+        np.concatenate(lengths),
+    )
 
 
 def length_buckets(edges: list[int]) -> list[tuple[int, int | None, str]]:
-    """[(low, high, name)] with names like `1-128`, `129-256`, `513+`."""
+    """[(low, high, name)] with names like `1-128`, `129-256`, `513-inf` (MLflow-safe)."""
     bounds = [0, *edges]
     buckets = [(lo, hi, f"{lo + 1}-{hi}") for lo, hi in zip(bounds, bounds[1:], strict=False)]
-    return [*buckets, (bounds[-1], None, f"{bounds[-1] + 1}+")]
+    return [*buckets, (bounds[-1], None, f"{bounds[-1] + 1}-inf")]
 
 
 def score(pred: Predictions, class_names: list[str], length_edges: list[int]) -> dict[str, float]:
@@ -60,7 +63,7 @@ def score(pred: Predictions, class_names: list[str], length_edges: list[int]) ->
     average = "binary" if binary else "macro"
     classes = list(range(len(class_names)))
     out = {
-        "test_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=classes)),
+        "test_loss": float(skm.log_loss(y, p, labels=classes)),
         "test_accuracy": float(skm.accuracy_score(y, yhat)),
         "test_precision": float(skm.precision_score(y, yhat, average=average, zero_division=0)),
         "test_recall": float(skm.recall_score(y, yhat, average=average, zero_division=0)),
@@ -79,8 +82,13 @@ def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
     return skm.confusion_matrix(pred.labels, pred.predicted, labels=list(range(num_classes)))
 
 
-def plot(history: dict[str, list[float]], matrix: np.ndarray, class_names: list[str],
-         train_lengths: np.ndarray, out_dir: Path) -> list[Path]:
+def plot(
+    history: dict[str, list[float]],
+    matrix: np.ndarray,
+    class_names: list[str],
+    train_lengths: np.ndarray,
+    out_dir: Path,
+) -> list[Path]:
     """Learning curves, confusion matrix and length histogram as PNG files in `out_dir`."""
     import matplotlib
 
@@ -103,9 +111,15 @@ def plot(history: dict[str, list[float]], matrix: np.ndarray, class_names: list[
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center")
-    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
-           xticklabels=class_names, yticklabels=class_names, xlabel="predicted", ylabel="true",
-           title="test confusion matrix")
+    ax.set(
+        xticks=range(len(class_names)),
+        yticks=range(len(class_names)),
+        xticklabels=class_names,
+        yticklabels=class_names,
+        xlabel="predicted",
+        ylabel="true",
+        title="test confusion matrix",
+    )
     paths.append(_save(fig, out_dir / "confusion_matrix.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))

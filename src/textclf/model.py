@@ -42,16 +42,26 @@ class LengthMask(layers.Layer):
         return super().get_config() | {"padding_side": self.padding_side}
 
 
-def build(vocab_size: int, num_classes: int, embedding_dim: int = 128, units: int = 64,
-          bidirectional: bool = False, dropout: float = 0.0, masking: str = "mask_zero",
-          padding_side: str = "post") -> keras.Model:
+def build(
+    vocab_size: int,
+    num_classes: int,
+    embedding_dim: int = 128,
+    units: int = 64,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    masking: str = "mask_zero",
+    padding_side: str = "post",
+) -> keras.Model:
     """An uncompiled model from padded int ids [batch, time] to class probabilities."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    x = layers.Embedding(vocab_size, embedding_dim, mask_zero=masking == "mask_zero",
-                         name="embedding")(tokens)
+    x = layers.Embedding(
+        vocab_size, embedding_dim, mask_zero=masking == "mask_zero", name="embedding"
+    )(tokens)
     mask = None
     if masking == "masking_layer":
-        x = layers.Masking(mask_value=0.0, name="masking")(ZeroPadding(name="zero_padding")([x, tokens]))
+        x = layers.Masking(mask_value=0.0, name="masking")(
+            ZeroPadding(name="zero_padding")([x, tokens])
+        )
     elif masking == "explicit":
         mask = LengthMask(padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.

@@ -21,8 +21,13 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 
-def end_to_end(vectorizer: keras.layers.TextVectorization, standardize: str,
-               classifier: keras.Model, max_length: int | None, padding_side: str) -> keras.Model:
+def end_to_end(
+    vectorizer: keras.layers.TextVectorization,
+    standardize: str,
+    classifier: keras.Model,
+    max_length: int | None,
+    padding_side: str,
+) -> keras.Model:
     """Raw strings → class probabilities: the vectorizer, padding and classifier in one model."""
     text = keras.Input(shape=(), dtype="string", name="text")
     ids = tokenize.inference_vectorizer(vectorizer, standardize, max_length)(text)
@@ -35,10 +40,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _encode(vectorizer, split: data.Split, max_length: int | None, name: str,
-            counts: dict[str, int]) -> tokenize.Encoded:
-    encoded, dropped = tokenize.drop_empty(tokenize.encode(vectorizer, split.texts, split.labels,
-                                                           max_length))
+def _encode(
+    vectorizer, split: data.Split, max_length: int | None, name: str, counts: dict[str, int]
+) -> tokenize.Encoded:
+    encoded, dropped = tokenize.drop_empty(
+        tokenize.encode(vectorizer, split.texts, split.labels, max_length)
+    )
     counts[f"no_tokens_dropped_{name}"] = dropped
     counts[f"truncated_{name}"] = encoded.truncated
     if not len(encoded):
@@ -46,19 +53,28 @@ def _encode(vectorizer, split: data.Split, max_length: int | None, name: str,
     return encoded
 
 
-def run(cfg: Config, params: dict[str, str], tags: dict[str, str],
-        parent_run_id: str | None = None) -> dict[str, float]:
+def run(
+    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
+) -> dict[str, float]:
     """Train and evaluate once, logging to MLflow; returns the final metrics."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.backend.clear_session()
     train.seed_everything(cfg.train.seed)
-    tags = {**tags, "batching": cfg.batching.strategy, "padding_side": cfg.batching.padding_side,
-            "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": str(out)}
+    tags = {
+        **tags,
+        "batching": cfg.batching.strategy,
+        "padding_side": cfg.batching.padding_side,
+        "masking": cfg.model.masking,
+        "data": cfg.data.source,
+        "output_dir": str(out),
+    }
     run_name = cfg.tracking.run_name or (
-        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}")
-    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags,
-                            parent_run_id) as mlrun:
+        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
+    )
+    with tracking.start_run(
+        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, parent_run_id
+    ) as mlrun:
         mlrun.log_params(params)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
@@ -66,34 +82,62 @@ def run(cfg: Config, params: dict[str, str], tags: dict[str, str],
         counts = dict(dataset.stats)
         log.info("data: %s", counts)
 
-        vectorizer = tokenize.adapt(dataset.train.texts, cfg.tokenize.vocab_size,
-                                    cfg.tokenize.standardize)
+        vectorizer = tokenize.adapt(
+            dataset.train.texts, cfg.tokenize.vocab_size, cfg.tokenize.standardize
+        )
         vocabulary = vectorizer.get_vocabulary()
         (out / "vocabulary.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
         max_length = cfg.tokenize.max_length
-        splits = {name: _encode(vectorizer, part, max_length, name, counts)
-                  for name, part in (("train", dataset.train), ("val", dataset.val),
-                                     ("test", dataset.test))}
+        splits = {
+            name: _encode(vectorizer, part, max_length, name, counts)
+            for name, part in (
+                ("train", dataset.train),
+                ("val", dataset.val),
+                ("test", dataset.test),
+            )
+        }
         mlrun.log_metrics({f"data_{k}": v for k, v in counts.items()})
 
         spec, seed = cfg.batching, cfg.train.seed
-        boundaries = (batching.bucket_boundaries(splits["train"].lengths, spec.num_buckets)
-                      if spec.strategy == "bucket" else None)
+        boundaries = (
+            batching.bucket_boundaries(splits["train"].lengths, spec.num_buckets)
+            if spec.strategy == "bucket"
+            else None
+        )
         if boundaries:
             mlrun.set_tags({"bucket_boundaries": boundaries})
         train_ds, val_ds, test_ds = (
-            batching.make_dataset(s.tokens, s.labels, spec, boundaries, shuffle=name == "train",
-                                  seed=seed) for name, s in splits.items())
+            batching.make_dataset(
+                s.tokens, s.labels, spec, boundaries, shuffle=name == "train", seed=seed
+            )
+            for name, s in splits.items()
+        )
         train_ds, padding = batching.counted(train_ds)
         log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)
 
-        classifier = model.build(len(vocabulary), len(dataset.class_names),
-                                 cfg.model.embedding_dim, cfg.model.units, cfg.model.bidirectional,
-                                 cfg.model.dropout, cfg.model.masking, spec.padding_side)
-        train.compile_model(classifier, len(dataset.class_names), cfg.train.optimizer,
-                            cfg.train.learning_rate)
-        fitted = train.fit(classifier, train_ds, val_ds, cfg.train.epochs, cfg.train.patience,
-                           cfg.train.steps_per_epoch, [mlrun.epoch_logger()], cfg.train.verbose)
+        classifier = model.build(
+            len(vocabulary),
+            len(dataset.class_names),
+            cfg.model.embedding_dim,
+            cfg.model.units,
+            cfg.model.bidirectional,
+            cfg.model.dropout,
+            cfg.model.masking,
+            spec.padding_side,
+        )
+        train.compile_model(
+            classifier, len(dataset.class_names), cfg.train.optimizer, cfg.train.learning_rate
+        )
+        fitted = train.fit(
+            classifier,
+            train_ds,
+            val_ds,
+            cfg.train.epochs,
+            cfg.train.patience,
+            cfg.train.steps_per_epoch,
+            [keras.callbacks.LambdaCallback(on_epoch_end=mlrun.log_epoch)],
+            cfg.train.verbose,
+        )
 
         predictions = evaluate.predict(classifier, test_ds)
         metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
@@ -109,15 +153,25 @@ def run(cfg: Config, params: dict[str, str], tags: dict[str, str],
         mlrun.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
 
-        exported = end_to_end(vectorizer, cfg.tokenize.standardize, classifier, max_length, spec.padding_side)
+        exported = end_to_end(
+            vectorizer, cfg.tokenize.standardize, classifier, max_length, spec.padding_side
+        )
         exported.save(out / "model.keras")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        artifacts = [out / "config.json", out / "vocabulary.txt", out / "metrics.json",
-                     out / "model.keras"]
+        artifacts = [
+            out / "config.json",
+            out / "vocabulary.txt",
+            out / "metrics.json",
+            out / "model.keras",
+        ]
         if cfg.evaluate.plots:
-            artifacts += evaluate.plot(fitted.history,
-                                       evaluate.confusion(predictions, len(dataset.class_names)),
-                                       dataset.class_names, splits["train"].lengths, out / "plots")
+            artifacts += evaluate.plot(
+                fitted.history,
+                evaluate.confusion(predictions, len(dataset.class_names)),
+                dataset.class_names,
+                splits["train"].lengths,
+                out / "plots",
+            )
         for path in artifacts:
             mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)
         return metrics

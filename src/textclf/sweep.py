@@ -39,10 +39,16 @@ class MlflowSweep(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = " ".join(config.hydra.overrides.task)
-        run_id = tracking.create_run(config.tracking.uri, config.tracking.experiment,
-                                     run_name=f"sweep {sweep_dir.name}",
-                                     tags={"sweep_dir": str(sweep_dir), "overrides": overrides,
-                                           "git_commit": tracking.git_commit()})
+        run_id = tracking.create_run(
+            config.tracking.uri,
+            config.tracking.experiment,
+            run_name=f"sweep {sweep_dir.name}",
+            tags={
+                "sweep_dir": str(sweep_dir),
+                "overrides": overrides,
+                "git_commit": tracking.git_commit(),
+            },
+        )
         (sweep_dir / PARENT_FILE).write_text(run_id)
         log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
         # Interrupted before on_multirun_end: the parent must not stay RUNNING.
@@ -60,12 +66,19 @@ class MlflowSweep(Callback):
         run_id = path.read_text().strip()
         statuses = [r.info.status for r in tracking.children(config.tracking.uri, run_id)]
         failed = sum(s != "FINISHED" for s in statuses)
-        tracking.finish(config.tracking.uri, run_id, "FINISHED",
-                        {"jobs": len(statuses), "jobs_failed": failed})
+        tracking.finish(
+            config.tracking.uri, run_id, "FINISHED", {"jobs": len(statuses), "jobs_failed": failed}
+        )
         self._open = None
-        log.info("sweep done: %d runs, %d not finished (parent run %s)", len(statuses), failed,
-                 run_id)
+        log.info(
+            "sweep done: %d runs, %d not finished (parent run %s)", len(statuses), failed, run_id
+        )
         if failed:
-            log.error("%d of %d jobs failed; their runs hold the error (tag `error`) and "
-                      "each job's log is in %s", failed, len(statuses), config.hydra.sweep.dir)
+            log.error(
+                "%d of %d jobs failed; their runs hold the error (tag `error`) and "
+                "each job's log is in %s",
+                failed,
+                len(statuses),
+                config.hydra.sweep.dir,
+            )
             raise SystemExit(1)

@@ -48,7 +48,9 @@ class Encoded:
         return int(self.tokens.nrows())
 
 
-def adapt(texts: list[str], vocab_size: int = 20000, standardize: str = "html") -> keras.layers.TextVectorization:
+def adapt(
+    texts: list[str], vocab_size: int = 20000, standardize: str = "html"
+) -> keras.layers.TextVectorization:
     """A vectorizer whose vocabulary comes from `texts` (pass training texts only)."""
     vectorizer = keras.layers.TextVectorization(
         max_tokens=vocab_size, standardize=_STANDARDIZE[standardize], output_mode="int", ragged=True
@@ -57,11 +59,19 @@ def adapt(texts: list[str], vocab_size: int = 20000, standardize: str = "html") 
     return vectorizer
 
 
-def encode(vectorizer: keras.layers.TextVectorization, texts: list[str], labels: np.ndarray,
-           max_length: int | None = None) -> Encoded:
+def encode(
+    vectorizer: keras.layers.TextVectorization,
+    texts: list[str],
+    labels: np.ndarray,
+    max_length: int | None = None,
+) -> Encoded:
     """Token ids per text, cut to `max_length`; rows left with no token are an error upstream."""
     stream = tf.data.Dataset.from_tensor_slices(texts).batch(1024).map(vectorizer)
-    tokens = tf.concat(list(stream), axis=0) if texts else tf.ragged.constant([], dtype=tf.int64, ragged_rank=1)
+    tokens = (
+        tf.concat(list(stream), axis=0)
+        if texts
+        else tf.ragged.constant([], dtype=tf.int64, ragged_rank=1)
+    )
     tokens = tf.cast(tokens, tf.int32)
     truncated = 0
     if max_length is not None:
@@ -79,11 +89,16 @@ def drop_empty(encoded: Encoded) -> tuple[Encoded, int]:
     return Encoded(tokens, encoded.labels[keep], encoded.truncated), int((~keep).sum())
 
 
-def inference_vectorizer(vectorizer: keras.layers.TextVectorization, standardize: str,
-                         max_length: int | None) -> keras.layers.TextVectorization:
+def inference_vectorizer(
+    vectorizer: keras.layers.TextVectorization, standardize: str, max_length: int | None
+) -> keras.layers.TextVectorization:
     """The same vocabulary as a dense layer for the exported model (ragged outputs don't save)."""
-    config = vectorizer.get_config() | {"ragged": False, "output_sequence_length": max_length,
-                                        "vocabulary": None, "standardize": _STANDARDIZE[standardize]}
+    config = vectorizer.get_config() | {
+        "ragged": False,
+        "output_sequence_length": max_length,
+        "vocabulary": None,
+        "standardize": _STANDARDIZE[standardize],
+    }
     dense = keras.layers.TextVectorization(**config)
     dense.set_vocabulary(vectorizer.get_vocabulary())
     return dense

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keras
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -50,15 +49,23 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
             return client, client.get_experiment_by_name(experiment).experiment_id
-        raise TrackingError(f"cannot use the MLflow tracking store {uri!r}: "
-                            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
-                            "Check tracking.uri (or start the server it names).") from error
+        raise TrackingError(
+            f"cannot use the MLflow tracking store {uri!r}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
+            "Check tracking.uri (or start the server it names)."
+        ) from error
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -90,19 +97,9 @@ class Run:
         else:
             self.client.log_artifact(self.run_id, str(path), folder)
 
-    def epoch_logger(self) -> keras.callbacks.Callback:
-        return _EpochLogger(self)
-
-
-class _EpochLogger(keras.callbacks.Callback):
-    """Per-epoch train/validation loss and accuracy, step = epoch number (from 1)."""
-
-    def __init__(self, run: Run):
-        super().__init__()
-        self.run = run
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.run.log_metrics({k: v for k, v in (logs or {}).items() if _is_number(v)}, step=epoch + 1)
+    def log_epoch(self, epoch: int, logs: dict | None) -> None:
+        """Keras epoch logs (loss, accuracy, val_*) at step = epoch number from 1."""
+        self.log_metrics({k: v for k, v in (logs or {}).items() if _is_number(v)}, step=epoch + 1)
 
 
 def _is_number(value: Any) -> bool:
@@ -120,9 +117,14 @@ def _now_ms() -> int:
 
 
 @contextlib.contextmanager
-def start_run(uri: str, experiment: str, run_name: str | None = None,
-              tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
-              run_id: str | None = None) -> Iterator[Run]:
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING."""
     client, experiment_id = connect(uri, experiment)
     all_tags = dict(tags or {})
@@ -131,8 +133,9 @@ def start_run(uri: str, experiment: str, run_name: str | None = None,
     if run_id:
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+        run_id = client.create_run(
+            experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+        ).info.run_id
     run = Run(client, run_id)
     try:
         yield run
@@ -148,7 +151,9 @@ def start_run(uri: str, experiment: str, run_name: str | None = None,
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def finish(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
+def finish(
+    uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None
+) -> None:
     client = MlflowClient(tracking_uri=uri)
     if tags:
         Run(client, run_id).set_tags(tags)
@@ -158,8 +163,9 @@ def finish(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, Any]
 def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -> str:
     """A run left RUNNING for a caller that ends it later (a sweep's parent run)."""
     client, experiment_id = connect(uri, experiment)
-    return client.create_run(experiment_id, run_name=run_name,
-                             tags={k: str(v) for k, v in tags.items()}).info.run_id
+    return client.create_run(
+        experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+    ).info.run_id
 
 
 def search(uri: str, experiment: str, parent_run_id: str | None = None):
@@ -172,8 +178,15 @@ def search(uri: str, experiment: str, parent_run_id: str | None = None):
     return mlflow.search_runs([experiment_id], filter_string=query, max_results=10000)
 
 
+def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None = None) -> None:
+    run = Run(MlflowClient(tracking_uri=uri), run_id)
+    for path in paths:
+        run.log_artifact(path, folder)
+
+
 def children(uri: str, parent_run_id: str) -> list:
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    )

@@ -32,8 +32,9 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(f"training loss became {float(loss)} at batch {batch}; "
-                                   "lower train.learning_rate")
+            raise TrainingDiverged(
+                f"training loss became {float(loss)} at batch {batch}; lower train.learning_rate"
+            )
 
 
 class Timer(keras.callbacks.Callback):
@@ -78,28 +79,45 @@ class Fit:
         return per_step * sum(n - 1 for n in self.steps) / seconds if seconds > 0 else float("nan")
 
 
-def compile_model(model: keras.Model, num_classes: int, optimizer: str = "adam",
-                  learning_rate: float = 1e-3) -> keras.Model:
+def compile_model(
+    model: keras.Model, num_classes: int, optimizer: str = "adam", learning_rate: float = 1e-3
+) -> keras.Model:
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+    opt = keras.optimizers.get(
+        {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+    )
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
     return model
 
 
-def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int = 10,
-        patience: int = 1, steps_per_epoch: int | None = None,
-        callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 2,
-        initial_epoch: int = 0) -> Fit:
+def fit(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    epochs: int = 10,
+    patience: int = 1,
+    steps_per_epoch: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 2,
+    initial_epoch: int = 0,
+) -> Fit:
     """Fit a compiled model; the returned weights are those of the best validation epoch."""
     timer = Timer()
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                            restore_best_weights=True)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True
+    )
     if steps_per_epoch:
         train_ds = train_ds.repeat()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose,
-                        shuffle=False,  # the dataset reshuffles itself
-                        steps_per_epoch=steps_per_epoch, initial_epoch=initial_epoch,
-                        callbacks=[StopOnNaN(), timer, stopper, *callbacks])
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        verbose=verbose,
+        shuffle=False,  # the dataset reshuffles itself
+        steps_per_epoch=steps_per_epoch,
+        initial_epoch=initial_epoch,
+        callbacks=[StopOnNaN(), timer, stopper, *callbacks],
+    )
     losses = history.history.get("val_loss", [])
     best = int(min(range(len(losses)), key=losses.__getitem__)) + initial_epoch if losses else 0
     return Fit(history.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)

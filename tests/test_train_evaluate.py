@@ -1,0 +1,74 @@
+"""Metrics under their stable names, length buckets, early stopping and divergence."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from textclf import evaluate, model, train
+
+
+def predictions(labels, positive, lengths) -> evaluate.Predictions:
+    return evaluate.Predictions(
+        np.array(labels),
+        evaluate.as_class_probabilities(np.array(positive)[:, None]),
+        np.array(lengths),
+    )
+
+
+def test_binary_scores_match_hand_counts():
+    pred = predictions([1, 1, 0, 0, 1], [0.9, 0.4, 0.2, 0.6, 0.8], [10, 200, 300, 600, 50])
+    scores = evaluate.score(pred, ["neg", "pos"], [128, 256, 512])
+    # predicted 1,0,0,1,1: tp=2 fp=1 fn=1 tn=1
+    assert scores["test_accuracy"] == pytest.approx(3 / 5)
+    assert scores["test_precision"] == pytest.approx(2 / 3)
+    assert scores["test_recall"] == pytest.approx(2 / 3)
+    assert scores["test_f1"] == pytest.approx(2 / 3)
+    assert scores["test_auc"] == pytest.approx(5 / 6)
+    assert scores["test_loss"] == pytest.approx(
+        -np.mean(np.log([0.9, 0.4, 0.8, 0.6, 0.8][:1] + [0.4, 0.8, 0.4, 0.8])), rel=1e-6
+    )
+    assert scores["test_accuracy_len_1-128"] == 1.0  # lengths 10 and 50, both right
+    assert scores["test_accuracy_len_129-256"] == 0.0
+    assert scores["test_accuracy_len_257-512"] == 1.0
+    assert scores["test_accuracy_len_513-inf"] == 0.0
+
+
+def test_multiclass_scores_are_macro_averaged_without_auc():
+    probs = np.eye(3)[[0, 1, 2, 1]]
+    pred = evaluate.Predictions(np.array([0, 1, 2, 2]), probs, np.array([5, 5, 5, 5]))
+    scores = evaluate.score(pred, ["a", "b", "c"], [128])
+    assert scores["test_accuracy"] == 0.75 and "test_auc" not in scores
+    assert evaluate.confusion(pred, 3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def dataset(n=64, seed=0, noise=0.0) -> tf.data.Dataset:
+    """Token 2 means positive, 3 negative; `noise` flips that share of the labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(np.int32)
+    x = np.where(y[:, None] == 1, 2, 3) * np.ones((n, 5), np.int32)
+    y = np.where(rng.random(n) < noise, 1 - y, y).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
+    keras.utils.set_random_seed(0)
+    net = train.compile_model(model.build(5, 2, 4, 4), 2, "adam", 0.05)
+    val = dataset(seed=1, noise=0.25)  # confident predictions get punished: val loss turns up
+    fitted = train.fit(net, dataset(), val, epochs=40, patience=2, verbose=0)
+    epochs = len(fitted.history["loss"])
+    assert len(fitted.epoch_seconds) == epochs < 40 and fitted.best_epoch < epochs - 1
+    best = min(fitted.history["val_loss"])
+    assert net.evaluate(val, verbose=0)[0] == pytest.approx(best, rel=1e-4)
+    assert fitted.steps[0] == 4 and fitted.rate(16.0) > 0
+    pred = evaluate.predict(net, dataset(seed=1))
+    assert (pred.predicted == pred.labels).all() and (pred.lengths == 5).all()
+
+
+def test_a_diverging_loss_stops_training_with_an_error():
+    keras.utils.set_random_seed(0)
+    net = train.compile_model(model.build(5, 2, 4, 4), 2, "sgd", float("inf"))
+    with pytest.raises(train.TrainingDiverged, match="learning_rate"):
+        train.fit(net, dataset(), dataset(seed=1), epochs=5, verbose=0)

@@ -7,7 +7,7 @@ ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep compare ui test test-fast lint clean
+.PHONY: help install train sweep compare predict bench ui test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass th
 
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
+
+predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_name=)
+	$(BIN)/textclf predict $(ARGS)
+
+bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS="--quick" for a smoke test)
+	$(BIN)/textclf bench $(ARGS)
 
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}

@@ -28,9 +28,10 @@ register()
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
+    from .predict import PredictError
     from .tracking import TrackingError
 
-    return ConfigError, DataError, TrackingError
+    return ConfigError, DataError, TrackingError, PredictError
 
 
 def _fail_clearly(error: BaseException) -> None:
@@ -54,7 +55,8 @@ def train(cfg: DictConfig) -> float:
             if not k.startswith("hydra") and v is not None
         }
         tags["git_commit"] = tracking.git_commit(ROOT)
-        metrics = pipeline.run(config, flatten(cfg), tags, sweep.parent_run_id())
+        params = {k: v for k, v in flatten(cfg).items() if k != "bench"}
+        metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     except Exception as error:
         if hydra_cfg.mode.name == "MULTIRUN":
             # Already recorded as this job's FAILED run; the sweep goes on and reports it.
@@ -75,9 +77,29 @@ def compare(cfg: DictConfig) -> None:
         _fail_clearly(error)
 
 
+def bench(cfg: DictConfig) -> None:
+    from . import bench as benchmark
+
+    try:
+        benchmark.run(to_object(cfg))
+    except _user_errors() as error:
+        _fail_clearly(error)
+
+
+def predict(cfg: DictConfig) -> None:
+    from . import predict as classify
+
+    try:
+        classify.run(OmegaConf.to_object(cfg))
+    except _user_errors() as error:
+        _fail_clearly(error)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
     "compare": ("compare", compare),
+    "predict": ("predict", predict),
+    "bench": ("bench", bench),
 }
 
 
@@ -91,7 +113,8 @@ def main() -> None:
         )
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     config_name, task = COMMANDS[args[0]]
-    sys.argv = [f"textclf-{args[0]}", *args[1:]]
+    rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
+    sys.argv = [f"textclf-{args[0]}", *rest]
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 
 

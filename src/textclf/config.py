@@ -126,10 +126,12 @@ class ModelConfig:
     embedding_dim: int = 128
     units: int = 64
     bidirectional: bool = False
-    dropout: float = 0.0
+    dropout: float = 0.3
     masking: str = "mask_zero"
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
+        _one_of(self.pooling, "model.pooling", ("mean", "last"))
         _check(
             self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
         )
@@ -181,6 +183,17 @@ class TrackingConfig:
     uri: str = MISSING
     experiment: str = "textclf"
     run_name: str | None = None
+    registered_model: str | None = None  # also register each trained model under this name
+
+
+@dataclass
+class BenchConfig:
+    steps: int = 60
+    repeats: int = 3
+    inference_reviews: int = 2000
+    latency_calls: int = 200
+    quick: bool = False
+    out_dir: str = MISSING
 
 
 @dataclass
@@ -193,6 +206,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = MISSING
+    bench: BenchConfig | None = None  # set only by `textclf bench`
 
     def __post_init__(self) -> None:
         _check(
@@ -210,11 +224,48 @@ class CompareConfig:
     out_dir: str = MISSING
 
 
+@dataclass
+class PredictConfig:
+    """`textclf predict`: which texts, which model (at most one source; default the newest run)."""
+
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    text: Any = None  # one text or a list of texts
+    file: str | None = None  # lines of a text file, or `column` of a .csv/.jsonl
+    column: str = "text"
+    run_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None  # with model_name; default: its latest version
+    model_path: str | None = None  # a model.keras file
+    out: str | None = None  # .csv or .jsonl; default: a table on screen
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.text is None) != (self.file is None),
+            "text/file",
+            "give exactly one: text=\"a review\" (or a list), or file=<.txt/.csv/.jsonl>",
+        )
+        sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
+        _check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
+        _check(
+            self.model_version is None or bool(self.model_name),
+            "model_version",
+            "needs model_name=<registered model>",
+        )
+        _check(
+            self.out is None or self.out.lower().endswith((".csv", ".jsonl")),
+            "out",
+            f"must end in .csv or .jsonl, got {self.out!r}",
+        )
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
 def register() -> None:
     """Make the schemas available to the defaults lists of `conf/*.yaml`."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(name="config_schema_compare", node=CompareConfig)
+    store.store(name="config_schema_predict", node=PredictConfig)
 
 
 def to_object(cfg: DictConfig) -> Config:

@@ -51,8 +51,13 @@ def build(
     dropout: float = 0.0,
     masking: str = "mask_zero",
     padding_side: str = "post",
+    pooling: str = "mean",
 ) -> keras.Model:
-    """An uncompiled model from padded int ids [batch, time] to class probabilities."""
+    """An uncompiled model from padded int ids [batch, time] to class probabilities.
+
+    `pooling="last"` classifies from the LSTM's final (last unmasked) state; `"mean"` from the
+    average of its outputs over the unmasked steps, which keeps early words of long reviews.
+    """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
         vocab_size, embedding_dim, mask_zero=masking == "mask_zero", name="embedding"
@@ -66,10 +71,13 @@ def build(
         mask = LengthMask(padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
     use_cudnn = False if padding_side == "pre" and masking != "none" else "auto"
-    rnn = layers.LSTM(units, use_cudnn=use_cudnn, name="lstm")
+    rnn = layers.LSTM(units, dropout=dropout, return_sequences=pooling == "mean",
+                      use_cudnn=use_cudnn, name="lstm")
     if bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)
+    if pooling == "mean":  # a masked average: padded steps do not count
+        x = layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=mask)
     x = layers.Dropout(dropout, name="dropout")(x)
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)

@@ -124,6 +124,7 @@ def run(
             cfg.model.dropout,
             cfg.model.masking,
             spec.padding_side,
+            cfg.model.pooling,
         )
         train.compile_model(
             classifier, len(dataset.class_names), cfg.train.optimizer, cfg.train.learning_rate
@@ -157,12 +158,17 @@ def run(
             vectorizer, cfg.tokenize.standardize, classifier, max_length, spec.padding_side
         )
         exported.save(out / "model.keras")
+        (out / "classes.json").write_text(json.dumps(dataset.class_names))
+        tracking.log_model(
+            mlrun, out / "model.keras", out / "classes.json", cfg.tracking.registered_model
+        )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         artifacts = [
             out / "config.json",
             out / "vocabulary.txt",
             out / "metrics.json",
             out / "model.keras",
+            out / "classes.json",
         ]
         if cfg.evaluate.plots:
             artifacts += evaluate.plot(

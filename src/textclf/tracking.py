@@ -14,10 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
+MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
+MODEL = "model"  # the logged model's name in its run
 _BATCH = 100
 
 
@@ -190,3 +195,114 @@ def children(uri: str, parent_run_id: str) -> list:
     return client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     )
+
+
+# --- the trained model as an MLflow pyfunc model ---------------------------------------------
+
+EXAMPLE = ["A wonderful film, I loved every minute of it.", "A dull, pointless film."]
+
+
+class TextClassifierModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of `predict.Classifier`, so MLflow loaders and servers answer like it.
+
+    Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class and
+    `error` (set, with no label, for an empty text).
+    """
+
+    def load_context(self, context) -> None:
+        from .predict import Classifier  # imports the Keras custom layers before loading
+
+        self.classifier = Classifier.from_files(
+            context.artifacts["keras"], context.artifacts["classes"]
+        )
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "text" not in model_input.columns:
+            raise ValueError(f"expected a `text` column, got {list(model_input.columns)}")
+        return self.classifier.predict(model_input["text"].tolist())
+
+
+def _requirements() -> list[str]:
+    """Pinned from this environment; spares MLflow a slow subprocess that infers them."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "tensorflow", "keras", "pandas")]
+
+
+def log_model(
+    run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
+) -> str:
+    """Log the `.keras` model as the run's pyfunc `model` (signature from an input example).
+
+    `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
+    run"; with `registered_model` it also becomes that registered model's next version.
+    """
+    mlflow.set_tracking_uri(run.client.tracking_uri)  # Model.log finds the store globally
+    info = Model.log(
+        artifact_path=None,
+        flavor=mlflow.pyfunc,
+        run_id=run.run_id,
+        name=MODEL,
+        python_model=TextClassifierModel(),
+        artifacts={"keras": str(keras_path), "classes": str(classes_path)},
+        input_example=pd.DataFrame({"text": EXAMPLE}),
+        pip_requirements=_requirements(),
+        registered_model_name=registered_model,
+    )
+    uri = f"runs:/{run.run_id}/{MODEL}"
+    run.set_tags({MODEL_TAG: uri, "logged_model_id": info.model_id})
+    return uri
+
+
+def model_uri(
+    uri: str,
+    experiment: str,
+    run_id: str | None = None,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> str:
+    """The model URI a run id or registered name/version means; default the newest run's."""
+    if model_name:
+        return f"models:/{model_name}/{model_version or 'latest'}"
+    if run_id:
+        return f"runs:/{run_id}/{MODEL}"
+    client = _existing_store(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = (
+        client.search_runs(
+            [found.experiment_id],
+            filter_string=f"attributes.status = 'FINISHED' and tags.{MODEL_TAG} != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found
+        else []
+    )
+    if not runs:
+        raise TrackingError(
+            f"experiment {experiment!r} in {uri} has no finished run with a logged model: "
+            "train one (make train), or pass run_id=, model_name= or model_path=."
+        )
+    return runs[0].data.tags[MODEL_TAG]
+
+
+def load_model(uri: str, model: str):
+    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+    _existing_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(model)
+    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        raise TrackingError(
+            f"cannot load the model {model} from {uri}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        ) from error
+
+
+def _existing_store(uri: str) -> MlflowClient:
+    """A client on a store that exists: opening a missing SQLite file would create an empty one."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(
+            f"no MLflow store at {uri}: train a model first (make train), or pass model_path=."
+        )
+    return MlflowClient(tracking_uri=uri)

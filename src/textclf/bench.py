@@ -1,0 +1,228 @@
+"""`make bench`: the batching strategies side by side on this machine, in one run.
+
+Same model and data for every strategy; strategies take turns (in rotated order, repeated)
+so machine drift hits them all alike; medians are reported. Also: the input pipeline alone,
+inference from raw strings with the exported model, and peak memory per measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import batching, data, model, pipeline, tokenize, tracking, train
+from .config import BatchingConfig, Config
+
+log = logging.getLogger(__name__)
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak-RSS counter (VmHWM) of this process."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return pipeline.peak_rss_mb()
+
+
+def machine() -> dict[str, str | int]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "platform": platform.platform()}
+
+
+def _sample_batches(ds: tf.data.Dataset, steps: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """The first `steps` batches of one shuffled epoch, materialised so every strategy's
+    measurement times the model alone and knows exactly how many reviews and tokens it saw."""
+    return list(ds.take(steps))
+
+
+def _train_rate(net: keras.Model, batches: list) -> tuple[float, float]:
+    """Reviews/s and real tokens/s of `model.fit` over `batches`, the first step excluded."""
+    spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
+    ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(2)
+    timer = train.Timer()
+    net.fit(ds, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    seconds = timer.steady_seconds[0]
+    reviews = sum(int(x.shape[0]) for x, _ in batches[1:])
+    tokens = sum(int(tf.math.count_nonzero(x)) for x, _ in batches[1:])
+    return reviews / seconds, tokens / seconds
+
+
+def _specs(cfg: Config) -> dict[str, BatchingConfig]:
+    base = cfg.batching
+    specs = {
+        "fixed": BatchingConfig("fixed", base.batch_size, base.padding_side, max_length=500),
+        "per_batch": BatchingConfig("per_batch", base.batch_size, base.padding_side),
+        "bucket": BatchingConfig("bucket", base.batch_size, base.padding_side,
+                                 num_buckets=base.num_buckets if base.strategy == "bucket" else 64),
+        "exact": BatchingConfig("exact", base.batch_size, base.padding_side,
+                                round_to=base.round_to if base.strategy == "exact" else 1),
+    }
+    if specs[base.strategy] != base:
+        specs["default"] = base
+    return specs
+
+
+def run(cfg: Config) -> dict:
+    """Measure everything, write `latest.json`/`latest.md` and log them to MLflow (`bench`)."""
+    b = cfg.bench
+    steps, repeats, inference_reviews, latency_calls = (
+        (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls))
+    out_dir = Path(b.out_dir)
+    train.seed_everything(cfg.train.seed)
+    data_cfg = replace(cfg.data, limit=cfg.data.limit or 2000) if b.quick else cfg.data
+    dataset = data.load(data_cfg)
+    texts, labels = dataset.train.texts, dataset.train.labels
+
+    start = time.perf_counter()
+    vectorizer = tokenize.adapt(texts, cfg.tokenize.vocab_size, cfg.tokenize.standardize)
+    adapt_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded, _ = tokenize.drop_empty(tokenize.encode(vectorizer, texts, labels,
+                                                     cfg.tokenize.max_length))
+    encode_seconds = time.perf_counter() - start
+    boundaries = batching.bucket_boundaries(encoded.lengths, cfg.batching.num_buckets)
+    vocab = len(vectorizer.get_vocabulary())
+
+    results: dict[str, dict] = {}
+    nets, samples = {}, {}
+    for name, spec in _specs(cfg).items():
+        ds = batching.make_dataset(encoded.tokens, encoded.labels, spec, boundaries, shuffle=True,
+                                   seed=cfg.train.seed)
+        start = time.perf_counter()
+        stats = batching.padding_stats(ds)
+        pipe_seconds = time.perf_counter() - start
+        keras.utils.set_random_seed(cfg.train.seed)
+        net = model.build(vocab, len(dataset.class_names), cfg.model.embedding_dim,
+                          cfg.model.units, cfg.model.bidirectional, cfg.model.dropout,
+                          cfg.model.masking, spec.padding_side, cfg.model.pooling)
+        nets[name] = train.compile_model(net, len(dataset.class_names), cfg.train.optimizer,
+                                         cfg.train.learning_rate)
+        samples[name] = _sample_batches(ds, steps)
+        results[name] = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
+                         "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
+                         "runs_reviews_per_s": [], "runs_tokens_per_s": [], "peak_rss_mb": 0.0}
+
+    names = list(results)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            _reset_peak_rss()
+            reviews_per_s, tokens_per_s = _train_rate(nets[name], samples[name])
+            results[name]["runs_reviews_per_s"].append(reviews_per_s)
+            results[name]["runs_tokens_per_s"].append(tokens_per_s)
+            results[name]["peak_rss_mb"] = max(results[name]["peak_rss_mb"], _peak_rss_mb())
+            log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, reviews_per_s)
+
+    for name, res in results.items():
+        res["reviews_per_s"] = statistics.median(res["runs_reviews_per_s"])
+        res["real_tokens_per_s"] = statistics.median(res["runs_tokens_per_s"])
+    for name, res in results.items():
+        res["ratio_to_fixed"] = res["reviews_per_s"] / results["fixed"]["reviews_per_s"]
+        res["ratio_to_per_batch"] = res["reviews_per_s"] / results["per_batch"]["reviews_per_s"]
+        res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
+
+    default = "default" if "default" in results else cfg.batching.strategy
+    inference = _inference(vectorizer, cfg, nets[default], texts, inference_reviews, latency_calls)
+    report = {
+        "machine": machine(),
+        "config": {"train_reviews": len(encoded), "vocab_size": vocab, "steps": steps,
+                   "repeats": repeats, "batch_size": cfg.batching.batch_size,
+                   "max_length": cfg.tokenize.max_length, "default": default,
+                   "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
+        "tokenize": {"adapt_seconds": adapt_seconds,
+                     "encode_reviews_per_s": len(texts) / encode_seconds},
+        "strategies": results,
+        "inference": inference,
+    }
+    _write(report, out_dir, cfg)
+    return report
+
+
+def _inference(vectorizer, cfg: Config, net: keras.Model, texts: list[str], n: int,
+               calls: int) -> dict[str, float]:
+    exported = pipeline.end_to_end(vectorizer, cfg.tokenize.standardize, net,
+                                   cfg.tokenize.max_length, cfg.batching.padding_side)
+    path = Path(cfg.output_dir) / "bench_model.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exported.save(path)
+    loaded = keras.models.load_model(path)
+    sample = [texts[i % len(texts)] for i in range(n)]
+    _reset_peak_rss()
+    loaded.predict(tf.constant(sample[:256]), batch_size=256, verbose=0)  # warm-up
+    start = time.perf_counter()
+    loaded.predict(tf.constant(sample), batch_size=256, verbose=0)
+    batch_rate = n / (time.perf_counter() - start)
+    single = tf.function(loaded, reduce_retracing=True)
+    for text in sample[:5]:
+        single(tf.constant([text]))
+    latencies = []
+    for text in sample[:calls]:
+        start = time.perf_counter()
+        single(tf.constant([text])).numpy()
+        latencies.append((time.perf_counter() - start) * 1000)
+    return {"batch_reviews_per_s": batch_rate, "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p95_ms": float(np.percentile(latencies, 95)), "peak_rss_mb": _peak_rss_mb()}
+
+
+def markdown(report: dict) -> str:
+    m, c = report["machine"], report["config"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
+             f"Keras {m['keras']}. {c['train_reviews']} training reviews, batch {c['batch_size']}, "
+             f"{c['steps']} steps × {c['repeats']} repeats, medians.", "",
+             "| strategy | reviews/s | real tokens/s | × fixed | × per_batch | padding eff. "
+             "| pipeline reviews/s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["strategies"].items():
+        lines.append(f"| {name} | {r['reviews_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
+                     f"{r['ratio_to_fixed']:.2f} | {r['ratio_to_per_batch']:.2f} | "
+                     f"{r['padding_efficiency']:.3f} | {r['pipeline_reviews_per_s']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
+    inf = report["inference"]
+    lines += ["", f"Inference from raw strings ({c['default']} model): "
+              f"{inf['batch_reviews_per_s']:,.0f} reviews/s in batches of 256; single review "
+              f"p50 {inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms. "
+              f"Tokenization: {report['tokenize']['encode_reviews_per_s']:,.0f} reviews/s."]
+    return "\n".join(lines) + "\n"
+
+
+def _write(report: dict, out_dir: Path, cfg: Config) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "latest.md").write_text(markdown(report))
+    print(markdown(report))
+    flat = {f"{name}_{key}": value for name, res in report["strategies"].items()
+            for key, value in res.items() if isinstance(value, float | int)}
+    flat.update({f"inference_{k}": v for k, v in report["inference"].items()})
+    with tracking.start_run(cfg.tracking.uri, "bench", run_name=f"bench {cfg.data.source}",
+                            tags={"git_commit": tracking.git_commit(), **report["machine"]}) as run:
+        run.log_metrics(flat)
+        run.log_artifact(out_dir / "latest.json")
+        run.log_artifact(out_dir / "latest.md")
+

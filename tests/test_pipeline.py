@@ -131,35 +131,3 @@ def test_config_error_names_the_key_before_reading_data(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "model.units: must be > 0, got -3" in output
     assert "does not exist" not in output and not (tmp_path / "mlflow.db").exists()
-
-
-def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(tmp_path):
-    good = write_csv(tmp_path / "good.csv", reviews(120))
-    done = textclf(
-        "train",
-        "--multirun",
-        "data=csv",
-        f"data.path={good},{tmp_path / 'gone.csv'}",
-        "batching=per_batch,exact",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        *quick(tmp_path),
-        "train.epochs=1",
-        cwd=tmp_path,
-    )
-    assert done.returncode != 0  # Hydra reports the failed job after running all of them
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("textclf").experiment_id
-    runs = client.search_runs([experiment])
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4
-    statuses = sorted((r.data.tags["batching"], r.info.status) for r in children)
-    assert statuses == [
-        ("exact", "FAILED"),
-        ("exact", "FINISHED"),
-        ("per_batch", "FAILED"),
-        ("per_batch", "FINISHED"),
-    ]
-    failed = [r for r in children if r.info.status == "FAILED"]
-    assert all("does not exist" in r.data.tags["error"] for r in failed)
-    assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "2"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,17 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
 }
 
 
+def _quote_text(arg: str) -> str:
+    """`text=a review, with commas` (the shell ate the quotes) → one Hydra-quoted string.
+
+    A value already quoted or a list (`text=[a,b]`) is left to Hydra.
+    """
+    if not arg.startswith("text=") or arg[5:6] in ("'", '"', "["):
+        return arg
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, arg[5:])
+    return "text='" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] not in COMMANDS:
@@ -114,6 +126,8 @@ def main() -> None:
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     config_name, task = COMMANDS[args[0]]
     rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
+    if args[0] == "predict":
+        rest = [_quote_text(a) for a in rest]
     sys.argv = [f"textclf-{args[0]}", *rest]
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 

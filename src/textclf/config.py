@@ -243,7 +243,7 @@ class PredictConfig:
         _check(
             (self.text is None) != (self.file is None),
             "text/file",
-            "give exactly one: text=\"a review\" (or a list), or file=<.txt/.csv/.jsonl>",
+            'give exactly one: text="a review" (or a list), or file=<.txt/.csv/.jsonl>',
         )
         sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
         _check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")

@@ -152,6 +152,9 @@ def show(frame: pd.DataFrame, width: int = 60) -> str:
     """The table for a terminal: long texts shortened, probabilities to 4 decimals."""
     shown = frame.copy()
     shown["text"] = [t if len(t) <= width else t[: width - 1] + "…" for t in shown["text"]]
+    for column in ("text", "label", "error"):  # left-aligned: pad to one width
+        values = shown[column].fillna("").astype(str)
+        shown[column] = values.str.ljust(max(values.str.len().max(), len(column)))
     return shown.to_string(
         index=False, na_rep="", float_format=lambda v: f"{v:.4f}", justify="left"
     )

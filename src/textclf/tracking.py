@@ -9,6 +9,7 @@ ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave the
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,10 +42,27 @@ def _local_artifacts(uri: str) -> str | None:
     return None
 
 
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server answers /health at once; MLflow's own client retries for minutes."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            if reply.status == 200:
+                return
+            problem = f"HTTP {reply.status}"
+    except OSError as error:
+        problem = str(getattr(error, "reason", error))
+    raise TrackingError(f"the MLflow tracking server {uri!r} is not reachable ({problem}). "
+                        "Start it (make server) or fix tracking.uri.")
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, created if needed; fails fast naming the URI."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -216,6 +234,11 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             context.artifacts["keras"], context.artifacts["classes"]
         )
 
+    def __getstate__(self) -> dict:
+        # MLflow loads the model to infer the signature before pickling this object: pickle
+        # no Keras model, everything is rebuilt from the artifacts in `load_context`.
+        return {}
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if "text" not in model_input.columns:
             raise ValueError(f"expected a `text` column, got {list(model_input.columns)}")
@@ -235,9 +258,12 @@ def log_model(
     """Log the `.keras` model as the run's pyfunc `model` (signature from an input example).
 
     `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
-    run"; with `registered_model` it also becomes that registered model's next version.
+    run" (whose end would mark the run FINISHED early); it takes the store and the experiment
+    from the fluent globals, hence the two `set_` calls. With `registered_model` it also
+    becomes that registered model's next version.
     """
-    mlflow.set_tracking_uri(run.client.tracking_uri)  # Model.log finds the store globally
+    mlflow.set_tracking_uri(run.client.tracking_uri)
+    mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)
     info = Model.log(
         artifact_path=None,
         flavor=mlflow.pyfunc,
@@ -290,6 +316,7 @@ def load_model(uri: str, model: str):
     """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
     _existing_store(uri)
     mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep output a table
     try:
         return mlflow.pyfunc.load_model(model)
     except Exception as error:  # MLflow raises many types for a missing run, model or version

@@ -1,0 +1,344 @@
+"""Inference: the pyfunc model, `textclf predict` and `mlflow models serve` answer alike.
+
+Two tiny models are trained once for the module through the real entry point, into one SQLite
+store and one registered model: a 3-class topic model on JSONL (its own vocabulary, registered
+as version 1), then a binary review model on CSV (version 2, the newest run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+import textclf.pipeline  # noqa: F401  registers the custom layers of saved models
+from textclf import evaluate, predict, tracking
+from textclf.cli import CONF_DIR, _quote_text
+
+from .conftest import GOOD, reviews, write_csv
+from .test_pipeline import quick, textclf
+
+pytestmark = pytest.mark.e2e
+
+REGISTERED = "textclf-test"
+MAX_LENGTH = 20
+POSITIVE = "a wonderful film, i loved every minute of it"
+NEGATIVE = "a terrible film, boring and pointless"
+TOPICS = {
+    "sport": ["the striker scored twice", "a late goal won the cup", "the match went to penalties"],
+    "food": ["the soup was salty", "fresh bread with sweet butter", "a spicy curry and rice"],
+    "weather": ["heavy rain all afternoon", "a cold wind from the north", "snow over the hills"],
+}
+
+
+def topic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    names = list(TOPICS)
+    rows = []
+    for i in range(n):
+        label = names[i % 3]
+        phrases = rng.choice(TOPICS[label], size=rng.integers(1, 4))
+        rows.append({"text": ". ".join(phrases), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def train(root: Path, name: str, data_path: Path, *extra: str) -> str:
+    """Train through the CLI; the id of the run whose output_dir is `root / name`."""
+    done = textclf(
+        "train",
+        "data=csv",
+        f"data.path={data_path}",
+        f"hydra.run.dir={root / name}",
+        *quick(root),
+        f"tracking.registered_model={REGISTERED}",
+        *extra,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("textclf").experiment_id
+    [run] = client.search_runs([experiment], f"tags.output_dir = '{root / name}'")
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("predict")
+    topics = train(
+        root,
+        "topics",
+        write_jsonl(root / "topics.jsonl", topic_rows(240)),
+        "tokenize.vocab_size=60",
+    )
+    binary = train(
+        root,
+        "binary",
+        write_csv(root / "reviews.csv", reviews(240)),
+        f"tokenize.max_length={MAX_LENGTH}",
+    )
+    return SimpleNamespace(
+        root=root, uri=f"sqlite:///{root / 'mlflow.db'}", topics=topics, binary=binary
+    )
+
+
+def cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:
+    return textclf("predict", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
+
+
+def pyfunc(trained: SimpleNamespace, run_id: str):
+    return tracking.load_model(trained.uri, f"runs:/{run_id}/model")
+
+
+def test_pyfunc_has_a_signature_and_matches_the_keras_model(trained):
+    model_uri = f"runs:/{trained.binary}/model"
+    mlflow.set_tracking_uri(trained.uri)
+    info = mlflow.models.get_model_info(model_uri)
+    assert info.signature.inputs.input_names() == ["text"]
+    assert info.saved_input_example_info is not None
+
+    texts = [POSITIVE, NEGATIVE, "great acting and a lovely story"]
+    got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
+    assert list(got.columns) == ["label", "prob_neg", "prob_pos", "error"]
+    net = keras.models.load_model(trained.root / "binary" / "model.keras")
+    expected = evaluate.as_class_probabilities(net.predict(tf.constant(texts), verbose=0))
+    np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(), expected, atol=1e-5)
+    assert got["label"].tolist() == ["pos", "neg", "pos"] and got["error"].isna().all()
+
+
+def test_long_texts_are_truncated_like_training_and_empty_ones_get_a_row_error(trained):
+    words = " ".join(GOOD).replace(",", "").split()
+    assert len(words) > MAX_LENGTH
+    head = " ".join(words[:MAX_LENGTH])
+    long = " ".join(words + ["terrible", "boring"] * 300)
+    got = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": [head, long, "", "  \t "]}))
+    np.testing.assert_allclose(got.loc[0, "prob_pos"], got.loc[1, "prob_pos"], atol=1e-5)
+    assert got["error"].tolist()[2:] == [predict.EMPTY] * 2
+    assert got["label"][2:].isna().all() and got["prob_pos"][2:].isna().all()
+
+
+@pytest.mark.parametrize("text", ["a, b", 'it\'s "great"', "back\\slash\\", "${oops}", "", "null"])
+def test_text_from_a_shell_that_ate_the_quotes_arrives_verbatim(text):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("predict", overrides=[_quote_text(f"text={text}"), "tracking.uri=x"])
+    assert cfg.text == text
+
+
+def test_predict_text_uses_the_newest_run_and_prints_a_table(trained):
+    done = cli(trained, f"text={POSITIVE}")  # as `make predict ARGS='text="..."'` passes it
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"runs:/{trained.binary}/model" in done.stdout + done.stderr
+    header, row = done.stdout.strip().splitlines()[-2:]
+    assert header.split() == ["text", "label", "prob_neg", "prob_pos", "error"]
+    assert " pos " in row and float(row.split()[-1]) > 0.5
+
+
+def test_predict_a_text_file_with_empty_lines_to_csv(trained):
+    lines = trained.root / "lines.txt"
+    lines.write_text(f"{POSITIVE}\n\n   \n{NEGATIVE}\n", encoding="utf-8")
+    out = trained.root / "out" / "lines.csv"
+    done = cli(trained, f"file={lines}", f"out={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(out)
+    assert table["text"].fillna("").str.strip().tolist() == [POSITIVE, "", "", NEGATIVE]
+    assert table["label"].fillna("").tolist() == ["pos", "", "", "neg"]
+    assert table["error"].fillna("").tolist() == ["", predict.EMPTY, predict.EMPTY, ""]
+    sums = table.loc[[0, 3], ["prob_neg", "prob_pos"]].sum(axis=1)
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+
+
+def test_predict_a_csv_column_by_run_id_to_jsonl_agrees_with_the_pyfunc(trained):
+    texts = [text for text, _ in reviews(30, seed=7)]
+    source = write_csv(
+        trained.root / "new.csv", [(i, t) for i, t in enumerate(texts)], ("id", "review")
+    )
+    out = trained.root / "new.jsonl"
+    done = cli(trained, f"file={source}", "column=review", f"out={out}", f"run_id={trained.binary}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_json(out, lines=True)
+    expected = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": texts}))
+    assert table["text"].tolist() == texts
+    assert table["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(table["prob_pos"], expected["prob_pos"], atol=1e-5)
+    truth = ["pos" if i % 2 else "neg" for i in range(30)]
+    assert np.mean(table["label"] == truth) >= 0.8
+
+
+def test_a_model_with_another_vocabulary_and_three_classes_loads_and_predicts(trained):
+    test_file = write_jsonl(trained.root / "topics_new.jsonl", topic_rows(30, seed=5))
+    out = trained.root / "topics.csv"
+    done = cli(
+        trained, f"file={test_file}", f"out={out}", f"model_name={REGISTERED}", "model_version=1"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(out)
+    assert [c for c in table.columns if c.startswith("prob_")] == [
+        "prob_food",
+        "prob_sport",
+        "prob_weather",
+    ]
+    truth = [r["label"] for r in topic_rows(30, seed=5)]
+    assert np.mean(table["label"] == truth) >= 0.6
+    np.testing.assert_allclose(table.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+
+    direct = predict.Classifier.from_files(trained.root / "topics" / "model.keras")
+    assert direct.classes == ["food", "sport", "weather"]
+    np.testing.assert_allclose(
+        direct.predict(table["text"].tolist()).filter(like="prob_"),
+        table.filter(like="prob_"),
+        atol=1e-5,
+    )
+
+
+def test_registered_versions_accumulate_and_latest_is_the_newest(trained):
+    client = MlflowClient(trained.uri)
+    versions = client.search_model_versions(f"name = '{REGISTERED}'")
+    by_version = {int(v.version): v.run_id for v in versions}
+    assert by_version == {1: trained.topics, 2: trained.binary}
+    latest = tracking.load_model(trained.uri, f"models:/{REGISTERED}/latest")
+    assert latest.predict(pd.DataFrame({"text": [POSITIVE]}))["label"][0] == "pos"
+
+
+def test_a_file_that_is_not_a_model_is_one_clear_error(trained):
+    fake = trained.root / "fake.keras"
+    fake.write_text("not a model", encoding="utf-8")
+    done = cli(trained, 'text="a fine film"', f"model_path={fake}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "is not a Keras model" in output
+    assert "Traceback" not in output
+    with pytest.raises(predict.PredictError, match="is not a Keras model"):
+        predict.load_keras(trained.root / "reviews.csv")
+    with pytest.raises(predict.PredictError, match="does not exist"):
+        predict.load_keras(trained.root / "missing.keras")
+
+
+def test_a_keras_file_path_predicts_with_the_class_names_beside_it(trained):
+    done = cli(
+        trained,
+        "text=[a wonderful film,a terrible film]",
+        f"model_path={trained.root / 'binary' / 'model.keras'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = done.stdout.strip().splitlines()[-2:]
+    assert [r.split()[3] for r in rows] == ["pos", "neg"]
+
+
+def test_bad_requests_name_the_option(trained):
+    done = cli(trained, 'text="x"', "file=y.txt")
+    assert done.returncode == 2 and "text/file: give exactly one" in done.stdout + done.stderr
+    done = cli(trained, 'text="x"', "run_id=nope")
+    assert (
+        done.returncode == 2
+        and "cannot load the model runs:/nope/model" in done.stdout + done.stderr
+    )
+    empty_store = textclf(
+        "predict",
+        'text="x"',
+        f"tracking.uri=sqlite:///{trained.root / 'none.db'}",
+        cwd=trained.root,
+    )
+    assert (
+        empty_store.returncode == 2 and "no MLflow store" in empty_store.stdout + empty_store.stderr
+    )
+    assert not (trained.root / "none.db").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(port: int, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll /ping until it answers 200; fail early if the server exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    pytest.fail(f"the server did not answer /ping in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_served_model_answers_like_the_pyfunc(trained):
+    texts = [POSITIVE, NEGATIVE, "", *(t for t, _ in reviews(5, seed=3))]
+    expected = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": texts}))
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": trained.uri,
+    }
+    log = trained.root / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"runs:/{trained.binary}/model",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=trained.root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: uvicorn goes down with it
+        )
+    try:
+        wait_until_up(port, server, log)
+        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            served = pd.DataFrame(json.loads(answer.read())["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert served["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(
+        served[["prob_neg", "prob_pos"]].to_numpy(dtype=float),
+        expected[["prob_neg", "prob_pos"]].to_numpy(),
+        atol=1e-5,
+    )
+    assert served["error"].tolist()[2] == predict.EMPTY

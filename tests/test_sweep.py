@@ -1,0 +1,135 @@
+"""Sweeps with parallel processes lose no run, against SQLite and against a real MLflow server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import reviews, write_csv
+from .test_pipeline import quick, textclf
+
+pytestmark = pytest.mark.e2e
+STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
+
+
+def sweep_children(uri: str) -> list:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def parallel_sweep(tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
+    data = write_csv(tmp_path / "r.csv", reviews(160))
+    return textclf("train", "--multirun", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                   "data=csv", f"data.path={data}", f"batching={','.join(STRATEGIES)}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", *quick(tmp_path), "train.epochs=1",
+                   f"tracking.uri={uri}", cwd=tmp_path)
+
+
+def test_parallel_sweep_on_sqlite_loses_no_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = parallel_sweep(tmp_path, uri)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "database is locked" not in done.stdout + done.stderr
+    children = sweep_children(uri)
+    assert sorted(r.data.tags["batching"] for r in children) == sorted(STRATEGIES)
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in children)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port, SQLite backend, local artifacts."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not come up") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_against_a_tracking_server(tmp_path, mlflow_server):
+    done = parallel_sweep(tmp_path, mlflow_server)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    children = sweep_children(mlflow_server)
+    assert sorted(r.data.tags["batching"] for r in children) == sorted(STRATEGIES)
+    client = MlflowClient(mlflow_server)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert "model.keras" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, tiny_csv):
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={tmp_path / 'r'}",
+                   *quick(tmp_path), f"tracking.uri={uri}", cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and uri in output and "Traceback" not in output
+    assert "Epoch" not in output and time.monotonic() - start < 120
+
+
+def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(tmp_path):
+    good = write_csv(tmp_path / "good.csv", reviews(120))
+    done = textclf(
+        "train",
+        "--multirun",
+        "data=csv",
+        f"data.path={good},{tmp_path / 'gone.csv'}",
+        "batching=per_batch,exact",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *quick(tmp_path),
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0  # Hydra reports the failed job after running all of them
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("textclf").experiment_id
+    runs = client.search_runs([experiment])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    statuses = sorted((r.data.tags["batching"], r.info.status) for r in children)
+    assert statuses == [
+        ("exact", "FAILED"),
+        ("exact", "FINISHED"),
+        ("per_batch", "FAILED"),
+        ("per_batch", "FINISHED"),
+    ]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert all("does not exist" in r.data.tags["error"] for r in failed)
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "2"

@@ -23,7 +23,7 @@ train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 tra
 	$(BIN)/textclf train $(ARGS)
 
 sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
-	$(BIN)/textclf train --multirun experiment=compare_padding $(ARGS)
+	$(BIN)/textclf train --multirun $(if $(findstring experiment=,$(ARGS)),,experiment=compare_padding) $(ARGS)
 
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
@@ -36,6 +36,12 @@ bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS=
 
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+
+server: ## Team tracking server on 127.0.0.1 (SQLite backend, artifacts under outputs/server/)
+	mkdir -p outputs/server
+	$(BIN)/mlflow server --host 127.0.0.1 --port $${PORT:-5000} \
+		--backend-store-uri sqlite:///$(CURDIR)/outputs/server/mlflow.db \
+		--artifacts-destination $(CURDIR)/outputs/server/artifacts
 
 test: ## The whole test suite, as CI runs it
 	$(BIN)/pytest

@@ -40,7 +40,7 @@ def test_default_is_the_documented_pipeline(make_config):
 
 def test_experiment_presets_compose(make_config):
     for preset in (CONF_DIR / "experiment").glob("*.yaml"):
-        assert isinstance(make_config(f"+experiment={preset.stem}"), Config)
+        assert isinstance(make_config(f"experiment={preset.stem}"), Config)
 
 
 @pytest.mark.parametrize(

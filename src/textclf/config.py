@@ -149,9 +149,12 @@ class TrainConfig:
     seed: int = 42
     steps_per_epoch: int | None = None
     verbose: int = 2
+    strategy: str = "default"
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
+        _one_of(self.strategy, "train.strategy", ("default", "mirrored", "multi_worker"))
         _check(
             self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
         )

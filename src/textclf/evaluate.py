@@ -37,9 +37,11 @@ def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
 
 
 def predict(model: keras.Model, ds: tf.data.Dataset) -> Predictions:
+    """Class probabilities for every batch of `ds`, kept aligned with labels and lengths."""
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     labels, outputs, lengths = [], [], []
     for x, y in ds:
-        outputs.append(model.predict_on_batch(x))
+        outputs.append(infer(x).numpy())
         labels.append(y.numpy())
         lengths.append(tf.math.count_nonzero(x, axis=1).numpy())
     return Predictions(

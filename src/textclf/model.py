@@ -80,7 +80,7 @@ def build(
         x = layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=mask)
     x = layers.Dropout(dropout, name="dropout")(x)
     if num_classes == 2:
-        outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
+        outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:
-        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(tokens, outputs, name=f"lstm_{masking}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from . import batching, data, evaluate, model, tokenize, tracking, train
 from .config import Config
@@ -107,28 +108,28 @@ def run(
         if boundaries:
             mlrun.set_tags({"bucket_boundaries": boundaries})
         train_ds, val_ds, test_ds = (
-            batching.make_dataset(
-                s.tokens, s.labels, spec, boundaries, shuffle=name == "train", seed=seed
-            )
-            for name, s in splits.items()
-        )
+            batching.make_dataset(s.tokens, s.labels, spec, boundaries, shuffle=name == "train",
+                                  seed=seed)
+            for name, s in splits.items())
+        strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
+        replicas = strategy.num_replicas_in_sync
+        if replicas > 1:
+            # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras
+            # fits only batches that split evenly; the skipped reviews are counted.
+            train_ds, val_ds = (d.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
+                                for d in (train_ds, val_ds))
         train_ds, padding = batching.counted(train_ds)
+        mlrun.log_metrics({"data_skipped_small_batch": len(splits["train"]) - padding.reviews})
         log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)
 
-        classifier = model.build(
-            len(vocabulary),
-            len(dataset.class_names),
-            cfg.model.embedding_dim,
-            cfg.model.units,
-            cfg.model.bidirectional,
-            cfg.model.dropout,
-            cfg.model.masking,
-            spec.padding_side,
-            cfg.model.pooling,
-        )
-        train.compile_model(
-            classifier, len(dataset.class_names), cfg.train.optimizer, cfg.train.learning_rate
-        )
+        num_classes = len(dataset.class_names)
+        m = cfg.model
+        with strategy.scope():
+            classifier = model.build(len(vocabulary), num_classes, m.embedding_dim, m.units,
+                                     m.bidirectional, m.dropout, m.masking, spec.padding_side,
+                                     m.pooling)
+            train.compile_model(classifier, num_classes, cfg.train.optimizer,
+                                cfg.train.learning_rate)
         fitted = train.fit(
             classifier,
             train_ds,

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"  # written by `pipeline.run` beside model.keras
 EMPTY = "empty text: nothing to classify"
 TABLES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-OUTPUTS = (".csv", ".jsonl")
 
 
 class PredictError(ValueError):

@@ -4,6 +4,8 @@ Runs are created and closed through `MlflowClient` (no global "active run"), so 
 ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave the next one
 "already active". The default store is a SQLite file at an absolute path under the project's
 `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's working folder.
+The trained Keras model is logged as an MLflow pyfunc model (`log_model`) and loaded back for
+`textclf predict` (`model_uri`, `load_model`); `mlflow models serve` serves the same model.
 """
 
 from __future__ import annotations

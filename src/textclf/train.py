@@ -26,6 +26,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def distribution(name: str = "default", mixed_precision: bool = False) -> tf.distribute.Strategy:
+    """Where the model lives: `default` (one device), `mirrored` (every local GPU, else the
+    CPU), `multi_worker` (hosts listed in the TF_CONFIG environment variable)."""
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stop with an error (not silently, as TerminateOnNaN does) when the loss diverges."""
 

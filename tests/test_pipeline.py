@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from .conftest import reviews, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +130,23 @@ def test_config_error_names_the_key_before_reading_data(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "model.units: must be > 0, got -3" in output
     assert "does not exist" not in output and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv, how):
+    command = [sys.executable, "-m", "textclf.cli", "train", "data=csv", f"data.path={tiny_csv}",
+               f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), "train.epochs=500",
+               "train.patience=500", "train.verbose=2"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # wait for training to be under way
+            if line.startswith("Epoch 2/"):
+                break
+        proc.send_signal(how)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]

@@ -141,10 +141,10 @@ def run(cfg: Config) -> dict:
             results[name]["peak_rss_mb"] = max(results[name]["peak_rss_mb"], _peak_rss_mb())
             log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, reviews_per_s)
 
-    for name, res in results.items():
+    for res in results.values():
         res["reviews_per_s"] = statistics.median(res["runs_reviews_per_s"])
         res["real_tokens_per_s"] = statistics.median(res["runs_tokens_per_s"])
-    for name, res in results.items():
+    for res in results.values():
         res["ratio_to_fixed"] = res["reviews_per_s"] / results["fixed"]["reviews_per_s"]
         res["ratio_to_per_batch"] = res["reviews_per_s"] / results["per_batch"]["reviews_per_s"]
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
@@ -188,7 +188,8 @@ def _inference(vectorizer, cfg: Config, net: keras.Model, texts: list[str], n: i
         start = time.perf_counter()
         single(tf.constant([text])).numpy()
         latencies.append((time.perf_counter() - start) * 1000)
-    return {"batch_reviews_per_s": batch_rate, "latency_p50_ms": float(np.percentile(latencies, 50)),
+    return {"batch_reviews_per_s": batch_rate,
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)), "peak_rss_mb": _peak_rss_mb()}
 
 

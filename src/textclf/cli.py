@@ -1,4 +1,4 @@
-"""Entry points: `textclf train|compare [hydra overrides]`, one Hydra app per command.
+"""Entry points: `textclf train|compare|bench|predict [hydra overrides]`, one Hydra app each.
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +29,12 @@ register()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .compare import CompareError
     from .data import DataError
     from .predict import PredictError
     from .tracking import TrackingError
 
-    return ConfigError, DataError, TrackingError, PredictError
+    return ConfigError, DataError, TrackingError, PredictError, CompareError
 
 
 def _fail_clearly(error: BaseException) -> None:
@@ -43,9 +45,16 @@ def _fail_clearly(error: BaseException) -> None:
     raise SystemExit(2) from None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def train(cfg: DictConfig) -> float:
     """One training run (or one job of a sweep); returns test accuracy for sweepers."""
     from . import pipeline, sweep, tracking
+
+    # SIGTERM (a scheduler, `kill`) ends the MLflow run as KILLED, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     hydra_cfg = HydraConfig.get()
     try:

@@ -82,5 +82,6 @@ def build(
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:
-        outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+        outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                               name="probabilities")(x)
     return keras.Model(tokens, outputs, name=f"lstm_{masking}")

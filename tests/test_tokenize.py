@@ -47,3 +47,21 @@ def test_inference_vectorizer_matches_the_training_encoding():
         tf.RaggedTensor.from_tensor(tf.cast(dense, tf.int32), padding=0).to_list()
         == ragged.to_list()
     )
+
+
+def test_control_characters_never_become_vocabulary_terms(tmp_path):
+    """IMDB holds \\x85 (a line break to Python): as a term it broke loading the saved model."""
+    import keras
+
+    from textclf import data, pipeline
+    from textclf.model import build
+
+    texts = [data.clean(t) for t in ["fine\x85film \x96 here", "dull\u2028film\x97"]]
+    vectorizer = tokenize.adapt(texts)
+    assert all(t.isprintable() for t in vectorizer.get_vocabulary())
+    raw = tokenize.adapt(["fine\x85film \x96 here", "dull\u2028film\x97"])  # html standardizer
+    assert all(t.isprintable() for t in raw.get_vocabulary())
+    classifier = build(len(raw.get_vocabulary()), 2, 4, 4)
+    exported = pipeline.end_to_end(raw, "html", classifier, None, "post")
+    exported.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras") is not None

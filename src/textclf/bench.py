@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, data, model, pipeline, tokenize, tracking, train
+from . import batching, data, model, pipeline, predict, tokenize, tracking, train
 from .config import BatchingConfig, Config
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def run(cfg: Config) -> dict:
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
 
     default = "default" if "default" in results else cfg.batching.strategy
-    inference = _inference(vectorizer, cfg, nets[default], texts, inference_reviews, latency_calls)
+    inference = _inference(vectorizer, cfg, nets[default], dataset.class_names, texts,
+                           inference_reviews, latency_calls)
     report = {
         "machine": machine(),
         "config": {"train_reviews": len(encoded), "vocab_size": vocab, "steps": steps,
@@ -166,27 +167,27 @@ def run(cfg: Config) -> dict:
     return report
 
 
-def _inference(vectorizer, cfg: Config, net: keras.Model, texts: list[str], n: int,
-               calls: int) -> dict[str, float]:
+def _inference(vectorizer, cfg: Config, net: keras.Model, class_names: list[str],
+               texts: list[str], n: int, calls: int) -> dict[str, float]:
+    """Raw strings → probabilities through `predict.Classifier` on the saved, reloaded model."""
     exported = pipeline.end_to_end(vectorizer, cfg.tokenize.standardize, net,
                                    cfg.tokenize.max_length, cfg.batching.padding_side)
     path = Path(cfg.output_dir) / "bench_model.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     exported.save(path)
-    loaded = keras.models.load_model(path)
+    classifier = predict.Classifier(predict.load_keras(path), class_names, batch_size=256)
     sample = [texts[i % len(texts)] for i in range(n)]
     _reset_peak_rss()
-    loaded.predict(tf.constant(sample[:256]), batch_size=256, verbose=0)  # warm-up
+    classifier.predict(sample[:512])  # warm-up: traces the graph
     start = time.perf_counter()
-    loaded.predict(tf.constant(sample), batch_size=256, verbose=0)
+    classifier.predict(sample)
     batch_rate = n / (time.perf_counter() - start)
-    single = tf.function(loaded, reduce_retracing=True)
     for text in sample[:5]:
-        single(tf.constant([text]))
+        classifier.predict([text])
     latencies = []
     for text in sample[:calls]:
         start = time.perf_counter()
-        single(tf.constant([text])).numpy()
+        classifier.predict([text])
         latencies.append((time.perf_counter() - start) * 1000)
     return {"batch_reviews_per_s": batch_rate,
             "latency_p50_ms": float(np.percentile(latencies, 50)),

@@ -21,6 +21,9 @@ IMDB_CLASSES = ["neg", "pos"]
 IMDB_HOST = "ai.stanford.edu"
 IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# Control characters and Unicode line separators (IMDB has \x85, \x96, \x97): as vocabulary
+# terms they break the saved model, whose vocabulary file is read back line by line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class DataError(ValueError):
@@ -56,8 +59,8 @@ class Raw:
 
 
 def clean(text: str) -> str:
-    """HTML line breaks become spaces; surrounding whitespace goes."""
-    return _BREAK.sub(" ", text).strip()
+    """HTML line breaks and control characters become spaces; surrounding whitespace goes."""
+    return _CONTROL.sub(" ", _BREAK.sub(" ", text)).strip()
 
 
 def _decode(raw: bytes, stats: dict[str, int]) -> str:

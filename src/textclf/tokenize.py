@@ -19,7 +19,7 @@ PUNCTUATION = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
 def html_standardize(text: tf.Tensor) -> tf.Tensor:
     """Lowercase, `<br />` → space, strip punctuation (registered so saved models load)."""
     text = tf.strings.lower(text)
-    text = tf.strings.regex_replace(text, r"<br\s*/?>", " ")
+    text = tf.strings.regex_replace(text, r"<br\s*/?>|[\p{Cc}\p{Zl}\p{Zp}]", " ")
     return tf.strings.regex_replace(text, PUNCTUATION, " ")
 
 

@@ -7,7 +7,7 @@ ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep compare predict bench ui test test-fast lint clean
+.PHONY: help install train sweep compare predict bench ui server browser test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,11 @@ server: ## Team tracking server on 127.0.0.1 (SQLite backend, artifacts under ou
 	$(BIN)/mlflow server --host 127.0.0.1 --port $${PORT:-5000} \
 		--backend-store-uri sqlite:///$(CURDIR)/outputs/server/mlflow.db \
 		--artifacts-destination $(CURDIR)/outputs/server/artifacts
+
+browser: ## Install Debian's chromium for the browser test when missing (root or sudo)
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 test: ## The whole test suite, as CI runs it
 	$(BIN)/pytest

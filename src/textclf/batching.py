@@ -28,15 +28,15 @@ def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
 
 
 def bucket_batch_sizes(boundaries: list[int], batch_size: int, token_budget: bool) -> list[int]:
-    """One batch size per bucket; with a token budget, short buckets get larger batches."""
+    """One batch size per bucket. With a token budget, buckets shorter than the median get
+    proportionally larger batches (up to 4x): an LSTM step costs about the same for 64 or 256
+    rows on a CPU, so fewer, wider steps per review is the speed-up."""
     if not token_budget or not boundaries:
         return [batch_size] * (len(boundaries) + 1)
     reference = boundaries[len(boundaries) // 2]
-    uppers = boundaries + [boundaries[-1] * 2]
-    return [
-        int(np.clip(batch_size * reference // upper, max(1, batch_size // 4), batch_size * 4))
-        for upper in uppers
-    ]
+    uppers = [*boundaries, boundaries[-1] * 2]
+    return [int(np.clip(batch_size * reference // upper, batch_size, batch_size * 4))
+            for upper in uppers]
 
 
 def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -49,24 +49,39 @@ def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server
     children = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page = browser.new_page(viewport={"width": 2600, "height": 1000})  # no virtualised columns
 
+    parent = client.get_run(children[0].data.tags["mlflow.parentRunId"]).info.run_name
     page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs")
-    for run in children:  # child runs sit under the parent: expand it if they are hidden
-        name = run.info.run_name
-        if not page.get_by_text(name, exact=True).count():
-            page.get_by_role("button", name="Expand").first.click(timeout=5000)
-        page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
+    # Child runs sit under their parent run: expand it, then show accuracy and variant tags.
+    page.locator("[role=row]", has_text=parent).locator(
+        'button[data-component-id*="runnamecellrenderer"]').first.click()
+    for column in ("test_accuracy", "batching", "padding_side", "masking"):
+        page.get_by_role("button", name="Columns").click()
+        page.keyboard.type(column)
+        page.get_by_text(column, exact=True).last.click()
+        page.keyboard.press("Escape")
+    page.screenshot(path=str(SHOTS / "experiment_runs.png"), full_page=True)
+    for run in children:
+        link = page.get_by_role("link", name=run.info.run_name, exact=True).first
+        link.wait_for(timeout=60_000)
+        index = link.locator("xpath=ancestor::*[@role='row']").first.get_attribute("row-index")
+        row = " ".join(page.locator(f"[role=row][row-index='{index}']").all_inner_texts())
+        accuracy = run.data.metrics["test_accuracy"]
+        assert any(t in row for t in (f"{accuracy:.3g}", f"{accuracy:.4f}"[:4])), row
+        for tag in ("batching", "padding_side", "masking"):
+            assert run.data.tags[tag] in row, row
     page.screenshot(path=str(SHOTS / "experiment_runs.png"), full_page=True)
 
     for run in children:
         page.goto(f"{mlflow_server}/#/experiments/{experiment}/runs/{run.info.run_id}")
         page.get_by_text("test_accuracy").first.wait_for(timeout=60_000)
-        accuracy = f"{run.data.metrics['test_accuracy']:.3f}"[:4]
-        body = page.locator("body")
-        body.get_by_text(accuracy).first.wait_for(timeout=30_000)
-        for tag in ("batching", "padding_side", "masking"):
-            body.get_by_text(run.data.tags[tag], exact=True).first.wait_for(timeout=30_000)
+        page.get_by_text("masking", exact=True).first.wait_for(timeout=30_000)
+        text = page.locator("body").inner_text()
+        accuracy = run.data.metrics["test_accuracy"]
+        assert any(t in text for t in (f"{accuracy:.3g}", f"{accuracy:.4f}"[:4])), text[-2000:]
+        assert all(run.data.tags[tag] in text for tag in ("batching", "padding_side", "masking"))
         page.screenshot(path=str(SHOTS / f"run_{run.data.tags['batching']}.png"), full_page=True)
 
     ids = urllib.parse.quote(json.dumps([r.info.run_id for r in children]))
@@ -74,5 +89,5 @@ def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server
               f"{urllib.parse.quote(json.dumps([experiment]))}")
     for run in children:
         page.get_by_text(run.info.run_name).first.wait_for(timeout=60_000)
-    page.get_by_text("test_accuracy").first.wait_for(timeout=60_000)
+    page.get_by_text(f"Comparing {len(children)} Runs").first.wait_for(timeout=60_000)
     page.screenshot(path=str(SHOTS / "compare_runs.png"), full_page=True)

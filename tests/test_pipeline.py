@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -150,3 +151,16 @@ def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
+
+
+def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
+    results = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={run_dir}",
+                       *quick(tmp_path), "train.deterministic=true", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        results.append({k: v for k, v in metrics.items()
+                        if k.startswith("test_") or k == "padding_efficiency"})
+    assert results[0] == results[1]

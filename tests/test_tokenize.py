@@ -65,3 +65,11 @@ def test_control_characters_never_become_vocabulary_terms(tmp_path):
     exported = pipeline.end_to_end(raw, "html", classifier, None, "post")
     exported.save(tmp_path / "m.keras")
     assert keras.models.load_model(tmp_path / "m.keras") is not None
+
+
+def test_an_enormous_review_is_truncated_without_a_dense_copy():
+    """5 MB of text is ~1M tokens: encoded ragged, cut to max_length, counted once."""
+    vectorizer = tokenize.adapt(TRAIN)
+    huge = "great film " * 500_000
+    encoded = tokenize.encode(vectorizer, [huge, "dull film"], np.array([1, 0]), max_length=1000)
+    assert encoded.lengths.tolist() == [1000, 2] and encoded.truncated == 1

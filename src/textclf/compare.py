@@ -84,7 +84,12 @@ def markdown(summary: pd.DataFrame) -> str:
         values = [row.batching, row.padding_side, row.masking]
         for metric in COLUMNS:
             v = getattr(row, metric)
-            values.append("–" if pd.isna(v) else f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}")
+            if pd.isna(v):
+                values.append("–")
+            elif metric == "epochs_run":
+                values.append(f"{v:.1f}".removesuffix(".0"))
+            else:
+                values.append(f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}")
         values.append(str(row.runs))
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"

@@ -151,6 +151,7 @@ class TrainConfig:
     verbose: int = 2
     strategy: str = "default"
     mixed_precision: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)

@@ -61,7 +61,7 @@ def run(
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.backend.clear_session()
-    train.seed_everything(cfg.train.seed)
+    train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     tags = {
         **tags,
         "batching": cfg.batching.strategy,

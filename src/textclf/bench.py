@@ -84,7 +84,7 @@ def _specs(cfg: Config) -> dict[str, BatchingConfig]:
         "bucket": BatchingConfig("bucket", base.batch_size, base.padding_side,
                                  num_buckets=base.num_buckets if base.strategy == "bucket" else 64),
         "exact": BatchingConfig("exact", base.batch_size, base.padding_side,
-                                round_to=base.round_to if base.strategy == "exact" else 1),
+                                round_to=base.round_to if base.strategy == "exact" else 4),
     }
     if specs[base.strategy] != base:
         specs["default"] = base

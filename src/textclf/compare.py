@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import tracking
+from .evaluate import save_figure
 
 log = logging.getLogger(__name__)
 VARIANT = ["batching", "padding_side", "masking"]
@@ -131,7 +132,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     bars.barh(labels, summary["padding_efficiency"])
     bars.set(xlabel="padding efficiency (real / processed tokens)", xlim=(0, 1))
     bars.tick_params(axis="y", labelsize=8)
-    paths = [_save(fig, out_dir / "comparison.png")]
+    paths = [save_figure(fig, out_dir / "comparison.png", dpi=110)]
 
     length_cols = sorted(
         (c for c in runs.columns if c.startswith("metrics.test_accuracy_len_")),
@@ -158,17 +159,8 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
         )
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
-        paths.append(_save(fig, out_dir / "accuracy_by_length.png"))
+        paths.append(save_figure(fig, out_dir / "accuracy_by_length.png", dpi=110))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(uri: str, experiment: str, sweep: str, out_dir: Path) -> pd.DataFrame:

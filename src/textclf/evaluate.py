@@ -107,7 +107,7 @@ def plot(
             ax.plot(range(1, len(values) + 1), values, marker="o", label=prefix + metric)
         ax.set(xlabel="epoch", title=metric)
         ax.legend()
-    paths.append(_save(fig, out_dir / "learning_curves.png"))
+    paths.append(save_figure(fig, out_dir / "learning_curves.png"))
 
     fig, ax = plt.subplots(figsize=(4 + len(class_names) * 0.4,) * 2)
     ax.imshow(matrix, cmap="Blues")
@@ -122,19 +122,20 @@ def plot(
         ylabel="true",
         title="test confusion matrix",
     )
-    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+    paths.append(save_figure(fig, out_dir / "confusion_matrix.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(train_lengths, bins=50)
     ax.set(xlabel="tokens per review", ylabel="training reviews", title="review lengths")
-    paths.append(_save(fig, out_dir / "length_histogram.png"))
+    paths.append(save_figure(fig, out_dir / "length_histogram.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure and free it (figures pile up in long sweeps otherwise)."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

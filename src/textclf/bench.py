@@ -76,23 +76,12 @@ def _train_rate(net: keras.Model, batches: list) -> tuple[float, float]:
     return reviews / seconds, tokens / seconds
 
 
-def _specs(cfg: Config) -> dict[str, BatchingConfig]:
-    base = cfg.batching
-    specs = {
-        "fixed": BatchingConfig("fixed", base.batch_size, base.padding_side, max_length=500),
-        "per_batch": BatchingConfig("per_batch", base.batch_size, base.padding_side),
-        "bucket": BatchingConfig("bucket", base.batch_size, base.padding_side,
-                                 num_buckets=base.num_buckets if base.strategy == "bucket" else 64),
-        "exact": BatchingConfig("exact", base.batch_size, base.padding_side,
-                                round_to=base.round_to if base.strategy == "exact" else 4),
-    }
-    if specs[base.strategy] != base:
-        specs["default"] = base
-    return specs
+def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
+    """Measure everything, write `latest.json`/`latest.md` and log them to MLflow (`bench`).
 
-
-def run(cfg: Config) -> dict:
-    """Measure everything, write `latest.json`/`latest.md` and log them to MLflow (`bench`)."""
+    `strategies` are the `conf/batching/*.yaml` options; the configured batching is added as
+    `default` when it differs from all of them.
+    """
     b = cfg.bench
     steps, repeats, inference_reviews, latency_calls = (
         (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls))
@@ -109,12 +98,15 @@ def run(cfg: Config) -> dict:
     encoded, _ = tokenize.drop_empty(tokenize.encode(vectorizer, texts, labels,
                                                      cfg.tokenize.max_length))
     encode_seconds = time.perf_counter() - start
-    boundaries = batching.bucket_boundaries(encoded.lengths, cfg.batching.num_buckets)
     vocab = len(vectorizer.get_vocabulary())
 
     results: dict[str, dict] = {}
     nets, samples = {}, {}
-    for name, spec in _specs(cfg).items():
+    specs = dict(strategies)
+    if cfg.batching not in specs.values():
+        specs["default"] = cfg.batching
+    for name, spec in specs.items():
+        boundaries = batching.bucket_boundaries(encoded.lengths, spec.num_buckets)
         ds = batching.make_dataset(encoded.tokens, encoded.labels, spec, boundaries, shuffle=True,
                                    seed=cfg.train.seed)
         start = time.perf_counter()
@@ -149,7 +141,7 @@ def run(cfg: Config) -> dict:
         res["ratio_to_per_batch"] = res["reviews_per_s"] / results["per_batch"]["reviews_per_s"]
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
 
-    default = "default" if "default" in results else cfg.batching.strategy
+    default = next(name for name, spec in specs.items() if spec == cfg.batching)
     inference = _inference(vectorizer, cfg, nets[default], dataset.class_names, texts,
                            inference_reviews, latency_calls)
     report = {

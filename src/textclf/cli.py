@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, flatten, register, to_object
+from .config import BatchingConfig, ConfigError, flatten, register, to_object
 
 log = logging.getLogger("textclf")
 ROOT = Path(os.environ.get("TEXTCLF_ROOT", Path(__file__).resolve().parents[2]))
@@ -91,7 +91,15 @@ def bench(cfg: DictConfig) -> None:
     from . import bench as benchmark
 
     try:
-        benchmark.run(to_object(cfg))
+        config = to_object(cfg)
+        # Every batching option as configured in conf/batching/, with the run's batch size
+        # and padding side, so all strategies train the same model on the same batches.
+        strategies = {
+            path.stem: BatchingConfig(**{**OmegaConf.to_container(OmegaConf.load(path)),
+                                         "batch_size": config.batching.batch_size,
+                                         "padding_side": config.batching.padding_side})
+            for path in sorted((CONF_DIR / "batching").glob("*.yaml"))}
+        benchmark.run(config, strategies)
     except _user_errors() as error:
         _fail_clearly(error)
 

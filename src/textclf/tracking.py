@@ -193,14 +193,18 @@ def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -
     ).info.run_id
 
 
-def search(uri: str, experiment: str, parent_run_id: str | None = None):
-    """Runs of an experiment (or children of one parent) as a pandas DataFrame."""
+def search(uri: str, experiment: str):
+    """Runs of an experiment as a pandas DataFrame (empty when there is none)."""
     import mlflow
+    import pandas as pd
 
-    client, experiment_id = connect(uri, experiment)
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return pd.DataFrame()  # reading must not create a store
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs([experiment_id], filter_string=query, max_results=10000)
+    return mlflow.search_runs([found.experiment_id], max_results=10000)
 
 
 def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None = None) -> None:

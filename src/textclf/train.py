@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
@@ -83,7 +83,6 @@ class Fit:
     steady_seconds: list[float]
     steps: list[int]
     best_epoch: int
-    extra: dict[str, float] = field(default_factory=dict)
 
     def rate(self, per_step: float) -> float:
         """Units (reviews or tokens) per steady-state second, given their mean per step."""
@@ -111,7 +110,6 @@ def fit(
     steps_per_epoch: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
-    initial_epoch: int = 0,
 ) -> Fit:
     """Fit a compiled model; the returned weights are those of the best validation epoch."""
     timer = Timer()
@@ -127,9 +125,8 @@ def fit(
         verbose=verbose,
         shuffle=False,  # the dataset reshuffles itself
         steps_per_epoch=steps_per_epoch,
-        initial_epoch=initial_epoch,
         callbacks=[StopOnNaN(), timer, stopper, *callbacks],
     )
     losses = history.history.get("val_loss", [])
-    best = int(min(range(len(losses)), key=losses.__getitem__)) + initial_epoch if losses else 0
+    best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0
     return Fit(history.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)

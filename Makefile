@@ -7,7 +7,7 @@ ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep compare predict bench ui server browser test test-fast lint clean
+.PHONY: help install train resume sweep compare predict bench ui server browser test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ install: $(BIN)/python ## Create .venv and install the project with its dev tool
 
 train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
 	$(BIN)/textclf train $(ARGS)
+
+resume: ## Continue an interrupted run from its last epoch: RUN=outputs/runs/<folder> (default: newest)
+	$(BIN)/textclf resume $(RUN) $(ARGS)
 
 sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
 	$(BIN)/textclf train --multirun $(if $(findstring experiment=,$(ARGS)),,experiment=compare_padding) $(ARGS)

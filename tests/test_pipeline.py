@@ -6,10 +6,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tests.conftest import reviews, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -133,13 +137,17 @@ def test_config_error_names_the_key_before_reading_data(tmp_path):
     assert "does not exist" not in output and not (tmp_path / "mlflow.db").exists()
 
 
+def train_in_background(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "textclf.cli", "train", *quick(tmp_path), *overrides]
+    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv, how):
-    command = [sys.executable, "-m", "textclf.cli", "train", "data=csv", f"data.path={tiny_csv}",
-               f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), "train.epochs=500",
-               "train.patience=500", "train.verbose=2"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = train_in_background(tmp_path, "data=csv", f"data.path={tiny_csv}",
+                               f"hydra.run.dir={tmp_path / 'run'}", "train.epochs=500",
+                               "train.patience=500", "train.verbose=2")
     try:
         for line in proc.stdout:  # wait for training to be under way
             if line.startswith("Epoch 2/"):
@@ -151,6 +159,59 @@ def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
+    assert (tmp_path / "run" / "checkpoint.npz").exists()  # kept for `textclf resume`
+
+
+def checkpoint_epoch(path: Path) -> int:
+    with np.load(path) as saved:
+        return json.loads(saved["meta"].item())["epoch"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_result(
+    tmp_path, how
+):
+    data = write_csv(tmp_path / "reviews.csv", reviews(800))
+    same = ["data=csv", f"data.path={data}", "train.epochs=8", "train.patience=8",
+            "train.deterministic=true", "model.dropout=0.3"]
+    whole = textclf("train", *quick(tmp_path), *same, f"hydra.run.dir={tmp_path / 'whole'}",
+                    "tracking.experiment=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.npz"
+    proc = train_in_background(tmp_path, *same, f"hydra.run.dir={run_dir}")
+    try:
+        while not (checkpoint.exists() and checkpoint_epoch(checkpoint) >= 1):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.02)
+        proc.send_signal(how)
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    done_epochs = checkpoint_epoch(checkpoint)
+    assert 1 <= done_epochs < 8, "the run ended before the signal: make its epochs longer"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store stays readable
+    experiment = client.get_experiment_by_name("textclf").experiment_id
+    [killed] = client.search_runs([experiment])
+    assert killed.info.status == ("RUNNING" if how == signal.SIGKILL else "KILLED")
+
+    changed = textclf("resume", str(run_dir), "model.units=9", cwd=tmp_path)
+    assert changed.returncode == 2 and "model.units: 8 -> 9" in changed.stdout + changed.stderr
+    empty = textclf("train", *quick(tmp_path), "train.resume=true",
+                    f"hydra.run.dir={tmp_path / 'empty'}", cwd=tmp_path)
+    assert empty.returncode == 2 and "holds no earlier run" in empty.stdout + empty.stderr
+
+    resumed = textclf("resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {done_epochs}" in resumed.stdout + resumed.stderr
+    [run] = client.search_runs([experiment])  # the same run, now complete
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")][-1] == 8
+    assert not checkpoint.exists()
+    got, expected = (json.loads((d / "metrics.json").read_text())
+                     for d in (run_dir, tmp_path / "whole"))
+    for key in [k for k in expected if k.startswith("test_")] + ["epochs_run", "best_epoch"]:
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
 def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):

@@ -1,4 +1,4 @@
-"""Metrics under their stable names, length buckets, early stopping and divergence."""
+"""Metrics under their stable names, length buckets, early stopping, divergence, resuming."""
 
 from __future__ import annotations
 
@@ -53,11 +53,16 @@ def dataset(n=64, seed=0, noise=0.0) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 
 
+def shuffled(epoch) -> tf.data.Dataset:
+    """Epoch `epoch` of 64 noisy examples: its order depends on the epoch alone."""
+    return dataset(noise=0.2).unbatch().shuffle(64, seed=epoch).batch(16)
+
+
 def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
     keras.utils.set_random_seed(0)
     net = train.compile_model(model.build(5, 2, 4, 4), 2, "adam", 0.05)
     val = dataset(seed=1, noise=0.25)  # confident predictions get punished: val loss turns up
-    fitted = train.fit(net, dataset(), val, epochs=40, patience=2, verbose=0)
+    fitted = train.fit(net, lambda e: dataset(), val, 4, epochs=40, patience=2, verbose=0)
     epochs = len(fitted.history["loss"])
     assert len(fitted.epoch_seconds) == epochs < 40 and fitted.best_epoch < epochs - 1
     best = min(fitted.history["val_loss"])
@@ -71,4 +76,61 @@ def test_a_diverging_loss_stops_training_with_an_error():
     keras.utils.set_random_seed(0)
     net = train.compile_model(model.build(5, 2, 4, 4), 2, "sgd", float("inf"))
     with pytest.raises(train.TrainingDiverged, match="learning_rate"):
-        train.fit(net, dataset(), dataset(seed=1), epochs=5, verbose=0)
+        train.fit(net, lambda e: dataset(), dataset(seed=1), 4, epochs=5, verbose=0)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Ctrl-C at the start of an epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def fresh_model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    net = model.build(20, 2, 8, 8, bidirectional=True, dropout=0.5)  # dropout: RNG state matters
+    return train.compile_model(net, 2, "adam", 0.01)
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])
+def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
+    tmp_path, stop_at
+):
+    val = dataset(seed=1, noise=0.2)
+    whole = fresh_model()
+    expected = train.fit(whole, shuffled, val, 4, epochs=5, patience=5, verbose=0)
+
+    path = tmp_path / "checkpoint.npz"
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(fresh_model(), shuffled, val, 4, epochs=5, patience=5, verbose=0,
+                  callbacks=[StopAt(stop_at)], checkpoint=path)
+    assert train.Checkpoint(path, keras.callbacks.EarlyStopping(), train.Timer()).epoch == stop_at
+
+    resumed = fresh_model()  # a new process would rebuild the model just so
+    got = train.fit(resumed, shuffled, val, 4, epochs=5, patience=5, verbose=0, checkpoint=path)
+    assert got.history.keys() == expected.history.keys()
+    for key, values in expected.history.items():
+        np.testing.assert_allclose(got.history[key], values, rtol=1e-5, err_msg=key)
+    assert got.best_epoch == expected.best_epoch and len(got.epoch_seconds) == 5
+    for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    finished = fresh_model()  # resuming a finished fit trains no more: it restores the result
+    again = train.fit(finished, shuffled, val, 4, epochs=5, patience=5, verbose=0,
+                      checkpoint=path)
+    assert again.history == got.history
+    for a, b in zip(finished.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_from_another_model_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    train.fit(fresh_model(), shuffled, dataset(seed=1), 4, epochs=1, verbose=0, checkpoint=path)
+    other = train.compile_model(model.build(20, 2, 8, 16), 2)
+    with pytest.raises(train.CheckpointMismatch, match="configuration that wrote it"):
+        train.fit(other, shuffled, dataset(seed=1), 4, epochs=2, verbose=0, checkpoint=path)

@@ -1,4 +1,5 @@
-"""Entry points: `textclf train|compare|bench|predict [hydra overrides]`, one Hydra app each.
+"""Entry points: `textclf train|resume|compare|bench|predict [hydra overrides]`, one Hydra app
+each (`resume` is `train` again, in an interrupted run's folder with its overrides).
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -33,8 +34,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
     from .predict import PredictError
     from .tracking import TrackingError
+    from .train import CheckpointMismatch
 
-    return ConfigError, DataError, TrackingError, PredictError, CompareError
+    return ConfigError, DataError, TrackingError, PredictError, CompareError, CheckpointMismatch
 
 
 def _fail_clearly(error: BaseException) -> None:
@@ -65,7 +67,8 @@ def train(cfg: DictConfig) -> float:
             if not k.startswith("hydra") and v is not None
         }
         tags["git_commit"] = tracking.git_commit(ROOT)
-        params = {k: v for k, v in flatten(cfg).items() if k != "bench"}
+        params = {k: v for k, v in flatten(cfg).items()
+                  if k != "bench" and k != "train.resume"}  # how, not what, is trained
         metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     except Exception as error:
         if hydra_cfg.mode.name == "MULTIRUN":
@@ -115,6 +118,7 @@ def predict(cfg: DictConfig) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
+    "resume": ("config", train),
     "compare": ("compare", compare),
     "predict": ("predict", predict),
     "bench": ("bench", bench),
@@ -132,12 +136,39 @@ def _quote_text(arg: str) -> str:
     return "text='" + value.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
+def _latest_interrupted() -> Path:
+    """The newest run or sweep-job folder under outputs/ that still holds a checkpoint."""
+    from .pipeline import CHECKPOINT_FILE
+
+    found = [*(ROOT / "outputs").glob(f"runs/*/{CHECKPOINT_FILE}"),
+             *(ROOT / "outputs").glob(f"sweeps/*/*/{CHECKPOINT_FILE}")]
+    if not found:
+        raise SystemExit(f"textclf resume: no run under {ROOT / 'outputs'} holds a checkpoint "
+                         "(finished runs delete theirs); pass the run folder: textclf resume "
+                         "<folder>")
+    return max(found, key=lambda p: p.stat().st_mtime).parent
+
+
+def _resume_args(args: list[str]) -> list[str]:
+    """`[folder] [overrides]` → the folder's own overrides, in that folder, with resume on."""
+    folder = (Path(args[0]) if args and "=" not in args[0] else _latest_interrupted()).resolve()
+    extra = args[1:] if args and "=" not in args[0] else args
+    saved = folder / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise SystemExit(f"textclf resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
+    overrides = [o for o in OmegaConf.load(saved) if not o.startswith("train.resume=")]
+    # hydra.output_subdir=null: the folder's .hydra/ keeps the original run's overrides.
+    return [*overrides, f"hydra.run.dir={folder}", "hydra.output_subdir=null",
+            "train.resume=true", *extra]
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] not in COMMANDS:
         print(
             f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
             "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
+            "  textclf resume [run folder]   continues an interrupted run (default: the newest)\n"
             "  textclf train --help   lists the config groups and their options"
         )
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
@@ -145,6 +176,8 @@ def main() -> None:
     rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
     if args[0] == "predict":
         rest = [_quote_text(a) for a in rest]
+    if args[0] == "resume":
+        rest = _resume_args(rest)
     sys.argv = [f"textclf-{args[0]}", *rest]
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 

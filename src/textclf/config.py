@@ -152,6 +152,7 @@ class TrainConfig:
     strategy: str = "default"
     mixed_precision: bool = False
     deterministic: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)

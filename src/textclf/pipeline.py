@@ -17,9 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from . import batching, data, evaluate, model, tokenize, tracking, train
-from .config import Config
+from .config import Config, ConfigError, flatten
 
 log = logging.getLogger(__name__)
+RUN_ID_FILE = "mlflow_run_id"  # in the run folder: the MLflow run `train.resume` continues
+CHECKPOINT_FILE = "checkpoint.npz"  # the training state after the last completed epoch
 
 
 def end_to_end(
@@ -54,12 +56,41 @@ def _encode(
     return encoded
 
 
+def _resumed_run_id(cfg: Config, out: Path) -> str | None:
+    """With `train.resume`: the MLflow run this folder's interrupted run logged to, once it is
+    clear that the folder holds such a run and that the configuration is unchanged."""
+    saved = out / "config.json"
+    if not saved.exists():
+        raise ConfigError(
+            f"train.resume: {out} holds no earlier run. Resume in the interrupted run's "
+            "folder: textclf resume <folder> (or hydra.run.dir=<folder> train.resume=true)."
+        )
+    before = flatten(json.loads(saved.read_text()))
+    now = flatten(asdict(cfg))
+    changed = sorted(k for k in before.keys() | now.keys()
+                     if k != "train.resume" and before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed[:5])
+        raise ConfigError(f"train.resume: the configuration differs from the run in {out} "
+                          f"({shown}); resume with the same overrides (textclf resume <folder>).")
+    run_id = out / RUN_ID_FILE
+    return run_id.read_text().strip() if run_id.exists() else None
+
+
 def run(
     cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
 ) -> dict[str, float]:
-    """Train and evaluate once, logging to MLflow; returns the final metrics."""
+    """Train and evaluate once, logging to MLflow; returns the final metrics.
+
+    With `train.resume` it continues the interrupted run in `cfg.output_dir` (same folder,
+    same MLflow run) from its last completed epoch.
+    """
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_FILE
+    run_id = _resumed_run_id(cfg, out) if cfg.train.resume else None
+    if not cfg.train.resume:
+        checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
     keras.backend.clear_session()
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     tags = {
@@ -74,8 +105,9 @@ def run(
         f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
     )
     with tracking.start_run(
-        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, parent_run_id
+        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, parent_run_id, run_id
     ) as mlrun:
+        (out / RUN_ID_FILE).write_text(mlrun.run_id)
         mlrun.log_params(params)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
@@ -107,18 +139,22 @@ def run(
         )
         if boundaries:
             mlrun.set_tags({"bucket_boundaries": boundaries})
-        train_ds, val_ds, test_ds = (
-            batching.make_dataset(s.tokens, s.labels, spec, boundaries, shuffle=name == "train",
-                                  seed=seed)
-            for name, s in splits.items())
         strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
         replicas = strategy.num_replicas_in_sync
-        if replicas > 1:
+
+        def even(ds: tf.data.Dataset) -> tf.data.Dataset:
             # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras
             # fits only batches that split evenly; the skipped reviews are counted.
-            train_ds, val_ds = (d.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
-                                for d in (train_ds, val_ds))
-        train_ds, padding = batching.counted(train_ds)
+            return ds if replicas == 1 else ds.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
+
+        def train_epoch(epoch: int) -> tf.data.Dataset:
+            s = splits["train"]
+            return even(batching.make_dataset(s.tokens, s.labels, spec, boundaries,
+                                              shuffle=True, seed=seed, epoch=epoch))
+
+        val_ds, test_ds = (batching.make_dataset(splits[name].tokens, splits[name].labels, spec,
+                                                 boundaries) for name in ("val", "test"))
+        padding = batching.padding_stats(train_epoch(0))
         mlrun.log_metrics({"data_skipped_small_batch": len(splits["train"]) - padding.reviews})
         log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)
 
@@ -132,13 +168,14 @@ def run(
                                 cfg.train.learning_rate)
         fitted = train.fit(
             classifier,
-            train_ds,
-            val_ds,
+            train_epoch,
+            even(val_ds),
+            cfg.train.steps_per_epoch or padding.batches,
             cfg.train.epochs,
             cfg.train.patience,
-            cfg.train.steps_per_epoch,
             [keras.callbacks.LambdaCallback(on_epoch_end=mlrun.log_epoch)],
             cfg.train.verbose,
+            checkpoint,
         )
 
         predictions = evaluate.predict(classifier, test_ds)
@@ -181,4 +218,5 @@ def run(
             )
         for path in artifacts:
             mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)
+        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
         return metrics

@@ -1,19 +1,27 @@
 """Compile and fit: early stopping on validation loss with the best weights restored.
 
 Also measures what the padding comparison needs: seconds per epoch and the steady-state
-training time (the first, compiling step excluded).
+training time (the first, compiling step excluded), and keeps a checkpoint after every epoch
+from which an interrupted run continues to the result an uninterrupted one reaches.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
@@ -101,32 +109,150 @@ def compile_model(
     return model
 
 
+class Checkpoint(keras.callbacks.Callback):
+    """The whole training state after the last completed epoch, in one `.npz` file.
+
+    Keras' `BackupAndRestore` keeps the weights and the optimizer; continuing exactly also
+    needs the dropout RNG state, the early stopper's progress and the history, so this keeps
+    all of them. The file is replaced atomically after every epoch: a kill at any moment
+    leaves the previous epoch's file whole. Put it after the `EarlyStopping` it restores.
+    """
+
+    def __init__(self, path: Path | None, stopper: keras.callbacks.EarlyStopping, timer: Timer):
+        super().__init__()
+        self.path, self.stopper, self.timer = path, stopper, timer
+        self.history: dict[str, list[float]] = {}
+        self.epoch = 0  # epochs completed
+        self.done = False  # training finished; the model holds its final (best) weights
+        self._saved = _load_arrays(path) if path and path.exists() else None
+        if self._saved:
+            meta = json.loads(self._saved.pop("meta").item())
+            self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
+            self._stopper = meta["stopper"]
+            for name in ("epoch_seconds", "steady_seconds", "steps"):
+                getattr(timer, name).extend(meta["timer"][name])
+
+    def restore_variables(self, model: keras.Model) -> None:
+        """Weights, RNG state and optimizer slots as saved (call before `fit`)."""
+        if not self._saved:
+            return
+        with model.distribute_strategy.scope():
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            _assign(model.variables, self._saved, "model", self.path)
+            _assign(model.optimizer.variables, self._saved, "optimizer", self.path)
+
+    def on_train_begin(self, logs=None):
+        if self._saved:  # after EarlyStopping.on_train_begin has reset it
+            s = self.stopper
+            s.wait, s.best, s.best_epoch = self._stopper["wait"], self._stopper["best"], \
+                self._stopper["best_epoch"]
+            best = [self._saved[k] for k in sorted(self._saved, key=_index) if k[:5] == "best_"]
+            s.best_weights = best or None
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.epoch = epoch + 1
+        self._save()
+
+    def on_train_end(self, logs=None):
+        # Not reached when training is interrupted or diverges: then the last epoch's file stays.
+        self.done = True
+        self._save()
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        s, t = self.stopper, self.timer
+        meta = {"epoch": self.epoch, "done": self.done, "history": self.history,
+                "stopper": {"wait": s.wait, "best": None if s.best is None else float(s.best),
+                            "best_epoch": s.best_epoch},
+                "timer": {"epoch_seconds": t.epoch_seconds, "steady_seconds": t.steady_seconds,
+                          "steps": t.steps}}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for prefix, variables in (("model", self.model.variables),
+                                  ("optimizer", self.model.optimizer.variables)):
+            arrays |= {f"{prefix}_{i}": v.numpy() for i, v in enumerate(variables)}
+        arrays |= {f"best_{i}": w for i, w in enumerate(s.best_weights or [])}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, self.path)
+
+
+def _index(key: str) -> int:
+    return int(key.rsplit("_", 1)[1])
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError) as error:
+        raise CheckpointMismatch(f"cannot read the checkpoint {path}: {error}. Delete it to "
+                                 "train from the start.") from error
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint does not fit the model (another configuration wrote it) or is unreadable."""
+
+
+def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:
+    arrays = [saved[k] for k in sorted(saved, key=_index) if k.startswith(prefix + "_")]
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [a.shape for a in arrays]:
+        raise CheckpointMismatch(
+            f"the checkpoint {path} holds {prefix} variables of other shapes than this "
+            "configuration builds; resume with the configuration that wrote it."
+        )
+    for variable, array in zip(variables, arrays, strict=True):
+        variable.assign(array)
+
+
 def fit(
     model: keras.Model,
-    train_ds: tf.data.Dataset,
+    train_epoch: Callable[[int], tf.data.Dataset],
     val_ds: tf.data.Dataset,
+    steps_per_epoch: int,
     epochs: int = 10,
     patience: int = 1,
-    steps_per_epoch: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    checkpoint: Path | None = None,
 ) -> Fit:
-    """Fit a compiled model; the returned weights are those of the best validation epoch."""
+    """Fit a compiled model; the returned weights are those of the best validation epoch.
+
+    `train_epoch(e)` gives epoch e's batches; each Keras epoch takes `steps_per_epoch` of
+    them. With `checkpoint`, training continues from the epoch saved there, if any: as epoch
+    e's order depends on e alone, the resumed run sees the batches an uninterrupted one would.
+    """
     timer = Timer()
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )
-    if steps_per_epoch:
-        train_ds = train_ds.repeat()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        verbose=verbose,
-        shuffle=False,  # the dataset reshuffles itself
-        steps_per_epoch=steps_per_epoch,
-        callbacks=[StopOnNaN(), timer, stopper, *callbacks],
-    )
-    losses = history.history.get("val_loss", [])
+    state = Checkpoint(checkpoint, stopper, timer)
+    state.restore_variables(model)
+    if state.epoch:
+        log.info("resuming from %s after epoch %d%s", checkpoint, state.epoch,
+                 " (training had finished)" if state.done else "")
+    if not state.done:
+        first = state.epoch
+        parts = [train_epoch(e).repeat().take(steps_per_epoch) for e in range(first, epochs)]
+        train_ds = functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=first,
+            verbose=verbose,
+            shuffle=False,  # the dataset orders each epoch itself
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[StopOnNaN(), timer, stopper, *callbacks, state],  # state saves last
+        )
+    losses = state.history.get("val_loss", [])
     best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0
-    return Fit(history.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)
+    return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)

@@ -94,9 +94,10 @@ def test_bucket_boundaries_follow_the_length_distribution():
 
 
 def test_token_budget_gives_short_buckets_larger_batches():
-    sizes = batching.bucket_batch_sizes([50, 100, 200, 400], 64, token_budget=True)
-    assert sizes == sorted(sizes, reverse=True) and sizes[2] == 64 and sizes[0] > 64
-    assert batching.bucket_batch_sizes([50, 100], 64, token_budget=False) == [64, 64, 64]
+    # bucket upper bounds are exclusive: the first holds reviews of up to 50 tokens
+    sizes = batching.bucket_batch_sizes([51, 101, 201, 1001], 64, token_budget=32000)
+    assert sizes == [640, 320, 160, 64, 64]
+    assert batching.bucket_batch_sizes([51, 101], 64, token_budget=None) == [64, 64, 64]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

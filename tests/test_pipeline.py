@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import reviews, write_csv
+from .conftest import reviews, write_csv
 
 pytestmark = pytest.mark.e2e
 

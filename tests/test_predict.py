@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import textclf.pipeline  # noqa: F401  registers the custom layers of saved models
-from textclf import evaluate, predict, tracking
+from textclf import data, evaluate, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 
 from .conftest import GOOD, reviews, write_csv
@@ -143,6 +143,16 @@ def test_text_from_a_shell_that_ate_the_quotes_arrives_verbatim(text):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("predict", overrides=[_quote_text(f"text={text}"), "tracking.uri=x"])
     assert cfg.text == text
+
+
+def test_input_files_read_lines_or_a_named_column_and_say_which_is_missing(tmp_path):
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("a fine film\nawful\n", encoding="utf-8")
+    assert predict.read_texts(None, str(lines)) == ["a fine film", "awful"]
+    table = write_csv(tmp_path / "reviews.csv", [("a fine film", "x")], header=("review", "y"))
+    assert predict.read_texts(None, str(table), column="review") == ["a fine film"]
+    with pytest.raises(data.DataError, match=r"no column\(s\) \['text'\].*Set column=<name>"):
+        predict.read_texts(None, str(table))
 
 
 def test_predict_text_uses_the_newest_run_and_prints_a_table(trained):

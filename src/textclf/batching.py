@@ -10,6 +10,7 @@ Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import keras
@@ -27,16 +28,15 @@ def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
     return sorted({int(q) + 1 for q in quantiles if q >= 1})
 
 
-def bucket_batch_sizes(boundaries: list[int], batch_size: int, token_budget: bool) -> list[int]:
-    """One batch size per bucket. With a token budget, buckets shorter than the median get
-    proportionally larger batches (up to 4x): an LSTM step costs about the same for 64 or 256
-    rows on a CPU, so fewer, wider steps per review is the speed-up."""
-    if not token_budget or not boundaries:
-        return [batch_size] * (len(boundaries) + 1)
-    reference = boundaries[len(boundaries) // 2]
-    uppers = [*boundaries, boundaries[-1] * 2]
-    return [int(np.clip(batch_size * reference // upper, batch_size, batch_size * 4))
-            for upper in uppers]
+def bucket_batch_sizes(boundaries: list[int], batch_size: int,
+                       token_budget: int | None) -> list[int]:
+    """One batch size per bucket: `batch_size`, or with a token budget, as many reviews as fit
+    in `token_budget` padded tokens (never fewer than `batch_size`). On a CPU an LSTM time step
+    costs nearly as much for 64 rows as for 256, so short reviews in wide batches are cheaper."""
+    sizes = [batch_size] * (len(boundaries) + 1)  # the last bucket has no upper bound
+    if token_budget:
+        sizes[:-1] = [max(batch_size, token_budget // max(1, upper - 1)) for upper in boundaries]
+    return sizes
 
 
 def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -108,8 +108,8 @@ class PaddingStats:
         return self.real_tokens / max(1, self.padded_tokens)
 
 
-def padding_stats(ds: tf.data.Dataset) -> PaddingStats:
-    """One pass over `ds` counting real and padded tokens (no model involved)."""
+def padding_stats(ds: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> PaddingStats:
+    """One pass over `ds` (a dataset or a list of batches) counting real and padded tokens."""
     reviews = real = total = batches = 0
     for x, _ in ds:
         reviews += int(x.shape[0])

@@ -103,7 +103,7 @@ class BatchingConfig:
     max_length: int | None = None
     num_buckets: int = 64
     round_to: int = 1
-    token_budget: bool = False
+    token_budget: int | None = None
     shuffle_buffer: int = 25000
 
     def __post_init__(self) -> None:
@@ -113,6 +113,8 @@ class BatchingConfig:
         _check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
         _check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
         _check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
+        _check(self.token_budget is None or self.token_budget > 0, "batching.token_budget",
+               f"must be null or > 0 tokens per batch, got {self.token_budget}")
         if self.strategy == "fixed":
             _check(
                 self.max_length is not None and self.max_length > 0,

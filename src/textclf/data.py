@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,26 +129,34 @@ def load_aclimdb(path: str | Path) -> Raw:
 # --- CSV / JSON Lines ------------------------------------------------------------------------
 
 
-def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list]:
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".ndjson")  # .csv, else JSON Lines
+
+
+def read_table(path: Path, columns: Sequence[str], fix: str):
+    """A CSV or JSON Lines file as a pandas DataFrame holding `columns`; invalid UTF-8 is
+    replaced. Errors name the file; `fix` says which setting names the columns."""
     import pandas as pd
 
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"data file {path} does not exist.")
+    csv = path.suffix.lower() == ".csv"
     try:
-        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
-        else:
+        if csv:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
     except ValueError as error:
-        raise DataError(
-            f"cannot parse {path} as {'JSON Lines' if path.suffix != '.csv' else 'CSV'}: {error}"
-        ) from error
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+        raise DataError(f"cannot parse {path} as {'CSV' if csv else 'JSON Lines'}: {error}") \
+            from error
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"{path} has no column(s) {missing}; it has {list(frame.columns)}. "
-            "Set data.text_column / data.label_column."
-        )
+        raise DataError(f"{path} has no column(s) {missing}; it has {list(frame.columns)}. {fix}")
+    return frame
+
+
+def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list]:
+    frame = read_table(path, [text_column, label_column],
+                       "Set data.text_column / data.label_column.")
     texts = ["" if t is None else str(t) for t in frame[text_column].tolist()]
     return texts, [str(v).strip() for v in frame[label_column].tolist()]
 

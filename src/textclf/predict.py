@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 CLASSES_FILE = "classes.json"  # written by `pipeline.run` beside model.keras
 EMPTY = "empty text: nothing to classify"
-TABLES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 
 class PredictError(ValueError):
@@ -132,20 +131,9 @@ def read_texts(text: Any, file: str | None, column: str = "text") -> list[str]:
     path = Path(str(file)).expanduser()
     if not path.is_file():
         raise PredictError(f"input file {path} does not exist.")
-    kind = TABLES.get(path.suffix.lower())
-    if kind is None:
+    if path.suffix.lower() not in data.TABLE_SUFFIXES:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
-    except ValueError as error:
-        raise PredictError(f"cannot parse {path} as {kind.upper()}: {error}") from error
-    if column not in frame.columns:
-        raise PredictError(
-            f"{path} has no column {column!r}; it has {list(frame.columns)}. Set column=<name>."
-        )
+    frame = data.read_table(path, [column], "Set column=<name>.")
     return [_as_text(v) for v in frame[column].tolist()]
 
 

@@ -119,6 +119,12 @@ def padding_stats(ds: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> PaddingStats:
     return PaddingStats(reviews, real, total, batches)
 
 
+def counted(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with its batch count declared: grouping hides it, and Keras warns at the end of
+    every pass over a dataset of unknown length."""
+    return ds.apply(tf.data.experimental.assert_cardinality(padding_stats(ds).batches))
+
+
 @keras.saving.register_keras_serializable(package="textclf")
 class Repad(keras.layers.Layer):
     """Inside the saved model: vectorizer output → the padding the model was trained with.

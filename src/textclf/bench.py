@@ -151,6 +151,8 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
 
     default = next(name for name, spec in specs.items() if spec == cfg.batching)
+    step_cost = _step_cost(nets[default], vocab, [(64, 256), (128, 256), (256, 256), (64, 64)],
+                           2 if b.quick else 5)
     inference = _inference(vectorizer, cfg, nets[default], dataset.class_names, texts,
                            inference_reviews, latency_calls)
     report = {
@@ -162,10 +164,28 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         "tokenize": {"adapt_seconds": adapt_seconds,
                      "encode_reviews_per_s": len(texts) / encode_seconds},
         "strategies": results,
+        "step_cost": step_cost,
         "inference": inference,
     }
     _write(report, out_dir, cfg)
     return report
+
+
+def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
+               calls: int) -> dict[str, float]:
+    """Milliseconds per training step for [batch, time] shapes of random ids: how much of a
+    step is per-time-step overhead (what wider batches spread over more reviews)."""
+    rng = np.random.default_rng(0)
+    cost = {}
+    for rows, steps in shapes:
+        x = rng.integers(2, vocab, (rows, steps)).astype("int32")
+        y = rng.integers(0, 2, rows).astype("int32")
+        net.train_on_batch(x, y)  # warm-up
+        start = time.perf_counter()
+        for _ in range(calls):
+            net.train_on_batch(x, y)
+        cost[f"{rows}x{steps}"] = (time.perf_counter() - start) / calls * 1000
+    return cost
 
 
 def _inference(vectorizer, cfg: Config, net: keras.Model, class_names: list[str],
@@ -208,6 +228,8 @@ def markdown(report: dict) -> str:
                      f"{r['padding_efficiency']:.3f} | {r['pipeline_reviews_per_s']:,.0f} | "
                      f"{r['peak_rss_mb']:,.0f} |")
     inf = report["inference"]
+    cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
+    lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
     lines += ["", f"Inference from raw strings ({c['default']} model): "
               f"{inf['batch_reviews_per_s']:,.0f} reviews/s in batches of 256; single review "
               f"p50 {inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms. "

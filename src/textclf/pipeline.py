@@ -169,7 +169,7 @@ def run(
         fitted = train.fit(
             classifier,
             train_epoch,
-            even(val_ds),
+            batching.counted(even(val_ds)),
             cfg.train.steps_per_epoch or padding.batches,
             cfg.train.epochs,
             cfg.train.patience,

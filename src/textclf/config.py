@@ -145,9 +145,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     epochs: int = 10
-    patience: int = 1
+    patience: int = 2
     seed: int = 42
     steps_per_epoch: int | None = None
     verbose: int = 2

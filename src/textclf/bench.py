@@ -1,8 +1,10 @@
 """`make bench`: the batching strategies side by side on this machine, in one run.
 
 Same model and data for every strategy; strategies take turns (in rotated order, repeated)
-so machine drift hits them all alike; medians are reported. Also: the input pipeline alone,
-inference from raw strings with the exported model, and peak memory per measurement.
+so machine drift hits them all alike; medians are reported. Throughput is per epoch: the
+epoch's batch count times the mean step time on a size-stratified sample of its batches. Also:
+the input pipeline alone, the cost of one step per batch shape, inference from raw strings
+with the exported model, and peak memory per measurement.
 """
 
 from __future__ import annotations

@@ -1,0 +1,51 @@
+"""`make bench --quick`: the CI smoke test of the benchmark. Numbers are never asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import reviews, write_csv
+from .test_pipeline import textclf
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
+    data = write_csv(tmp_path / "reviews.csv", reviews(400))
+    out = tmp_path / "bench"
+    done = textclf("bench", "--quick", "data=csv", f"data.path={data}", f"bench.out_dir={out}",
+                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "model.units=8",
+                   "model.embedding_dim=16", "tokenize.vocab_size=200",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads((out / "latest.json").read_text())
+    assert set(report["strategies"]) == {"fixed", "per_batch", "bucket", "exact"}
+    for name, result in report["strategies"].items():
+        for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s",
+                    "peak_rss_mb"):
+            assert result[key] > 0, (name, key)
+        assert 0 < result["padding_efficiency"] <= 1
+        assert result["reviews_per_epoch"] == report["config"]["train_reviews"]
+    assert report["strategies"]["fixed"]["ratio_to_fixed"] == 1.0
+    assert report["strategies"]["per_batch"]["ratio_to_per_batch"] == 1.0
+    assert report["strategies"]["exact"]["padding_efficiency"] > (
+        report["strategies"]["per_batch"]["padding_efficiency"])
+    assert report["config"]["default"] == "bucket"
+    assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
+    inference = report["inference"]
+    assert inference["batch_reviews_per_s"] > 0
+    assert 0 < inference["latency_p50_ms"] <= inference["latency_p95_ms"]
+    table = (out / "latest.md").read_text()
+    assert "| per_batch |" in table and "× fixed" in table and table in done.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["bucket_padding_efficiency"] == pytest.approx(
+        report["strategies"]["bucket"]["padding_efficiency"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"latest.json",
+                                                                         "latest.md"}

@@ -80,7 +80,7 @@ def test_a_diverging_loss_stops_training_with_an_error():
 
 
 class StopAt(keras.callbacks.Callback):
-    """Ctrl-C at the start of an epoch."""
+    """Ctrl-C at the start of an epoch, or after the last one (before training ends)."""
 
     def __init__(self, epoch: int):
         super().__init__()
@@ -90,6 +90,9 @@ class StopAt(keras.callbacks.Callback):
         if epoch == self.epoch:
             raise KeyboardInterrupt
 
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt
+
 
 def fresh_model() -> keras.Model:
     keras.utils.set_random_seed(0)
@@ -97,7 +100,7 @@ def fresh_model() -> keras.Model:
     return train.compile_model(net, 2, "adam", 0.01)
 
 
-@pytest.mark.parametrize("stop_at", [1, 3])
+@pytest.mark.parametrize("stop_at", [1, 3, 5])  # 5: all epochs done, the best not restored
 def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
     tmp_path, stop_at
 ):

@@ -144,11 +144,9 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self._saved:  # after EarlyStopping.on_train_begin has reset it
-            s = self.stopper
-            s.wait, s.best, s.best_epoch = self._stopper["wait"], self._stopper["best"], \
-                self._stopper["best_epoch"]
-            best = [self._saved[k] for k in sorted(self._saved, key=_index) if k[:5] == "best_"]
-            s.best_weights = best or None
+            for key in ("wait", "best", "best_epoch"):
+                setattr(self.stopper, key, self._stopper[key])
+            self.stopper.best_weights = _group(self._saved, "best") or None
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -184,8 +182,10 @@ class Checkpoint(keras.callbacks.Callback):
         os.replace(partial, self.path)
 
 
-def _index(key: str) -> int:
-    return int(key.rsplit("_", 1)[1])
+def _group(saved: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    """The arrays saved as `<prefix>_0`, `<prefix>_1`, ... in that order."""
+    keys = [k for k in saved if k.startswith(prefix + "_")]
+    return [saved[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -202,7 +202,7 @@ class CheckpointMismatch(RuntimeError):
 
 
 def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:
-    arrays = [saved[k] for k in sorted(saved, key=_index) if k.startswith(prefix + "_")]
+    arrays = _group(saved, prefix)
     shapes = [tuple(v.shape) for v in variables]
     if shapes != [a.shape for a in arrays]:
         raise CheckpointMismatch(
@@ -240,8 +240,9 @@ def fit(
         log.info("resuming from %s after epoch %d%s", checkpoint, state.epoch,
                  " (training had finished)" if state.done else "")
     if not state.done:
-        first = state.epoch
-        parts = [train_epoch(e).repeat().take(steps_per_epoch) for e in range(first, epochs)]
+        first = state.epoch  # == epochs if stopped before the end: fit restores the best
+        parts = [train_epoch(e).repeat().take(steps_per_epoch)
+                 for e in range(first, max(epochs, first + 1))]
         train_ds = functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
         model.fit(
             train_ds,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -225,3 +226,24 @@ def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
         results.append({k: v for k, v in metrics.items()
                         if k.startswith("test_") or k == "padding_efficiency"})
     assert results[0] == results[1]
+
+
+def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path, monkeypatch):
+    from textclf import cli
+
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    for name, age in (("runs/old", 100), ("sweeps/s/0_x", 50), ("runs/finished", 0)):
+        folder = tmp_path / "outputs" / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            f"- model.units=8\n- train.resume=true\n- tracking.run_name={name.replace('/', '-')}\n")
+        if name != "runs/finished":  # a finished run has deleted its checkpoint
+            checkpoint = folder / "checkpoint.npz"
+            checkpoint.write_bytes(b"")
+            os.utime(checkpoint, (time.time() - age, time.time() - age))
+    newest = (tmp_path / "outputs" / "sweeps" / "s" / "0_x").resolve()
+    assert cli._resume_args(["train.verbose=0"]) == [
+        "model.units=8", "tracking.run_name=sweeps-s-0_x", f"hydra.run.dir={newest}",
+        "hydra.output_subdir=null", "train.resume=true", "train.verbose=0"]
+    with pytest.raises(SystemExit, match="not a run folder"):
+        cli._resume_args([str(tmp_path)])

@@ -153,6 +153,8 @@ def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv
         for line in proc.stdout:  # wait for training to be under way
             if line.startswith("Epoch 2/"):
                 break
+        else:
+            pytest.fail("the run ended before its second epoch")
         proc.send_signal(how)
         proc.wait(timeout=300)  # generous: CI machines may be busy
     finally:

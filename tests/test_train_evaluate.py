@@ -137,3 +137,12 @@ def test_a_checkpoint_from_another_model_is_refused_with_the_fix(tmp_path):
     other = train.compile_model(model.build(20, 2, 8, 16), 2)
     with pytest.raises(train.CheckpointMismatch, match="configuration that wrote it"):
         train.fit(other, shuffled, dataset(seed=1), 4, epochs=2, verbose=0, checkpoint=path)
+
+
+def test_a_stop_request_ends_training_even_when_the_signal_exception_was_lost():
+    train.StopRequest.request("signal SIGTERM")
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            train.fit(fresh_model(), shuffled, dataset(seed=1), 4, epochs=3, verbose=0)
+    finally:
+        train.StopRequest.reason = None

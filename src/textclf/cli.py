@@ -48,14 +48,19 @@ def _fail_clearly(error: BaseException) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    from .train import StopRequest
+
+    reason = f"signal {signal.Signals(signum).name}"
+    StopRequest.request(reason)  # in case this exception is lost (see StopRequest)
+    raise KeyboardInterrupt(reason)
 
 
 def train(cfg: DictConfig) -> float:
     """One training run (or one job of a sweep); returns test accuracy for sweepers."""
     from . import pipeline, sweep, tracking
 
-    # SIGTERM (a scheduler, `kill`) ends the MLflow run as KILLED, like Ctrl-C does.
+    # Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
     hydra_cfg = HydraConfig.get()

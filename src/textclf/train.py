@@ -57,6 +57,26 @@ class StopOnNaN(keras.callbacks.Callback):
             )
 
 
+class StopRequest(keras.callbacks.Callback):
+    """Ends training with KeyboardInterrupt at the next batch once `request` was called.
+
+    A signal handler's own KeyboardInterrupt can be lost: Python drops an exception raised
+    while a `__del__` runs, and TF's iterators run them every epoch. This flag is not lost.
+    """
+
+    reason: str | None = None  # one per process, like the signal that sets it
+
+    @classmethod
+    def request(cls, reason: str) -> None:
+        cls.reason = reason
+
+    def on_train_batch_end(self, batch, logs=None):
+        if StopRequest.reason:
+            raise KeyboardInterrupt(StopRequest.reason)
+
+    on_test_batch_end = on_train_batch_end
+
+
 class Timer(keras.callbacks.Callback):
     """Per epoch: wall seconds, and training-phase seconds without the epoch's first step."""
 
@@ -252,7 +272,7 @@ def fit(
             verbose=verbose,
             shuffle=False,  # the dataset orders each epoch itself
             steps_per_epoch=steps_per_epoch,
-            callbacks=[StopOnNaN(), timer, stopper, *callbacks, state],  # state saves last
+            callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
     losses = state.history.get("val_loss", [])
     best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0

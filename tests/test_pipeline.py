@@ -156,9 +156,10 @@ def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv
         else:
             pytest.fail("the run ended before its second epoch")
         proc.send_signal(how)
-        proc.wait(timeout=300)  # generous: CI machines may be busy
+        rest = proc.communicate(timeout=300)[0]  # generous: CI machines may be busy
     finally:
         proc.kill()
+    assert proc.returncode == 130 and "`make resume`" in rest and "Traceback" not in rest
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]

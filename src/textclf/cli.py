@@ -184,7 +184,13 @@ def main() -> None:
     if args[0] == "resume":
         rest = _resume_args(rest)
     sys.argv = [f"textclf-{args[0]}", *rest]
-    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a message, not a traceback
+        then = (" Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
+                " last completed epoch." if config_name == "config" else "")
+        print(f"textclf {args[0]}: interrupted ({stop or 'Ctrl-C'}).{then}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ def spec(strategy: str, **kw) -> BatchingConfig:
     return BatchingConfig(strategy=strategy, **(defaults | kw))
 
 
+def batches(tokens, labels, s: BatchingConfig, *args, **kwargs) -> tf.data.Dataset:
+    return batching.make_dataset(batching.examples(tokens, labels), s, *args, **kwargs)
+
+
 def rows(ds: tf.data.Dataset) -> list[tuple[list[int], int]]:
     out = []
     for x, y in ds:
@@ -48,7 +52,7 @@ def test_each_review_once_with_its_label_and_untruncated(lengths, strategy, side
     tokens, labels = ragged(lengths), np.arange(len(lengths), dtype=np.int32) % 2
     s = spec(strategy, padding_side=side)
     bounds = batching.bucket_boundaries(np.array(lengths), s.num_buckets)
-    got = rows(batching.make_dataset(tokens, labels, s, bounds, shuffle=shuffle, seed=1))
+    got = rows(batches(tokens, labels, s, bounds, shuffle=shuffle, seed=1))
     expected = [(row, int(label)) for row, label in zip(tokens.to_list(), labels, strict=True)]
     if strategy == "fixed":  # the only strategy that truncates, and only to max_length
         expected = [(row[: s.max_length], label) for row, label in expected]
@@ -58,7 +62,7 @@ def test_each_review_once_with_its_label_and_untruncated(lengths, strategy, side
 @settings(max_examples=25, deadline=None)
 @given(lengths=lengths_st, round_to=st.integers(1, 4))
 def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
-    ds = batching.make_dataset(
+    ds = batches(
         ragged(lengths), np.zeros(len(lengths), np.int32), spec("exact", round_to=round_to)
     )
     for x, _ in ds:
@@ -69,10 +73,10 @@ def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
 
 def test_padding_side_puts_pads_after_or_before():
     tokens = ragged([3, 1])
-    post = next(iter(batching.make_dataset(tokens, np.zeros(2, np.int32), spec("per_batch"))))[0]
+    post = next(iter(batches(tokens, np.zeros(2, np.int32), spec("per_batch"))))[0]
     pre = next(
         iter(
-            batching.make_dataset(
+            batches(
                 tokens, np.zeros(2, np.int32), spec("per_batch", padding_side="pre")
             )
         )
@@ -82,7 +86,7 @@ def test_padding_side_puts_pads_after_or_before():
 
 
 def test_fixed_pads_every_batch_to_max_length():
-    ds = batching.make_dataset(ragged([2, 9, 4]), np.zeros(3, np.int32), spec("fixed"))
+    ds = batches(ragged([2, 9, 4]), np.zeros(3, np.int32), spec("fixed"))
     assert {x.shape[1] for x, _ in ds} == {6}
 
 
@@ -104,7 +108,7 @@ def test_token_budget_gives_short_buckets_larger_batches():
 def test_padding_efficiency_counts_real_and_padded_tokens(strategy):
     lengths = [1, 2, 3, 4, 5, 6, 7, 8]
     stats = batching.padding_stats(
-        batching.make_dataset(
+        batches(
             ragged(lengths),
             np.zeros(8, np.int32),
             spec(strategy, max_length=10 if strategy == "fixed" else None),

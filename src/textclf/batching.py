@@ -45,24 +45,28 @@ def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.reverse(tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0), axis=[1]), y
 
 
+def examples(tokens: tf.RaggedTensor, labels: np.ndarray) -> tf.data.Dataset:
+    """(ids, label) pairs, one dense row per review. Build it once per split and batch it for
+    every epoch: each `from_tensor_slices` of a ragged tensor holds its own copy of the ids."""
+    # The identity map turns each ragged row into a dense 1-D tensor, which padding needs.
+    return tf.data.Dataset.from_tensor_slices((tokens, labels)).map(lambda x, y: (x, y))
+
+
 def make_dataset(
-    tokens: tf.RaggedTensor,
-    labels: np.ndarray,
+    ds: tf.data.Dataset,
     spec: BatchingConfig,
     boundaries: list[int] | None = None,
     shuffle: bool = False,
     seed: int = 0,
     epoch: int = 0,
 ) -> tf.data.Dataset:
-    """One epoch of batches of (padded int32 ids [batch, time], labels).
+    """One epoch of `examples` as batches of (padded int32 ids [batch, time], labels).
 
     `boundaries` are the bucket limits for `bucket` (see `bucket_boundaries`). With `shuffle`
     the order depends on `seed` and `epoch` alone, not on how many epochs this process has
     run, so a run resumed at epoch e sees the batches an uninterrupted run saw.
     """
     order = seed * 1_000_003 + epoch  # one shuffle seed per (seed, epoch)
-    # The identity map turns each ragged row into a dense 1-D tensor, which padding needs.
-    ds = tf.data.Dataset.from_tensor_slices((tokens, labels)).map(lambda x, y: (x, y))
     if shuffle:
         ds = ds.shuffle(spec.shuffle_buffer, seed=order)
     size = spec.batch_size

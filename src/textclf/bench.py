@@ -109,10 +109,10 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     specs = dict(strategies)
     if cfg.batching not in specs.values():
         specs["default"] = cfg.batching
+    examples = batching.examples(encoded.tokens, encoded.labels)
     for name, spec in specs.items():
         boundaries = batching.bucket_boundaries(encoded.lengths, spec.num_buckets)
-        ds = batching.make_dataset(encoded.tokens, encoded.labels, spec, boundaries, shuffle=True,
-                                   seed=cfg.train.seed)
+        ds = batching.make_dataset(examples, spec, boundaries, shuffle=True, seed=cfg.train.seed)
         start = time.perf_counter()
         epoch = list(ds)  # the input pipeline alone: text ids → padded batches
         pipe_seconds = time.perf_counter() - start

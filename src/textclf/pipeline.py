@@ -147,13 +147,15 @@ def run(
             # fits only batches that split evenly; the skipped reviews are counted.
             return ds if replicas == 1 else ds.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
 
-        def train_epoch(epoch: int) -> tf.data.Dataset:
-            s = splits["train"]
-            return even(batching.make_dataset(s.tokens, s.labels, spec, boundaries,
-                                              shuffle=True, seed=seed, epoch=epoch))
+        train_examples, val_examples, test_examples = (
+            batching.examples(s.tokens, s.labels) for s in splits.values())
 
-        val_ds, test_ds = (batching.make_dataset(splits[name].tokens, splits[name].labels, spec,
-                                                 boundaries) for name in ("val", "test"))
+        def train_epoch(epoch: int) -> tf.data.Dataset:
+            return even(batching.make_dataset(train_examples, spec, boundaries, shuffle=True,
+                                              seed=seed, epoch=epoch))
+
+        val_ds, test_ds = (batching.make_dataset(e, spec, boundaries)
+                           for e in (val_examples, test_examples))
         padding = batching.padding_stats(train_epoch(0))
         mlrun.log_metrics({"data_skipped_small_batch": len(splits["train"]) - padding.reviews})
         log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)

@@ -129,6 +129,10 @@ def compile_model(
     return model
 
 
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint does not fit the model (another configuration wrote it) or is unreadable."""
+
+
 class Checkpoint(keras.callbacks.Callback):
     """The whole training state after the last completed epoch, in one `.npz` file.
 
@@ -215,10 +219,6 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as error:
         raise CheckpointMismatch(f"cannot read the checkpoint {path}: {error}. Delete it to "
                                  "train from the start.") from error
-
-
-class CheckpointMismatch(RuntimeError):
-    """The checkpoint does not fit the model (another configuration wrote it) or is unreadable."""
 
 
 def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:

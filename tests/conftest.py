@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from textclf.cli import CONF_DIR, ROOT
-from textclf.config import Config, to_object
+from textclf.config import Config, ModelConfig, TrainConfig, to_object
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
@@ -57,6 +57,16 @@ def write_csv(path: Path, rows: list[tuple[str, object]], header=("text", "label
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def small_model(**kw) -> ModelConfig:
+    """A one-direction LSTM without dropout unless asked: small, deterministic test models."""
+    return ModelConfig(**{"bidirectional": False, "dropout": 0.0} | kw)
+
+
+def quiet_training(**kw) -> TrainConfig:
+    """Training settings for in-process tests: no progress output."""
+    return TrainConfig(**{"verbose": 0} | kw)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ def ragged(lengths: list[int]) -> tf.RaggedTensor:
 
 
 def spec(strategy: str, **kw) -> BatchingConfig:
-    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None, "num_buckets": 3}
+    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None, "num_buckets": 3,
+                "token_budget": None, "round_to": 1}
     return BatchingConfig(strategy=strategy, **(defaults | kw))
 
 

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from textclf import model
 
+from .conftest import small_model
+
 VOCAB = 50
 MASKED = ["mask_zero", "masking_layer", "explicit"]
 
@@ -21,7 +23,7 @@ def pad(ids: list[int], pads: int, side: str) -> np.ndarray:
 
 def build(masking: str, side: str = "post", **kw) -> keras.Model:
     keras.utils.set_random_seed(0)
-    return model.build(VOCAB, 2, embedding_dim=8, units=4, masking=masking, padding_side=side, **kw)
+    return model.build(VOCAB, 2, small_model(embedding_dim=8, units=4, masking=masking, **kw), side)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_left_padding_with_a_mask_avoids_cudnn():
 
 
 def test_multiclass_head_and_bidirectional():
-    net = model.build(VOCAB, 4, embedding_dim=8, units=4, bidirectional=True)
+    net = model.build(VOCAB, 4, small_model(embedding_dim=8, units=4, bidirectional=True), "post")
     out = net.predict_on_batch(pad([1, 2, 3], 2, "post"))
     assert out.shape == (1, 4) and np.isclose(out.sum(), 1.0, atol=1e-5)
 

@@ -95,7 +95,7 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
 
     # The saved model takes raw strings in a fresh process (custom layers registered on import).
     script = (
-        "import keras, tensorflow as tf, textclf.pipeline\n"
+        "import keras, tensorflow as tf, textclf.inference\n"
         f"m = keras.models.load_model({str(run_dir / 'model.keras')!r})\n"
         "p = m.predict(tf.constant(['a wonderful film, i loved every minute of it <br />',"
         " 'a terrible film, boring and pointless', '']), verbose=0)\n"

@@ -28,8 +28,7 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-import textclf.pipeline  # noqa: F401  registers the custom layers of saved models
-from textclf import data, evaluate, predict, tracking
+from textclf import data, inference, model, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 
 from .conftest import GOOD, reviews, write_csv
@@ -122,7 +121,7 @@ def test_pyfunc_has_a_signature_and_matches_the_keras_model(trained):
     got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
     assert list(got.columns) == ["label", "prob_neg", "prob_pos", "error"]
     net = keras.models.load_model(trained.root / "binary" / "model.keras")
-    expected = evaluate.as_class_probabilities(net.predict(tf.constant(texts), verbose=0))
+    expected = model.class_probabilities(net.predict(tf.constant(texts), verbose=0))
     np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(), expected, atol=1e-5)
     assert got["label"].tolist() == ["pos", "neg", "pos"] and got["error"].isna().all()
 
@@ -134,7 +133,7 @@ def test_long_texts_are_truncated_like_training_and_empty_ones_get_a_row_error(t
     long = " ".join(words + ["terrible", "boring"] * 300)
     got = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": [head, long, "", "  \t "]}))
     np.testing.assert_allclose(got.loc[0, "prob_pos"], got.loc[1, "prob_pos"], atol=1e-5)
-    assert got["error"].tolist()[2:] == [predict.EMPTY] * 2
+    assert got["error"].tolist()[2:] == [inference.EMPTY] * 2
     assert got["label"][2:].isna().all() and got["prob_pos"][2:].isna().all()
 
 
@@ -173,7 +172,7 @@ def test_predict_a_text_file_with_empty_lines_to_csv(trained):
     table = pd.read_csv(out)
     assert table["text"].fillna("").str.strip().tolist() == [POSITIVE, "", "", NEGATIVE]
     assert table["label"].fillna("").tolist() == ["pos", "", "", "neg"]
-    assert table["error"].fillna("").tolist() == ["", predict.EMPTY, predict.EMPTY, ""]
+    assert table["error"].fillna("").tolist() == ["", inference.EMPTY, inference.EMPTY, ""]
     sums = table.loc[[0, 3], ["prob_neg", "prob_pos"]].sum(axis=1)
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)
 
@@ -212,7 +211,7 @@ def test_a_model_with_another_vocabulary_and_three_classes_loads_and_predicts(tr
     assert np.mean(table["label"] == truth) >= 0.6
     np.testing.assert_allclose(table.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
 
-    direct = predict.Classifier.from_files(trained.root / "topics" / "model.keras")
+    direct = inference.Classifier.from_files(trained.root / "topics" / "model.keras")
     assert direct.classes == ["food", "sport", "weather"]
     np.testing.assert_allclose(
         direct.predict(table["text"].tolist()).filter(like="prob_"),
@@ -238,9 +237,9 @@ def test_a_file_that_is_not_a_model_is_one_clear_error(trained):
     assert done.returncode == 2 and "is not a Keras model" in output
     assert "Traceback" not in output
     with pytest.raises(predict.PredictError, match="is not a Keras model"):
-        predict.load_keras(trained.root / "reviews.csv")
+        inference.load_keras(trained.root / "reviews.csv")
     with pytest.raises(predict.PredictError, match="does not exist"):
-        predict.load_keras(trained.root / "missing.keras")
+        inference.load_keras(trained.root / "missing.keras")
 
 
 def test_a_keras_file_path_predicts_with_the_class_names_beside_it(trained):
@@ -351,4 +350,4 @@ def test_served_model_answers_like_the_pyfunc(trained):
         expected[["prob_neg", "prob_pos"]].to_numpy(),
         atol=1e-5,
     )
-    assert served["error"].tolist()[2] == predict.EMPTY
+    assert served["error"].tolist()[2] == inference.EMPTY

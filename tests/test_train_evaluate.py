@@ -8,12 +8,15 @@ import pytest
 import tensorflow as tf
 
 from textclf import evaluate, model, train
+from textclf.config import TrainConfig
+
+from .conftest import quiet_training, small_model
 
 
 def predictions(labels, positive, lengths) -> evaluate.Predictions:
     return evaluate.Predictions(
         np.array(labels),
-        evaluate.as_class_probabilities(np.array(positive)[:, None]),
+        model.class_probabilities(np.array(positive)[:, None]),
         np.array(lengths),
     )
 
@@ -60,23 +63,28 @@ def shuffled(epoch) -> tf.data.Dataset:
 
 def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(model.build(5, 2, 4, 4), 2, "adam", 0.05)
+    net = train.compile_model(model.build(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
+                              TrainConfig(optimizer="adam", learning_rate=0.05))
     val = dataset(seed=1, noise=0.25)  # confident predictions get punished: val loss turns up
-    fitted = train.fit(net, lambda e: dataset(), val, 4, epochs=40, patience=2, verbose=0)
+    fitted = train.fit(net, lambda e: dataset(), val, 4, quiet_training(epochs=40, patience=2))
     epochs = len(fitted.history["loss"])
     assert len(fitted.epoch_seconds) == epochs < 40 and fitted.best_epoch < epochs - 1
     best = min(fitted.history["val_loss"])
     assert net.evaluate(val, verbose=0)[0] == pytest.approx(best, rel=1e-4)
     assert fitted.steps[0] == 4 and fitted.rate(16.0) > 0
-    pred = evaluate.predict(net, dataset(seed=1))
+    x, y = next(iter(dataset(seed=1).unbatch().batch(64)))
+    numbered = tf.data.Dataset.from_tensor_slices((x, tf.range(64))).shuffle(64, seed=0).batch(16)
+    pred = evaluate.predict(net, numbered, y.numpy())
     assert (pred.predicted == pred.labels).all() and (pred.lengths == 5).all()
+    assert (pred.labels == y.numpy()).all()  # back in row order, though batches were shuffled
 
 
 def test_a_diverging_loss_stops_training_with_an_error():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(model.build(5, 2, 4, 4), 2, "sgd", float("inf"))
+    net = train.compile_model(model.build(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
+                              TrainConfig(optimizer="sgd", learning_rate=float("inf")))
     with pytest.raises(train.TrainingDiverged, match="learning_rate"):
-        train.fit(net, lambda e: dataset(), dataset(seed=1), 4, epochs=5, verbose=0)
+        train.fit(net, lambda e: dataset(), dataset(seed=1), 4, quiet_training(epochs=5))
 
 
 class StopAt(keras.callbacks.Callback):
@@ -96,8 +104,10 @@ class StopAt(keras.callbacks.Callback):
 
 def fresh_model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    net = model.build(20, 2, 8, 8, bidirectional=True, dropout=0.5)  # dropout: RNG state matters
-    return train.compile_model(net, 2, "adam", 0.01)
+    # dropout: the RNG state matters
+    net = model.build(20, 2, small_model(embedding_dim=8, units=8, bidirectional=True,
+                                         dropout=0.5), "post")
+    return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01))
 
 
 @pytest.mark.parametrize("stop_at", [1, 3, 5])  # 5: all epochs done, the best not restored
@@ -106,16 +116,17 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
 ):
     val = dataset(seed=1, noise=0.2)
     whole = fresh_model()
-    expected = train.fit(whole, shuffled, val, 4, epochs=5, patience=5, verbose=0)
+    expected = train.fit(whole, shuffled, val, 4, quiet_training(epochs=5, patience=5))
 
     path = tmp_path / "checkpoint.npz"
     with pytest.raises(KeyboardInterrupt):
-        train.fit(fresh_model(), shuffled, val, 4, epochs=5, patience=5, verbose=0,
+        train.fit(fresh_model(), shuffled, val, 4, quiet_training(epochs=5, patience=5),
                   callbacks=[StopAt(stop_at)], checkpoint=path)
     assert train.Checkpoint(path, keras.callbacks.EarlyStopping(), train.Timer()).epoch == stop_at
 
     resumed = fresh_model()  # a new process would rebuild the model just so
-    got = train.fit(resumed, shuffled, val, 4, epochs=5, patience=5, verbose=0, checkpoint=path)
+    got = train.fit(resumed, shuffled, val, 4, quiet_training(epochs=5, patience=5),
+                    checkpoint=path)
     assert got.history.keys() == expected.history.keys()
     for key, values in expected.history.items():
         np.testing.assert_allclose(got.history[key], values, rtol=1e-5, err_msg=key)
@@ -124,7 +135,7 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
     finished = fresh_model()  # resuming a finished fit trains no more: it restores the result
-    again = train.fit(finished, shuffled, val, 4, epochs=5, patience=5, verbose=0,
+    again = train.fit(finished, shuffled, val, 4, quiet_training(epochs=5, patience=5),
                       checkpoint=path)
     assert again.history == got.history
     for a, b in zip(finished.get_weights(), whole.get_weights(), strict=True):
@@ -133,16 +144,19 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
 
 def test_a_checkpoint_from_another_model_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "checkpoint.npz"
-    train.fit(fresh_model(), shuffled, dataset(seed=1), 4, epochs=1, verbose=0, checkpoint=path)
-    other = train.compile_model(model.build(20, 2, 8, 16), 2)
+    train.fit(fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=1),
+              checkpoint=path)
+    other = train.compile_model(
+        model.build(20, 2, small_model(embedding_dim=8, units=16), "post"), 2, TrainConfig())
     with pytest.raises(train.CheckpointMismatch, match="configuration that wrote it"):
-        train.fit(other, shuffled, dataset(seed=1), 4, epochs=2, verbose=0, checkpoint=path)
+        train.fit(other, shuffled, dataset(seed=1), 4, quiet_training(epochs=2),
+                  checkpoint=path)
 
 
 def test_a_stop_request_ends_training_even_when_the_signal_exception_was_lost():
     train.StopRequest.request("signal SIGTERM")
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-            train.fit(fresh_model(), shuffled, dataset(seed=1), 4, epochs=3, verbose=0)
+            train.fit(fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=3))
     finally:
         train.StopRequest.reason = None

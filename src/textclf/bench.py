@@ -22,28 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, data, model, pipeline, predict, tokenize, tracking, train
+from . import batching, data, inference, pipeline, tracking, train
 from .config import BatchingConfig, Config
 
 log = logging.getLogger(__name__)
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak-RSS counter (VmHWM) of this process."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return pipeline.peak_rss_mb()
 
 
 def machine() -> dict[str, str | int]:
@@ -89,61 +71,81 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     b = cfg.bench
     steps, repeats, inference_reviews, latency_calls = (
         (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls))
-    out_dir = Path(b.out_dir)
-    train.seed_everything(cfg.train.seed)
-    data_cfg = replace(cfg.data, limit=cfg.data.limit or 2000) if b.quick else cfg.data
-    dataset = data.load(data_cfg)
-    texts, labels = dataset.train.texts, dataset.train.labels
-
+    train.seed_everything(cfg.train.seed, cfg.train.deterministic)
+    dataset = data.load(replace(cfg.data, limit=cfg.data.limit or 2000) if b.quick else cfg.data)
     start = time.perf_counter()
-    vectorizer = tokenize.adapt(texts, cfg.tokenize.vocab_size, cfg.tokenize.standardize)
-    adapt_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    encoded, _ = tokenize.drop_empty(tokenize.encode(vectorizer, texts, labels,
-                                                     cfg.tokenize.max_length))
-    encode_seconds = time.perf_counter() - start
-    vocab = len(vectorizer.get_vocabulary())
+    tokens = pipeline.vectorize(dataset, cfg)
+    vectorize_seconds = time.perf_counter() - start
 
-    results: dict[str, dict] = {}
-    nets, samples = {}, {}
     specs = dict(strategies)
     if cfg.batching not in specs.values():
         specs["default"] = cfg.batching
-    examples = batching.examples(encoded.tokens, encoded.labels)
-    for name, spec in specs.items():
-        boundaries = batching.bucket_boundaries(encoded.lengths, spec.num_buckets)
-        ds = batching.make_dataset(examples, spec, boundaries, shuffle=True, seed=cfg.train.seed)
-        start = time.perf_counter()
-        epoch = list(ds)  # the input pipeline alone: text ids → padded batches
-        pipe_seconds = time.perf_counter() - start
-        stats = batching.padding_stats(epoch)
-        keras.utils.set_random_seed(cfg.train.seed)
-        net = model.build(vocab, len(dataset.class_names), cfg.model.embedding_dim,
-                          cfg.model.units, cfg.model.bidirectional, cfg.model.dropout,
-                          cfg.model.masking, spec.padding_side, cfg.model.pooling)
-        nets[name] = train.compile_model(net, len(dataset.class_names), cfg.train.optimizer,
-                                         cfg.train.learning_rate)
-        samples[name] = _sample_batches(epoch, steps + 1, cfg.train.seed)
-        results[name] = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
-                         "reviews_per_epoch": stats.reviews,
-                         "real_tokens_per_epoch": stats.real_tokens,
-                         "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
-                         "runs_reviews_per_s": [], "runs_tokens_per_s": [], "peak_rss_mb": 0.0}
+    setups = {name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
+              for name, spec in specs.items()}
+    results = {name: setup["result"] for name, setup in setups.items()}
+    _time_training(setups, repeats)
+    _summarise(results)
 
-    names = list(results)
+    default = next(name for name, spec in specs.items() if spec == cfg.batching)
+    net = setups[default]["net"]
+    step_cost = _step_cost(net, tokens.vocab_size, [(64, 256), (128, 256), (256, 256), (64, 64)],
+                           2 if b.quick else 5)
+    classifier = inference.Classifier.from_files(
+        pipeline.export(tokens, net, dataset.class_names, cfg, Path(cfg.output_dir) / "bench"),
+        batch_size=256)
+    reviews = sum(len(t) for t in tokens.texts.values())
+    report = {
+        "machine": machine(),
+        "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
+                   "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
+                   "max_length": cfg.tokenize.max_length, "default": default,
+                   "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
+        "tokenize": {"vectorize_seconds": vectorize_seconds,
+                     "encode_reviews_per_s": reviews / vectorize_seconds},
+        "strategies": results,
+        "step_cost": step_cost,
+        "inference": _inference(classifier, tokens.texts["train"], inference_reviews,
+                                latency_calls),
+    }
+    _write(report, Path(b.out_dir), cfg)
+    return report
+
+
+def _setup(cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_classes: int,
+           steps: int) -> dict:
+    """One strategy's epoch of batches (the input pipeline timed alone), its model, and the
+    batches its training steps will be timed on."""
+    batches = pipeline.batch(tokens, spec, cfg.train.seed)
+    start = time.perf_counter()
+    epoch = list(batches.train_epoch(0))  # the input pipeline alone: text ids → padded batches
+    pipe_seconds = time.perf_counter() - start
+    stats = batching.padding_stats(epoch)
+    keras.utils.set_random_seed(cfg.train.seed)
+    net = pipeline.build(replace(cfg, batching=spec), tokens.vocab_size, num_classes)
+    result = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
+              "reviews_per_epoch": stats.reviews, "real_tokens_per_epoch": stats.real_tokens,
+              "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
+              "runs_reviews_per_s": [], "runs_tokens_per_s": [], "peak_rss_mb": 0.0}
+    return {"net": net, "sample": _sample_batches(epoch, steps, cfg.train.seed), "result": result}
+
+
+def _time_training(setups: dict[str, dict], repeats: int) -> None:
+    """Strategies take turns, in rotated order, so machine drift hits them all alike."""
+    names = list(setups)
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            _reset_peak_rss()
+            res = setups[name]["result"]
+            train.reset_peak_rss()
             # an epoch's reviews (tokens) over its estimated time: batches × seconds per step
-            epoch_seconds = results[name]["batches_per_epoch"] * _seconds_per_step(
-                nets[name], samples[name])
-            reviews_per_s = results[name]["reviews_per_epoch"] / epoch_seconds
-            results[name]["runs_reviews_per_s"].append(reviews_per_s)
-            results[name]["runs_tokens_per_s"].append(results[name]["real_tokens_per_epoch"]
-                                                      / epoch_seconds)
-            results[name]["peak_rss_mb"] = max(results[name]["peak_rss_mb"], _peak_rss_mb())
-            log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, reviews_per_s)
+            epoch_seconds = res["batches_per_epoch"] * _seconds_per_step(
+                setups[name]["net"], setups[name]["sample"])
+            res["runs_reviews_per_s"].append(res["reviews_per_epoch"] / epoch_seconds)
+            res["runs_tokens_per_s"].append(res["real_tokens_per_epoch"] / epoch_seconds)
+            res["peak_rss_mb"] = max(res["peak_rss_mb"], train.peak_rss_mb())
+            log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, res["runs_reviews_per_s"][-1])
 
+
+def _summarise(results: dict[str, dict]) -> None:
     for res in results.values():
         res["reviews_per_s"] = statistics.median(res["runs_reviews_per_s"])
         res["real_tokens_per_s"] = statistics.median(res["runs_tokens_per_s"])
@@ -151,26 +153,6 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         res["ratio_to_fixed"] = res["reviews_per_s"] / results["fixed"]["reviews_per_s"]
         res["ratio_to_per_batch"] = res["reviews_per_s"] / results["per_batch"]["reviews_per_s"]
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
-
-    default = next(name for name, spec in specs.items() if spec == cfg.batching)
-    step_cost = _step_cost(nets[default], vocab, [(64, 256), (128, 256), (256, 256), (64, 64)],
-                           2 if b.quick else 5)
-    inference = _inference(vectorizer, cfg, nets[default], dataset.class_names, texts,
-                           inference_reviews, latency_calls)
-    report = {
-        "machine": machine(),
-        "config": {"train_reviews": len(encoded), "vocab_size": vocab, "steps": steps,
-                   "repeats": repeats, "batch_size": cfg.batching.batch_size,
-                   "max_length": cfg.tokenize.max_length, "default": default,
-                   "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
-        "tokenize": {"adapt_seconds": adapt_seconds,
-                     "encode_reviews_per_s": len(texts) / encode_seconds},
-        "strategies": results,
-        "step_cost": step_cost,
-        "inference": inference,
-    }
-    _write(report, out_dir, cfg)
-    return report
 
 
 def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
@@ -190,17 +172,11 @@ def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
     return cost
 
 
-def _inference(vectorizer, cfg: Config, net: keras.Model, class_names: list[str],
-               texts: list[str], n: int, calls: int) -> dict[str, float]:
-    """Raw strings → probabilities through `predict.Classifier` on the saved, reloaded model."""
-    exported = pipeline.end_to_end(vectorizer, cfg.tokenize.standardize, net,
-                                   cfg.tokenize.max_length, cfg.batching.padding_side)
-    path = Path(cfg.output_dir) / "bench_model.keras"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exported.save(path)
-    classifier = predict.Classifier(predict.load_keras(path), class_names, batch_size=256)
+def _inference(classifier: inference.Classifier, texts: list[str], n: int,
+               calls: int) -> dict[str, float]:
+    """Raw strings → probabilities through `inference.Classifier` on the saved, reloaded model."""
     sample = [texts[i % len(texts)] for i in range(n)]
-    _reset_peak_rss()
+    train.reset_peak_rss()
     classifier.predict(sample[:512])  # warm-up: traces the graph
     start = time.perf_counter()
     classifier.predict(sample)
@@ -214,7 +190,8 @@ def _inference(vectorizer, cfg: Config, net: keras.Model, class_names: list[str]
         latencies.append((time.perf_counter() - start) * 1000)
     return {"batch_reviews_per_s": batch_rate,
             "latency_p50_ms": float(np.percentile(latencies, 50)),
-            "latency_p95_ms": float(np.percentile(latencies, 95)), "peak_rss_mb": _peak_rss_mb()}
+            "latency_p95_ms": float(np.percentile(latencies, 95)),
+            "peak_rss_mb": train.peak_rss_mb()}
 
 
 def markdown(report: dict) -> str:

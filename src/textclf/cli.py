@@ -29,10 +29,49 @@ OmegaConf.register_new_resolver("root", lambda: str(ROOT), replace=True)
 register()
 
 
+# What TensorFlow's C++ runtime prints on every CPU-only start, before its log level applies
+# (TF_CPP_MIN_LOG_LEVEL cannot reach it): not a problem, and it buries real messages.
+_PROBE_NOISE = re.compile(
+    r"absl::InitializeLog|cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit"
+    r"|oneDNN custom operations are on|cpu_feature_guard|^To enable the following instructions"
+    r"|oneDNN supports DT_BOOL only on platforms with AVX-512")
+
+
+def _quiet_cuda_probe() -> None:
+    """Route this process's stderr (fd 2) through a filter that drops `_PROBE_NOISE` lines.
+
+    Everything else, Python's and TensorFlow's own warnings included, passes unchanged; the
+    filter is flushed at exit.
+    """
+    import atexit
+    import threading
+
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _PROBE_NOISE.search(line.decode(errors="replace")):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def flush() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the thread drains and ends
+        thread.join(timeout=5)
+
+    atexit.register(flush)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .compare import CompareError
     from .data import DataError
-    from .predict import PredictError
+    from .inference import PredictError
     from .tracking import TrackingError
     from .train import CheckpointMismatch
 
@@ -56,7 +95,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def train(cfg: DictConfig) -> float:
-    """One training run (or one job of a sweep); returns test accuracy for sweepers."""
+    """One training run (or one job of a sweep); returns `optimized_metric` (a validation
+    metric) for sweepers."""
     from . import pipeline, sweep, tracking
 
     # Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED.
@@ -83,7 +123,7 @@ def train(cfg: DictConfig) -> float:
         if isinstance(error, _user_errors()):
             _fail_clearly(error)
         raise
-    return metrics["test_accuracy"]
+    return metrics[config.optimized_metric]
 
 
 def compare(cfg: DictConfig) -> None:
@@ -177,6 +217,8 @@ def main() -> None:
             "  textclf train --help   lists the config groups and their options"
         )
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
+        _quiet_cuda_probe()
     config_name, task = COMMANDS[args[0]]
     rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
     if args[0] == "predict":

@@ -167,15 +167,11 @@ def _sort_classes(values: set[str]) -> list[str]:
     return sorted(values)
 
 
-def load_table(
-    path: str | Path,
-    test_path: str | Path | None,
-    text_column: str = "text",
-    label_column: str = "label",
-    classes: list[str] | None = None,
-) -> Raw:
+def load_table(cfg: DataConfig) -> Raw:
     """Read a CSV or JSONL file (and an optional test file); labels may be strings or ints."""
-    path = Path(path).expanduser()
+    test_path, text_column, label_column = cfg.test_path, cfg.text_column, cfg.label_column
+    classes = cfg.classes
+    path = Path(cfg.path).expanduser()
     train_texts, train_labels = _read_table(path, text_column, label_column)
     test = (
         _read_table(Path(test_path).expanduser(), text_column, label_column) if test_path else None
@@ -214,9 +210,7 @@ def host_reachable(host: str = IMDB_HOST, port: int = 80, timeout: float = 3.0) 
         return False
 
 
-def load_imdb(
-    data_dir: str | None = None, manual_dir: str | None = None, download: bool = True
-) -> Raw:
+def load_imdb(data_dir: str | None, manual_dir: str | None, download: bool) -> Raw:
     """`tfds.load("imdb_reviews")`, failing fast with the alternatives when it cannot download."""
     import tensorflow_datasets as tfds
 
@@ -293,15 +287,10 @@ def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
     return kept
 
 
-def split(
-    raw: Raw,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    limit: int | None = None,
-    seed: int = 42,
-) -> Dataset:
+def split(raw: Raw, cfg: DataConfig) -> Dataset:
     """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`."""
-    rng = np.random.default_rng(seed)
+    val_fraction, test_fraction, limit = cfg.val_fraction, cfg.test_fraction, cfg.limit
+    rng = np.random.default_rng(cfg.seed)
     stats = dict(raw.stats)
     train = _drop_empty(raw.train, "train", stats)
     if raw.test is None:
@@ -330,7 +319,5 @@ def load(config: DataConfig) -> Dataset:
     elif config.source == "aclimdb":
         raw = load_aclimdb(config.path)
     else:
-        raw = load_table(
-            config.path, config.test_path, config.text_column, config.label_column, config.classes
-        )
-    return split(raw, config.val_fraction, config.test_fraction, config.limit, config.seed)
+        raw = load_table(config)
+    return split(raw, config)

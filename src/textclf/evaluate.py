@@ -1,8 +1,9 @@
-"""Test-set metrics under stable names, accuracy by review length, and the plots.
+"""Test-set metrics under stable names, accuracy by review length, served scores, and plots.
 
 Predictions come from iterating the test batches built the same way training batches were
 (same strategy and padding side, no shuffling), so an unmasked model is judged on the padding
-it learned with.
+it learned with. The served scores then ask the exported model about single reviews, as a
+deployment would, and say how far its answers are from the batched ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
+
+from .model import class_probabilities
 
 
 @dataclass
@@ -27,28 +30,49 @@ class Predictions:
         return self.probabilities.argmax(axis=1)
 
 
-def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """A sigmoid head's [n, 1] output → [n, 2]; a softmax head's output is returned as is."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if outputs.ndim == 1 or outputs.shape[1] == 1:
-        positive = outputs.reshape(-1)
-        return np.stack([1.0 - positive, positive], axis=1)
-    return outputs
-
-
-def predict(model: keras.Model, ds: tf.data.Dataset) -> Predictions:
-    """Class probabilities for every batch of `ds`, kept aligned with labels and lengths."""
+def predict(model: keras.Model, ds: tf.data.Dataset, labels: np.ndarray) -> Predictions:
+    """Class probabilities for every batch of `ds`, whose second element is each review's row
+    in `labels` (batching may reorder reviews); returned in row order."""
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    labels, outputs, lengths = [], [], []
-    for x, y in ds:
+    rows, outputs, lengths = [], [], []
+    for x, row in ds:
         outputs.append(infer(x).numpy())
-        labels.append(y.numpy())
+        rows.append(row.numpy())
         lengths.append(tf.math.count_nonzero(x, axis=1).numpy())
+    order = np.argsort(np.concatenate(rows))
     return Predictions(
-        np.concatenate(labels).astype(np.int64),
-        as_class_probabilities(np.concatenate(outputs)),
-        np.concatenate(lengths),
+        np.asarray(labels, dtype=np.int64)[np.concatenate(rows)[order]],
+        class_probabilities(np.concatenate(outputs))[order],
+        np.concatenate(lengths)[order],
     )
+
+
+def balanced_sample(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Up to `limit` row numbers, as even across classes as the data allows (all for None),
+    drawn with `seed`; sorted."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < limit:  # one per class per round: balanced until a class runs out
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(int(queue.pop()))
+    return np.sort(np.asarray(picked))
+
+
+def served(probabilities: np.ndarray, batched: Predictions, rows: np.ndarray) -> dict[str, float]:
+    """`served_*` metrics: single-review answers (`probabilities`, one row per entry of `rows`)
+    against the true labels and against the batched evaluation of the same reviews."""
+    labels, before = batched.labels[rows], batched.probabilities[rows]
+    answer = probabilities.argmax(axis=1)
+    return {
+        "served_accuracy": float((answer == labels).mean()),
+        "served_agreement": float((answer == before.argmax(axis=1)).mean()),
+        "served_max_abs_diff": float(np.abs(probabilities - before).max()),
+        "served_reviews": len(rows),
+    }
 
 
 def length_buckets(edges: list[int]) -> list[tuple[int, int | None, str]]:

@@ -10,7 +10,10 @@ Masking modes (`model.masking`):
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
+
+from .config import ModelConfig
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -43,45 +46,53 @@ class LengthMask(layers.Layer):
 
 
 def build(
-    vocab_size: int,
-    num_classes: int,
-    embedding_dim: int = 128,
-    units: int = 64,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    masking: str = "mask_zero",
-    padding_side: str = "post",
-    pooling: str = "mean",
+    vocab_size: int, num_classes: int, cfg: ModelConfig, padding_side: str
 ) -> keras.Model:
     """An uncompiled model from padded int ids [batch, time] to class probabilities.
 
     `pooling="last"` classifies from the LSTM's final (last unmasked) state; `"mean"` from the
     average of its outputs over the unmasked steps, which keeps early words of long reviews.
+    `padding_side` must be the side the batches are padded on (it shapes the explicit mask).
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
-        vocab_size, embedding_dim, mask_zero=masking == "mask_zero", name="embedding"
+        vocab_size, cfg.embedding_dim, mask_zero=cfg.masking == "mask_zero", name="embedding"
     )(tokens)
     mask = None
-    if masking == "masking_layer":
+    if cfg.masking == "masking_layer":
         x = layers.Masking(mask_value=0.0, name="masking")(
             ZeroPadding(name="zero_padding")([x, tokens])
         )
-    elif masking == "explicit":
+    elif cfg.masking == "explicit":
         mask = LengthMask(padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
-    use_cudnn = False if padding_side == "pre" and masking != "none" else "auto"
-    rnn = layers.LSTM(units, dropout=dropout, return_sequences=pooling == "mean",
+    use_cudnn = False if padding_side == "pre" and cfg.masking != "none" else "auto"
+    rnn = layers.LSTM(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling == "mean",
                       use_cudnn=use_cudnn, name="lstm")
-    if bidirectional:
+    if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)
-    if pooling == "mean":  # a masked average: padded steps do not count
+    if cfg.pooling == "mean":  # a masked average: padded steps do not count
         x = layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=mask)
-    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dropout(cfg.dropout, name="dropout")(x)
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:
         outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
                                name="probabilities")(x)
-    return keras.Model(tokens, outputs, name=f"lstm_{masking}")
+    return keras.Model(tokens, outputs, name=f"lstm_{cfg.masking}")
+
+
+def class_count(net: keras.Model) -> int:
+    """A sigmoid head (one output) separates two classes."""
+    width = int(net.output_shape[-1])
+    return 2 if width == 1 else width
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A sigmoid head's [n, 1] output → [n, 2]; a softmax head's output is returned as is."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        positive = outputs.reshape(-1)
+        return np.stack([1.0 - positive, positive], axis=1)
+    return outputs

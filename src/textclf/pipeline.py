@@ -1,59 +1,223 @@
-"""One tracked training run: data → tokenize → batching → model → train → evaluate.
+"""One tracked training run: load → vectorize → batch → build → fit → evaluate → export.
 
-The only place that composes the stages; each stage takes plain values and knows nothing of
-Hydra or MLflow. Everything the run produces lands in `output_dir` and in its MLflow run.
+The only place that composes the stages, in the order they run; each step below is a short
+function that `bench` reuses. Stages take their own config and plain values and know nothing
+of Hydra or MLflow; MLflow stays at the edges of `run`. Everything the run produces lands in
+`output_dir` and in its MLflow run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import resource
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, data, evaluate, model, tokenize, tracking, train
-from .config import Config, ConfigError, flatten
+from . import batching, data, evaluate, inference, model, tokenize, tracking, train
+from .config import BatchingConfig, Config, ConfigError, flatten
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"  # in the run folder: the MLflow run `train.resume` continues
 CHECKPOINT_FILE = "checkpoint.npz"  # the training state after the last completed epoch
+SPLITS = ("train", "val", "test")
 
 
-def end_to_end(
-    vectorizer: keras.layers.TextVectorization,
-    standardize: str,
-    classifier: keras.Model,
-    max_length: int | None,
-    padding_side: str,
-) -> keras.Model:
-    """Raw strings → class probabilities: the vectorizer, padding and classifier in one model."""
-    text = keras.Input(shape=(), dtype="string", name="text")
-    ids = tokenize.inference_vectorizer(vectorizer, standardize, max_length)(text)
-    ids = batching.Repad(padding_side, name="repad")(ids)
-    return keras.Model(text, classifier(ids), name="text_classifier")
+@dataclass
+class Vectorized:
+    """Each split as token ids, the vectorizer that made them, and what was counted."""
+
+    vectorizer: keras.layers.TextVectorization
+    splits: dict[str, tokenize.Encoded]
+    texts: dict[str, list[str]]  # the cleaned texts of the kept rows, aligned with `splits`
+    counts: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vectorizer.vocabulary_size()
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+@dataclass
+class Batches:
+    """One epoch of training batches per epoch number, and the validation and test batches."""
+
+    train_epoch: Callable[[int], tf.data.Dataset]
+    val: tf.data.Dataset
+    test: tf.data.Dataset  # labels replaced by row numbers into the test split
+    padding: batching.PaddingStats  # of the first training epoch
+    boundaries: list[int] | None
 
 
-def _encode(
-    vectorizer, split: data.Split, max_length: int | None, name: str, counts: dict[str, int]
-) -> tokenize.Encoded:
-    encoded, dropped = tokenize.drop_empty(
-        tokenize.encode(vectorizer, split.texts, split.labels, max_length)
-    )
-    counts[f"no_tokens_dropped_{name}"] = dropped
-    counts[f"truncated_{name}"] = encoded.truncated
-    if not len(encoded):
-        raise data.DataError(f"no {name} review has a token left after tokenization.")
-    return encoded
+def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
+    """Adapt the vocabulary on the training texts, then encode every split (empty rows out)."""
+    vectorizer = tokenize.adapt(dataset.train.texts, cfg.tokenize)
+    counts = dict(dataset.stats)
+    splits, texts = {}, {}
+    for name in SPLITS:
+        part: data.Split = getattr(dataset, name)
+        encoded = tokenize.encode(vectorizer, part.texts, part.labels, cfg.tokenize.max_length)
+        splits[name], keep = tokenize.drop_empty(encoded)
+        texts[name] = [t for t, k in zip(part.texts, keep, strict=True) if k]
+        counts[f"no_tokens_dropped_{name}"] = int((~keep).sum())
+        counts[f"truncated_{name}"] = encoded.truncated
+        if not len(splits[name]):
+            raise data.DataError(f"no {name} review has a token left after tokenization.")
+    return Vectorized(vectorizer, splits, texts, counts)
+
+
+def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1) -> Batches:
+    """Padded batches as `spec` says; each epoch's shuffle depends on (seed, epoch) alone."""
+    train_split, test_split = tokens.splits["train"], tokens.splits["test"]
+    boundaries = (batching.bucket_boundaries(train_split.lengths, spec.num_buckets)
+                  if spec.strategy == "bucket" else None)
+
+    def even(ds: tf.data.Dataset) -> tf.data.Dataset:
+        # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras fits
+        # only batches that split evenly; the skipped reviews are counted.
+        return ds if replicas == 1 else ds.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
+
+    train_examples = batching.examples(train_split.tokens, train_split.labels)
+    val_examples = batching.examples(tokens.splits["val"].tokens, tokens.splits["val"].labels)
+    test_examples = batching.examples(test_split.tokens, np.arange(len(test_split), dtype=np.int32))
+
+    def train_epoch(epoch: int) -> tf.data.Dataset:
+        return even(batching.make_dataset(train_examples, spec, boundaries, shuffle=True,
+                                          seed=seed, epoch=epoch))
+
+    val = batching.counted(even(batching.make_dataset(val_examples, spec, boundaries)))
+    test = batching.make_dataset(test_examples, spec, boundaries)
+    return Batches(train_epoch, val, test, batching.padding_stats(train_epoch(0)), boundaries)
+
+
+def build(cfg: Config, vocab_size: int, num_classes: int,
+          strategy: tf.distribute.Strategy | None = None) -> keras.Model:
+    """The compiled classifier, its variables placed by the distribution `strategy`."""
+    with (strategy or tf.distribute.get_strategy()).scope():
+        net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side)
+        return train.compile_model(net, num_classes, cfg.train)
+
+
+def fit(net: keras.Model, batches: Batches, cfg: Config, on_epoch_end: Callable,
+        checkpoint: Path) -> train.Fit:
+    steps = cfg.train.steps_per_epoch or batches.padding.batches
+    log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    return train.fit(net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch],
+                     checkpoint)
+
+
+def served_scores(classifier: inference.Classifier, texts: list[str],
+                  batched: evaluate.Predictions, limit: int | None, seed: int) -> dict[str, float]:
+    """Classify a class-balanced sample of test reviews one per call, as a deployed model
+    would be asked, and compare with the batched evaluation of the same reviews."""
+    rows = evaluate.balanced_sample(batched.labels, limit, seed)
+    served = np.stack([classifier.predict([texts[i]]).filter(like="prob_").to_numpy()[0]
+                       for i in rows])
+    return evaluate.served(served, batched, rows)
+
+
+def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
+    """What training cost: throughput, time, epochs and memory."""
+    return {
+        "padding_efficiency": padding.efficiency,
+        "train_reviews_per_s": fitted.rate(padding.reviews / padding.batches),
+        "train_tokens_per_s": fitted.rate(padding.real_tokens / padding.batches),
+        "epoch_seconds": float(np.mean(fitted.epoch_seconds)),
+        "epochs_run": len(fitted.epoch_seconds),
+        "best_epoch": fitted.best_epoch + 1,
+        "val_loss": fitted.history["val_loss"][fitted.best_epoch],
+        "val_accuracy": fitted.history["val_accuracy"][fitted.best_epoch],
+        "peak_rss_mb": train.peak_rss_mb(),
+    }
+
+
+def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
+           out: Path) -> Path:
+    """`model.keras` (raw strings in) and `classes.json` in the run folder."""
+    exported = inference.export(tokens.vectorizer, cfg.tokenize, net, cfg.batching.padding_side)
+    return inference.save(exported, class_names, out)
+
+
+def run(
+    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
+) -> dict[str, float]:
+    """Train and evaluate once, logging to MLflow; returns the final metrics.
+
+    With `train.resume` it continues the interrupted run in `cfg.output_dir` (same folder,
+    same MLflow run) from its last completed epoch.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_FILE
+    run_id = _resumed_run_id(cfg, out) if cfg.train.resume else None
+    if not cfg.train.resume:
+        checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
+    keras.backend.clear_session()
+    train.seed_everything(cfg.train.seed, cfg.train.deterministic)
+    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, _run_name(cfg),
+                            tags | _tags(cfg), parent_run_id, run_id) as mlrun:
+        (out / RUN_ID_FILE).write_text(mlrun.run_id)
+        mlrun.log_params(params)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+        dataset = data.load(cfg.data)
+        tokens = vectorize(dataset, cfg)
+        log.info("data: %s", tokens.counts)
+        mlrun.log_metrics({f"data_{k}": v for k, v in tokens.counts.items()})
+        (out / "vocabulary.txt").write_text(
+            "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
+
+        strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
+        batches = batch(tokens, cfg.batching, cfg.train.seed, strategy.num_replicas_in_sync)
+        if batches.boundaries:
+            mlrun.set_tags({"bucket_boundaries": batches.boundaries})
+        mlrun.log_metrics({"data_skipped_small_batch":
+                           len(tokens.splits["train"]) - batches.padding.reviews})
+        log.info("padding efficiency %.3f over %d batches", batches.padding.efficiency,
+                 batches.padding.batches)
+
+        class_names = dataset.class_names
+        net = build(cfg, tokens.vocab_size, len(class_names), strategy)
+        fitted = fit(net, batches, cfg, mlrun.log_epoch, checkpoint)
+
+        predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
+        metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
+        metrics |= costs(fitted, batches.padding)
+
+        model_path = export(tokens, net, class_names, cfg, out)
+        classifier = inference.Classifier.from_files(model_path)
+        metrics |= served_scores(classifier, tokens.texts["test"], predictions,
+                                 cfg.evaluate.served_limit, cfg.data.seed)
+        mlrun.log_metrics(metrics)
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        tracking.log_model(mlrun, model_path, model_path.with_name(inference.CLASSES_FILE),
+                           cfg.tracking.registered_model)
+        for path in ("config.json", "vocabulary.txt", "metrics.json", "model.keras",
+                     inference.CLASSES_FILE):
+            mlrun.log_artifact(out / path)
+        if cfg.evaluate.plots:
+            plots = evaluate.plot(fitted.history, evaluate.confusion(predictions, len(class_names)),
+                                  class_names, tokens.splits["train"].lengths, out / "plots")
+            for path in plots:
+                mlrun.log_artifact(path, "plots")
+        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
+        return metrics
+
+
+def _run_name(cfg: Config) -> str:
+    return cfg.tracking.run_name or (
+        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}")
+
+
+def _tags(cfg: Config) -> dict[str, str]:
+    """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
+    return {"batching": cfg.batching.strategy, "padding_side": cfg.batching.padding_side,
+            "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": cfg.output_dir}
 
 
 def _resumed_run_id(cfg: Config, out: Path) -> str | None:
@@ -75,150 +239,3 @@ def _resumed_run_id(cfg: Config, out: Path) -> str | None:
                           f"({shown}); resume with the same overrides (textclf resume <folder>).")
     run_id = out / RUN_ID_FILE
     return run_id.read_text().strip() if run_id.exists() else None
-
-
-def run(
-    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
-) -> dict[str, float]:
-    """Train and evaluate once, logging to MLflow; returns the final metrics.
-
-    With `train.resume` it continues the interrupted run in `cfg.output_dir` (same folder,
-    same MLflow run) from its last completed epoch.
-    """
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / CHECKPOINT_FILE
-    run_id = _resumed_run_id(cfg, out) if cfg.train.resume else None
-    if not cfg.train.resume:
-        checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
-    keras.backend.clear_session()
-    train.seed_everything(cfg.train.seed, cfg.train.deterministic)
-    tags = {
-        **tags,
-        "batching": cfg.batching.strategy,
-        "padding_side": cfg.batching.padding_side,
-        "masking": cfg.model.masking,
-        "data": cfg.data.source,
-        "output_dir": str(out),
-    }
-    run_name = cfg.tracking.run_name or (
-        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
-    )
-    with tracking.start_run(
-        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, parent_run_id, run_id
-    ) as mlrun:
-        (out / RUN_ID_FILE).write_text(mlrun.run_id)
-        mlrun.log_params(params)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-        dataset = data.load(cfg.data)
-        counts = dict(dataset.stats)
-        log.info("data: %s", counts)
-
-        vectorizer = tokenize.adapt(
-            dataset.train.texts, cfg.tokenize.vocab_size, cfg.tokenize.standardize
-        )
-        vocabulary = vectorizer.get_vocabulary()
-        (out / "vocabulary.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
-        max_length = cfg.tokenize.max_length
-        splits = {
-            name: _encode(vectorizer, part, max_length, name, counts)
-            for name, part in (
-                ("train", dataset.train),
-                ("val", dataset.val),
-                ("test", dataset.test),
-            )
-        }
-        mlrun.log_metrics({f"data_{k}": v for k, v in counts.items()})
-
-        spec, seed = cfg.batching, cfg.train.seed
-        boundaries = (
-            batching.bucket_boundaries(splits["train"].lengths, spec.num_buckets)
-            if spec.strategy == "bucket"
-            else None
-        )
-        if boundaries:
-            mlrun.set_tags({"bucket_boundaries": boundaries})
-        strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
-        replicas = strategy.num_replicas_in_sync
-
-        def even(ds: tf.data.Dataset) -> tf.data.Dataset:
-            # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras
-            # fits only batches that split evenly; the skipped reviews are counted.
-            return ds if replicas == 1 else ds.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
-
-        train_examples, val_examples, test_examples = (
-            batching.examples(s.tokens, s.labels) for s in splits.values())
-
-        def train_epoch(epoch: int) -> tf.data.Dataset:
-            return even(batching.make_dataset(train_examples, spec, boundaries, shuffle=True,
-                                              seed=seed, epoch=epoch))
-
-        val_ds, test_ds = (batching.make_dataset(e, spec, boundaries)
-                           for e in (val_examples, test_examples))
-        padding = batching.padding_stats(train_epoch(0))
-        mlrun.log_metrics({"data_skipped_small_batch": len(splits["train"]) - padding.reviews})
-        log.info("padding efficiency %.3f over %d batches", padding.efficiency, padding.batches)
-
-        num_classes = len(dataset.class_names)
-        m = cfg.model
-        with strategy.scope():
-            classifier = model.build(len(vocabulary), num_classes, m.embedding_dim, m.units,
-                                     m.bidirectional, m.dropout, m.masking, spec.padding_side,
-                                     m.pooling)
-            train.compile_model(classifier, num_classes, cfg.train.optimizer,
-                                cfg.train.learning_rate)
-        fitted = train.fit(
-            classifier,
-            train_epoch,
-            batching.counted(even(val_ds)),
-            cfg.train.steps_per_epoch or padding.batches,
-            cfg.train.epochs,
-            cfg.train.patience,
-            [keras.callbacks.LambdaCallback(on_epoch_end=mlrun.log_epoch)],
-            cfg.train.verbose,
-            checkpoint,
-        )
-
-        predictions = evaluate.predict(classifier, test_ds)
-        metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
-        metrics.update(
-            padding_efficiency=padding.efficiency,
-            train_reviews_per_s=fitted.rate(padding.reviews / padding.batches),
-            train_tokens_per_s=fitted.rate(padding.real_tokens / padding.batches),
-            epoch_seconds=float(np.mean(fitted.epoch_seconds)),
-            epochs_run=len(fitted.epoch_seconds),
-            best_epoch=fitted.best_epoch + 1,
-            peak_rss_mb=peak_rss_mb(),
-        )
-        mlrun.log_metrics(metrics)
-        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
-
-        exported = end_to_end(
-            vectorizer, cfg.tokenize.standardize, classifier, max_length, spec.padding_side
-        )
-        exported.save(out / "model.keras")
-        (out / "classes.json").write_text(json.dumps(dataset.class_names))
-        tracking.log_model(
-            mlrun, out / "model.keras", out / "classes.json", cfg.tracking.registered_model
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        artifacts = [
-            out / "config.json",
-            out / "vocabulary.txt",
-            out / "metrics.json",
-            out / "model.keras",
-            out / "classes.json",
-        ]
-        if cfg.evaluate.plots:
-            artifacts += evaluate.plot(
-                fitted.history,
-                evaluate.confusion(predictions, len(dataset.class_names)),
-                dataset.class_names,
-                splits["train"].lengths,
-                out / "plots",
-            )
-        for path in artifacts:
-            mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)
-        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
-        return metrics

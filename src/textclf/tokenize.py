@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .config import TokenizeConfig
+
 PUNCTUATION = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
 
 
@@ -48,12 +50,11 @@ class Encoded:
         return int(self.tokens.nrows())
 
 
-def adapt(
-    texts: list[str], vocab_size: int = 20000, standardize: str = "html"
-) -> keras.layers.TextVectorization:
+def adapt(texts: list[str], cfg: TokenizeConfig) -> keras.layers.TextVectorization:
     """A vectorizer whose vocabulary comes from `texts` (pass training texts only)."""
     vectorizer = keras.layers.TextVectorization(
-        max_tokens=vocab_size, standardize=_STANDARDIZE[standardize], output_mode="int", ragged=True
+        max_tokens=cfg.vocab_size, standardize=_STANDARDIZE[cfg.standardize], output_mode="int",
+        ragged=True,
     )
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
     return vectorizer
@@ -63,7 +64,7 @@ def encode(
     vectorizer: keras.layers.TextVectorization,
     texts: list[str],
     labels: np.ndarray,
-    max_length: int | None = None,
+    max_length: int | None,
 ) -> Encoded:
     """Token ids per text, cut to `max_length`; rows left with no token are an error upstream."""
     stream = tf.data.Dataset.from_tensor_slices(texts).batch(1024).map(vectorizer)
@@ -80,24 +81,25 @@ def encode(
     return Encoded(tokens, np.asarray(labels, dtype=np.int32), truncated)
 
 
-def drop_empty(encoded: Encoded) -> tuple[Encoded, int]:
-    """Rows with no token (e.g. punctuation only) would be all padding: drop and count them."""
+def drop_empty(encoded: Encoded) -> tuple[Encoded, np.ndarray]:
+    """Rows with no token (e.g. punctuation only) would be all padding: drop them. Returns the
+    kept rows and the boolean mask of which input rows were kept."""
     keep = encoded.lengths > 0
     if keep.all():
-        return encoded, 0
+        return encoded, keep
     tokens = tf.ragged.boolean_mask(encoded.tokens, tf.constant(keep))
-    return Encoded(tokens, encoded.labels[keep], encoded.truncated), int((~keep).sum())
+    return Encoded(tokens, encoded.labels[keep], encoded.truncated), keep
 
 
 def inference_vectorizer(
-    vectorizer: keras.layers.TextVectorization, standardize: str, max_length: int | None
+    vectorizer: keras.layers.TextVectorization, cfg: TokenizeConfig
 ) -> keras.layers.TextVectorization:
     """The same vocabulary as a dense layer for the exported model (ragged outputs don't save)."""
     config = vectorizer.get_config() | {
         "ragged": False,
-        "output_sequence_length": max_length,
+        "output_sequence_length": cfg.max_length,
         "vocabulary": None,
-        "standardize": _STANDARDIZE[standardize],
+        "standardize": _STANDARDIZE[cfg.standardize],
     }
     dense = keras.layers.TextVectorization(**config)
     dense.set_vocabulary(vectorizer.get_vocabulary())

@@ -4,8 +4,9 @@ Runs are created and closed through `MlflowClient` (no global "active run"), so 
 ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave the next one
 "already active". The default store is a SQLite file at an absolute path under the project's
 `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's working folder.
-The trained Keras model is logged as an MLflow pyfunc model (`log_model`) and loaded back for
-`textclf predict` (`model_uri`, `load_model`); `mlflow models serve` serves the same model.
+The trained Keras model is logged as an MLflow pyfunc model from code (`log_model`, with
+`mlflow_model.py`) and loaded back for `textclf predict` (`model_uri`, `load_model`);
+`mlflow models serve` serves the same model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs stay readable
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
 MODEL = "model"  # the logged model's name in its run
@@ -31,10 +33,6 @@ _BATCH = 100
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message holds its URI."""
-
-
-def default_uri(project_root: str | Path) -> str:
-    return f"sqlite:///{Path(project_root).resolve() / 'outputs' / 'mlflow.db'}"
 
 
 def _local_artifacts(uri: str) -> str | None:
@@ -193,11 +191,8 @@ def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -
     ).info.run_id
 
 
-def search(uri: str, experiment: str):
+def search(uri: str, experiment: str) -> pd.DataFrame:
     """Runs of an experiment as a pandas DataFrame (empty when there is none)."""
-    import mlflow
-    import pandas as pd
-
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return pd.DataFrame()  # reading must not create a store
     found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
@@ -224,31 +219,7 @@ def children(uri: str, parent_run_id: str) -> list:
 # --- the trained model as an MLflow pyfunc model ---------------------------------------------
 
 EXAMPLE = ["A wonderful film, I loved every minute of it.", "A dull, pointless film."]
-
-
-class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of `predict.Classifier`, so MLflow loaders and servers answer like it.
-
-    Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class and
-    `error` (set, with no label, for an empty text).
-    """
-
-    def load_context(self, context) -> None:
-        from .predict import Classifier  # imports the Keras custom layers before loading
-
-        self.classifier = Classifier.from_files(
-            context.artifacts["keras"], context.artifacts["classes"]
-        )
-
-    def __getstate__(self) -> dict:
-        # MLflow loads the model to infer the signature before pickling this object: pickle
-        # no Keras model, everything is rebuilt from the artifacts in `load_context`.
-        return {}
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if "text" not in model_input.columns:
-            raise ValueError(f"expected a `text` column, got {list(model_input.columns)}")
-        return self.classifier.predict(model_input["text"].tolist())
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # builds the pyfunc from artifacts
 
 
 def _requirements() -> list[str]:
@@ -261,7 +232,8 @@ def _requirements() -> list[str]:
 def log_model(
     run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
 ) -> str:
-    """Log the `.keras` model as the run's pyfunc `model` (signature from an input example).
+    """Log the `.keras` model as the run's pyfunc `model` from code (`mlflow_model.py`), with a
+    signature from an input example.
 
     `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
     run" (whose end would mark the run FINISHED early); it takes the store and the experiment
@@ -275,7 +247,7 @@ def log_model(
         flavor=mlflow.pyfunc,
         run_id=run.run_id,
         name=MODEL,
-        python_model=TextClassifierModel(),
+        python_model=str(MODEL_CODE),
         artifacts={"keras": str(keras_path), "classes": str(classes_path)},
         input_example=pd.DataFrame({"text": EXAMPLE}),
         pip_requirements=_requirements(),
@@ -322,7 +294,6 @@ def load_model(uri: str, model: str):
     """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
     _existing_store(uri)
     mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep output a table
     try:
         return mlflow.pyfunc.load_model(model)
     except Exception as error:  # MLflow raises many types for a missing run, model or version

@@ -21,20 +21,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .config import TrainConfig
+
 log = logging.getLogger(__name__)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     """Python, NumPy and TF seeds; `deterministic` also forces deterministic TF kernels."""
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
-def distribution(name: str = "default", mixed_precision: bool = False) -> tf.distribute.Strategy:
+def distribution(name: str, mixed_precision: bool) -> tf.distribute.Strategy:
     """Where the model lives: `default` (one device), `mirrored` (every local GPU, else the
     CPU), `multi_worker` (hosts listed in the TF_CONFIG environment variable)."""
     if mixed_precision:
@@ -118,12 +121,31 @@ class Fit:
         return per_step * sum(n - 1 for n in self.steps) / seconds if seconds > 0 else float("nan")
 
 
-def compile_model(
-    model: keras.Model, num_classes: int, optimizer: str = "adam", learning_rate: float = 1e-3
-) -> keras.Model:
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux VmHWM, resettable; else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets this process's peak-RSS counter (VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> keras.Model:
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     opt = keras.optimizers.get(
-        {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+        {"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}}
     )
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
     return model
@@ -238,21 +260,21 @@ def fit(
     train_epoch: Callable[[int], tf.data.Dataset],
     val_ds: tf.data.Dataset,
     steps_per_epoch: int,
-    epochs: int = 10,
-    patience: int = 1,
+    cfg: TrainConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    verbose: int = 2,
     checkpoint: Path | None = None,
 ) -> Fit:
     """Fit a compiled model; the returned weights are those of the best validation epoch.
 
     `train_epoch(e)` gives epoch e's batches; each Keras epoch takes `steps_per_epoch` of
-    them. With `checkpoint`, training continues from the epoch saved there, if any: as epoch
-    e's order depends on e alone, the resumed run sees the batches an uninterrupted one would.
+    them (`cfg.epochs`, `cfg.patience`, `cfg.verbose` as configured). With `checkpoint`,
+    training continues from the epoch saved there, if any: as epoch e's order depends on e
+    alone, the resumed run sees the batches an uninterrupted one would.
     """
+    epochs = cfg.epochs
     timer = Timer()
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=patience, restore_best_weights=True
+        monitor="val_loss", patience=cfg.patience, restore_best_weights=True
     )
     state = Checkpoint(checkpoint, stopper, timer)
     state.restore_variables(model)
@@ -269,7 +291,7 @@ def fit(
             validation_data=val_ds,
             epochs=epochs,
             initial_epoch=first,
-            verbose=verbose,
+            verbose=cfg.verbose,
             shuffle=False,  # the dataset orders each epoch itself
             steps_per_epoch=steps_per_epoch,
             callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],

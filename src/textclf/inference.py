@@ -1,0 +1,135 @@
+"""Inference: the exported end-to-end model (raw strings in), loading it safely, and the
+`Classifier` that turns texts into labels and probabilities.
+
+Training exports through `export`; `make predict`, `make bench`, the served-accuracy check and
+the MLflow model (`mlflow_model.py`) all classify through `Classifier`, so they answer alike.
+Importing this module registers every custom layer a saved model uses, and nothing of the
+training stack or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from . import batching, data, model, tokenize
+from .config import TokenizeConfig
+
+log = logging.getLogger(__name__)
+
+CLASSES_FILE = "classes.json"  # beside model.keras: the class names, in output order
+EMPTY = "empty text: nothing to classify"
+
+
+class PredictError(ValueError):
+    """Input, output or model file that cannot be used; the message names it and the fix."""
+
+
+def export(
+    vectorizer: keras.layers.TextVectorization,
+    tokenize_cfg: TokenizeConfig,
+    classifier: keras.Model,
+    padding_side: str,
+) -> keras.Model:
+    """Raw strings → class probabilities: the vectorizer, padding and classifier in one model."""
+    text = keras.Input(shape=(), dtype="string", name="text")
+    ids = tokenize.inference_vectorizer(vectorizer, tokenize_cfg)(text)
+    ids = batching.Repad(padding_side, name="repad")(ids)
+    return keras.Model(text, classifier(ids), name="text_classifier")
+
+
+def save(exported: keras.Model, class_names: Sequence[str], folder: Path) -> Path:
+    """`model.keras` and `classes.json` in `folder`; returns the model's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exported.save(folder / "model.keras")
+    (folder / CLASSES_FILE).write_text(json.dumps(list(class_names)))
+    return folder / "model.keras"
+
+
+def load_keras(path: str | Path) -> keras.Model:
+    """The end-to-end model, loaded with Keras `safe_mode` on (no arbitrary code runs)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PredictError(f"model file {path} does not exist; pass the model.keras of a run.")
+    try:
+        net = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a file that is not its format
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise PredictError(
+            f"{path} is not a Keras model textclf can load ({type(error).__name__}: {reason}). "
+            "Pass the model.keras a training run saved."
+        ) from error
+    if len(net.inputs) != 1 or net.inputs[0].dtype != "string":
+        raise PredictError(f"{path} does not take raw text; pass the model.keras of a textclf run.")
+    return net
+
+
+class Classifier:
+    """A loaded text model and its class names: texts → label, prob_<class>, error."""
+
+    def __init__(self, net: keras.Model, classes: Sequence[str], batch_size: int = 64):
+        if len(classes) != model.class_count(net):
+            raise PredictError(
+                f"the model predicts {model.class_count(net)} classes but {len(classes)} class "
+                f"names were given ({list(classes)})."
+            )
+        self.model, self.classes, self.batch_size = net, [str(c) for c in classes], batch_size
+        # One traced graph for every batch (model.predict re-plans each call: ~10 ms per review).
+        self._call = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+
+    @classmethod
+    def from_files(
+        cls, keras_path: str | Path, classes_path: str | Path | None = None, batch_size: int = 64
+    ) -> Classifier:
+        """Class names from `classes_path`, else the run folder's classes.json, else indices."""
+        net = load_keras(keras_path)
+        path = Path(classes_path) if classes_path else Path(keras_path).with_name(CLASSES_FILE)
+        if path.is_file():
+            classes = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            classes = [str(i) for i in range(model.class_count(net))]
+            log.warning("no %s beside %s: labels are class indices", CLASSES_FILE, keras_path)
+        return cls(net, classes, batch_size)
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, classes] for cleaned, non-empty texts, batched by length, in the caller's order."""
+        # Similar lengths share a batch, so little padding is computed; order is restored.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        outputs = np.empty((len(texts), len(self.classes)))
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self._call(tf.constant([texts[i] for i in rows]))
+            outputs[rows] = model.class_probabilities(batch.numpy())
+        return outputs
+
+    def predict(self, texts: Sequence[Any]) -> pd.DataFrame:
+        """One row per text; an empty text gets an `error` instead of failing the batch."""
+        cleaned = [data.clean(as_text(t)) for t in texts]
+        ok = np.array([bool(t) for t in cleaned], dtype=bool)
+        probabilities = np.full((len(cleaned), len(self.classes)), np.nan)
+        if ok.any():
+            kept = [t for t, keep in zip(cleaned, ok, strict=True) if keep]
+            probabilities[ok] = self.probabilities(kept)
+        best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
+        frame = pd.DataFrame(
+            {"label": [self.classes[i] if keep else None for i, keep in zip(best, ok, strict=True)]}
+        )
+        for i, name in enumerate(self.classes):
+            frame[f"prob_{name}"] = probabilities[:, i]
+        frame["error"] = [None if keep else EMPTY for keep in ok]
+        return frame
+
+
+def as_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)

@@ -7,7 +7,7 @@ ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep compare predict bench ui server browser test test-fast lint clean
+.PHONY: help install train resume sweep compare evaluate predict bench ui server browser test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass th
 
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
+
+evaluate: ## Score a saved model on labelled data: ARGS="data=csv data.path=x.csv split=all model_path=..."
+	$(BIN)/textclf evaluate $(ARGS)
 
 predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_name=)
 	$(BIN)/textclf predict $(ARGS)
@@ -54,8 +57,8 @@ browser: ## Install Debian's chromium for the browser test when missing (root or
 test: ## The whole test suite, as CI runs it
 	$(BIN)/pytest
 
-test-fast: ## Unit tests only (skips tests marked slow)
-	$(BIN)/pytest -m "not slow"
+test-fast: ## The inner loop: unit, property and in-process pipeline tests on tiny data
+	$(BIN)/pytest -m "not slow and not e2e"
 
 lint: ## ruff
 	$(BIN)/ruff check src tests

@@ -104,6 +104,29 @@ def archive() -> Path:
     return ARCHIVE
 
 
+def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "textclf.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def quick(tmp_path: Path) -> list[str]:
+    return [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "train.epochs=3",
+        "train.learning_rate=0.01",
+        "model.units=8",
+        "model.embedding_dim=16",
+        "tokenize.vocab_size=200",
+        "batching.batch_size=16",
+        "train.verbose=0",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,8 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import reviews, write_csv
-from .test_pipeline import textclf
+from .conftest import reviews, textclf, write_csv
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .test_pipeline import quick
+from .conftest import quick
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .test_pipeline import textclf
+from .conftest import textclf
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

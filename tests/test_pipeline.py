@@ -1,252 +1,61 @@
-"""The real entry point on tiny data, read back from the MLflow store it wrote."""
+"""The training run in-process on tiny data: what it logs, and how its model answers when served
+one review at a time."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+from dataclasses import asdict
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from textclf import pipeline
+from textclf.config import flatten
+
 from .conftest import reviews, write_csv
 
-pytestmark = pytest.mark.e2e
+TINY = ["train.epochs=2", "train.learning_rate=0.01", "model.units=8", "model.embedding_dim=16",
+        "model.bidirectional=false", "tokenize.vocab_size=200", "batching.batch_size=16"]
 
 
-def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "textclf.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClient]:
+    cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
+                      *TINY, *overrides)
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    return metrics, MlflowClient(cfg.tracking.uri)
 
 
-def quick(tmp_path: Path) -> list[str]:
-    return [
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "train.epochs=3",
-        "train.learning_rate=0.01",
-        "model.units=8",
-        "model.embedding_dim=16",
-        "tokenize.vocab_size=200",
-        "batching.batch_size=16",
-        "train.verbose=0",
-    ]
-
-
-def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, tiny_csv):
-    run_dir = tmp_path / "run"
-    done = textclf(
-        "train",
-        "data=csv",
-        f"data.path={tiny_csv}",
-        f"hydra.run.dir={run_dir}",
-        *quick(tmp_path),
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_config, tmp_path):
+    metrics, client = train_here(make_config, tmp_path, "evaluate.served_limit=20")
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.units"] == "8" and run.data.params["data.source"] == "csv"
-    for name in (
-        "test_loss",
-        "test_accuracy",
-        "test_precision",
-        "test_recall",
-        "test_f1",
-        "test_auc",
-        "padding_efficiency",
-        "train_reviews_per_s",
-        "epoch_seconds",
-        "peak_rss_mb",
-    ):
-        assert name in run.data.metrics, name
-    assert run.data.metrics["test_accuracy"] >= 0.75
-    assert 0 < run.data.metrics["padding_efficiency"] <= 1
-    history = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in history] == [1, 2, 3][: len(history)] and history
-    tags = run.data.tags
-    assert (tags["batching"], tags["padding_side"], tags["masking"], tags["data"]) == (
-        "bucket",
-        "post",
-        "mask_zero",
-        "csv",
-    )
-    assert tags["choice.data"] == "csv" and len(tags["git_commit"]) >= 7
+    logged = run.data.metrics
+    for name in ("test_accuracy", "test_f1", "test_auc", "padding_efficiency", "val_accuracy",
+                 "val_loss", "served_accuracy", "served_agreement", "served_max_abs_diff"):
+        assert logged[name] == pytest.approx(metrics[name]), name
+    assert logged["served_reviews"] == 20  # evaluate.served_limit, balanced over the classes
+    assert metrics["val_loss"] == min(
+        m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
+    assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
+    out = tmp_path / "run"
+    assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert not (out / pipeline.CHECKPOINT_FILE).exists()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.keras", "vocabulary.txt", "config.json", "metrics.json", "plots"} <= artifacts
-    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {
-        "plots/learning_curves.png",
-        "plots/confusion_matrix.png",
-        "plots/length_histogram.png",
-    } <= plots
-    assert (run_dir / "train.log").exists() and (run_dir / "model.keras").exists()
-
-    # The saved model takes raw strings in a fresh process (custom layers registered on import).
-    script = (
-        "import keras, tensorflow as tf, textclf.inference\n"
-        f"m = keras.models.load_model({str(run_dir / 'model.keras')!r})\n"
-        "p = m.predict(tf.constant(['a wonderful film, i loved every minute of it <br />',"
-        " 'a terrible film, boring and pointless', '']), verbose=0)\n"
-        "print(' '.join(f'{v:.4f}' for v in p[:, 0]))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    positive, negative, empty = map(float, out.stdout.split()[-3:])
-    assert positive > 0.5 > negative and 0 <= empty <= 1
+    assert {"model.keras", "classes.json", "config.json", "plots"} <= artifacts
 
 
-def test_bad_input_is_one_clear_message_not_a_traceback(tmp_path):
-    done = textclf(
-        "train",
-        "data=csv",
-        f"data.path={tmp_path / 'missing.csv'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *quick(tmp_path),
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2
-    assert "does not exist" in done.stderr + done.stdout
-    assert "Traceback" not in done.stderr + done.stdout
-
-
-def test_config_error_names_the_key_before_reading_data(tmp_path):
-    done = textclf(
-        "train",
-        "data=csv",
-        f"data.path={tmp_path / 'missing.csv'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *quick(tmp_path),
-        "model.units=-3",
-        cwd=tmp_path,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 2 and "model.units: must be > 0, got -3" in output
-    assert "does not exist" not in output and not (tmp_path / "mlflow.db").exists()
-
-
-def train_in_background(tmp_path: Path, *overrides: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "textclf.cli", "train", *quick(tmp_path), *overrides]
-    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv, how):
-    proc = train_in_background(tmp_path, "data=csv", f"data.path={tiny_csv}",
-                               f"hydra.run.dir={tmp_path / 'run'}", "train.epochs=500",
-                               "train.patience=500", "train.verbose=2")
-    try:
-        for line in proc.stdout:  # wait for training to be under way
-            if line.startswith("Epoch 2/"):
-                break
-        else:
-            pytest.fail("the run ended before its second epoch")
-        proc.send_signal(how)
-        rest = proc.communicate(timeout=300)[0]  # generous: CI machines may be busy
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "`make resume`" in rest and "Traceback" not in rest
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
-    assert (tmp_path / "run" / "checkpoint.npz").exists()  # kept for `textclf resume`
-
-
-def checkpoint_epoch(path: Path) -> int:
-    with np.load(path) as saved:
-        return json.loads(saved["meta"].item())["epoch"]
-
-
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_result(
-    tmp_path, how
-):
-    data = write_csv(tmp_path / "reviews.csv", reviews(800))
-    same = ["data=csv", f"data.path={data}", "train.epochs=8", "train.patience=8",
-            "train.deterministic=true", "model.dropout=0.3"]
-    whole = textclf("train", *quick(tmp_path), *same, f"hydra.run.dir={tmp_path / 'whole'}",
-                    "tracking.experiment=whole", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.npz"
-    proc = train_in_background(tmp_path, *same, f"hydra.run.dir={run_dir}")
-    try:
-        while not (checkpoint.exists() and checkpoint_epoch(checkpoint) >= 1):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.02)
-        proc.send_signal(how)
-        proc.wait(timeout=300)
-    finally:
-        proc.kill()
-    done_epochs = checkpoint_epoch(checkpoint)
-    assert 1 <= done_epochs < 8, "the run ended before the signal: make its epochs longer"
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the store stays readable
-    experiment = client.get_experiment_by_name("textclf").experiment_id
-    [killed] = client.search_runs([experiment])
-    assert killed.info.status == ("RUNNING" if how == signal.SIGKILL else "KILLED")
-
-    changed = textclf("resume", str(run_dir), "model.units=9", cwd=tmp_path)
-    assert changed.returncode == 2 and "model.units: 8 -> 9" in changed.stdout + changed.stderr
-    empty = textclf("train", *quick(tmp_path), "train.resume=true",
-                    f"hydra.run.dir={tmp_path / 'empty'}", cwd=tmp_path)
-    assert empty.returncode == 2 and "holds no earlier run" in empty.stdout + empty.stderr
-
-    resumed = textclf("resume", str(run_dir), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"after epoch {done_epochs}" in resumed.stdout + resumed.stderr
-    [run] = client.search_runs([experiment])  # the same run, now complete
-    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")][-1] == 8
-    assert not checkpoint.exists()
-    got, expected = (json.loads((d / "metrics.json").read_text())
-                     for d in (run_dir, tmp_path / "whole"))
-    for key in [k for k in expected if k.startswith("test_")] + ["epochs_run", "best_epoch"]:
-        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
-
-
-def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
-    results = []
-    for name in ("a", "b"):
-        run_dir = tmp_path / name
-        done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={run_dir}",
-                       *quick(tmp_path), "train.deterministic=true", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        results.append({k: v for k, v in metrics.items()
-                        if k.startswith("test_") or k == "padding_efficiency"})
-    assert results[0] == results[1]
-
-
-def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path, monkeypatch):
-    from textclf import cli
-
-    monkeypatch.setattr(cli, "ROOT", tmp_path)
-    for name, age in (("runs/old", 100), ("sweeps/s/0_x", 50), ("runs/finished", 0)):
-        folder = tmp_path / "outputs" / name
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(
-            f"- model.units=8\n- train.resume=true\n- tracking.run_name={name.replace('/', '-')}\n")
-        if name != "runs/finished":  # a finished run has deleted its checkpoint
-            checkpoint = folder / "checkpoint.npz"
-            checkpoint.write_bytes(b"")
-            os.utime(checkpoint, (time.time() - age, time.time() - age))
-    newest = (tmp_path / "outputs" / "sweeps" / "s" / "0_x").resolve()
-    assert cli._resume_args(["train.verbose=0"]) == [
-        "model.units=8", "tracking.run_name=sweeps-s-0_x", f"hydra.run.dir={newest}",
-        "hydra.output_subdir=null", "train.resume=true", "train.verbose=0"]
-    with pytest.raises(SystemExit, match="not a run folder"):
-        cli._resume_args([str(tmp_path)])
+@pytest.mark.parametrize("masking", ["mask_zero", "masking_layer", "explicit", "none"])
+def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config, tmp_path,
+                                                                       masking):
+    """Random batches padded to their longest review: a masked model's single-review answers
+    are the batched ones up to float noise; an unmasked one's move with the padding."""
+    metrics, _ = train_here(make_config, tmp_path, "batching=per_batch",
+                            "batching.padding_side=pre", f"model.masking={masking}")
+    assert metrics["padding_efficiency"] < 0.8  # the batched evaluation saw much padding
+    if masking == "none":
+        assert metrics["served_max_abs_diff"] > 1e-3
+    else:
+        assert metrics["served_max_abs_diff"] <= 1e-4
+        assert metrics["served_agreement"] == 1.0
+        assert metrics["served_accuracy"] == pytest.approx(metrics["test_accuracy"])

@@ -31,8 +31,7 @@ from mlflow.tracking import MlflowClient
 from textclf import data, inference, model, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 
-from .conftest import GOOD, reviews, write_csv
-from .test_pipeline import quick, textclf
+from .conftest import GOOD, quick, reviews, textclf, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -351,3 +350,40 @@ def test_served_model_answers_like_the_pyfunc(trained):
         atol=1e-5,
     )
     assert served["error"].tolist()[2] == inference.EMPTY
+
+
+def evaluate_cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:
+    return textclf("evaluate", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
+
+
+def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
+    other = write_csv(trained.root / "other.csv", reviews(60, seed=7))
+    by_run = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
+                          f"run_id={trained.binary}")
+    assert by_run.returncode == 0, by_run.stderr[-3000:]
+    by_path = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
+                           f"model_path={trained.root / 'binary' / 'model.keras'}")
+    assert by_path.returncode == 0, by_path.stderr[-3000:]
+
+    client = MlflowClient(trained.uri)
+    runs = client.search_runs([client.get_experiment_by_name("evaluate").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    first, second = runs
+    assert first.data.tags["source_run_id"] == trained.binary
+    assert first.data.tags["model_uri"] == f"runs:/{trained.binary}/model"
+    metrics = first.data.metrics
+    assert metrics["served_reviews"] == 60 and metrics["test_accuracy"] > 0.7
+    assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
+    for name in ("test_f1", "test_auc", "test_loss", "test_accuracy_len_1-128"):
+        assert name in metrics
+    assert second.data.metrics == pytest.approx(metrics)  # the same model either way
+    assert "plots" in {a.path for a in client.list_artifacts(first.info.run_id)}
+
+
+def test_evaluate_refuses_data_with_labels_the_model_does_not_know(trained):
+    done = evaluate_cli(trained, "data=csv", f"data.path={trained.root / 'topics.jsonl'}",
+                        f"run_id={trained.binary}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "are not classes of the model" in output
+    assert "Traceback" not in output

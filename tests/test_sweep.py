@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import free_port, reviews, write_csv
-from .test_pipeline import quick, textclf
+from .conftest import free_port, quick, reviews, textclf, write_csv
 
 pytestmark = pytest.mark.e2e
 STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import reviews, write_csv
-from .test_pipeline import quick, textclf
+from .conftest import quick, reviews, textclf, write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

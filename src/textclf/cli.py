@@ -1,5 +1,5 @@
-"""Entry points: `textclf train|resume|compare|bench|predict [hydra overrides]`, one Hydra app
-each (`resume` is `train` again, in an interrupted run's folder with its overrides).
+"""Entry points: `textclf train|resume|compare|bench|predict|evaluate [hydra overrides]`, one
+Hydra app each (`resume` is `train` again, in an interrupted run's folder with its overrides).
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -161,11 +161,21 @@ def predict(cfg: DictConfig) -> None:
         _fail_clearly(error)
 
 
+def evaluate(cfg: DictConfig) -> None:
+    from . import evaluate_model
+
+    try:
+        evaluate_model.run(OmegaConf.to_object(cfg))
+    except _user_errors() as error:
+        _fail_clearly(error)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
     "resume": ("config", train),
     "compare": ("compare", compare),
     "predict": ("predict", predict),
+    "evaluate": ("evaluate_model", evaluate),
     "bench": ("bench", bench),
 }
 

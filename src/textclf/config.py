@@ -251,26 +251,18 @@ class CompareConfig:
 
 
 @dataclass
-class PredictConfig:
-    """`textclf predict`: which texts, which model (at most one source; default the newest run)."""
+class ModelChoice:
+    """Which trained model: the newest FINISHED run of `tracking.experiment` unless one of
+    `run_id`, `model_name` (+ `model_version`) or `model_path` says otherwise."""
 
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    text: Any = None  # one text or a list of texts
-    file: str | None = None  # lines of a text file, or `column` of a .csv/.jsonl
-    column: str = "text"
     run_id: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None  # with model_name; default: its latest version
-    model_path: str | None = None  # a model.keras file
-    out: str | None = None  # .csv or .jsonl; default: a table on screen
-    batch_size: int = 64
+    model_name: str | None = None  # a registered model (see tracking.registered_model) ...
+    model_version: str | None = None  # ... and its version; default: its latest version
+    model_path: str | None = None  # a model.keras file (class names from classes.json beside it)
+    batch_size: int = 64  # texts per inference call
 
     def __post_init__(self) -> None:
-        _check(
-            (self.text is None) != (self.file is None),
-            "text/file",
-            'give exactly one: text="a review" (or a list), or file=<.txt/.csv/.jsonl>',
-        )
         sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
         _check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
         _check(
@@ -278,12 +270,47 @@ class PredictConfig:
             "model_version",
             "needs model_name=<registered model>",
         )
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class PredictConfig(ModelChoice):
+    """`textclf predict`: which texts, and which model."""
+
+    text: Any = None  # one text, or a list: text='["great fun","a dull film"]'
+    file: str | None = None  # lines of a text file, or `column` of a .csv/.jsonl
+    column: str = "text"
+    out: str | None = None  # .csv or .jsonl; default: a table on screen
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            (self.text is None) != (self.file is None),
+            "text/file",
+            'give exactly one: text="a review" (or a list), or file=<.txt/.csv/.jsonl>',
+        )
         _check(
             self.out is None or self.out.lower().endswith((".csv", ".jsonl")),
             "out",
             f"must end in .csv or .jsonl, got {self.out!r}",
         )
-        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class EvaluateModelConfig(ModelChoice):
+    """`textclf evaluate`: a saved model scored on labelled data, logged to MLflow."""
+
+    data: DataConfig = MISSING
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # test: the source's test split (data.test_path, aclImdb's test/, or the carved fraction);
+    # all: every labelled row of the source, for data the model never saw
+    split: str = "test"
+    experiment: str = "evaluate"  # where the evaluation runs are logged
+    output_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of(self.split, "split", ("test", "all"))
 
 
 def register() -> None:
@@ -292,6 +319,7 @@ def register() -> None:
     store.store(name="config_schema", node=Config)
     store.store(name="config_schema_compare", node=CompareConfig)
     store.store(name="config_schema_predict", node=PredictConfig)
+    store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
 
 
 def to_object(cfg: DictConfig) -> Config:

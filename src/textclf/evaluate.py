@@ -8,6 +8,7 @@ deployment would, and say how far its answers are from the batched ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def balanced_sample(labels: np.ndarray, limit: int | None, seed: int) -> np.ndar
             if queue and len(picked) < limit:
                 picked.append(int(queue.pop()))
     return np.sort(np.asarray(picked))
+
+
+def served_scores(classify: Callable[[list[str]], np.ndarray], texts: list[str],
+                  batched: Predictions, limit: int | None, seed: int) -> dict[str, float]:
+    """Ask `classify` (texts → [n, classes] probabilities, as the deployed model answers) about
+    a class-balanced sample of `texts`, one text per call, and compare with `batched`."""
+    rows = balanced_sample(batched.labels, limit, seed)
+    return served(np.concatenate([classify([texts[i]]) for i in rows]), batched, rows)
 
 
 def served(probabilities: np.ndarray, batched: Predictions, rows: np.ndarray) -> dict[str, float]:
@@ -133,6 +142,22 @@ def plot(
         ax.legend()
     paths.append(save_figure(fig, out_dir / "learning_curves.png"))
 
+    paths.append(plot_confusion(matrix, class_names, out_dir))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(train_lengths, bins=50)
+    ax.set(xlabel="tokens per review", ylabel="training reviews", title="review lengths")
+    paths.append(save_figure(fig, out_dir / "length_histogram.png"))
+    return paths
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4 + len(class_names) * 0.4,) * 2)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
@@ -146,13 +171,7 @@ def plot(
         ylabel="true",
         title="test confusion matrix",
     )
-    paths.append(save_figure(fig, out_dir / "confusion_matrix.png"))
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(train_lengths, bins=50)
-    ax.set(xlabel="tokens per review", ylabel="training reviews", title="review lengths")
-    paths.append(save_figure(fig, out_dir / "length_histogram.png"))
-    return paths
+    return save_figure(fig, out_dir / "confusion_matrix.png")
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:

@@ -111,6 +111,19 @@ class Classifier:
             outputs[rows] = model.class_probabilities(batch.numpy())
         return outputs
 
+    def class_probabilities(self, texts: Sequence[Any]) -> np.ndarray:
+        """[n, classes] through `predict` (the served path: cleaning included); NaN rows for
+        empty texts."""
+        return self.predict(texts).filter(like="prob_").to_numpy(dtype=np.float64)
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens per text as the model reads them (after its truncation)."""
+        vectorizer = next(layer for layer in self.model.layers
+                          if isinstance(layer, keras.layers.TextVectorization))
+        return np.concatenate([
+            tf.math.count_nonzero(vectorizer(tf.constant(list(texts[i:i + 1024]))), axis=1).numpy()
+            for i in range(0, len(texts), 1024)]) if len(texts) else np.zeros(0, np.int64)
+
     def predict(self, texts: Sequence[Any]) -> pd.DataFrame:
         """One row per text; an empty text gets an `error` instead of failing the batch."""
         cleaned = [data.clean(as_text(t)) for t in texts]

@@ -109,16 +109,6 @@ def fit(net: keras.Model, batches: Batches, cfg: Config, on_epoch_end: Callable,
                      checkpoint)
 
 
-def served_scores(classifier: inference.Classifier, texts: list[str],
-                  batched: evaluate.Predictions, limit: int | None, seed: int) -> dict[str, float]:
-    """Classify a class-balanced sample of test reviews one per call, as a deployed model
-    would be asked, and compare with the batched evaluation of the same reviews."""
-    rows = evaluate.balanced_sample(batched.labels, limit, seed)
-    served = np.stack([classifier.predict([texts[i]]).filter(like="prob_").to_numpy()[0]
-                       for i in rows])
-    return evaluate.served(served, batched, rows)
-
-
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
     """What training cost: throughput, time, epochs and memory."""
     return {
@@ -188,9 +178,9 @@ def run(
         metrics |= costs(fitted, batches.padding)
 
         model_path = export(tokens, net, class_names, cfg, out)
-        classifier = inference.Classifier.from_files(model_path)
-        metrics |= served_scores(classifier, tokens.texts["test"], predictions,
-                                 cfg.evaluate.served_limit, cfg.data.seed)
+        classifier = inference.Classifier.from_files(model_path)  # as `make predict` loads it
+        metrics |= evaluate.served_scores(classifier.class_probabilities, tokens.texts["test"],
+                                          predictions, cfg.evaluate.served_limit, cfg.data.seed)
         mlrun.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
 

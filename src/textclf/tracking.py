@@ -303,6 +303,25 @@ def load_model(uri: str, model: str):
         ) from error
 
 
+def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | None]:
+    """The `model.keras` and `classes.json` a logged model was built from, downloaded into
+    `folder`, and the id of the run that logged it."""
+    _existing_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(folder)))
+    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        raise TrackingError(
+            f"cannot find the model {model} in {uri}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        ) from error
+    files = {p.name: p for p in local.rglob("*") if p.name in ("model.keras", "classes.json")}
+    if len(files) != 2:
+        raise TrackingError(f"{model} in {uri} is not a textclf model (no model.keras and "
+                            "classes.json among its artifacts).")
+    return files["model.keras"], files["classes.json"], Model.load(local).run_id
+
+
 def _existing_store(uri: str) -> MlflowClient:
     """A client on a store that exists: opening a missing SQLite file would create an empty one."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

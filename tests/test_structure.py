@@ -1,0 +1,109 @@
+"""The code's shape: imports point one way, Hydra and MLflow stay at the edges, and every
+config default lives in one place."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from textclf import config
+from textclf.cli import CONF_DIR
+
+SRC = Path(config.__file__).parent
+MODULES = {p.stem: ast.parse(p.read_text()) for p in SRC.glob("*.py") if p.stem != "__init__"}
+ENTRY_POINTS = {"cli", "sweep"}  # what Hydra calls: the app and its sweep callback
+GROUP_SCHEMA = {"data": config.DataConfig, "tokenize": config.TokenizeConfig,
+                "batching": config.BatchingConfig, "model": config.ModelConfig,
+                "train": config.TrainConfig, "evaluate": config.EvaluateConfig,
+                "tracking": config.TrackingConfig}
+SELECTOR = {"data": "source", "batching": "strategy"}  # the key an option file chooses
+
+
+def imported(tree: ast.Module) -> set[str]:
+    """Top-level names imported anywhere in the module (`from . import x`, `import x.y`)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: textclf's own modules
+                names |= ({node.module.split(".")[0]} if node.module
+                          else {alias.name for alias in node.names})
+            else:
+                names.add(node.module or "")
+    return names
+
+
+def project_imports(name: str) -> set[str]:
+    return {n.removeprefix("textclf.").split(".")[0] for n in imported(MODULES[name])
+            if n.removeprefix("textclf.").split(".")[0] in MODULES and n != name}
+
+
+def test_the_import_graph_of_src_has_no_cycle():
+    graph = {name: project_imports(name) for name in MODULES}
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != "open", f"import cycle: {' -> '.join([*path, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_only_tracking_imports_mlflow_and_only_entry_points_see_hydra_configs():
+    mlflow_users = {n for n, t in MODULES.items()
+                    if any(i.startswith("mlflow") for i in imported(t))}
+    assert mlflow_users == {"tracking", "mlflow_model"}  # the model file MLflow loads by path
+    dictconfig_users = {n for n, t in MODULES.items()
+                        if "DictConfig" in {getattr(x, "id", None) for x in ast.walk(t)}}
+    assert dictconfig_users <= ENTRY_POINTS | {"config"}  # config turns it into dataclasses
+
+
+def leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out |= leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+OPTIONS = [(group, path) for group in GROUP_SCHEMA
+           for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,path", OPTIONS, ids=[f"{g}/{p.stem}" for g, p in OPTIONS])
+def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, path):
+    """Defaults live in config.py alone: an option file that repeats one would drift from it."""
+    schema = {f.name: f for f in dataclasses.fields(GROUP_SCHEMA[group])}
+    values = leaves(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    for key, value in values.items():
+        assert key in schema, f"{path.name}: {key} is not a {group} setting"
+        field = schema[key]
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        assert value != default, (f"{path.name}: {group}.{key}: {value!r} repeats the default in "
+                                  "config.py; delete it from the YAML")
+    if group in SELECTOR:
+        assert values.get(SELECTOR[group]) == path.stem, (
+            f"{path.name} must set {group}.{SELECTOR[group]}: {path.stem}")
+
+
+def test_every_schema_default_is_a_plain_value_or_missing():
+    """No default is computed elsewhere: each is written in config.py next to its check."""
+    for schema in GROUP_SCHEMA.values():
+        for field in dataclasses.fields(schema):
+            value = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                     else field.default)
+            assert value is not dataclasses.MISSING, f"{schema.__name__}.{field.name}"

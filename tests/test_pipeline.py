@@ -30,11 +30,12 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_co
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
-    for name in ("test_accuracy", "test_f1", "test_auc", "padding_efficiency", "val_accuracy",
-                 "val_loss", "served_accuracy", "served_agreement", "served_max_abs_diff"):
+    for name in ("test_accuracy", "test_f1", "test_auc", "padding_efficiency",
+                 "best_val_accuracy", "best_val_loss", "served_accuracy", "served_agreement",
+                 "served_max_abs_diff"):
         assert logged[name] == pytest.approx(metrics[name]), name
     assert logged["served_reviews"] == 20  # evaluate.served_limit, balanced over the classes
-    assert metrics["val_loss"] == min(
+    assert metrics["best_val_loss"] == min(
         m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
     assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
     out = tmp_path / "run"

@@ -114,7 +114,8 @@ def test_pyfunc_has_a_signature_and_matches_the_keras_model(trained):
     mlflow.set_tracking_uri(trained.uri)
     info = mlflow.models.get_model_info(model_uri)
     assert info.signature.inputs.input_names() == ["text"]
-    assert info.saved_input_example_info is not None
+    example = mlflow.models.Model.load(model_uri).load_input_example()
+    assert example["text"].tolist() == tracking.EXAMPLE
 
     texts = [POSITIVE, NEGATIVE, "great acting and a lovely story"]
     got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))

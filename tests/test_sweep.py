@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -55,12 +54,11 @@ def test_parallel_sweep_against_a_tracking_server(tmp_path, mlflow_server):
 
 def test_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, tiny_csv):
     uri = f"http://127.0.0.1:{free_port()}"
-    start = time.monotonic()
     done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={tmp_path / 'r'}",
                    *quick(tmp_path), f"tracking.uri={uri}", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 2 and uri in output and "Traceback" not in output
-    assert "Epoch" not in output and time.monotonic() - start < 120
+    assert "Epoch" not in output  # it stopped before training, not after MLflow's retries
 
 
 def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(tmp_path):

@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> float:
         if isinstance(error, _user_errors()):
             _fail_clearly(error)
         raise
-    return metrics[config.optimized_metric]
+    return metrics[f"best_{config.optimized_metric}"]
 
 
 def compare(cfg: DictConfig) -> None:

@@ -30,7 +30,8 @@ def load_classifier(cfg: EvaluateModelConfig, folder: Path) -> tuple[inference.C
     uri = tracking.model_uri(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_id,
                              cfg.model_name, cfg.model_version)
     keras_path, classes_path, run_id = tracking.model_files(cfg.tracking.uri, uri, folder)
-    classifier = inference.Classifier.from_files(keras_path, classes_path, cfg.batch_size)
+    classifier = inference.Classifier.from_files(keras_path, classes_path,
+                                                 batch_size=cfg.batch_size)
     return classifier, {"model_uri": uri, "source_run_id": run_id or ""}
 
 

@@ -76,19 +76,29 @@ def load_keras(path: str | Path) -> keras.Model:
 class Classifier:
     """A loaded text model and its class names: texts → label, prob_<class>, error."""
 
-    def __init__(self, net: keras.Model, classes: Sequence[str], batch_size: int = 64):
+    def __init__(self, net: keras.Model, classes: Sequence[str], batch_size: int = 64,
+                 token_budget: int = 32000):
         if len(classes) != model.class_count(net):
             raise PredictError(
                 f"the model predicts {model.class_count(net)} classes but {len(classes)} class "
                 f"names were given ({list(classes)})."
             )
-        self.model, self.classes, self.batch_size = net, [str(c) for c in classes], batch_size
-        # One traced graph for every batch (model.predict re-plans each call: ~10 ms per review).
+        self.model, self.classes = net, [str(c) for c in classes]
+        # A batch holds at least batch_size texts, more while rows × longest ≤ token_budget.
+        self.batch_size, self.token_budget = batch_size, token_budget
+        # The exported model's parts (see `export`): text → ids, then ids → probabilities.
+        vectorizer = next(layer for layer in net.layers
+                          if isinstance(layer, keras.layers.TextVectorization))
+        repad, classifier = net.get_layer("repad"), net.layers[-1]
+        # One traced graph per part for every batch (model.predict re-plans each call).
         self._call = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+        self._ids = tf.function(vectorizer, reduce_retracing=True)
+        self._classify = tf.function(lambda ids: classifier(repad(ids), training=False),
+                                     reduce_retracing=True)
 
     @classmethod
     def from_files(
-        cls, keras_path: str | Path, classes_path: str | Path | None = None, batch_size: int = 64
+        cls, keras_path: str | Path, classes_path: str | Path | None = None, **options: int
     ) -> Classifier:
         """Class names from `classes_path`, else the run folder's classes.json, else indices."""
         net = load_keras(keras_path)
@@ -98,18 +108,34 @@ class Classifier:
         else:
             classes = [str(i) for i in range(model.class_count(net))]
             log.warning("no %s beside %s: labels are class indices", CLASSES_FILE, keras_path)
-        return cls(net, classes, batch_size)
+        return cls(net, classes, **options)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """[n, classes] for cleaned, non-empty texts, batched by length, in the caller's order."""
-        # Similar lengths share a batch, so little padding is computed; order is restored.
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        """[n, classes] for cleaned, non-empty texts, in the caller's order.
+
+        One text goes through the whole model in one call. Several are vectorized first, sorted
+        by token count and classified in batches of similar length (short texts in wide
+        batches, up to `token_budget` tokens), so next to no padding is computed.
+        """
+        if len(texts) == 1:
+            return model.class_probabilities(self._call(tf.constant(list(texts))).numpy())
+        ids = self.token_ids(texts)
+        lengths = np.count_nonzero(ids, axis=1)
+        order = np.argsort(lengths, kind="stable")
         outputs = np.empty((len(texts), len(self.classes)))
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = self._call(tf.constant([texts[i] for i in rows]))
-            outputs[rows] = model.class_probabilities(batch.numpy())
+        for start, stop in length_batches(lengths[order], self.batch_size, self.token_budget):
+            rows = order[start:stop]
+            width = max(int(lengths[rows].max()), 1)
+            outputs[rows] = model.class_probabilities(self._classify(ids[rows, :width]).numpy())
         return outputs
+
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, longest] token ids as the model reads them (truncated, padding after)."""
+        chunks = [self._ids(tf.constant(list(texts[i:i + 1024]))).numpy()
+                  for i in range(0, len(texts), 1024)]
+        width = max((c.shape[1] for c in chunks), default=1)
+        return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in chunks]) \
+            if chunks else np.zeros((0, 1), np.int64)
 
     def class_probabilities(self, texts: Sequence[Any]) -> np.ndarray:
         """[n, classes] through `predict` (the served path: cleaning included); NaN rows for
@@ -118,11 +144,7 @@ class Classifier:
 
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         """Tokens per text as the model reads them (after its truncation)."""
-        vectorizer = next(layer for layer in self.model.layers
-                          if isinstance(layer, keras.layers.TextVectorization))
-        return np.concatenate([
-            tf.math.count_nonzero(vectorizer(tf.constant(list(texts[i:i + 1024]))), axis=1).numpy()
-            for i in range(0, len(texts), 1024)]) if len(texts) else np.zeros(0, np.int64)
+        return np.count_nonzero(self.token_ids(texts), axis=1)
 
     def predict(self, texts: Sequence[Any]) -> pd.DataFrame:
         """One row per text; an empty text gets an `error` instead of failing the batch."""
@@ -140,6 +162,20 @@ class Classifier:
             frame[f"prob_{name}"] = probabilities[:, i]
         frame["error"] = [None if keep else EMPTY for keep in ok]
         return frame
+
+
+def length_batches(sorted_lengths: np.ndarray, batch_size: int,
+                   token_budget: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges over ascending lengths: at least `batch_size` rows each, more while
+    rows × the batch's longest length stay within `token_budget`."""
+    ranges, start, n = [], 0, len(sorted_lengths)
+    while start < n:
+        stop = min(start + batch_size, n)
+        while stop < n and (stop + 1 - start) * sorted_lengths[stop] <= token_budget:
+            stop += 1
+        ranges.append((start, stop))
+        start = stop
+    return ranges
 
 
 def as_text(value: Any) -> str:

@@ -118,8 +118,9 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
         "epoch_seconds": float(np.mean(fitted.epoch_seconds)),
         "epochs_run": len(fitted.epoch_seconds),
         "best_epoch": fitted.best_epoch + 1,
-        "val_loss": fitted.history["val_loss"][fitted.best_epoch],
-        "val_accuracy": fitted.history["val_accuracy"][fitted.best_epoch],
+        # of the epoch whose weights were kept (the per-epoch history keeps the plain names)
+        "best_val_loss": fitted.history["val_loss"][fitted.best_epoch],
+        "best_val_accuracy": fitted.history["val_accuracy"][fitted.best_epoch],
         "peak_rss_mb": train.peak_rss_mb(),
     }
 

@@ -1,0 +1,56 @@
+"""The exported model as it is served: length-sorted batches answer as one call per text does."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from textclf import inference, model, tokenize
+from textclf.config import TokenizeConfig
+
+from .conftest import reviews, small_model
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> inference.Classifier:
+    """An untrained masked model (its answers still depend on every token it reads)."""
+    texts = [t for t, _ in reviews(200)]
+    vectorizer = tokenize.adapt(texts, TokenizeConfig())
+    keras.utils.set_random_seed(0)
+    net = model.build(vectorizer.vocabulary_size(), 2,
+                      small_model(embedding_dim=8, units=8, bidirectional=True), "pre")
+    exported = inference.export(vectorizer, TokenizeConfig(max_length=60), net, "pre")
+    path = inference.save(exported, ["neg", "pos"], tmp_path_factory.mktemp("model"))
+    return inference.Classifier.from_files(path, batch_size=4, token_budget=64)
+
+
+def test_sorted_batches_answer_like_one_text_per_call_in_the_callers_order(classifier):
+    texts = [t for t, _ in reviews(40, seed=3)] + ["great " * 200]  # the last is truncated
+    batched = classifier.probabilities(texts)
+    one_by_one = np.concatenate([classifier.probabilities([t]) for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    whole = model.class_probabilities(classifier.model(tf.constant(texts)).numpy())
+    np.testing.assert_allclose(batched, whole, atol=1e-5)  # one unsorted, fully padded batch
+    frame = classifier.predict(texts[::-1])
+    np.testing.assert_allclose(frame[["prob_neg", "prob_pos"]].to_numpy(), batched[::-1],
+                               atol=1e-6)
+    assert classifier.token_counts(texts)[-1] == 60  # read as trained: cut at max_length
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
+       batch_size=st.integers(1, 8), budget=st.integers(1, 400))
+def test_length_batches_cover_every_row_once_within_the_budget(lengths, batch_size, budget):
+    sorted_lengths = np.sort(np.array(lengths))
+    ranges = inference.length_batches(sorted_lengths, batch_size, budget)
+    assert [r[0] for r in ranges] == [0, *[r[1] for r in ranges[:-1]]]
+    assert ranges[-1][1] == len(lengths)
+    for start, stop in ranges:
+        rows = stop - start
+        assert rows >= min(batch_size, len(lengths) - start)
+        if rows > batch_size:  # widened past batch_size only within the token budget
+            assert rows * sorted_lengths[stop - 1] <= budget

@@ -9,9 +9,20 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import reviews, textclf, write_csv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+def test_training_flops_are_counted_from_the_gate_shapes():
+    from textclf.bench import training_flops_per_step
+    from textclf.config import ModelConfig
+
+    # forward: 4 gates × 64 units × (128 inputs + 64 recurrent) multiply-adds; backward 2×
+    one_way = ModelConfig(embedding_dim=128, units=64, bidirectional=False)
+    assert training_flops_per_step(one_way) == 3 * 2 * 4 * 64 * (128 + 64)
+    both = ModelConfig(embedding_dim=128, units=64, bidirectional=True)
+    assert training_flops_per_step(both) == 2 * training_flops_per_step(one_way)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     data = write_csv(tmp_path / "reviews.csv", reviews(400))
     out = tmp_path / "bench"
@@ -27,6 +38,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
         for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s",
                     "peak_rss_mb"):
             assert result[key] > 0, (name, key)
+        assert result["model_gflops"] > 0 and result["utilisation"] > 0
         assert 0 < result["padding_efficiency"] <= 1
         assert result["reviews_per_epoch"] == report["config"]["train_reviews"]
     fixed, per_batch = (report["strategies"][n]["reviews_per_s"] for n in ("fixed", "per_batch"))
@@ -38,7 +50,8 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert report["config"]["default"] == "bucket"
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
     inference = report["inference"]
-    assert inference["batch_reviews_per_s"] > 0
+    assert inference["batch_reviews_per_s"] > 0 and inference["unsorted_reviews_per_s"] > 0
+    assert report["matmul_gflops"] > 0 and "utilisation" in (out / "latest.md").read_text()
     assert inference["latency_p50_ms"] > 0
     table = (out / "latest.md").read_text()
     assert "| per_batch |" in table and "× fixed" in table and table in done.stdout

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import batching, data, inference, pipeline, tracking, train
-from .config import BatchingConfig, Config
+from .config import BatchingConfig, Config, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     results = {name: setup["result"] for name, setup in setups.items()}
     _time_training(setups, repeats)
     _summarise(results)
+    matmul = _matmul_flops(cfg.batching.batch_size, cfg.model.embedding_dim + cfg.model.units,
+                           4 * cfg.model.units, 20 if b.quick else 200)
+    _utilisation(results, cfg.model, matmul)
 
     default = next(name for name, spec in specs.items() if spec == cfg.batching)
     net = setups[default]["net"]
@@ -103,6 +106,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         "tokenize": {"vectorize_seconds": vectorize_seconds,
                      "encode_reviews_per_s": reviews / vectorize_seconds},
         "strategies": results,
+        "matmul_gflops": matmul / 1e9,
         "step_cost": step_cost,
         "inference": _inference(classifier, tokens.texts["train"], inference_reviews,
                                 latency_calls),
@@ -145,6 +149,43 @@ def _time_training(setups: dict[str, dict], repeats: int) -> None:
             log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, res["runs_reviews_per_s"][-1])
 
 
+def training_flops_per_step(model_cfg: ModelConfig) -> float:
+    """FLOPs of one LSTM time step for one row, forward and backward, counted from the shapes:
+    the four gates' matmuls take 2 × 4·units × (embedding + units) FLOPs forward, the backward
+    pass twice that; × 2 directions if bidirectional. The embedding lookup, gate
+    nonlinearities, pooling and the dense head (under 1% here) are left out."""
+    forward = 2 * 4 * model_cfg.units * (model_cfg.embedding_dim + model_cfg.units)
+    return 3 * forward * (2 if model_cfg.bidirectional else 1)
+
+
+def _matmul_flops(rows: int, inner: int, outer: int, repeats: int) -> float:
+    """This machine's FLOP/s for one LSTM step's gate matmul ([rows, E+U] × [E+U, 4U]), the
+    shape the per-step loop multiplies, timed in one traced loop."""
+    a = tf.random.normal([rows, inner])
+    b = tf.random.normal([inner, outer])
+
+    @tf.function
+    def loop():
+        acc = tf.zeros([rows, outer])
+        for _ in tf.range(repeats):
+            acc += tf.matmul(a, b)
+        return acc
+
+    loop()  # trace
+    start = time.perf_counter()
+    loop().numpy()
+    return 2 * rows * inner * outer * repeats / (time.perf_counter() - start)
+
+
+def _utilisation(results: dict[str, dict], model_cfg: ModelConfig, matmul: float) -> None:
+    """Model FLOP/s of training: FLOPs per row-step × the row-steps (padding included: a masked
+    LSTM still computes them) per second; and its share of the gate matmul's FLOP/s."""
+    for res in results.values():
+        padded_tokens_per_s = res["real_tokens_per_s"] / res["padding_efficiency"]
+        res["model_gflops"] = training_flops_per_step(model_cfg) * padded_tokens_per_s / 1e9
+        res["utilisation"] = res["model_gflops"] * 1e9 / matmul
+
+
 def _summarise(results: dict[str, dict]) -> None:
     for res in results.values():
         res["reviews_per_s"] = statistics.median(res["runs_reviews_per_s"])
@@ -174,13 +215,23 @@ def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
 
 def _inference(classifier: inference.Classifier, texts: list[str], n: int,
                calls: int) -> dict[str, float]:
-    """Raw strings → probabilities through `inference.Classifier` on the saved, reloaded model."""
+    """Raw strings → probabilities on the saved, reloaded model: `inference.Classifier` (texts
+    sorted by token count, length-grouped batches) beside the whole model on batches of 256 in
+    the caller's order, and the latency of one review through `Classifier.predict`."""
     sample = [texts[i % len(texts)] for i in range(n)]
+    whole = tf.function(lambda x: classifier.model(x, training=False), reduce_retracing=True)
     train.reset_peak_rss()
-    classifier.predict(sample[:512])  # warm-up: traces the graph
-    start = time.perf_counter()
-    classifier.predict(sample)
-    batch_rate = n / (time.perf_counter() - start)
+
+    def unsorted() -> None:
+        for start in range(0, n, 256):
+            whole(tf.constant(sample[start:start + 256])).numpy()
+
+    rates = {}
+    for name, job in (("unsorted", unsorted), ("batch", lambda: classifier.predict(sample))):
+        job()  # warm-up: traces the graphs
+        start = time.perf_counter()
+        job()
+        rates[f"{name}_reviews_per_s"] = n / (time.perf_counter() - start)
     for text in sample[:5]:
         classifier.predict([text])
     latencies = []
@@ -188,8 +239,7 @@ def _inference(classifier: inference.Classifier, texts: list[str], n: int,
         start = time.perf_counter()
         classifier.predict([text])
         latencies.append((time.perf_counter() - start) * 1000)
-    return {"batch_reviews_per_s": batch_rate,
-            "latency_p50_ms": float(np.percentile(latencies, 50)),
+    return {**rates, "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "peak_rss_mb": train.peak_rss_mb()}
 
@@ -200,17 +250,27 @@ def markdown(report: dict) -> str:
              f"Keras {m['keras']}. {c['train_reviews']} training reviews, batch {c['batch_size']}, "
              f"{c['steps']} steps × {c['repeats']} repeats, medians.", "",
              "| strategy | reviews/s | real tokens/s | × fixed | × per_batch | padding eff. "
-             "| pipeline reviews/s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| model GFLOP/s | utilisation | pipeline reviews/s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["strategies"].items():
         lines.append(f"| {name} | {r['reviews_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
                      f"{r['ratio_to_fixed']:.2f} | {r['ratio_to_per_batch']:.2f} | "
-                     f"{r['padding_efficiency']:.3f} | {r['pipeline_reviews_per_s']:,.0f} | "
+                     f"{r['padding_efficiency']:.3f} | {r['model_gflops']:.1f} | "
+                     f"{r['utilisation']:.0%} | {r['pipeline_reviews_per_s']:,.0f} | "
                      f"{r['peak_rss_mb']:,.0f} |")
+    lines += ["", f"Model GFLOP/s: training FLOPs per LSTM row-step (forward + backward, from the "
+              f"gate shapes) × padded row-steps per second; utilisation: their share of this "
+              f"machine's {report['matmul_gflops']:.1f} GFLOP/s on one step's gate matmul "
+              f"[{c['batch_size']} × {c['embedding_dim'] + c['units']}] · "
+              f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run."]
     inf = report["inference"]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
     lines += ["", f"Inference from raw strings ({c['default']} model): "
-              f"{inf['batch_reviews_per_s']:,.0f} reviews/s in batches of 256; single review "
+              f"{inf['batch_reviews_per_s']:,.0f} reviews/s sorted by token count in "
+              f"length-grouped batches (`inference.Classifier`), "
+              f"{inf['unsorted_reviews_per_s']:,.0f} reviews/s unsorted in batches of 256; "
+              f"single review "
               f"p50 {inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms. "
               f"Tokenization: {report['tokenize']['encode_reviews_per_s']:,.0f} reviews/s."]
     return "\n".join(lines) + "\n"

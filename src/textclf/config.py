@@ -160,14 +160,16 @@ class TrainConfig:
     seed: int = 42
     steps_per_epoch: int | None = None  # null: one pass over the training batches
     verbose: int = 2  # Keras progress output: 1 = bar, 2 = one line per epoch
-    strategy: str = "default"  # default | mirrored (all local GPUs) | multi_worker (TF_CONFIG)
+    # default | mirrored (all local GPUs). No multi-worker option: Keras 3's fit fails under
+    # TF's MultiWorkerMirroredStrategy (docs/scaling.md says what to use instead)
+    strategy: str = "default"
     mixed_precision: bool = False  # float16 compute for GPUs; slower on CPU
     deterministic: bool = False  # TF's deterministic kernels: bit-identical reruns
     resume: bool = False  # continue the interrupted run in hydra.run.dir (`make resume`)
 
     def __post_init__(self) -> None:
         _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
-        _one_of(self.strategy, "train.strategy", ("default", "mirrored", "multi_worker"))
+        _one_of(self.strategy, "train.strategy", ("default", "mirrored"))
         _check(
             self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
         )

@@ -38,14 +38,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def distribution(name: str, mixed_precision: bool) -> tf.distribute.Strategy:
-    """Where the model lives: `default` (one device), `mirrored` (every local GPU, else the
-    CPU), `multi_worker` (hosts listed in the TF_CONFIG environment variable)."""
+    """Where the model lives: `default` (one device) or `mirrored` (every local GPU, else the
+    CPU)."""
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 

@@ -160,3 +160,52 @@ def test_imdb_without_download_fails_without_touching_the_network(tmp_path, monk
     monkeypatch.setattr(data, "host_reachable", lambda *a, **k: pytest.fail("probed network"))
     with pytest.raises(data.DataError, match="download is disabled"):
         data.load_imdb(str(tmp_path), None, False)
+
+
+def write_url_lists(folder: Path, per_class: int, movies: int = 3) -> Path:
+    """URL lists in aclImdb's layout: review i of each class reviews movie tt000000<i % movies>."""
+    for split in ("train", "test"):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        for polarity in ("pos", "neg"):
+            lines = [f"http://www.imdb.com/title/tt000000{i % movies}/usercomments"
+                     for i in range(per_class)]
+            (folder / split / f"urls_{polarity}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def movies_of(split: data.Split) -> set[str]:
+    return set(split.groups.tolist())
+
+
+@pytest.mark.parametrize("where", ["inside", "data.urls_path", "beside"])
+def test_validation_by_movie_keeps_every_movie_on_one_side(tmp_path, where):
+    folder = write_acl_folder(tmp_path / "acl", per_class=30)
+    lists = {"inside": folder, "data.urls_path": tmp_path / "lists",
+             "beside": tmp_path / "acl" / data.URLS_FOLDER}[where]
+    write_url_lists(lists, per_class=30, movies=10)
+    urls = str(lists) if where == "data.urls_path" else None
+    ds = data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=urls,
+                              val_fraction=0.2))
+    assert movies_of(ds.val) and not movies_of(ds.val) & movies_of(ds.train)
+    assert len(movies_of(ds.val)) + len(movies_of(ds.train)) == 10
+    assert ds.stats["val_movies"] == len(movies_of(ds.val))
+    assert len(ds.val) + len(ds.train) == 60 and 0 < len(ds.val) <= 12 + 6  # ~20%, whole movies
+
+
+def test_without_url_lists_the_split_is_random_and_says_so_once(tmp_path, caplog):
+    folder = write_acl_folder(tmp_path / "acl", per_class=30)
+    with caplog.at_level("WARNING", logger="textclf.data"):
+        ds = data.load(DataConfig(source="aclimdb", path=str(folder)))
+    assert ds.train.groups is None and len(ds.val) == 6
+    assert sum("URL lists" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(data.DataError, match="val_split=by_movie needs"):
+        data.load(DataConfig(source="aclimdb", path=str(folder), val_split="by_movie"))
+    with pytest.raises(data.DataError, match="urls_pos.txt does not exist"):
+        data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=str(tmp_path)))
+
+
+def test_a_url_list_missing_a_review_is_named(tmp_path):
+    folder = write_acl_folder(tmp_path / "acl", per_class=30)
+    write_url_lists(folder, per_class=20)  # reviews 20..29 have no line
+    with pytest.raises(data.DataError, match="has no movie for review 2[0-9]"):
+        data.load_aclimdb(folder)

@@ -20,3 +20,16 @@ def test_model_learns_on_a_subset_of_real_imdb(tmp_path, archive):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.70, metrics  # chance is 0.5 on the balanced subset
     assert metrics["padding_efficiency"] >= 0.9  # the default bucketing on real lengths
+
+
+def test_the_shared_url_lists_give_every_training_review_its_movie(archive):
+    """aclImdb's training reviews cover 3,456 movies (README of shared/data)."""
+    from textclf import data
+    from textclf.config import DataConfig
+
+    if not (archive.parent / data.URLS_FOLDER).is_dir():
+        pytest.skip(f"no {data.URLS_FOLDER}/ beside {archive}")
+    ds = data.load(DataConfig(source="aclimdb", path=str(archive)))
+    assert ds.stats["val_movies"] + ds.stats["train_movies"] == 3456
+    assert not set(ds.val.groups.tolist()) & set(ds.train.groups.tolist())
+    assert abs(len(ds.val) - 2500) < 60  # whole movies of up to 30 reviews make up 10%

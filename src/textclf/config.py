@@ -49,6 +49,10 @@ class DataConfig:
     label_column: str = "label"  # csv; labels may be strings or ints
     classes: list[str] | None = None  # csv: the allowed labels in order (default: sorted)
     val_fraction: float = 0.1  # of the training data, carved with `seed`
+    # auto: by_movie where each review's movie is known (aclimdb with its URL lists), else
+    # random; by_movie: validation movies unseen in training (as aclImdb's test set)
+    val_split: str = "auto"
+    urls_path: str | None = None  # aclimdb: folder with {train,test}/urls_{pos,neg}.txt
     test_fraction: float = 0.2  # csv without test_path
     limit: int | None = None  # N: a class-balanced subset of N train and N test reviews
     seed: int = 42
@@ -56,6 +60,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.source, "data.source", DATA_SOURCES)
+        _one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
         _check(
             0 < self.val_fraction < 1,
             "data.val_fraction",
@@ -139,6 +144,9 @@ class ModelConfig:
     dropout: float = 0.3  # on the LSTM inputs and before the head
     masking: str = "mask_zero"  # mask_zero | masking_layer | explicit | none
     pooling: str = "mean"  # mean: masked average of the LSTM outputs | last: final state
+    # keras: keras.layers.LSTM as is; hoisted: the input projection of all time steps in one
+    # matmul before the recurrent loop (CPU; GPUs keep cuDNN)
+    lstm: str = "keras"
 
     def __post_init__(self) -> None:
         _one_of(self.pooling, "model.pooling", ("mean", "last"))
@@ -148,6 +156,7 @@ class ModelConfig:
         _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
         _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _one_of(self.masking, "model.masking", MASKING)
+        _one_of(self.lstm, "model.lstm", ("keras", "hoisted"))
 
 
 @dataclass

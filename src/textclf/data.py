@@ -6,6 +6,7 @@ has none, test) data with a fixed seed, so test data never reaches vocabulary or
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import tarfile
@@ -17,6 +18,7 @@ import numpy as np
 
 from .config import DataConfig
 
+log = logging.getLogger(__name__)
 IMDB_CLASSES = ["neg", "pos"]
 IMDB_HOST = "ai.stanford.edu"
 IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
@@ -34,6 +36,7 @@ class DataError(ValueError):
 class Split:
     texts: list[str]
     labels: np.ndarray  # int32 class indices
+    groups: np.ndarray | None = None  # what rows share (aclImdb: the movie), if known
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -73,15 +76,19 @@ def _decode(raw: bytes, stats: dict[str, int]) -> str:
 
 # --- aclImdb: the Stanford layout, as a folder or the .tar.gz itself ---------------------------
 
-_ACL_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/[^/]+\.txt$")
+# reviews: train/pos/<id>_<rating>.txt; URL lists (a line per review id): train/urls_pos.txt
+_ACL_MEMBER = re.compile(r"(?:^|/)(train|test)/(?:(pos|neg)/(\d+)_\d+|urls_(pos|neg))\.txt$")
+_MOVIE = re.compile(r"/title/(tt\d+)")
+URLS_FOLDER = "aclImdb_urls"  # beside an archive that lacks the lists, as in shared/data/
 
 
-def _acl_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
+def _acl_files(path: Path) -> Iterator[tuple[re.Match, bytes]]:
+    """(name match, content) of every review and URL list in a folder or a tar archive."""
     if path.is_dir():
         for file in sorted(path.rglob("*.txt")):
             match = _ACL_MEMBER.search(file.relative_to(path).as_posix())
             if match:
-                yield match.group(1), match.group(2), file.read_bytes()
+                yield match, file.read_bytes()
         return
     try:
         with tarfile.open(path, "r:*") as archive:
@@ -90,7 +97,7 @@ def _acl_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
                 if member.isfile() and match:
                     handle = archive.extractfile(member)
                     assert handle is not None
-                    yield match.group(1), match.group(2), handle.read()
+                    yield match, handle.read()
     except tarfile.TarError as error:
         raise DataError(
             f"{path} is neither a folder nor a readable tar archive ({error}). "
@@ -98,8 +105,10 @@ def _acl_files(path: Path) -> Iterator[tuple[str, str, bytes]]:
         ) from error
 
 
-def load_aclimdb(path: str | Path) -> Raw:
-    """Read `train/{pos,neg}` and `test/{pos,neg}` reviews from a folder or a tar archive."""
+def load_aclimdb(path: str | Path, urls_path: str | Path | None = None) -> Raw:
+    """Read `train/{pos,neg}` and `test/{pos,neg}` reviews from a folder or a tar archive, and
+    each training review's movie from the URL lists when they are found: in `urls_path`, else
+    inside the archive (`train/urls_pos.txt`, ...), else in an `aclImdb_urls/` folder beside it."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(
@@ -107,23 +116,55 @@ def load_aclimdb(path: str | Path) -> Raw:
             "folder or at the archive (e.g. ../shared/data/aclImdb_labeled.tar.gz)."
         )
     stats: dict[str, int] = {}
-    texts: dict[str, list[str]] = {"train": [], "test": []}
-    labels: dict[str, list[int]] = {"train": [], "test": []}
-    for split, polarity, raw in _acl_files(path):
-        texts[split].append(_decode(raw, stats))
-        labels[split].append(IMDB_CLASSES.index(polarity))
+    reviews: dict[str, list[tuple[str, int, int]]] = {"train": [], "test": []}
+    urls: dict[tuple[str, str], list[str]] = {}
+    for match, raw in _acl_files(path):
+        split, polarity, review_id, url_polarity = match.groups()
+        if url_polarity:
+            urls[(split, url_polarity)] = raw.decode("utf-8", errors="replace").splitlines()
+        else:
+            reviews[split].append((_decode(raw, stats), IMDB_CLASSES.index(polarity),
+                                   int(review_id)))
     for split in ("train", "test"):
-        if not texts[split]:
+        if not reviews[split]:
             raise DataError(
                 f"{path} has no {split}/pos/*.txt or {split}/neg/*.txt reviews: "
                 "it is not in the aclImdb layout (train/{pos,neg}, test/{pos,neg})."
             )
-    return Raw(
-        _split(texts["train"], labels["train"]),
-        _split(texts["test"], labels["test"]),
-        list(IMDB_CLASSES),
-        stats,
-    )
+    outside = Path(urls_path).expanduser() if urls_path else path.parent / URLS_FOLDER
+    if urls_path or (not urls and outside.is_dir()):
+        urls = _url_lists(outside)
+    train, test = (reviews[s] for s in ("train", "test"))
+    groups = _movies(train, urls) if urls else None
+    return Raw(Split([t for t, _, _ in train], np.array([y for _, y, _ in train], np.int32),
+                     groups),
+               _split([t for t, _, _ in test], [y for _, y, _ in test]), list(IMDB_CLASSES),
+               stats)
+
+
+def _url_lists(folder: Path) -> dict[tuple[str, str], list[str]]:
+    lists = {}
+    for split in ("train", "test"):
+        for polarity in ("pos", "neg"):
+            file = folder / split / f"urls_{polarity}.txt"
+            if not file.is_file():
+                raise DataError(f"data.urls_path: {file} does not exist; point data.urls_path "
+                                "at the folder holding train/urls_pos.txt, train/urls_neg.txt, ...")
+            lists[(split, polarity)] = file.read_text(encoding="utf-8").splitlines()
+    return lists
+
+
+def _movies(reviews: list[tuple[str, int, int]], urls: dict) -> np.ndarray:
+    """The IMDb title of each training review: line <id> of its class's URL list."""
+    movies = []
+    for _, label, review_id in reviews:
+        lines = urls.get(("train", IMDB_CLASSES[label]), [])
+        found = _MOVIE.search(lines[review_id]) if review_id < len(lines) else None
+        if not found:
+            raise DataError(f"the URL list train/urls_{IMDB_CLASSES[label]}.txt has no movie "
+                            f"for review {review_id}; check data.urls_path.")
+        movies.append(found.group(1))
+    return np.array(movies)
 
 
 # --- CSV / JSON Lines ------------------------------------------------------------------------
@@ -251,7 +292,18 @@ def _split(texts: list[str], labels: list[int] | np.ndarray) -> Split:
 
 
 def _take(split: Split, index: np.ndarray) -> Split:
-    return Split([split.texts[i] for i in index], split.labels[index])
+    groups = None if split.groups is None else split.groups[index]
+    return Split([split.texts[i] for i in index], split.labels[index], groups)
+
+
+def _by_group(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask selecting whole groups (movies), in random order, until `fraction` of
+    the rows: no group is on both sides."""
+    names, counts = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(names))
+    taken = np.cumsum(counts[order]) <= max(1, round(fraction * len(groups)))
+    taken[0] = True
+    return np.isin(groups, names[order[taken]])
 
 
 def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -281,7 +333,8 @@ def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
     texts = [clean(t) for t in split.texts]
     keep = np.array([bool(t) for t in texts], dtype=bool)
     stats[f"empty_dropped_{name}"] = int((~keep).sum())
-    kept = Split([t for t, k in zip(texts, keep, strict=True) if k], split.labels[keep])
+    groups = None if split.groups is None else split.groups[keep]
+    kept = Split([t for t, k in zip(texts, keep, strict=True) if k], split.labels[keep], groups)
     if not len(kept):
         raise DataError(f"the {name} split is empty after dropping empty reviews.")
     return kept
@@ -300,8 +353,19 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
         test = _drop_empty(raw.test, "test", stats)
     if limit:
         train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
-    is_val = _stratified(train.labels, val_fraction, rng)
+    by_movie = cfg.val_split == "by_movie" or (cfg.val_split == "auto" and train.groups is not None)
+    if by_movie and train.groups is None:
+        raise DataError("data.val_split=by_movie needs each review's movie: data=aclimdb with "
+                        "its URL lists (inside the archive, or data.urls_path=<folder>).")
+    if cfg.val_split == "auto" and cfg.source == "aclimdb" and not by_movie:
+        log.warning("no aclImdb URL lists found (set data.urls_path): validation reviews are "
+                    "drawn at random, so reviews of one movie land on both sides")
+    is_val = (_by_group(train.groups, val_fraction, rng) if by_movie
+              else _stratified(train.labels, val_fraction, rng))
     val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
+    if by_movie:
+        stats.update(val_movies=len(np.unique(val.groups)),
+                     train_movies=len(np.unique(train.groups)))
     for name, part in (("train", train), ("validation", val), ("test", test)):
         if not len(part):
             raise DataError(
@@ -317,7 +381,7 @@ def load(config: DataConfig) -> Dataset:
     if config.source == "imdb":
         raw = load_imdb(config.data_dir, config.manual_dir, config.download)
     elif config.source == "aclimdb":
-        raw = load_aclimdb(config.path)
+        raw = load_aclimdb(config.path, config.urls_path)
     else:
         raw = load_table(config)
     return split(raw, config)

@@ -43,11 +43,38 @@ bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS=
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
 
-server: ## Team tracking server on 127.0.0.1 (SQLite backend, artifacts under outputs/server/)
-	mkdir -p outputs/server
-	$(BIN)/mlflow server --host 127.0.0.1 --port $${PORT:-5000} \
-		--backend-store-uri sqlite:///$(CURDIR)/outputs/server/mlflow.db \
-		--artifacts-destination $(CURDIR)/outputs/server/artifacts
+# make server: its store and artifacts live in SERVER_DIR. HOST=<address> on the command line
+# (only there: a HOST from the environment is ignored) listens beyond 127.0.0.1; ARGS pass
+# through to `mlflow server` (e.g. ARGS="--allowed-hosts mlflow.example.org --workers 2").
+# AUTH=1 runs MLflow's basic-auth app: the admin password, needed on the first start only, comes
+# from MLFLOW_AUTH_ADMIN_PASSWORD or the file named by MLFLOW_AUTH_ADMIN_PASSWORD_FILE and is
+# never written to disk here; users' logins live in SERVER_DIR/basic_auth.db; AUTH_PERMISSION is
+# what a signed-in user may do on experiments nobody granted them (READ or NO_PERMISSIONS).
+SERVER_DIR ?= outputs/server
+SERVER_HOST = $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+AUTH_PERMISSION ?= READ
+AUTH_ENV = MLFLOW_AUTH_CONFIG_PATH=$(abspath $(SERVER_DIR))/basic_auth.ini \
+	MLFLOW_FLASK_SERVER_SECRET_KEY="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$(cat $(SERVER_DIR)/flask_secret_key)}" \
+	MLFLOW_AUTH_ADMIN_PASSWORD="$${MLFLOW_AUTH_ADMIN_PASSWORD:-$$(cat "$${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-/dev/null}")}"
+
+server: ## Team tracking server on 127.0.0.1 (SQLite, artifacts in outputs/server/); AUTH=1: logins
+	mkdir -p $(SERVER_DIR)
+ifeq ($(AUTH),1)
+	@[ -z "$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" ] || [ -r "$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" ] || { \
+		echo "make server AUTH=1: cannot read MLFLOW_AUTH_ADMIN_PASSWORD_FILE=$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" >&2; exit 2; }
+	@[ -n "$$MLFLOW_AUTH_ADMIN_PASSWORD$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" ] || [ -s $(SERVER_DIR)/basic_auth.db ] || { \
+		echo "make server AUTH=1: the first start creates the admin user; set MLFLOW_AUTH_ADMIN_PASSWORD=<password> or MLFLOW_AUTH_ADMIN_PASSWORD_FILE=<file holding it>" >&2; exit 2; }
+	@printf '%s\n' '[mlflow]' 'default_permission = $(AUTH_PERMISSION)' \
+		'database_uri = sqlite:///$(abspath $(SERVER_DIR))/basic_auth.db' 'admin_username = admin' \
+		'authorization_function = mlflow.server.auth:authenticate_request_basic_auth' \
+		> $(SERVER_DIR)/basic_auth.ini
+	@[ -s $(SERVER_DIR)/flask_secret_key ] || (umask 077; $(BIN)/python -c \
+		'import secrets; print(secrets.token_hex(32))' > $(SERVER_DIR)/flask_secret_key)
+endif
+	$(if $(filter 1,$(AUTH)),$(AUTH_ENV)) $(BIN)/mlflow server --host $(SERVER_HOST) --port $${PORT:-5000} \
+		$(if $(filter 1,$(AUTH)),--app-name basic-auth) \
+		--backend-store-uri sqlite:///$(abspath $(SERVER_DIR))/mlflow.db \
+		--artifacts-destination $(abspath $(SERVER_DIR))/artifacts $(ARGS)
 
 browser: ## Install Debian's chromium for the browser test when missing (root or sudo)
 	@command -v chromium >/dev/null || { \

@@ -160,3 +160,74 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- long-running services (tests/test_serving.py, tests/test_team_server.py) ---------------
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--serve-model", default=None, metavar="URI",
+        help="tests/test_serving.py's load test: serve this model (runs:/<id>/model or "
+             "models:/<name>/<version>, from $MLFLOW_TRACKING_URI or the project's store) "
+             "instead of the tiny model it trains")
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """This environment with the venv's bin/ first on PATH (`mlflow` starts `uvicorn` by name)."""
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+class Service:
+    """A server process in its own session (its workers go down with it), its output appended to
+    `log`; `start` returns once `url + ready` answers 200, and a service can be stopped and
+    started again with the same command, port and store."""
+
+    def __init__(self, command: list[str], url: str, log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, ready: str = "/health"):
+        self.command, self.url, self.log, self.ready = command, url, log, ready
+        self.env, self.cwd = env or venv_env(), cwd
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240) -> Service:
+        with self.log.open("a") as sink:
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=sink,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + self.ready, timeout=5) as reply:
+                    if reply.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.command[:4]} did not come up on {self.url}:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:  # the whole group has exited already
+            self.process.wait()
+        self.process = None
+
+
+def tracking_server(folder: Path, port: int | None = None) -> Service:
+    """`mlflow server` on a loopback port, its SQLite store and artifacts in `folder`."""
+    port = port or free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+               "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+               "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"]
+    return Service(command, f"http://127.0.0.1:{port}", folder / "server.log")

@@ -217,13 +217,41 @@ def _resume_args(args: list[str]) -> list[str]:
             "train.resume=true", *extra]
 
 
+def log_model(args: list[str]) -> None:
+    """`textclf log-model <run folder> [tracking.uri=<uri>]`: log a trained run folder to MLflow
+    after its tracking server was unreachable when training ended (see `Run.or_later`)."""
+    from . import pipeline, tracking
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
+                        "%(message)s")
+    uris = [a.removeprefix("tracking.uri=") for a in args[1:] if a.startswith("tracking.uri=")]
+    if not args or "=" in args[0] or len(uris) != len(args) - 1:
+        raise SystemExit("usage: textclf log-model <run folder> [tracking.uri=<uri>]")
+    folder = Path(args[0]).resolve()
+    missing = [name for name in ("config.json", "metrics.json", "model.keras", "classes.json")
+               if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(f"textclf log-model: {folder} holds no trained run (no "
+                         f"{', '.join(missing)}); only a run that finished training can be logged.")
+    try:
+        run_id = tracking.log_run_folder(folder, pipeline.RUN_ID_FILE, uris[-1] if uris else None)
+    except tracking.TrackingError as error:
+        _fail_clearly(error)
+    log.info("logged %s to MLflow run %s (FINISHED)", folder, run_id)
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args and args[0] == "log-model":
+        if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
+            _quiet_cuda_probe()
+        return log_model(args[1:])
     if not args or args[0] not in COMMANDS:
         print(
             f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
             "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
             "  textclf resume [run folder]   continues an interrupted run (default: the newest)\n"
+            "  textclf log-model <run folder>   logs a trained run whose tracking server was away\n"
             "  textclf train --help   lists the config groups and their options"
         )
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)

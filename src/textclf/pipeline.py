@@ -182,21 +182,24 @@ def run(
         classifier = inference.Classifier.from_files(model_path)  # as `make predict` loads it
         metrics |= evaluate.served_scores(classifier.class_probabilities, tokens.texts["test"],
                                           predictions, cfg.evaluate.served_limit, cfg.data.seed)
-        mlrun.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
-
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        tracking.log_model(mlrun, model_path, model_path.with_name(inference.CLASSES_FILE),
-                           cfg.tracking.registered_model)
-        for path in ("config.json", "vocabulary.txt", "metrics.json", "model.keras",
-                     inference.CLASSES_FILE):
-            mlrun.log_artifact(out / path)
-        if cfg.evaluate.plots:
-            plots = evaluate.plot(fitted.history, evaluate.confusion(predictions, len(class_names)),
-                                  class_names, tokens.splits["train"].lengths, out / "plots")
+        plots = (evaluate.plot(fitted.history, evaluate.confusion(predictions, len(class_names)),
+                               class_names, tokens.splits["train"].lengths, out / "plots")
+                 if cfg.evaluate.plots else [])
+        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
+
+        # Everything is saved in `out` first: with the tracking server unreachable from here
+        # on, one message says how to log the folder later (textclf log-model).
+        with mlrun.or_later(out):
+            mlrun.log_metrics(metrics)
+            tracking.log_model(mlrun, model_path, model_path.with_name(inference.CLASSES_FILE),
+                               cfg.tracking.registered_model)
+            for path in ("config.json", "vocabulary.txt", "metrics.json", "model.keras",
+                         inference.CLASSES_FILE):
+                mlrun.log_artifact(out / path)
             for path in plots:
                 mlrun.log_artifact(path, "plots")
-        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
         return metrics
 
 

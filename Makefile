@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+EXTRAS ?= dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep compare evaluate predict bench ui server browser test test-fast lint clean
+.PHONY: help install train resume sweep tune compare evaluate predict bench ui server postgres browser test test-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,17 +17,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python ## Create .venv and install the project with its dev tools (idempotent)
-	$(BIN)/pip install --quiet -e '.[dev]'
+install: $(BIN)/python ## Create .venv with the project and dev tools (idempotent; EXTRAS=dev,ray adds engines)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 
 train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
 	$(BIN)/textclf train $(ARGS)
 
-resume: ## Continue an interrupted run from its last epoch: RUN=outputs/runs/<folder> (default: newest)
-	$(BIN)/textclf resume $(RUN) $(ARGS)
+resume: ## Continue an interrupted run (RUN=<folder>, default: newest) or sweep (SWEEP=outputs/sweeps/<folder>)
+	$(BIN)/textclf resume $(or $(SWEEP),$(RUN)) $(ARGS)
 
 sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
 	$(BIN)/textclf train --multirun $(if $(findstring experiment=,$(ARGS)),,experiment=compare_padding) $(ARGS)
+
+tune: ## Hyper-parameter search with Optuna (conf/hparams_search/), a child MLflow run per trial
+	@$(BIN)/python -c 'import hydra_plugins.hydra_optuna_sweeper' 2>/dev/null || { \
+		echo "make tune: Hydra's Optuna sweeper is not installed; run: $(BIN)/pip install -e '.[optuna]'" >&2; exit 2; }
+	$(BIN)/textclf train --multirun $(if $(findstring hparams_search=,$(ARGS)),,hparams_search=imdb_optuna) $(ARGS)
 
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
@@ -50,15 +56,23 @@ ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 # from MLFLOW_AUTH_ADMIN_PASSWORD or the file named by MLFLOW_AUTH_ADMIN_PASSWORD_FILE and is
 # never written to disk here; users' logins live in SERVER_DIR/basic_auth.db; AUTH_PERMISSION is
 # what a signed-in user may do on experiments nobody granted them (READ or NO_PERMISSIONS).
+# DB=postgresql://<user>@<host>:<port>/<database> on the command line puts the store on
+# PostgreSQL (driver: pip install -e '.[postgres]'); pass the password in PGPASSWORD or
+# ~/.pgpass, not in the URI, which `ps` shows. ARTIFACTS=<folder or s3://...> moves the
+# artifacts out of SERVER_DIR.
 SERVER_DIR ?= outputs/server
+SERVER_STORE = $(if $(filter command line,$(origin DB)),$(DB),sqlite:///$(abspath $(SERVER_DIR))/mlflow.db)
+ARTIFACTS ?= $(abspath $(SERVER_DIR))/artifacts
 SERVER_HOST = $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 AUTH_PERMISSION ?= READ
 AUTH_ENV = MLFLOW_AUTH_CONFIG_PATH=$(abspath $(SERVER_DIR))/basic_auth.ini \
 	MLFLOW_FLASK_SERVER_SECRET_KEY="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$(cat $(SERVER_DIR)/flask_secret_key)}" \
 	MLFLOW_AUTH_ADMIN_PASSWORD="$${MLFLOW_AUTH_ADMIN_PASSWORD:-$$(cat "$${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-/dev/null}")}"
 
-server: ## Team tracking server on 127.0.0.1 (SQLite, artifacts in outputs/server/); AUTH=1: logins
+server: ## Team tracking server on 127.0.0.1 (SQLite or DB=postgresql://..., artifacts in outputs/server/); AUTH=1: logins
 	mkdir -p $(SERVER_DIR)
+	@case "$(SERVER_STORE)" in postgresql://*|postgresql+psycopg://*) $(BIN)/python -c 'import psycopg' 2>/dev/null || { \
+		echo "make server DB=...: the PostgreSQL driver is not installed; run: $(BIN)/pip install -e '.[postgres]'" >&2; exit 2; };; esac
 ifeq ($(AUTH),1)
 	@[ -z "$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" ] || [ -r "$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" ] || { \
 		echo "make server AUTH=1: cannot read MLFLOW_AUTH_ADMIN_PASSWORD_FILE=$$MLFLOW_AUTH_ADMIN_PASSWORD_FILE" >&2; exit 2; }
@@ -73,8 +87,12 @@ ifeq ($(AUTH),1)
 endif
 	$(if $(filter 1,$(AUTH)),$(AUTH_ENV)) $(BIN)/mlflow server --host $(SERVER_HOST) --port $${PORT:-5000} \
 		$(if $(filter 1,$(AUTH)),--app-name basic-auth) \
-		--backend-store-uri sqlite:///$(abspath $(SERVER_DIR))/mlflow.db \
-		--artifacts-destination $(abspath $(SERVER_DIR))/artifacts $(ARGS)
+		--backend-store-uri '$(SERVER_STORE)' --artifacts-destination '$(ARTIFACTS)' $(ARGS)
+
+postgres: ## Install Debian's PostgreSQL server for the PostgreSQL test when missing (root or sudo)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
 browser: ## Install Debian's chromium for the browser test when missing (root or sudo)
 	@command -v chromium >/dev/null || { \

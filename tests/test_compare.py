@@ -1,52 +1,206 @@
-"""`make compare` reads one row per variant back from MLflow and writes the table and figures."""
+"""`make compare` groups runs into variants over seeds and says which differences are real."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from textclf import compare, tracking
+from textclf.config import CompareConfig, ConfigError, flatten
 
-VARIANTS = [("fixed", "post", "mask_zero", 0.85, 300.0, 0.45),
-            ("bucket", "post", "mask_zero", 0.87, 900.0, 0.97),
-            ("bucket", "post", "mask_zero", 0.89, 1100.0, 0.97),
-            ("per_batch", "pre", "none", 0.70, 250.0, 0.27)]
+from .conftest import compose_config
+
+T_975_DF2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom (3 runs)
+CSV_COLUMNS = [
+    "variant", "n",
+    "test_accuracy_mean", "test_accuracy_sd", "test_accuracy_ci95",
+    "test_f1_mean", "test_f1_sd", "test_f1_ci95",
+    "served_accuracy_mean", "served_accuracy_sd", "served_accuracy_ci95",
+    "served_max_abs_diff_mean", "served_max_abs_diff_sd", "served_max_abs_diff_ci95",
+    "train_reviews_per_s_mean", "train_reviews_per_s_sd", "train_reviews_per_s_ci95",
+    "padding_efficiency_mean", "padding_efficiency_sd", "padding_efficiency_ci95",
+    "p_vs_best", "test", "vs_best", "note",
+]
+# (batching, masking) → test accuracy per seed 0, 1, 2, reviews/s, padding efficiency
+SWEEP = {("bucket", "mask_zero"): ([0.87, 0.88, 0.89], 900.0, 0.97),
+         ("per_batch", "none"): ([0.70, 0.72, 0.71], 250.0, 0.27)}
 
 
-def fill(uri: str, experiment: str = "compare_padding") -> str:
-    """A finished sweep (parent + children), plus a failed child that must not count."""
-    parent = tracking.create_run(uri, experiment, "sweep x", {"sweep_dir": "/tmp/x"})
-    for batching, side, masking, acc, speed, eff in VARIANTS:
-        with tracking.start_run(uri, experiment, tags={"batching": batching, "padding_side": side,
-                                                       "masking": masking},
-                                parent_run_id=parent) as run:
-            run.log_metrics({"test_accuracy": acc, "test_f1": acc, "train_reviews_per_s": speed,
-                             "padding_efficiency": eff, "test_accuracy_len_1-128": acc,
-                             "test_accuracy_len_129-inf": acc - 0.1})
+def metrics(acc: float, speed: float, eff: float) -> dict[str, float]:
+    return {"test_accuracy": acc, "test_f1": acc - 0.01, "served_accuracy": acc,
+            "served_max_abs_diff": 1e-7 if eff > 0.5 else 0.2, "train_reviews_per_s": speed,
+            "padding_efficiency": eff, "test_accuracy_len_1-128": acc,
+            "test_accuracy_len_129-inf": acc - 0.1}
+
+
+def log_sweep(uri: str, tmp_path, seeds=(0, 1, 2), experiment="compare_padding") -> str:
+    """A finished 3-seed × 2-variant sweep logged as `make sweep` logs it (the real config's
+    params, the group choices as tags), plus a failed job that must not be averaged."""
+    parent = tracking.create_run(uri, experiment, "sweep x", {"sweep_dir": str(tmp_path)})
+    for (batching, masking), (accs, speed, eff) in SWEEP.items():
+        for seed, acc in zip(seeds, accs, strict=False):
+            cfg = compose_config([f"batching={batching}", f"model.masking={masking}",
+                                  f"train.seed={seed}", f"output_dir={tmp_path / str(acc)}"],
+                                 tmp_path)
+            tags = {"choice.batching": batching, "choice.model": "lstm",
+                    "batching": batching, "padding_side": "post", "masking": masking}
+            with tracking.start_run(uri, experiment, tags=tags, parent_run_id=parent) as run:
+                run.log_params(flatten(cfg))
+                run.log_metrics(metrics(acc, speed, eff))
     with pytest.raises(RuntimeError):
-        with tracking.start_run(uri, experiment, tags={"batching": "exact", "padding_side": "post",
-                                                       "masking": "none"}, parent_run_id=parent):
+        with tracking.start_run(uri, experiment, parent_run_id=parent,
+                                tags={"choice.batching": "bucket"}) as run:
+            cfg = compose_config(["model.masking=mask_zero", "train.seed=3"], tmp_path)
+            run.log_params(flatten(cfg))
             raise RuntimeError("diverged")
     tracking.finish(uri, parent)
     return parent
 
 
-def test_one_row_per_variant_from_the_latest_sweep(tmp_path, capsys):
+def test_three_seeds_two_variants_give_intervals_and_a_paired_test(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = fill(uri)
-    summary = compare.main(uri, "compare_padding", "latest", tmp_path / "out")
-    assert len(summary) == 3  # two bucket runs averaged; the failed run left out
-    best = summary.iloc[0]
-    assert (best.batching, best.runs, best.test_accuracy) == ("bucket", 2, pytest.approx(0.88))
+    parent = log_sweep(uri, tmp_path)
+    out = tmp_path / "out"
+    summary = compare.main(uri, "compare_padding", "latest", out)
+
+    # The variant keys are read from the runs: the batching choice and the masking, not the
+    # seed, the output folder, or the batching.* values the choice sets.
+    assert summary.attrs["keys"] == ["batching", "masking"]
+    csv = pd.read_csv(out / "comparison.csv")
+    assert list(csv.columns) == CSV_COLUMNS
+    assert list(csv["variant"]) == ["bucket/mask_zero", "per_batch/none"]
+    assert list(csv["n"]) == [3, 3]
+    best = csv.iloc[0]
+    assert best["test_accuracy_mean"] == pytest.approx(0.88)
+    assert best["test_accuracy_sd"] == pytest.approx(0.01)
+    assert best["test_accuracy_ci95"] == pytest.approx(T_975_DF2 * 0.01 / math.sqrt(3))
+    assert best["train_reviews_per_s_sd"] == pytest.approx(0.0)
+    assert best["vs_best"] == "best"
+    other = csv.iloc[1]
+    assert (other["vs_best"], other["test"]) == ("significant", "paired t-test")
+    assert other["p_vs_best"] < 0.05
+    assert "1 run(s) not finished" in best["note"]  # the failed job: counted, not averaged
+
     printed = capsys.readouterr().out
-    assert "| bucket | post | mask_zero | 0.880 |" in printed and "exact" not in printed
-    for name in ("comparison.md", "comparison.csv", "comparison.png", "accuracy_by_length.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "Best by mean test accuracy: **bucket/mask_zero**" in printed
+    assert "| bucket | mask_zero | 3 | 0.880 ± 0.025 |" in printed
+    assert "paired t-test" in printed and "α = 0.05" in printed
+    for name in ("comparison.md", "comparison.csv", "comparison.png",
+                 "accuracy_vs_throughput.png", "accuracy_by_length.png"):
+        assert (out / name).stat().st_size > 0
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "comparison")}
-    assert "comparison/comparison.png" in logged
+    assert "comparison/comparison.csv" in logged
+
+
+def runs_frame(variants: dict[str, dict[int, float]]) -> pd.DataFrame:
+    """Finished runs as `tracking.search` returns them: one swept param and the seed."""
+    rows = [{"status": "FINISHED", "params.model.masking": name, "params.train.seed": str(seed),
+             "params.output_dir": f"/runs/{name}/{seed}", "metrics.test_accuracy": acc}
+            for name, accs in variants.items() for seed, acc in accs.items()]
+    return pd.DataFrame(rows)
+
+
+def by_variant(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary.set_index("variant")
+
+
+def test_a_difference_far_beyond_the_spread_is_significant_and_noise_is_not():
+    rng = np.random.default_rng(7)
+    seeds = range(5)
+    good = dict(zip(seeds, rng.normal(0.88, 0.01, 5), strict=True))
+    alike = dict(zip(seeds, rng.normal(0.88, 0.01, 5), strict=True))
+    worse = dict(zip(seeds, rng.normal(0.70, 0.01, 5), strict=True))
+    summary = by_variant(compare.summarize(
+        runs_frame({"good": good, "alike": alike, "worse": worse})))
+    best = summary.index[summary["vs_best"] == "best"][0]
+    assert best in ("good", "alike")
+    assert summary.loc["worse", "vs_best"] == "significant"
+    assert summary.loc["worse", "p_vs_best"] < 1e-4
+    assert summary.loc[({"good", "alike"} - {best}).pop(), "vs_best"] == "not significant"
+    assert set(summary["test"]) - {""} == {"paired t-test"}
+
+
+def test_pairing_by_seed_finds_a_small_consistent_difference_that_welch_cannot():
+    """Seeds that move both variants alike hide a small gap from Welch's test, not from a
+    paired one; with different seed sets only Welch's applies."""
+    base = {0: 0.85, 1: 0.88, 2: 0.91}
+    better = {seed: acc + gap for (seed, acc), gap in zip(base.items(), (0.002, 0.0025, 0.0015),
+                                                          strict=True)}
+    paired = by_variant(compare.summarize(runs_frame({"better": better, "base": base})))
+    assert paired.loc["base", ["test", "vs_best"]].tolist() == ["paired t-test", "significant"]
+
+    shifted = {seed + 10: acc for seed, acc in base.items()}
+    welch = by_variant(compare.summarize(runs_frame({"better": better, "base": shifted})))
+    assert welch.loc["base", ["test", "vs_best"]].tolist() == ["Welch's t-test",
+                                                               "not significant"]
+
+
+def test_one_run_per_variant_still_compares_and_says_there_is_no_interval(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_sweep(uri, tmp_path, seeds=(0,))
+    summary = compare.main(uri, "compare_padding", "latest", tmp_path / "out")
+    csv = pd.read_csv(tmp_path / "out" / "comparison.csv", keep_default_na=False)
+    assert list(csv["n"]) == [1, 1]
+    assert (csv["test_accuracy_sd"] == "").all() and (csv["test_accuracy_ci95"] == "").all()
+    assert (summary["note"].str.contains(compare.SINGLE)).all()
+    assert list(summary["vs_best"]) == ["best", "untested"]
+    printed = capsys.readouterr().out
+    assert "| bucket | mask_zero | 1 | 0.870 |" in printed and compare.SINGLE in printed
+
+
+def test_a_variant_with_fewer_runs_is_flagged():
+    summary = by_variant(compare.summarize(runs_frame(
+        {"full": {0: 0.88, 1: 0.87, 2: 0.89}, "short": {0: 0.86, 1: 0.85}})))
+    assert summary.loc["short", "n"] == 2
+    assert "fewer runs than the others (2 of 3)" in summary.loc["short", "note"]
+    assert summary.loc["full", "note"] == ""
+    assert summary.loc["short", "test"] == "Welch's t-test"  # seed sets differ
+
+
+def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})
+    for batching, acc in [("fixed", 0.85), ("bucket", 0.87), ("bucket", 0.89)]:
+        with tracking.start_run(uri, "compare_padding", parent_run_id=parent,
+                                tags={"batching": batching, "padding_side": "post",
+                                      "masking": "mask_zero"}) as run:
+            run.log_metrics({"test_accuracy": acc})
+    tracking.finish(uri, parent)
+    summary = by_variant(compare.main(uri, "compare_padding", "latest", tmp_path / "out"))
+    assert summary.loc["bucket/post/mask_zero", "n"] == 2
+    assert summary.loc["bucket/post/mask_zero", "test_accuracy_mean"] == pytest.approx(0.88)
+    assert summary.loc["fixed/post/mask_zero", "vs_best"] == "untested"
+
+
+def test_32_variants_are_drawn_as_facets_colours_and_markers(tmp_path):
+    rows = [{"status": "FINISHED", "tags.choice.batching": batching,
+             "params.batching.padding_side": side, "params.model.masking": masking,
+             "params.train.seed": str(seed), "metrics.test_accuracy": 0.8 + 0.01 * seed,
+             "metrics.train_reviews_per_s": 100.0 + seed, "metrics.padding_efficiency": 0.5,
+             "metrics.test_accuracy_len_1-128": 0.8}
+            for batching in ("fixed", "per_batch", "bucket", "exact") for side in ("post", "pre")
+            for masking in ("mask_zero", "masking_layer", "explicit", "none")
+            for seed in (0, 1)]
+    runs = pd.DataFrame(rows)
+    summary = compare.summarize(runs)
+    assert len(summary) == 32 and set(summary["n"]) == {2}
+    facet, colour, marker, _ = compare._styles(summary.copy())
+    assert facet == "padding_side" and {colour, marker} == {"batching", "masking"}
+    paths = compare.figures(summary, runs, tmp_path)
+    assert [p.name for p in paths] == ["comparison.png", "accuracy_vs_throughput.png",
+                                      "accuracy_by_length.png"]
 
 
 def test_nothing_to_compare_is_a_clear_error(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(compare.CompareError, match="no runs"):
         compare.main(uri, "compare_padding", "latest", tmp_path / "out")
+
+
+def test_an_impossible_significance_level_names_its_key():
+    with pytest.raises(ConfigError, match="alpha"):
+        CompareConfig(out_dir="x", alpha=1.5)

@@ -15,7 +15,7 @@ from textclf.cli import CONF_DIR
 
 SRC = Path(config.__file__).parent
 MODULES = {p.stem: ast.parse(p.read_text()) for p in SRC.glob("*.py") if p.stem != "__init__"}
-ENTRY_POINTS = {"cli", "sweep"}  # what Hydra calls: the app and its sweep callback
+ENTRY_POINTS = {"cli", "sweep", "tune"}  # what Hydra calls: the app and its callbacks
 GROUP_SCHEMA = {"data": config.DataConfig, "tokenize": config.TokenizeConfig,
                 "batching": config.BatchingConfig, "model": config.ModelConfig,
                 "train": config.TrainConfig, "evaluate": config.EvaluateConfig,

@@ -26,6 +26,7 @@ from . import batching, data, inference, pipeline, tracking, train
 from .config import BatchingConfig, Config, ModelConfig
 
 log = logging.getLogger(__name__)
+LSTMS = {"keras", "hoisted", "fused"}  # model.lstm options, timed side by side
 
 
 def machine() -> dict[str, str | int]:
@@ -80,8 +81,14 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     specs = dict(strategies)
     if cfg.batching not in specs.values():
         specs["default"] = cfg.batching
+    default = next(name for name, spec in specs.items() if spec == cfg.batching)
     setups = {name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
               for name, spec in specs.items()}
+    # the other LSTM paths, on the default batching
+    for lstm in sorted(LSTMS.difference([cfg.model.lstm])):
+        other = replace(cfg, model=replace(cfg.model, lstm=lstm))
+        setups[f"{default}/lstm-{lstm}"] = _setup(other, cfg.batching, tokens,
+                                                   len(dataset.class_names), steps + 1)
     results = {name: setup["result"] for name, setup in setups.items()}
     _time_training(setups, repeats)
     _summarise(results)
@@ -89,7 +96,6 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
                            4 * cfg.model.units, 20 if b.quick else 200)
     _utilisation(results, cfg.model, matmul)
 
-    default = next(name for name, spec in specs.items() if spec == cfg.batching)
     net = setups[default]["net"]
     step_cost = _step_cost(net, tokens.vocab_size, [(64, 256), (128, 256), (256, 256), (64, 64)],
                            2 if b.quick else 5)
@@ -102,6 +108,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
                    "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
                    "max_length": cfg.tokenize.max_length, "default": default,
+                   "lstm": cfg.model.lstm,
                    "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
         "tokenize": {"vectorize_seconds": vectorize_seconds,
                      "encode_reviews_per_s": reviews / vectorize_seconds},
@@ -263,6 +270,12 @@ def markdown(report: dict) -> str:
               f"machine's {report['matmul_gflops']:.1f} GFLOP/s on one step's gate matmul "
               f"[{c['batch_size']} × {c['embedding_dim'] + c['units']}] · "
               f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run."]
+    strategies, default = report["strategies"], c["default"]
+    base = strategies[default]["reviews_per_s"]
+    paths = [f"{name.split('/lstm-')[1]} {r['reviews_per_s'] / base:.2f}×"
+             for name, r in strategies.items() if name.startswith(f"{default}/lstm-")]
+    lines += ["", f"LSTM paths on `{default}` batching, reviews/s relative to the configured "
+              f"`model.lstm={c.get('lstm', 'keras')}`: {', '.join(paths)}."]
     inf = report["inference"]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]

@@ -114,11 +114,18 @@ def train(cfg: DictConfig) -> float:
         tags["git_commit"] = tracking.git_commit(ROOT)
         params = {k: v for k, v in flatten(cfg).items()
                   if k != "bench" and k != "train.resume"}  # how, not what, is trained
+        if config.train.resume and sweep.parent_run_id():  # a resumed sweep (_resume_args)
+            if (done := sweep.finished_before(config)) is not None:
+                log.info("job already FINISHED in %s; skipped", config.output_dir)
+                return done[f"best_{config.optimized_metric}"]
+            config = sweep.resumable(config)
         metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     except Exception as error:
         if hydra_cfg.mode.name == "MULTIRUN":
             # Already recorded as this job's FAILED run; the sweep goes on and reports it.
             log.exception("job failed: %s: %s", type(error).__name__, error)
+            if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+                raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
             return float("nan")
         if isinstance(error, _user_errors()):
             _fail_clearly(error)
@@ -130,7 +137,9 @@ def compare(cfg: DictConfig) -> None:
     from . import compare as report
 
     try:
-        report.main(cfg.tracking.uri, cfg.tracking.experiment, cfg.sweep, Path(cfg.out_dir))
+        config = OmegaConf.to_object(cfg)  # validates alpha
+        report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
+                    Path(config.out_dir), config.alpha)
     except _user_errors() as error:
         _fail_clearly(error)
 
@@ -204,10 +213,28 @@ def _latest_interrupted() -> Path:
     return max(found, key=lambda p: p.stat().st_mtime).parent
 
 
+def _resume_sweep_args(folder: Path, extra: list[str]) -> list[str]:
+    """A sweep folder → the sweep again in that folder with resume on: its parent MLflow run
+    reopened, FINISHED jobs skipped, the others resumed or started (see sweep.py)."""
+    from .sweep import PARENT_FILE
+
+    if not (folder / PARENT_FILE).is_file():
+        raise SystemExit(f"textclf resume: {folder} holds no {PARENT_FILE}: its sweep never "
+                         "opened an MLflow parent run; start the sweep again instead.")
+    saved = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
+    keep = [o for o in saved.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    task = [o for o in saved.task if not o.startswith("train.resume=")]
+    return ["--multirun", *keep, *task, f"hydra.sweep.dir={folder}", "train.resume=true",
+            *extra]
+
+
 def _resume_args(args: list[str]) -> list[str]:
-    """`[folder] [overrides]` → the folder's own overrides, in that folder, with resume on."""
+    """`[folder] [overrides]` → the folder's own overrides, in that folder, with resume on
+    (for a sweep folder, holding multirun.yaml: its unfinished jobs)."""
     folder = (Path(args[0]) if args and "=" not in args[0] else _latest_interrupted()).resolve()
     extra = args[1:] if args and "=" not in args[0] else args
+    if (folder / "multirun.yaml").is_file():
+        return _resume_sweep_args(folder, extra)
     saved = folder / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise SystemExit(f"textclf resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
@@ -251,6 +278,7 @@ def main() -> None:
             f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
             "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
             "  textclf resume [run folder]   continues an interrupted run (default: the newest)\n"
+            "  textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish\n"
             "  textclf log-model <run folder>   logs a trained run whose tracking server was away\n"
             "  textclf train --help   lists the config groups and their options"
         )

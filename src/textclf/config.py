@@ -145,7 +145,8 @@ class ModelConfig:
     masking: str = "mask_zero"  # mask_zero | masking_layer | explicit | none
     pooling: str = "mean"  # mean: masked average of the LSTM outputs | last: final state
     # keras: keras.layers.LSTM as is; hoisted: the input projection of all time steps in one
-    # matmul before the recurrent loop (CPU; GPUs keep cuDNN)
+    # matmul before Keras' loop; fused: TensorFlow's fused LSTM kernel on CPU (src/textclf/
+    # lstm.py, docs/bench.md). GPUs take cuDNN with any of them.
     lstm: str = "keras"
 
     def __post_init__(self) -> None:
@@ -156,7 +157,7 @@ class ModelConfig:
         _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
         _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _one_of(self.masking, "model.masking", MASKING)
-        _one_of(self.lstm, "model.lstm", ("keras", "hoisted"))
+        _one_of(self.lstm, "model.lstm", ("keras", "hoisted", "fused"))
 
 
 @dataclass
@@ -259,6 +260,10 @@ class CompareConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: str = "latest"  # latest | all | <parent run id of a sweep>
     out_dir: str = MISSING
+    alpha: float = 0.05  # significance level of the tests against the best variant
+
+    def __post_init__(self) -> None:
+        _check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 from keras import layers, ops
 
 from .config import ModelConfig
+from .lstm import FusedLSTM, HoistedLSTM
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -67,8 +68,9 @@ def build(
         mask = LengthMask(padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
     use_cudnn = False if padding_side == "pre" and cfg.masking != "none" else "auto"
-    rnn = layers.LSTM(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling == "mean",
-                      use_cudnn=use_cudnn, name="lstm")
+    lstm_class = {"keras": layers.LSTM, "hoisted": HoistedLSTM, "fused": FusedLSTM}[cfg.lstm]
+    rnn = lstm_class(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling == "mean",
+                     use_cudnn=use_cudnn, name="lstm")
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)

@@ -3,11 +3,17 @@
 The parent process creates the store, the experiment and the parent run before any job
 starts (parallel jobs racing to create a fresh SQLite store fail in its migrations), and
 writes the parent's id into the sweep folder, where every job, local or on a cluster, reads it.
+
+A sweep resumed with `train.resume` (`textclf resume <sweep folder>`) reopens that parent run:
+jobs whose run FINISHED are skipped, started ones continue from their checkpoints in their own
+runs, and jobs that never started run afresh.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,9 +21,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
+from .config import Config
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
@@ -32,12 +39,40 @@ def parent_run_id() -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def finished_before(config: Config) -> dict[str, float] | None:
+    """In a resumed sweep: this job's metrics when its run under the parent FINISHED before."""
+    parent = parent_run_id()
+    metrics = Path(config.output_dir) / "metrics.json"
+    if parent is None or not metrics.exists():
+        return None
+    done = any(run.info.status == "FINISHED"
+               and run.data.tags.get("output_dir") == config.output_dir
+               for run in tracking.children(config.tracking.uri, parent))
+    return json.loads(metrics.read_text()) if done else None
+
+
+def resumable(config: Config) -> Config:
+    """In a resumed sweep: `config` as is when this job started before (its folder holds its
+    config), else with `train.resume` off, as the job never ran."""
+    if (Path(config.output_dir) / "config.json").exists():
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, resume=False))
+
+
 class MlflowSweep(Callback):
     _open: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        saved = sweep_dir / PARENT_FILE
+        if OmegaConf.select(config, "train.resume", default=False) and saved.exists():
+            run_id = saved.read_text().strip()
+            tracking.finish(config.tracking.uri, run_id, "RUNNING", {"resumed": "true"})
+            log.info("resuming sweep %s under its MLflow parent run %s", sweep_dir, run_id)
+            self._open = run_id
+            atexit.register(self._kill_if_open, config.tracking.uri)
+            return
         overrides = " ".join(config.hydra.overrides.task)
         run_id = tracking.create_run(
             config.tracking.uri,

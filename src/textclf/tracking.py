@@ -312,6 +312,13 @@ def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None =
         run.log_artifact(path, folder)
 
 
+def log_results(uri: str, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Params and metrics on an existing run (a search's parent: its best trial)."""
+    run = Run(MlflowClient(tracking_uri=uri), run_id)
+    run.log_params(params)
+    run.log_metrics(metrics)
+
+
 def children(uri: str, parent_run_id: str) -> list:
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_run_id)

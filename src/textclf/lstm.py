@@ -1,0 +1,152 @@
+"""An LSTM whose input projection runs once for all time steps, before the recurrent loop.
+
+On CPU, `keras.layers.LSTM` runs a loop that multiplies each step's input by the input kernel
+inside the recurrence, although that product does not depend on it: for the default model
+(128-d embeddings, 64 units) it is two thirds of the loop's multiply-adds, done as T small
+matmuls. `HoistedLSTM` does it as one [batch·time, dim] × [dim, 4·units] matmul first, as cuDNN
+does, so each step multiplies only the hidden state. Same weights, same masking and dropout
+semantics, same config: a `model.keras` saved with one loads into the other's architecture.
+On a GPU (and when cuDNN applies) it takes Keras' cuDNN path unchanged.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# The loop Keras' own LSTM runs (mask handling, go_backwards, zero_output_for_mask): reusing it
+# keeps the semantics identical; tests/test_lstm.py compares both layers' outputs.
+from keras.src.backend import rnn as backend_rnn
+
+
+def _gpu_available() -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class HoistedLSTM(keras.layers.LSTM):
+    """`keras.layers.LSTM` with the input projection hoisted out of the time loop (CPU)."""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        if cell.recurrent_dropout or (self.use_cudnn is not False and _gpu_available()):
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+        if isinstance(mask, list | tuple):
+            mask = mask[0]
+        if training and cell.dropout:  # one mask per sequence, as Keras' LSTM applies it
+            sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        # a 2-D matmul: a batched [batch, time, dim] one would compute the kernel's gradient
+        # per row and sum them, slower than the loop it replaces
+        batch, steps = ops.shape(sequences)[0], ops.shape(sequences)[1]
+        projected = ops.matmul(ops.reshape(sequences, (-1, ops.shape(sequences)[2])), cell.kernel)
+        projected = ops.reshape(projected, (batch, steps, ops.shape(projected)[-1]))
+        if cell.use_bias:
+            projected = projected + cell.bias
+        recurrent_kernel = cell.recurrent_kernel
+
+        def step(gates_input, states):
+            hidden, carry = states
+            gates = gates_input + ops.matmul(hidden, recurrent_kernel)
+            i, f, g, o = ops.split(gates, 4, axis=-1)
+            carry = cell.recurrent_activation(f) * carry + cell.recurrent_activation(
+                i
+            ) * cell.activation(g)
+            hidden = cell.recurrent_activation(o) * cell.activation(carry)
+            return hidden, [hidden, carry]
+
+        return backend_rnn(
+            step,
+            projected,
+            list(initial_state),
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class FusedLSTM(keras.layers.LSTM):
+    """`keras.layers.LSTM` run by TensorFlow's fused CPU kernel (`BlockLSTM`, the op behind
+    the old `LSTMBlockFusedCell`): the whole sequence, forward and backward, in one op each
+    instead of a graph loop of small ops per time step.
+
+    The kernel takes no per-row mask, only a step count, so each row's unmasked steps are
+    gathered to its front, run, and the outputs put back where Keras' LSTM puts them (zeros
+    before the first unmasked step, the last output repeated after the last one, states
+    frozen over masked steps). That needs a mask without holes, which padding on either side
+    gives; any other mask is an error. GPUs, recurrent dropout and non-default activations
+    take Keras' own path.
+    """
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        default_activations = (
+            cell.activation is keras.activations.tanh
+            and cell.recurrent_activation is keras.activations.sigmoid
+        )
+        if (
+            keras.backend.backend() != "tensorflow"
+            or cell.recurrent_dropout
+            or not default_activations
+            or (self.use_cudnn is not False and _gpu_available())
+        ):
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+        if isinstance(mask, list | tuple):
+            mask = mask[0]
+        if training and cell.dropout:  # one mask per sequence, as Keras' LSTM applies it
+            sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        return _fused_loop(
+            sequences, mask, initial_state, cell, self.go_backwards, self.zero_output_for_mask
+        )
+
+
+def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_output: bool):
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(sequences)
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    mask = tf.ones([batch, steps], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    if go_backwards:  # Keras reads the steps in reverse and returns outputs in that order
+        x, mask = tf.reverse(x, [1]), tf.reverse(mask, [1])
+    time = tf.range(steps)[tf.newaxis, :]
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)[:, tf.newaxis]
+    inside = (time >= first) & (time < first + lengths[:, tf.newaxis])
+    check = tf.debugging.assert_equal(
+        mask, inside, message="model.lstm=fused needs each row's mask to be one unbroken run of "
+        "steps (padding on one side); use model.lstm=keras for other masks")
+    with tf.control_dependencies([check]):
+        aligned = tf.gather(x, tf.minimum(first + time, steps - 1), batch_dims=1)
+    h0, c0 = (tf.cast(state, x.dtype) for state in initial_state)
+    # BlockLSTM (v1) orders the gates i, c, f, o; Keras i, f, c, o. Not BlockLSTMV2 (Keras'
+    # order): TensorFlow registers v1's gradient for it, which gives wrong gradients.
+    kernel = tf.concat([cell.kernel, cell.recurrent_kernel], axis=0)
+    bias = cell.bias if cell.use_bias else tf.zeros([4 * cell.units], x.dtype)
+    i, f, c, o = tf.split(kernel, 4, axis=1)
+    bias_i, bias_f, bias_c, bias_o = tf.split(bias, 4)
+    peephole = tf.zeros([cell.units], x.dtype)
+    _, carries, _, _, _, _, hidden = tf.raw_ops.BlockLSTM(
+        seq_len_max=tf.cast(tf.reduce_max(lengths), tf.int64),
+        x=tf.transpose(aligned, [1, 0, 2]), cs_prev=c0, h_prev=h0,
+        w=tf.concat([i, c, f, o], axis=1), b=tf.concat([bias_i, bias_c, bias_f, bias_o], 0),
+        wci=peephole, wcf=peephole, wco=peephole, forget_bias=0.0, cell_clip=-1.0,
+        use_peephole=False)
+    hidden = tf.transpose(hidden, [1, 0, 2])
+    carries = tf.transpose(carries, [1, 0, 2])
+    # back to Keras' places: step t shows the output of aligned step t - first, clipped to the
+    # last unmasked one; zeros before the first (the initial output) and, if asked, after
+    last = tf.maximum(lengths - 1, 0)[:, tf.newaxis]
+    outputs = tf.gather(hidden, tf.clip_by_value(time - first, 0, last), batch_dims=1)
+    any_step = (lengths > 0)[:, tf.newaxis]
+    shown = inside if zero_output else (time >= first) & any_step
+    outputs = tf.where(shown[:, :, tf.newaxis], outputs, tf.zeros_like(outputs))
+    h_last = tf.where(any_step, tf.gather(hidden, last, batch_dims=1)[:, 0], h0)
+    c_last = tf.where(any_step, tf.gather(carries, last, batch_dims=1)[:, 0], c0)
+    return outputs[:, -1], outputs, [h_last, c_last]

@@ -1,0 +1,134 @@
+"""HoistedLSTM and FusedLSTM compute what keras.layers.LSTM computes, from the same weights."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from textclf import model
+from textclf.lstm import FusedLSTM, HoistedLSTM
+
+from .conftest import small_model
+
+VOCAB = 40
+IMPLEMENTATIONS = {"hoisted": HoistedLSTM, "fused": FusedLSTM}
+
+
+def ragged_batch(side: str, seed: int = 0) -> np.ndarray:
+    """Rows of 1 to 9 tokens padded to 12 on `side`, so every row has padding but one."""
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((6, 12), dtype=np.int32)
+    for row, length in zip(rows, [1, 3, 5, 9, 12, 7], strict=True):
+        ids = rng.integers(1, VOCAB, length)
+        if side == "pre":
+            row[12 - length:] = ids
+        else:
+            row[:length] = ids
+    return rows
+
+
+def pair(lstm: str, masking: str, side: str, **kw) -> tuple[keras.Model, keras.Model]:
+    """The same architecture with Keras' LSTM and with `lstm`, sharing every weight."""
+    nets = []
+    for name in ("keras", lstm):
+        keras.utils.set_random_seed(1)
+        cfg = small_model(embedding_dim=8, units=5, masking=masking, lstm=name, **kw)
+        nets.append(model.build(VOCAB, 2, cfg, side))
+    nets[1].set_weights(nets[0].get_weights())
+    return nets[0], nets[1]
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+@pytest.mark.parametrize("side", ["post", "pre"])
+@pytest.mark.parametrize(
+    "masking, pooling",
+    [("mask_zero", "mean"), ("explicit", "last"), ("masking_layer", "mean"), ("none", "last")],
+)
+def test_same_outputs_as_keras_lstm(lstm, masking, side, pooling):
+    reference, other = pair(lstm, masking, side, pooling=pooling, bidirectional=True)
+    assert all(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(other))
+    assert not any(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(reference))
+    x = ragged_batch(side)
+    np.testing.assert_allclose(
+        other.predict_on_batch(x), reference.predict_on_batch(x), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("side", ["post", "pre"])
+def test_layer_outputs_and_states_match(lstm, return_sequences, go_backwards, side):
+    """The layer alone, masked steps included: outputs, final states, an all-padding row, and
+    inputs large enough that an unclipped cell state is needed."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 3, (5, 7, 6)).astype("float32")
+    lengths = np.array([7, 4, 1, 0, 3])
+    steps = np.arange(7)[None, :]
+    mask = steps >= 7 - lengths[:, None] if side == "pre" else steps < lengths[:, None]
+    kw = dict(return_sequences=return_sequences, return_state=True, go_backwards=go_backwards)
+    reference = keras.layers.LSTM(4, **kw)
+    other = IMPLEMENTATIONS[lstm](4, **kw)
+    expected = reference(x, mask=mask)
+    other.build(x.shape)
+    other.set_weights([w * 3 for w in reference.get_weights()])
+    reference.set_weights(other.get_weights())
+    expected = reference(x, mask=mask)
+    for mine, theirs in zip(other(x, mask=mask), expected, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_rejects_a_mask_with_holes():
+    layer = FusedLSTM(3)
+    x = np.ones((1, 4, 2), "float32")
+    with pytest.raises(Exception, match="unbroken run"):
+        layer(x, mask=np.array([[True, False, True, False]]))
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+def test_same_gradients_as_keras_lstm(lstm):
+    """Training steps see the same function: gradients agree too (dropout off)."""
+    import tensorflow as tf
+
+    reference, hoisted = pair(lstm, "mask_zero", "post", dropout=0.0, bidirectional=True)
+    x, y = ragged_batch("post", seed=3), np.array([[0], [1], [1], [0], [1], [0]], "float32")
+    grads = []
+    for net in (reference, hoisted):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.binary_crossentropy(y, net(x, training=True))
+        grads.append(tape.gradient(loss, net.trainable_variables))
+    for mine, theirs in zip(grads[1], grads[0], strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(mine), tf.convert_to_tensor(theirs), rtol=1e-4, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+def test_dropout_is_applied_when_training_only(lstm):
+    _, hoisted = pair(lstm, "mask_zero", "post", dropout=0.5, bidirectional=False, pooling="last")
+    x = ragged_batch("post")
+    inference_out = hoisted(x, training=False)
+    np.testing.assert_allclose(inference_out, hoisted(x, training=False))
+    assert not np.allclose(hoisted(x, training=True), inference_out)
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+def test_saves_and_loads_as_model_keras(tmp_path, lstm):
+    _, hoisted = pair(lstm, "explicit", "pre")
+    path = tmp_path / "model.keras"
+    hoisted.save(path)
+    loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    assert any(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(loaded))
+    x = ragged_batch("pre")
+    np.testing.assert_allclose(loaded.predict_on_batch(x), hoisted.predict_on_batch(x), atol=1e-7)
+
+
+def _lstm_layers(net: keras.Model) -> list[keras.layers.Layer]:
+    layers = []
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            layers += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.layers.LSTM):
+            layers.append(layer)
+    return layers

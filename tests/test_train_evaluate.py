@@ -160,3 +160,13 @@ def test_a_stop_request_ends_training_even_when_the_signal_exception_was_lost():
             train.fit(fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=3))
     finally:
         train.StopRequest.reason = None
+
+
+def test_weight_decay_and_clipnorm_reach_the_optimizer():
+    net = model.build(20, 2, small_model(embedding_dim=4, units=2), "post")
+    plain = train.compile_model(net, 2, quiet_training()).optimizer
+    assert plain.weight_decay is None and plain.global_clipnorm is None
+    tuned = train.compile_model(
+        net, 2, quiet_training(optimizer="adamw", weight_decay=0.01, clipnorm=1.0)).optimizer
+    assert isinstance(tuned, keras.optimizers.AdamW)
+    assert tuned.weight_decay == pytest.approx(0.01) and tuned.global_clipnorm == 1.0

@@ -143,14 +143,28 @@ class ModelConfig:
     bidirectional: bool = True  # reads each review both ways: +1 point on IMDB for 2x time
     dropout: float = 0.3  # on the LSTM inputs and before the head
     masking: str = "mask_zero"  # mask_zero | masking_layer | explicit | none
-    pooling: str = "mean"  # mean: masked average of the LSTM outputs | last: final state
+    # mean: masked average of the LSTM outputs | last: final state | max: masked maximum |
+    # concat: mean, max and final state side by side
+    pooling: str = "mean"
+    # whole embedding channels dropped for a review (SpatialDropout1D) while training
+    embedding_dropout: float = 0.0
     # keras: keras.layers.LSTM as is; hoisted: the input projection of all time steps in one
     # matmul before Keras' loop; fused: TensorFlow's fused LSTM kernel on CPU (src/textclf/
     # lstm.py, docs/bench.md). GPUs take cuDNN with any of them.
     lstm: str = "keras"
+    # lstm: the network above | bow: a linear classifier on tf-idf weighted word n-grams of
+    # the same token ids, the cheap baseline (conf/model/bow.yaml, src/textclf/bow.py)
+    kind: str = "lstm"
+    ngrams: int = 2  # bow: word n-grams up to this length
+    ngram_vocab: int = 200000  # bow: the most frequent n-grams of the training texts kept
 
     def __post_init__(self) -> None:
-        _one_of(self.pooling, "model.pooling", ("mean", "last"))
+        _one_of(self.kind, "model.kind", ("lstm", "bow"))
+        _check(self.ngrams > 0, "model.ngrams", f"must be > 0, got {self.ngrams}")
+        _check(self.ngram_vocab > 1, "model.ngram_vocab", f"must be > 1, got {self.ngram_vocab}")
+        _one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
+        _check(0 <= self.embedding_dropout < 1, "model.embedding_dropout",
+               f"must be in [0, 1), got {self.embedding_dropout}")
         _check(
             self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
         )
@@ -165,6 +179,8 @@ class TrainConfig:
     optimizer: str = "adam"
     # with patience 2: test accuracy 0.881 vs 0.875 for 1e-3 and patience 1 (docs/results.md)
     learning_rate: float = 5e-4
+    weight_decay: float = 0.0  # decoupled (AdamW-style) decay; Keras applies it in any optimizer
+    clipnorm: float | None = None  # clip the global gradient norm to this (null: never)
     epochs: int = 10
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
     seed: int = 42
@@ -184,6 +200,9 @@ class TrainConfig:
             self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
         )
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
+               f"must be null or > 0, got {self.clipnorm}")
         _check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
         _check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,

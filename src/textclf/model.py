@@ -46,13 +46,33 @@ class LengthMask(layers.Layer):
         return super().get_config() | {"padding_side": self.padding_side}
 
 
+@keras.saving.register_keras_serializable(package="textclf")
+class MaskedMaxPooling(layers.Layer):
+    """The maximum over unmasked steps (`GlobalMaxPooling1D` takes no mask, so padded steps'
+    outputs would count)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            lowest = ops.cast(-1e9, inputs.dtype) if inputs.dtype != "float16" else -6e4
+            inputs = ops.where(ops.expand_dims(mask, -1), inputs, lowest)
+        return ops.max(inputs, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
 def build(
     vocab_size: int, num_classes: int, cfg: ModelConfig, padding_side: str
 ) -> keras.Model:
     """An uncompiled model from padded int ids [batch, time] to class probabilities.
 
     `pooling="last"` classifies from the LSTM's final (last unmasked) state; `"mean"` from the
-    average of its outputs over the unmasked steps, which keeps early words of long reviews.
+    average of its outputs over the unmasked steps, which keeps early words of long reviews;
+    `"max"` from their maximum; `"concat"` from all three side by side.
     `padding_side` must be the side the batches are padded on (it shapes the explicit mask).
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
@@ -60,6 +80,8 @@ def build(
         vocab_size, cfg.embedding_dim, mask_zero=cfg.masking == "mask_zero", name="embedding"
     )(tokens)
     mask = None
+    if cfg.embedding_dropout:
+        x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
     if cfg.masking == "masking_layer":
         x = layers.Masking(mask_value=0.0, name="masking")(
             ZeroPadding(name="zero_padding")([x, tokens])
@@ -69,13 +91,12 @@ def build(
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
     use_cudnn = False if padding_side == "pre" and cfg.masking != "none" else "auto"
     lstm_class = {"keras": layers.LSTM, "hoisted": HoistedLSTM, "fused": FusedLSTM}[cfg.lstm]
-    rnn = lstm_class(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling == "mean",
-                     use_cudnn=use_cudnn, name="lstm")
+    rnn = lstm_class(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling != "last",
+                     return_state=cfg.pooling == "concat", use_cudnn=use_cudnn, name="lstm")
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)
-    if cfg.pooling == "mean":  # a masked average: padded steps do not count
-        x = layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=mask)
+    x = _pool(x, cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
@@ -83,6 +104,24 @@ def build(
         outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
                                name="probabilities")(x)
     return keras.Model(tokens, outputs, name=f"lstm_{cfg.masking}")
+
+
+def _pool(outputs, cfg: ModelConfig, mask):
+    """One vector per review from the LSTM's outputs; padded steps never count."""
+    if cfg.pooling == "last":
+        return outputs
+    if cfg.pooling == "concat":  # the sequence, then (h, c) per direction
+        outputs, states = outputs[0], outputs[1:]
+        final = (layers.Concatenate(name="final_state")(states[0::2]) if cfg.bidirectional
+                 else states[0])
+    pools = []
+    if cfg.pooling in ("mean", "concat"):
+        pools.append(layers.GlobalAveragePooling1D(name="mean_pool")(outputs, mask=mask))
+    if cfg.pooling in ("max", "concat"):
+        pools.append(MaskedMaxPooling(name="max_pool")(outputs, mask=mask))
+    if cfg.pooling == "concat":
+        return layers.Concatenate(name="pools")([*pools, final])
+    return pools[0]
 
 
 def class_count(net: keras.Model) -> int:

@@ -142,9 +142,12 @@ def reset_peak_rss() -> None:
 
 def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> keras.Model:
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    opt = keras.optimizers.get(
-        {"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}}
-    )
+    settings = {"learning_rate": cfg.learning_rate}
+    if cfg.weight_decay or cfg.optimizer == "adamw":  # not AdamW's own hidden 0.004
+        settings["weight_decay"] = cfg.weight_decay
+    if cfg.clipnorm:
+        settings["global_clipnorm"] = cfg.clipnorm
+    opt = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
     model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
     return model
 

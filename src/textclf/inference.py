@@ -22,6 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from . import batching, data, model, tokenize
+from .bow import ActiveRMS, IdWords  # noqa: F401  (layers model=bow saves: loading needs them)
 from .config import TokenizeConfig
 
 log = logging.getLogger(__name__)

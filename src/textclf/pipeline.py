@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, data, evaluate, inference, model, tokenize, tracking, train
+from . import batching, bow, data, evaluate, inference, model, tokenize, tracking, train
 from .config import BatchingConfig, Config, ConfigError, flatten
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,18 @@ def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1
 
 
 def build(cfg: Config, vocab_size: int, num_classes: int,
-          strategy: tf.distribute.Strategy | None = None) -> keras.Model:
-    """The compiled classifier, its variables placed by the distribution `strategy`."""
+          strategy: tf.distribute.Strategy | None = None,
+          train_tokens: tf.RaggedTensor | None = None) -> keras.Model:
+    """The compiled classifier, its variables placed by the distribution `strategy`;
+    `model.kind=bow` adapts its n-grams on `train_tokens` (the training split's ids)."""
     with (strategy or tf.distribute.get_strategy()).scope():
-        net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side)
+        if cfg.model.kind == "bow":
+            if train_tokens is None:
+                raise ConfigError("model.kind=bow: this command builds no n-gram vocabulary; "
+                                  "use model=lstm here")
+            net = bow.build(train_tokens, num_classes, cfg.model)
+        else:
+            net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side)
         return train.compile_model(net, num_classes, cfg.train)
 
 
@@ -171,12 +179,16 @@ def run(
                  batches.padding.batches)
 
         class_names = dataset.class_names
-        net = build(cfg, tokens.vocab_size, len(class_names), strategy)
+        net = build(cfg, tokens.vocab_size, len(class_names), strategy,
+                    tokens.splits["train"].tokens)
         fitted = fit(net, batches, cfg, mlrun.log_epoch, checkpoint)
 
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
         metrics |= costs(fitted, batches.padding)
+        # epochs_run below it: early stopping ended training, not the limit
+        metrics["epoch_limit"] = train.epoch_limit(
+            cfg.train, cfg.train.steps_per_epoch or batches.padding.batches)
 
         model_path = export(tokens, net, class_names, cfg, out)
         classifier = inference.Classifier.from_files(model_path)  # as `make predict` loads it
@@ -204,13 +216,17 @@ def run(
 
 
 def _run_name(cfg: Config) -> str:
-    return cfg.tracking.run_name or (
-        f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}")
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    if cfg.model.kind == "bow":  # padding and masking do not change the n-grams it reads
+        return f"bow-{cfg.batching.strategy}"
+    return f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
 
 
 def _tags(cfg: Config) -> dict[str, str]:
     """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
-    return {"batching": cfg.batching.strategy, "padding_side": cfg.batching.padding_side,
+    return {"model": cfg.model.kind, "batching": cfg.batching.strategy,
+            "padding_side": cfg.batching.padding_side,
             "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": cfg.output_dir}
 
 

@@ -256,6 +256,14 @@ def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Pa
         variable.assign(array)
 
 
+def epoch_limit(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """`cfg.epochs`, or fewer when `cfg.max_steps` optimizer steps are reached first (rounded up
+    to a whole epoch): a budget in updates that small and large datasets alike get."""
+    if cfg.max_steps is None:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, math.ceil(cfg.max_steps / max(1, steps_per_epoch))))
+
+
 def fit(
     model: keras.Model,
     train_epoch: Callable[[int], tf.data.Dataset],
@@ -268,11 +276,11 @@ def fit(
     """Fit a compiled model; the returned weights are those of the best validation epoch.
 
     `train_epoch(e)` gives epoch e's batches; each Keras epoch takes `steps_per_epoch` of
-    them (`cfg.epochs`, `cfg.patience`, `cfg.verbose` as configured). With `checkpoint`,
-    training continues from the epoch saved there, if any: as epoch e's order depends on e
-    alone, the resumed run sees the batches an uninterrupted one would.
+    them (`epoch_limit` epochs at most, `cfg.patience`, `cfg.verbose` as configured). With
+    `checkpoint`, training continues from the epoch saved there, if any: as epoch e's order
+    depends on e alone, the resumed run sees the batches an uninterrupted one would.
     """
-    epochs = cfg.epochs
+    epochs = epoch_limit(cfg, steps_per_epoch)
     timer = Timer()
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True

@@ -1,0 +1,96 @@
+"""The defaults adapt to data of other shapes than IMDB: short texts get narrow enough batches
+and enough optimizer steps, long multi-topic texts too, and early stopping ends training.
+
+Each dataset is generated here: several classes, each with its own cue words hidden among
+shared filler words (some cues point to another class), so validation loss falls for a number
+of epochs before it flattens. Only the model is shrunk, for speed; the batching and the
+training budget are the real defaults.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from textclf import batching, pipeline, train
+from textclf.config import BatchingConfig, TrainConfig, flatten
+
+from .conftest import write_csv
+
+FILLER = [f"word{i}" for i in range(400)]
+SMALL = ["model.units=16", "model.embedding_dim=32", "model.bidirectional=false",
+         "evaluate.served_limit=50", "evaluate.plots=false"]
+
+
+def texts(n: int, classes: int, length: tuple[int, int], cues: int, seed: int
+          ) -> list[tuple[str, str]]:
+    """`n` texts of `length` tokens, `cues` of them cue words (70% of the text's class)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % classes
+        words = [rng.choice(FILLER) for _ in range(rng.randint(*length) - cues)]
+        for _ in range(cues):
+            cue_class = label if rng.random() < 0.7 else rng.randrange(classes)
+            words.insert(rng.randrange(len(words) + 1), f"cue{cue_class}x{rng.randrange(12)}")
+        rows.append((" ".join(words), f"class{label}"))
+    return rows
+
+
+def train_defaults(make_config, tmp_path: Path, rows: list[tuple[str, str]]) -> dict:
+    """One run with the default config on `rows`: its metrics and per-epoch val_loss."""
+    cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'data.csv', rows)}", *SMALL)
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    history = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    return metrics | {"val_loss": [m.value for m in history]}
+
+
+def assert_not_cut_short(result: dict, last: int = 2) -> None:
+    """Failing: the epoch limit ended training while val_loss still fell in each of the `last`
+    epochs. (The old defaults, 10 epochs and rows per batch uncapped, fail on both datasets.)"""
+    losses = result["val_loss"]
+    assert len(losses) == result["epochs_run"]
+    by_limit = result["epochs_run"] >= result["epoch_limit"]
+    falling = len(losses) > last and all(b < a for a, b in zip(losses[-last - 1:-1],
+                                                                  losses[-last:], strict=True))
+    assert not (by_limit and falling), (
+        f"stopped by the epoch limit ({result['epoch_limit']}) with val_loss still falling: "
+        f"{[round(v, 4) for v in losses]}")
+
+
+def test_short_texts_train_until_validation_loss_stops_falling(make_config, tmp_path):
+    """~10 tokens, 3,000 rows, 6 classes: the case that stopped after 10 epochs of few steps."""
+    result = train_defaults(make_config, tmp_path, texts(3000, 6, (8, 12), 2, seed=0))
+    assert_not_cut_short(result)
+    assert result["test_accuracy"] > 0.5  # six classes: chance is 1/6
+
+
+@pytest.mark.slow  # about two minutes on 2 busy cores
+def test_long_texts_train_until_validation_loss_stops_falling(make_config, tmp_path):
+    """~150 tokens, 1,200 rows, 4 topics."""
+    result = train_defaults(make_config, tmp_path, texts(1200, 4, (100, 200), 6, seed=1))
+    assert_not_cut_short(result)
+    assert result["test_accuracy"] > 0.5  # four classes: chance is 1/4
+
+
+def test_short_texts_get_batches_of_at_most_max_batch_rows():
+    """The token budget alone would put 32,000 / 10 = 3,200 ten-token texts in a batch."""
+    spec = BatchingConfig(strategy="bucket")
+    sizes = batching.bucket_batch_sizes([9, 11, 13, 300], spec.batch_size, spec.token_budget,
+                                        spec.max_batch_rows)
+    assert sizes == [256, 256, 256, 107, 64]
+    assert batching.bucket_batch_sizes([11], 64, 32000, None) == [3200, 64]
+    assert batching.bucket_batch_sizes([11], 512, 32000, 256) == [512, 512]  # batch_size wins
+
+
+@pytest.mark.parametrize("steps_per_epoch,expected", [(200, 20), (16, 100), (4000, 1), (3, 100)])
+def test_the_step_budget_sets_the_epoch_limit(steps_per_epoch, expected):
+    assert train.epoch_limit(TrainConfig(), steps_per_epoch) == expected
+    assert train.epoch_limit(TrainConfig(epochs=3), steps_per_epoch) == min(3, expected)
+    assert train.epoch_limit(TrainConfig(max_steps=None, epochs=7), steps_per_epoch) == 7

@@ -1,0 +1,103 @@
+"""`model=bow`, the bag-of-n-grams baseline: it trains, exports, predicts and serves like the LSTM.
+
+One in-process run on tiny separable reviews (tests/conftest.py) is shared by the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from mlflow.tracking import MlflowClient
+
+from textclf import bow, inference, model, pipeline, tracking
+from textclf.config import flatten
+
+from .conftest import compose_config, reviews, write_csv
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> SimpleNamespace:
+    from textclf.config import to_object
+
+    root = tmp_path_factory.mktemp("bow")
+    data = write_csv(root / "reviews.csv", reviews(400))
+    cfg = to_object(compose_config(
+        ["model=bow", "data=csv", f"data.path={data}", "train.epochs=10",
+         "evaluate.served_limit=20", "evaluate.plots=false"], root))
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir))
+
+
+def test_it_trains_and_beats_chance_on_separable_reviews(run):
+    assert run.metrics["test_accuracy"] >= 0.9
+    assert run.metrics["best_val_loss"] < np.log(2)  # better than a coin's cross-entropy
+    client = MlflowClient(run.cfg.tracking.uri)
+    [logged] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert logged.data.tags["model"] == "bow" and logged.info.run_name == "bow-bucket"
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+
+
+def test_single_reviews_served_answer_like_the_batched_evaluation(run):
+    # Token ids become the same n-grams whatever the padding: no mask needed.
+    assert run.metrics["served_agreement"] == 1.0
+    assert run.metrics["served_max_abs_diff"] <= 1e-5
+
+
+def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifier(run):
+    path = run.out / "model.keras"
+    classifier = inference.Classifier.from_files(path)
+    assert classifier.model.inputs[0].dtype == "string"
+    texts = ["a wonderful film, i loved every minute of it",
+             "a terrible film, boring and pointless",
+             "brilliant, moving and funny", ""]
+    frame = classifier.predict(texts)
+    assert frame["label"].tolist()[:3] == ["pos", "neg", "pos"]
+    assert frame["error"].tolist()[3] == inference.EMPTY
+    # several texts go through sorted, length-batched calls; one call per text agrees
+    one_by_one = np.concatenate([classifier.probabilities([t]) for t in texts[:3]])
+    np.testing.assert_allclose(classifier.probabilities(texts[:3]), one_by_one, atol=1e-6)
+    whole = model.class_probabilities(classifier.model(tf.constant(texts[:3])).numpy())
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-6)
+
+
+def test_the_saved_model_loads_and_answers_in_a_fresh_process(run):
+    """Custom layers registered on import: nothing of the training process is needed."""
+    code = ("import sys; from textclf import inference; "
+            "c = inference.Classifier.from_files(sys.argv[1]); "
+            "print(c.predict(['a wonderful film', 'a terrible film'])['label'].tolist())")
+    done = subprocess.run([sys.executable, "-c", code, str(run.out / "model.keras")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "['pos', 'neg']" in done.stdout
+
+
+def test_the_mlflow_model_gives_the_same_probabilities(run):
+    client = MlflowClient(run.cfg.tracking.uri)
+    [logged] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    pyfunc = tracking.load_model(run.cfg.tracking.uri, f"runs:/{logged.info.run_id}/model")
+    texts = [t for t, _ in reviews(12, seed=5)]
+    got = pyfunc.predict(pd.DataFrame({"text": texts}))
+    expected = inference.Classifier.from_files(run.out / "model.keras").predict(texts)
+    np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(),
+                               expected[["prob_neg", "prob_pos"]].to_numpy(), atol=1e-6)
+    assert got["label"].tolist() == expected["label"].tolist()
+
+
+def test_ids_become_the_same_words_whatever_the_padding_side():
+    post = tf.constant([[5, 7, 9, 0, 0], [3, 0, 0, 0, 0]])
+    pre = tf.constant([[0, 0, 5, 7, 9], [0, 0, 0, 0, 3]])
+    expected = [b"5 7 9", b"3"]
+    assert bow.IdWords()(post).numpy().tolist() == expected
+    assert bow.IdWords()(pre).numpy().tolist() == expected
+
+
+def test_bow_outside_training_is_a_clear_error(make_config):
+    with pytest.raises(Exception, match="model.kind=bow"):
+        pipeline.build(make_config("model=bow"), 100, 2)

@@ -343,6 +343,13 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
             fig.suptitle(title)
         return fig, axes[0]
 
+    def save(fig, axes, name: str) -> None:
+        axes[0].set_ylabel("test accuracy")
+        legend(fig)
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        paths.append(out_dir / name)
+
     fig, axes = panels("accuracy vs throughput (mean ± 95% CI)")
     for ax, value in zip(axes, facets, strict=True):
         part = summary if facet is None else summary[summary[facet] == value]
@@ -352,11 +359,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
                         yerr=np.nan_to_num(row["test_accuracy_ci95"]), ls="", capsize=2,
                         markersize=7, alpha=0.8, **style(row))
         ax.set(xlabel="training reviews / s (steady state)")
-    axes[0].set_ylabel("test accuracy")
-    legend(fig)
-    fig.savefig(out_dir / "accuracy_vs_throughput.png", dpi=110)
-    plt.close(fig)
-    paths.append(out_dir / "accuracy_vs_throughput.png")
+    save(fig, axes, "accuracy_vs_throughput.png")
 
     length_cols = sorted(
         (c for c in runs.columns if c.startswith("metrics.test_accuracy_len_")),
@@ -376,11 +379,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
                             **style(row))
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
             ax.set(xlabel="review length (tokens)")
-        axes[0].set_ylabel("test accuracy")
-        legend(fig)
-        fig.savefig(out_dir / "accuracy_by_length.png", dpi=110)
-        plt.close(fig)
-        paths.append(out_dir / "accuracy_by_length.png")
+        save(fig, axes, "accuracy_by_length.png")
     return paths
 
 

@@ -98,7 +98,8 @@ def score(pred: Predictions, class_names: list[str], length_edges: list[int]) ->
     average = "binary" if binary else "macro"
     classes = list(range(len(class_names)))
     out = {
-        "test_loss": float(skm.log_loss(y, p, labels=classes)),
+        # float32 softmax rows sum to 1 only within ~1e-7; scikit-learn warns unless renormalised
+        "test_loss": float(skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=classes)),
         "test_accuracy": float(skm.accuracy_score(y, yhat)),
         "test_precision": float(skm.precision_score(y, yhat, average=average, zero_division=0)),
         "test_recall": float(skm.recall_score(y, yhat, average=average, zero_division=0)),

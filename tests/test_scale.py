@@ -60,7 +60,7 @@ def session_processes(sid: int) -> list[int]:
 
 
 @pytest.fixture
-def ray_head():
+def ray_head(monkeypatch):
     """A real Ray head with 2 CPUs on free ports, in a session of its own so that stopping it
     ends exactly the processes it started (Ray's workers take their own process groups).
 
@@ -70,6 +70,9 @@ def ray_head():
     pytest.importorskip("ray", reason="the `ray` extra is not installed: pip install -e '.[ray]'")
     port = free_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
+    # a private HOME for the head and the sweep: Ray reads ~/.ray/auth_token, and a token left
+    # there by another cluster makes the driver's connection fail with InvalidAuthToken
+    monkeypatch.setenv("HOME", str(temp_dir))
     log = temp_dir / "head.log"
     ports = {"--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
              "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),

@@ -104,7 +104,7 @@ def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     """Each run's variant name: its key values joined by `/`."""
     if not keys or runs.empty:
         return pd.Series("all runs", index=runs.index, dtype=str)
-    return runs.reindex(columns=keys).astype(str).agg("/".join, axis=1)
+    return runs.reindex(columns=keys).astype(object).fillna("-").astype(str).agg("/".join, axis=1)
 
 
 def key_names(keys: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ def summarize(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     finished = runs[runs["status"] == "FINISHED"]
     keys = variant_keys(finished)
     names = key_names(keys)
-    frame = finished[keys].astype(str).set_axis(names, axis=1)
+    frame = finished[keys].astype(object).fillna("-").astype(str).set_axis(names, axis=1)
     frame["variant"] = labels(finished, keys)
     missing = pd.Series(np.nan, index=finished.index)
     frame["seed"] = pd.to_numeric(finished.get(f"params.{SEED}", missing), errors="coerce")
@@ -264,7 +264,7 @@ def _styles(summary: pd.DataFrame) -> tuple[str | None, str | None, str | None, 
     facet = names.pop(0) if len(names) >= 3 else None
     colour = names.pop()
     if len(names) > 1:
-        summary["_marker"] = summary[names].agg("/".join, axis=1)
+        summary["_marker"] = summary[names].astype(str).agg("/".join, axis=1)
         return facet, colour, "_marker", "/".join(names)
     return facet, colour, (names[0] if names else None), (names[0] if names else "")
 

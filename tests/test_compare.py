@@ -204,3 +204,8 @@ def test_nothing_to_compare_is_a_clear_error(tmp_path):
 def test_an_impossible_significance_level_names_its_key():
     with pytest.raises(ConfigError, match="alpha"):
         CompareConfig(out_dir="x", alpha=1.5)
+
+
+def test_a_param_missing_from_older_runs_labels_them_instead_of_failing():
+    runs = pd.DataFrame({"params.a": ["1", "2"], "params.b": [np.nan, "x"]})
+    assert list(compare.labels(runs, ["params.a", "params.b"])) == ["1/-", "2/x"]

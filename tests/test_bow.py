@@ -1,6 +1,8 @@
-"""`model=bow`, the bag-of-n-grams baseline: it trains, exports, predicts and serves like the LSTM.
+"""`model=bow`, the bag-of-n-grams baseline, and the LSTM with its n-gram branch
+(`model.ngram_branch=true`): each trains, exports, predicts and serves like the LSTM.
 
-One in-process run on tiny separable reviews (tests/conftest.py) is shared by the tests."""
+One in-process run per model on tiny separable reviews (tests/conftest.py) is shared by the
+tests."""
 
 from __future__ import annotations
 
@@ -22,17 +24,25 @@ from textclf.config import flatten
 from .conftest import compose_config, reviews, write_csv
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> SimpleNamespace:
+# (override, model tag, run name)
+MODELS = {"bow": ("model=bow", "bow", "bow-bucket"),
+          "lstm+ngrams": ("model.ngram_branch=true", "lstm+ngrams",
+                          "bucket-post-mask_zero+ngrams")}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def run(tmp_path_factory, request) -> SimpleNamespace:
     from textclf.config import to_object
 
+    override, tag, name = MODELS[request.param]
     root = tmp_path_factory.mktemp("bow")
     data = write_csv(root / "reviews.csv", reviews(400))
     cfg = to_object(compose_config(
-        ["model=bow", "data=csv", f"data.path={data}", "train.epochs=10",
+        [override, "data=csv", f"data.path={data}", "train.epochs=10",
          "evaluate.served_limit=20", "evaluate.plots=false"], root))
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
-    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir))
+    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag,
+                           name=name)
 
 
 def test_it_trains_and_beats_chance_on_separable_reviews(run):
@@ -40,14 +50,23 @@ def test_it_trains_and_beats_chance_on_separable_reviews(run):
     assert run.metrics["best_val_loss"] < np.log(2)  # better than a coin's cross-entropy
     client = MlflowClient(run.cfg.tracking.uri)
     [logged] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert logged.data.tags["model"] == "bow" and logged.info.run_name == "bow-bucket"
+    assert logged.data.tags["model"] == run.tag and logged.info.run_name == run.name
     assert logged.data.metrics["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
 
 
 def test_single_reviews_served_answer_like_the_batched_evaluation(run):
-    # Token ids become the same n-grams whatever the padding: no mask needed.
+    # Token ids become the same n-grams whatever the padding: no mask needed for them.
     assert run.metrics["served_agreement"] == 1.0
     assert run.metrics["served_max_abs_diff"] <= 1e-5
+
+
+def test_the_ngram_branch_sits_beside_the_lstm(run):
+    def names(layer) -> set[str]:
+        return {layer.name}.union(*(names(inner) for inner in getattr(layer, "layers", [])))
+
+    exported = names(inference.Classifier.from_files(run.out / "model.keras").model)
+    assert {"ngrams", "active_rms"} <= exported
+    assert ("bilstm" in exported) == (run.tag == "lstm+ngrams")
 
 
 def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifier(run):
@@ -98,6 +117,12 @@ def test_ids_become_the_same_words_whatever_the_padding_side():
     assert bow.IdWords()(pre).numpy().tolist() == expected
 
 
-def test_bow_outside_training_is_a_clear_error(make_config):
-    with pytest.raises(Exception, match="model.kind=bow"):
-        pipeline.build(make_config("model=bow"), 100, 2)
+@pytest.mark.parametrize("override", ["model=bow", "model.ngram_branch=true"])
+def test_ngrams_outside_training_are_a_clear_error(make_config, override):
+    with pytest.raises(Exception, match="no n-gram vocabulary"):
+        pipeline.build(make_config(override), 100, 2)
+
+
+def test_an_ngram_branch_on_bow_is_refused(make_config):
+    with pytest.raises(Exception, match="model.ngram_branch: applies to model.kind=lstm"):
+        make_config("model=bow", "model.ngram_branch=true")

@@ -11,6 +11,8 @@ trains it in a few epochs. Words outside `tokenize.vocab_size` share the OOV id,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -62,23 +64,31 @@ def words(ids: tf.RaggedTensor) -> tf.Tensor:
                                   separator=" ")
 
 
-def build(train_tokens: tf.RaggedTensor, num_classes: int, cfg: ModelConfig) -> keras.Model:
-    """An uncompiled model from padded int ids to class probabilities, its n-gram vocabulary
-    and document frequencies adapted on `train_tokens` (the training rows' ids, unpadded)."""
+def ngram_features(train_tokens: tf.RaggedTensor, cfg: ModelConfig) -> Callable:
+    """Padded ids → scaled tf-idf n-gram rows, the vocabulary and document frequencies adapted
+    on `train_tokens` (the training rows' ids, unpadded); for bow and the LSTM's n-gram branch."""
     ngrams = layers.TextVectorization(
         max_tokens=cfg.ngram_vocab, standardize=None, split="whitespace", ngrams=cfg.ngrams,
         output_mode="tf_idf", name="ngrams")
     ngrams.adapt(tf.data.Dataset.from_tensor_slices(words(train_tokens)).batch(1024))
+    id_words, scale = IdWords(name="id_words"), ActiveRMS(name="active_rms")
+    return lambda tokens: scale(ngrams(id_words(tokens)))
+
+
+def build(train_tokens: tf.RaggedTensor, num_classes: int, cfg: ModelConfig) -> keras.Model:
+    """An uncompiled model from padded int ids to class probabilities (see `ngram_features`)."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    x = ngrams(IdWords(name="id_words")(tokens))
-    x = ActiveRMS(name="active_rms")(x)
+    x = ngram_features(train_tokens, cfg)(tokens)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    # Zero weights to start, as logistic regression does: random ones over scaled tf-idf rows
-    # give confident random answers (a starting loss of ~7 on tiny data).
+    return keras.Model(tokens, head(x, num_classes), name="bow")
+
+
+def head(x, num_classes: int):
+    """Class probabilities from features, with zero weights to start, as logistic regression
+    does: random ones over scaled tf-idf rows give confident random answers (a starting loss
+    of ~7 on tiny data)."""
     if num_classes == 2:
-        outputs = layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
-                               dtype="float32", name="probability")(x)
-    else:
-        outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer="zeros",
-                               dtype="float32", name="probabilities")(x)
-    return keras.Model(tokens, outputs, name="bow")
+        return layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
+                            dtype="float32", name="probability")(x)
+    return layers.Dense(num_classes, activation="softmax", kernel_initializer="zeros",
+                        dtype="float32", name="probabilities")(x)

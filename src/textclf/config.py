@@ -165,11 +165,16 @@ class ModelConfig:
     # bow: the most frequent n-grams of the training texts kept (a dense tf-idf row each: time
     # per step grows with it)
     ngram_vocab: int = 100000
+    # lstm: also give the head bow's tf-idf n-gram features beside the LSTM's pooled vector
+    # (wide and deep: the n-grams' vocabulary is adapted on the training texts, like bow's)
+    ngram_branch: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.kind, "model.kind", ("lstm", "bow"))
         _check(self.ngrams > 0, "model.ngrams", f"must be > 0, got {self.ngrams}")
         _check(self.ngram_vocab > 1, "model.ngram_vocab", f"must be > 1, got {self.ngram_vocab}")
+        _check(not (self.ngram_branch and self.kind == "bow"), "model.ngram_branch",
+               "applies to model.kind=lstm (bow is the n-gram model itself)")
         _one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
         _check(0 <= self.embedding_dropout < 1, "model.embedding_dropout",
                f"must be in [0, 1), got {self.embedding_dropout}")
@@ -189,6 +194,12 @@ class TrainConfig:
     learning_rate: float = 5e-4
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay; Keras applies it in any optimizer
     clipnorm: float | None = None  # clip the global gradient norm to this (null: never)
+    # constant: learning_rate throughout | cosine: linear warm-up over warmup_steps to
+    # learning_rate, then a cosine decay reaching 0 at step decay_steps (null: max_steps)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    label_smoothing: float = 0.0  # targets pulled this far towards uniform (0: none)
     # Training stops at the first of: early stopping (val_loss, `patience`), `epochs`, and
     # `max_steps` optimizer steps rounded up to whole epochs. IMDB (~200 steps an epoch) stops
     # early at epoch 3-5; 10-token texts (~16 steps an epoch) get the epochs they need.
@@ -219,6 +230,18 @@ class TrainConfig:
         _check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
                f"must be null or > 0, got {self.clipnorm}")
         _check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        _one_of(self.schedule, "train.schedule", ("constant", "cosine"))
+        _check(self.warmup_steps >= 0, "train.warmup_steps",
+               f"must be >= 0, got {self.warmup_steps}")
+        _check(self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
+               "train.warmup_steps", "warm-up and decay steps need train.schedule=cosine")
+        if self.schedule == "cosine":
+            decay = self.decay_steps or self.max_steps
+            _check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
+                   "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
+                   f"warmup_steps ({self.warmup_steps})")
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
+               f"must be in [0, 1), got {self.label_smoothing}")
         _check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,
             "train.steps_per_epoch",

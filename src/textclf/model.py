@@ -9,10 +9,13 @@ Masking modes (`model.masking`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 from keras import layers, ops
 
+from . import bow
 from .config import ModelConfig
 from .lstm import FusedLSTM, HoistedLSTM
 
@@ -66,7 +69,8 @@ class MaskedMaxPooling(layers.Layer):
 
 
 def build(
-    vocab_size: int, num_classes: int, cfg: ModelConfig, padding_side: str
+    vocab_size: int, num_classes: int, cfg: ModelConfig, padding_side: str,
+    ngram_features: Callable | None = None,
 ) -> keras.Model:
     """An uncompiled model from padded int ids [batch, time] to class probabilities.
 
@@ -74,6 +78,8 @@ def build(
     average of its outputs over the unmasked steps, which keeps early words of long reviews;
     `"max"` from their maximum; `"concat"` from all three side by side.
     `padding_side` must be the side the batches are padded on (it shapes the explicit mask).
+    `ngram_features` (`model.ngram_branch`: `bow.ngram_features`) maps the ids to n-gram
+    features that join the pooled vector before the head (zero-initialised, as bow's).
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
@@ -98,6 +104,10 @@ def build(
     x = rnn(x, mask=mask)
     x = _pool(x, cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    if ngram_features is not None:
+        ngrams = layers.Dropout(cfg.dropout, name="ngram_dropout")(ngram_features(tokens))
+        x = layers.Concatenate(name="wide_and_deep")([x, ngrams])
+        return keras.Model(tokens, bow.head(x, num_classes), name=f"lstm_ngrams_{cfg.masking}")
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:

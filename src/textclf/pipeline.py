@@ -99,13 +99,16 @@ def build(cfg: Config, vocab_size: int, num_classes: int,
     """The compiled classifier, its variables placed by the distribution `strategy`;
     `model.kind=bow` adapts its n-grams on `train_tokens` (the training split's ids)."""
     with (strategy or tf.distribute.get_strategy()).scope():
+        ngrams = cfg.model.kind == "bow" or cfg.model.ngram_branch
+        if ngrams and train_tokens is None:
+            raise ConfigError("model.kind=bow and model.ngram_branch: this command builds no "
+                              "n-gram vocabulary; use model=lstm without the branch here")
         if cfg.model.kind == "bow":
-            if train_tokens is None:
-                raise ConfigError("model.kind=bow: this command builds no n-gram vocabulary; "
-                                  "use model=lstm here")
             net = bow.build(train_tokens, num_classes, cfg.model)
         else:
-            net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side)
+            features = bow.ngram_features(train_tokens, cfg.model) if ngrams else None
+            net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side,
+                              features)
         return train.compile_model(net, num_classes, cfg.train)
 
 
@@ -220,12 +223,14 @@ def _run_name(cfg: Config) -> str:
         return cfg.tracking.run_name
     if cfg.model.kind == "bow":  # padding and masking do not change the n-grams it reads
         return f"bow-{cfg.batching.strategy}"
-    return f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
+    name = f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
+    return name + "+ngrams" if cfg.model.ngram_branch else name
 
 
 def _tags(cfg: Config) -> dict[str, str]:
     """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
-    return {"model": cfg.model.kind, "batching": cfg.batching.strategy,
+    kind = cfg.model.kind + ("+ngrams" if cfg.model.ngram_branch else "")
+    return {"model": kind, "batching": cfg.batching.strategy,
             "padding_side": cfg.batching.padding_side,
             "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": cfg.output_dir}
 

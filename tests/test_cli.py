@@ -228,3 +228,14 @@ def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path, monk
         "hydra.output_subdir=null", "train.resume=true", "train.verbose=0"]
     with pytest.raises(SystemExit, match="not a run folder"):
         cli._resume_args([str(tmp_path)])
+
+
+def test_sweep_job_folders_stay_short_and_distinct():
+    from textclf.cli import SHORT_NAME, short_name
+
+    few = "batching=bucket,train.seed=0"
+    assert short_name(few) == few
+    many = [",".join(f"key{i}.value=é{i}{suffix}" for i in range(30)) for suffix in "ab"]
+    names = [short_name(m) for m in many]
+    assert all(len(n.encode()) <= SHORT_NAME for n in names) and names[0] != names[1]
+    assert names[0].startswith("key0.value=é0a")

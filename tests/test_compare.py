@@ -93,12 +93,21 @@ def test_three_seeds_two_variants_give_intervals_and_a_paired_test(tmp_path, cap
                  "accuracy_vs_throughput.png", "accuracy_by_length.png"):
         assert (out / name).stat().st_size > 0
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "comparison")}
-    assert "comparison/comparison.csv" in logged
+    assert {"comparison/comparison.csv", "comparison/runs.csv"} <= logged
+
+    # The per-run CSV: the six finished runs (not the failed one), each with its variant, seed
+    # and run id, so the table can be checked and redrawn without the MLflow store.
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 6 and runs["run_id"].is_unique
+    assert sorted(runs["seed"]) == [0, 0, 1, 1, 2, 2]
+    per_variant = runs.groupby("variant")["test_accuracy"].mean()
+    assert per_variant["bucket/mask_zero"] == pytest.approx(best["test_accuracy_mean"])
 
 
 def runs_frame(variants: dict[str, dict[int, float]]) -> pd.DataFrame:
     """Finished runs as `tracking.search` returns them: one swept param and the seed."""
-    rows = [{"status": "FINISHED", "params.model.masking": name, "params.train.seed": str(seed),
+    rows = [{"run_id": f"{name}-{seed}", "status": "FINISHED", "params.model.masking": name,
+             "params.train.seed": str(seed),
              "params.output_dir": f"/runs/{name}/{seed}", "metrics.test_accuracy": acc}
             for name, accs in variants.items() for seed, acc in accs.items()]
     return pd.DataFrame(rows)
@@ -185,7 +194,7 @@ def test_32_variants_are_drawn_as_facets_colours_and_markers(tmp_path):
             for batching in ("fixed", "per_batch", "bucket", "exact") for side in ("post", "pre")
             for masking in ("mask_zero", "masking_layer", "explicit", "none")
             for seed in (0, 1)]
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame(rows).assign(run_id=lambda f: [f"run{i}" for i in range(len(f))])
     summary = compare.summarize(runs)
     assert len(summary) == 32 and set(summary["n"]) == {2}
     facet, colour, marker, _ = compare._styles(summary.copy())

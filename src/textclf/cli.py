@@ -7,6 +7,7 @@ plain values down to the orchestration.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -26,6 +27,19 @@ ROOT = Path(os.environ.get("TEXTCLF_ROOT", Path(__file__).resolve().parents[2]))
 CONF_DIR = ROOT / "conf"
 
 OmegaConf.register_new_resolver("root", lambda: str(ROOT), replace=True)
+SHORT_NAME = 120  # characters of a sweep job's folder name; file systems allow 255 bytes
+
+
+def short_name(name: str) -> str:
+    """A folder name of at most SHORT_NAME characters: a sweep job's overrides as they are, or
+    when many make them too long, their beginning and a hash of the whole."""
+    if len(name.encode()) <= SHORT_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name.encode()[:SHORT_NAME - 11].decode(errors="ignore") + "~" + digest
+
+
+OmegaConf.register_new_resolver("short", short_name, replace=True)
 register()
 
 

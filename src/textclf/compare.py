@@ -7,7 +7,8 @@ without params fall back to the `batching`/`padding_side`/`masking` tags. Per va
 sample sd and the 95% interval (Student t) of each metric, and whether its test accuracy is
 significantly below the best variant's (paired t-test when both ran the same seeds, Welch's
 otherwise). One run per variant still gives a table, flagged as having no interval. The files
-go to `out_dir` and, for a sweep, onto the sweep's parent run.
+(the table, its CSV, a per-run CSV and figures) go to `out_dir` and, for a sweep, onto the
+sweep's parent run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ METRICS = {
     "train_reviews_per_s": "reviews/s",
     "padding_efficiency": "padding eff.",
 }
+# Also in the per-run CSV: which epoch was kept, and how long training went on.
+RUN_METRICS = ["served_agreement", "best_epoch", "epochs_run", "best_val_loss", "test_loss"]
 FORMATS = {"served_max_abs_diff": "{:.1e}", "train_reviews_per_s": "{:,.0f}"}
 CSV_COLUMNS = ["variant", "n",
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci95")),
@@ -146,19 +149,28 @@ def versus(best: pd.Series, other: pd.Series) -> tuple[float, str]:
     return float(stats.ttest_ind(best, other, equal_var=False).pvalue), WELCH
 
 
-def summarize(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per variant, best mean test accuracy first: the key columns, `variant`, `n`,
-    `<metric>_mean/_sd/_ci95`, the p-value against the best, the test, the verdict, notes."""
+def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per finished run (the per-run CSV): its variant's key values and name, seed,
+    run id and metrics; and the variant keys found."""
     finished = runs[runs["status"] == "FINISHED"]
     keys = variant_keys(finished)
-    names = key_names(keys)
-    frame = finished[keys].astype(object).fillna("-").astype(str).set_axis(names, axis=1)
+    frame = finished[keys].astype(object).fillna("-").astype(str)
+    frame = frame.set_axis(key_names(keys), axis=1)
     frame["variant"] = labels(finished, keys)
     missing = pd.Series(np.nan, index=finished.index)
     frame["seed"] = pd.to_numeric(finished.get(f"params.{SEED}", missing), errors="coerce")
-    for metric in METRICS:
+    frame["run_id"] = finished["run_id"]
+    for metric in [*METRICS, *RUN_METRICS]:
         frame[metric] = pd.to_numeric(finished.get(f"metrics.{metric}", missing),
                                       errors="coerce")
+    return frame, keys
+
+
+def summarize(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per variant, best mean test accuracy first: the key columns, `variant`, `n`,
+    `<metric>_mean/_sd/_ci95`, the p-value against the best, the test, the verdict, notes."""
+    frame, keys = run_table(runs)
+    names = key_names(keys)
     unfinished = labels(runs[runs["status"] != "FINISHED"], keys)
 
     rows, accuracy = [], {}
@@ -391,9 +403,12 @@ def main(uri: str, experiment: str, sweep: str, out_dir: Path,
     text = markdown(summary)
     (out_dir / "comparison.md").write_text(text)
     summary[CSV_COLUMNS].to_csv(out_dir / "comparison.csv", index=False)
+    run_table(runs)[0].sort_values(["variant", "seed"]).to_csv(out_dir / "runs.csv",
+                                                               index=False)
     paths = [
         out_dir / "comparison.md",
         out_dir / "comparison.csv",
+        out_dir / "runs.csv",
         *figures(summary, runs, out_dir),
     ]
     if parent:

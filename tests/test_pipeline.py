@@ -60,3 +60,16 @@ def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config
         assert metrics["served_max_abs_diff"] <= 1e-4
         assert metrics["served_agreement"] == 1.0
         assert metrics["served_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tmp_path):
+    """`fixed` cuts reviews to batching.max_length; the exported model cuts them there too, so
+    single reviews longer than that get the batched evaluation's answer."""
+    metrics, _ = train_here(make_config, tmp_path, "batching=fixed", "batching.max_length=3",
+                            "evaluate.served_limit=40")
+    from textclf import inference
+
+    served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
+    counts = served.token_counts([text for text, _ in reviews(40, seed=3)])
+    assert counts.max() == 3  # longer reviews, cut to the trained length
+    assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0

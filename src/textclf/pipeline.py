@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -138,8 +138,11 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
 
 def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
            out: Path) -> Path:
-    """`model.keras` (raw strings in) and `classes.json` in the run folder."""
-    exported = inference.export(tokens.vectorizer, cfg.tokenize, net, cfg.batching.padding_side)
+    """`model.keras` (raw strings in) and `classes.json` in the run folder. It reads reviews as
+    training and evaluation did: `fixed` cut them at batching.max_length (first tokens kept)."""
+    limits = [n for n in (cfg.tokenize.max_length, cfg.batching.max_length) if n is not None]
+    served = replace(cfg.tokenize, max_length=min(limits, default=None))
+    exported = inference.export(tokens.vectorizer, served, net, cfg.batching.padding_side)
     return inference.save(exported, class_names, out)
 
 

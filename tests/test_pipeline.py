@@ -73,3 +73,17 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
     counts = served.token_counts([text for text, _ in reviews(40, seed=3)])
     assert counts.max() == 3  # longer reviews, cut to the trained length
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
+
+
+def test_the_training_levers_run_through_the_pipeline(make_config, tmp_path):
+    """Weight averaging, label smoothing and a warm-up + cosine schedule together: a run that
+    logs them, finishes and serves as it evaluated."""
+    metrics, client = train_here(
+        make_config, tmp_path, "train.ema=0.9", "train.label_smoothing=0.1",
+        "train.schedule=cosine", "train.warmup_steps=5", "train.max_steps=60",
+        "evaluate.served_limit=20")
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {run.data.params[k] for k in ("train.ema", "train.label_smoothing")} == {"0.9", "0.1"}
+    assert run.data.params["train.schedule"] == "cosine"
+    assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["test_accuracy"] > 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -102,29 +104,33 @@ class StopAt(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
-def fresh_model() -> keras.Model:
+def fresh_model(ema: float | None = None) -> keras.Model:
     keras.utils.set_random_seed(0)
     # dropout: the RNG state matters
     net = model.build(20, 2, small_model(embedding_dim=8, units=8, bidirectional=True,
                                          dropout=0.5), "post")
-    return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01))
+    return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01,
+                                                   ema=ema))
 
 
-@pytest.mark.parametrize("stop_at", [1, 3, 5])  # 5: all epochs done, the best not restored
+# 5: all epochs done, the best not restored; with weight averaging, the averaged weights are in
+# the model when the checkpoint is written
+@pytest.mark.parametrize("stop_at, ema", [(1, None), (3, None), (5, None), (3, 0.9)])
 def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
-    tmp_path, stop_at
+    tmp_path, stop_at, ema
 ):
+    build = functools.partial(fresh_model, ema)
     val = dataset(seed=1, noise=0.2)
-    whole = fresh_model()
+    whole = build()
     expected = train.fit(whole, shuffled, val, 4, quiet_training(epochs=5, patience=5))
 
     path = tmp_path / "checkpoint.npz"
     with pytest.raises(KeyboardInterrupt):
-        train.fit(fresh_model(), shuffled, val, 4, quiet_training(epochs=5, patience=5),
+        train.fit(build(), shuffled, val, 4, quiet_training(epochs=5, patience=5),
                   callbacks=[StopAt(stop_at)], checkpoint=path)
     assert train.Checkpoint(path, keras.callbacks.EarlyStopping(), train.Timer()).epoch == stop_at
 
-    resumed = fresh_model()  # a new process would rebuild the model just so
+    resumed = build()  # a new process would rebuild the model just so
     got = train.fit(resumed, shuffled, val, 4, quiet_training(epochs=5, patience=5),
                     checkpoint=path)
     assert got.history.keys() == expected.history.keys()
@@ -134,7 +140,7 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
     for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
-    finished = fresh_model()  # resuming a finished fit trains no more: it restores the result
+    finished = build()  # resuming a finished fit trains no more: it restores the result
     again = train.fit(finished, shuffled, val, 4, quiet_training(epochs=5, patience=5),
                       checkpoint=path)
     assert again.history == got.history
@@ -214,3 +220,34 @@ def test_a_smoothed_multiclass_model_saves_and_loads(tmp_path):
     net.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.loss.label_smoothing == pytest.approx(0.1)
+
+
+class Weights(keras.callbacks.Callback):
+    """The model's weights and the optimizer's average slots at every epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.model_weights, self.slots = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model_weights.append([w.copy() for w in self.model.get_weights()])
+        self.slots.append([v.numpy().copy()
+                           for v in self.model.optimizer._model_variables_moving_average])
+
+
+def test_weight_averaging_keeps_the_averaged_weights_of_the_best_epoch():
+    """Validation, early stopping and the returned model all use the averaged weights (Keras'
+    use_ema with EarlyStopping alone would hand back the raw best weights)."""
+    val = dataset(seed=1, noise=0.2)
+    net, seen = fresh_model(ema=0.9), Weights()
+    fitted = train.fit(net, shuffled, val, 4, quiet_training(epochs=6, patience=2),
+                       callbacks=[seen])
+    for final, averaged in zip(net.get_weights(), seen.model_weights[fitted.best_epoch],
+                               strict=True):
+        np.testing.assert_allclose(final, averaged, rtol=1e-6)
+    # after epoch 1 (not the last, where Keras makes both the average) the model held the
+    # average and the raw weights sat in the optimizer's slots
+    raw = seen.slots[0][0]
+    assert not np.allclose(seen.model_weights[0][0], raw)
+    assert net.evaluate(val, verbose=0)[0] == pytest.approx(min(fitted.history["val_loss"]),
+                                                         rel=1e-5)

@@ -200,6 +200,10 @@ class TrainConfig:
     warmup_steps: int = 0
     decay_steps: int | None = None
     label_smoothing: float = 0.0  # targets pulled this far towards uniform (0: none)
+    # weight averaging: an exponential moving average of the weights with this momentum per
+    # step (0.99: about the last 100 steps), used for validation, early stopping, the test and
+    # the saved model (null: the weights as trained)
+    ema: float | None = None
     # Training stops at the first of: early stopping (val_loss, `patience`), `epochs`, and
     # `max_steps` optimizer steps rounded up to whole epochs. IMDB (~200 steps an epoch) stops
     # early at epoch 3-5; 10-token texts (~16 steps an epoch) get the epochs they need.
@@ -240,6 +244,8 @@ class TrainConfig:
             _check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
                    "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
                    f"warmup_steps ({self.warmup_steps})")
+        _check(self.ema is None or 0 < self.ema < 1, "train.ema",
+               f"must be null or in (0, 1), got {self.ema}")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
                f"must be in [0, 1), got {self.label_smoothing}")
         _check(

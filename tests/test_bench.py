@@ -54,9 +54,14 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert inference["batch_reviews_per_s"] > 0 and inference["unsorted_reviews_per_s"] > 0
     assert report["matmul_gflops"] > 0 and "utilisation" in (out / "latest.md").read_text()
     assert inference["latency_p50_ms"] > 0
+    # the configured model.serve_lstm (fused) beside the trained layer, same saved weights
+    assert set(report["inference_by_serve_lstm"]) == {"fused", "trained"}
+    assert report["inference_by_serve_lstm"]["fused"] == inference
+    assert report["inference_by_serve_lstm"]["trained"]["latency_p50_ms"] > 0
     table = (out / "latest.md").read_text()
     assert "| per_batch |" in table and "× fixed" in table and table in done.stdout
     assert "relative to the configured `model.lstm=keras`: fused " in table
+    assert "- `fused`: " in table and "- `trained`: " in table
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("bench").experiment_id])

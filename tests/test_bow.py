@@ -23,7 +23,6 @@ from textclf.config import flatten
 
 from .conftest import compose_config, reviews, write_csv
 
-
 # (override, model tag, run name)
 MODELS = {"bow": ("model=bow", "bow", "bow-bucket"),
           "lstm+ngrams": ("model.ngram_branch=true", "lstm+ngrams",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from textclf import model
-from textclf.lstm import FusedLSTM, HoistedLSTM
+from textclf.lstm import FusedLSTM, HoistedLSTM, fused_copy
 
 from .conftest import small_model
 
@@ -132,3 +132,26 @@ def _lstm_layers(net: keras.Model) -> list[keras.layers.Layer]:
         elif isinstance(layer, keras.layers.LSTM):
             layers.append(layer)
     return layers
+
+
+@pytest.mark.parametrize("side", ["post", "pre"])
+@pytest.mark.parametrize("masking, bidirectional, lstm", [
+    ("mask_zero", True, "keras"), ("explicit", False, "hoisted"), ("masking_layer", True, "keras"),
+    ("none", False, "keras")])
+def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidirectional, lstm):
+    """What export serves (model.serve_lstm=fused): same outputs, every LSTM fused, every other
+    layer shared, and it saves and loads as model.keras."""
+    keras.utils.set_random_seed(2)
+    cfg = small_model(embedding_dim=8, units=5, masking=masking, lstm=lstm,
+                      bidirectional=bidirectional, pooling="concat")
+    trained = model.build(VOCAB, 3, cfg, side)
+    served = fused_copy(trained)
+    assert _lstm_layers(served) and all(type(layer) is FusedLSTM for layer in _lstm_layers(served))
+    assert not any(type(layer) is FusedLSTM for layer in _lstm_layers(trained))
+    assert served.get_layer("embedding") is trained.get_layer("embedding")
+    x = ragged_batch(side)
+    expected = trained.predict_on_batch(x)
+    np.testing.assert_allclose(served.predict_on_batch(x), expected, atol=1e-6)
+    served.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), expected, atol=1e-6)

@@ -46,6 +46,20 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_co
     assert {"model.keras", "classes.json", "config.json", "plots"} <= artifacts
 
 
+@pytest.mark.parametrize("serve_lstm, served_class", [("fused", "FusedLSTM"), ("trained", "LSTM")])
+def test_the_exported_model_runs_the_lstm_serve_lstm_names(make_config, tmp_path, serve_lstm,
+                                                          served_class):
+    metrics, _ = train_here(make_config, tmp_path, f"model.serve_lstm={serve_lstm}",
+                            "model.bidirectional=true", "evaluate.served_limit=20")
+    from textclf import inference
+
+    exported = inference.load_keras(tmp_path / "run" / "model.keras")
+    bilstm = exported.layers[-1].get_layer("bilstm")
+    assert {type(bilstm.forward_layer).__name__, type(bilstm.backward_layer).__name__} \
+        == {served_class}
+    assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
+
+
 @pytest.mark.parametrize("masking", ["mask_zero", "masking_layer", "explicit", "none"])
 def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config, tmp_path,
                                                                        masking):

@@ -23,10 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from . import batching, data, inference, pipeline, tracking, train
-from .config import BatchingConfig, Config, ModelConfig
+from .config import LSTMS, SERVE_LSTMS, BatchingConfig, Config, ModelConfig
 
 log = logging.getLogger(__name__)
-LSTMS = {"keras", "hoisted", "fused"}  # model.lstm options, timed side by side
 
 
 def machine() -> dict[str, str | int]:
@@ -85,7 +84,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     setups = {name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
               for name, spec in specs.items()}
     # the other LSTM paths, on the default batching
-    for lstm in sorted(LSTMS.difference([cfg.model.lstm])):
+    for lstm in sorted(set(LSTMS).difference([cfg.model.lstm])):
         other = replace(cfg, model=replace(cfg.model, lstm=lstm))
         setups[f"{default}/lstm-{lstm}"] = _setup(other, cfg.batching, tokens,
                                                    len(dataset.class_names), steps + 1)
@@ -99,24 +98,29 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     net = setups[default]["net"]
     step_cost = _step_cost(net, tokens.vocab_size, [(64, 256), (128, 256), (256, 256), (64, 64)],
                            2 if b.quick else 5)
-    classifier = inference.Classifier.from_files(
-        pipeline.export(tokens, net, dataset.class_names, cfg, Path(cfg.output_dir) / "bench"),
-        batch_size=256)
+    served = {}  # the exported model with each serve_lstm option, the configured one first
+    for serve in sorted(SERVE_LSTMS, key=lambda name: name != cfg.model.serve_lstm):
+        export_cfg = replace(cfg, model=replace(cfg.model, serve_lstm=serve))
+        folder = Path(cfg.output_dir) / "bench" / serve
+        classifier = inference.Classifier.from_files(
+            pipeline.export(tokens, net, dataset.class_names, export_cfg, folder), batch_size=256)
+        served[serve] = _inference(classifier, tokens.texts["train"], inference_reviews,
+                                   latency_calls)
     reviews = sum(len(t) for t in tokens.texts.values())
     report = {
         "machine": machine(),
         "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
                    "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
                    "max_length": cfg.tokenize.max_length, "default": default,
-                   "lstm": cfg.model.lstm,
+                   "lstm": cfg.model.lstm, "serve_lstm": cfg.model.serve_lstm,
                    "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
         "tokenize": {"vectorize_seconds": vectorize_seconds,
                      "encode_reviews_per_s": reviews / vectorize_seconds},
         "strategies": results,
         "matmul_gflops": matmul / 1e9,
         "step_cost": step_cost,
-        "inference": _inference(classifier, tokens.texts["train"], inference_reviews,
-                                latency_calls),
+        "inference": served[cfg.model.serve_lstm],
+        "inference_by_serve_lstm": served,
     }
     _write(report, Path(b.out_dir), cfg)
     return report
@@ -276,16 +280,17 @@ def markdown(report: dict) -> str:
              for name, r in strategies.items() if name.startswith(f"{default}/lstm-")]
     lines += ["", f"LSTM paths on `{default}` batching, reviews/s relative to the configured "
               f"`model.lstm={c.get('lstm', 'keras')}`: {', '.join(paths)}."]
-    inf = report["inference"]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
-    lines += ["", f"Inference from raw strings ({c['default']} model): "
-              f"{inf['batch_reviews_per_s']:,.0f} reviews/s sorted by token count in "
-              f"length-grouped batches (`inference.Classifier`), "
-              f"{inf['unsorted_reviews_per_s']:,.0f} reviews/s unsorted in batches of 256; "
-              f"single review "
-              f"p50 {inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms. "
-              f"Tokenization: {report['tokenize']['encode_reviews_per_s']:,.0f} reviews/s."]
+    lines += ["", f"Inference from raw strings through the saved `{c['default']}` model "
+              f"(`inference.Classifier`), per `model.serve_lstm` (configured: "
+              f"`{c['serve_lstm']}`):"]
+    for serve, inf in report["inference_by_serve_lstm"].items():
+        lines.append(f"- `{serve}`: {inf['batch_reviews_per_s']:,.0f} reviews/s sorted by token "
+                     f"count in length-grouped batches, {inf['unsorted_reviews_per_s']:,.0f} "
+                     f"reviews/s unsorted in batches of 256; single review p50 "
+                     f"{inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms.")
+    lines += ["", f"Tokenization: {report['tokenize']['encode_reviews_per_s']:,.0f} reviews/s."]
     return "\n".join(lines) + "\n"
 
 
@@ -297,6 +302,9 @@ def _write(report: dict, out_dir: Path, cfg: Config) -> None:
     flat = {f"{name}_{key}": value for name, res in report["strategies"].items()
             for key, value in res.items() if isinstance(value, float | int)}
     flat.update({f"inference_{k}": v for k, v in report["inference"].items()})
+    flat.update({f"inference_{serve}_{k}": v
+                 for serve, res in report["inference_by_serve_lstm"].items()
+                 for k, v in res.items()})
     with tracking.start_run(cfg.tracking.uri, "bench", run_name=f"bench {cfg.data.source}",
                             tags={"git_commit": tracking.git_commit(), **report["machine"]}) as run:
         run.log_metrics(flat)

@@ -21,6 +21,8 @@ STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "htm
 BATCHING = ("fixed", "per_batch", "bucket", "exact")
 PADDING_SIDES = ("post", "pre")
 MASKING = ("mask_zero", "masking_layer", "explicit", "none")
+LSTMS = ("keras", "hoisted", "fused")  # model.lstm: the layer training runs
+SERVE_LSTMS = ("fused", "trained")  # model.serve_lstm: the layer model.keras runs
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
 
@@ -158,6 +160,10 @@ class ModelConfig:
     # matmul before Keras' loop; fused: TensorFlow's fused LSTM kernel on CPU (src/textclf/
     # lstm.py, docs/bench.md). GPUs take cuDNN with any of them.
     lstm: str = "keras"
+    # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
+    # answers; one kernel call per review instead of a loop of small ops per step: single-review
+    # latency about halved, docs/bench.md) | trained (the model.lstm it trained with)
+    serve_lstm: str = "fused"
     # lstm: the network above | bow: a linear classifier on tf-idf weighted word n-grams of
     # the same token ids, the cheap baseline (conf/model/bow.yaml, src/textclf/bow.py)
     kind: str = "lstm"
@@ -184,7 +190,8 @@ class ModelConfig:
         _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
         _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _one_of(self.masking, "model.masking", MASKING)
-        _one_of(self.lstm, "model.lstm", ("keras", "hoisted", "fused"))
+        _one_of(self.lstm, "model.lstm", LSTMS)
+        _one_of(self.serve_lstm, "model.serve_lstm", SERVE_LSTMS)
 
 
 @dataclass

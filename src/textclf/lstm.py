@@ -150,3 +150,31 @@ def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_o
     h_last = tf.where(any_step, tf.gather(hidden, last, batch_dims=1)[:, 0], h0)
     c_last = tf.where(any_step, tf.gather(carries, last, batch_dims=1)[:, 0], c0)
     return outputs[:, -1], outputs, [h_last, c_last]
+
+
+def fused_copy(net: keras.Model) -> keras.Model:
+    """`net` with every Keras or hoisted LSTM replaced by a `FusedLSTM` holding the same
+    weights; all other layers are shared, not copied. For serving: the answers are the same
+    (to float rounding), and one review runs in one kernel call instead of a loop of small ops
+    per time step (docs/bench.md). Layers computing in another dtype than float32 (mixed
+    precision) are kept as they are."""
+
+    def fused(layer: keras.layers.LSTM) -> keras.layers.Layer:
+        if type(layer) not in (keras.layers.LSTM, HoistedLSTM) or layer.compute_dtype != "float32":
+            return layer
+        return FusedLSTM.from_config(layer.get_config())
+
+    def swap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.layers.Bidirectional):
+            forward, backward = fused(layer.forward_layer), fused(layer.backward_layer)
+            if forward is layer.forward_layer:
+                return layer
+            return keras.layers.Bidirectional(forward, backward_layer=backward,
+                                              merge_mode=layer.merge_mode, name=layer.name)
+        return fused(layer) if isinstance(layer, keras.layers.LSTM) else layer
+
+    copy = keras.models.clone_model(net, clone_function=swap)
+    for old, new in zip(net.layers, copy.layers, strict=True):
+        if new is not old:
+            new.set_weights(old.get_weights())
+    return copy

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from . import batching, bow, data, evaluate, inference, model, tokenize, tracking, train
 from .config import BatchingConfig, Config, ConfigError, flatten
+from .lstm import fused_copy
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"  # in the run folder: the MLflow run `train.resume` continues
@@ -139,9 +140,12 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
 def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
            out: Path) -> Path:
     """`model.keras` (raw strings in) and `classes.json` in the run folder. It reads reviews as
-    training and evaluation did: `fixed` cut them at batching.max_length (first tokens kept)."""
+    training and evaluation did: `fixed` cut them at batching.max_length (first tokens kept).
+    With model.serve_lstm=fused its LSTMs run TensorFlow's fused kernel (same weights)."""
     limits = [n for n in (cfg.tokenize.max_length, cfg.batching.max_length) if n is not None]
     served = replace(cfg.tokenize, max_length=min(limits, default=None))
+    if cfg.model.serve_lstm == "fused":
+        net = fused_copy(net)
     exported = inference.export(tokens.vectorizer, served, net, cfg.batching.padding_side)
     return inference.save(exported, class_names, out)
 

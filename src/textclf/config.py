@@ -172,8 +172,10 @@ class ModelConfig:
     # per step grows with it)
     ngram_vocab: int = 100000
     # lstm: also give the head bow's tf-idf n-gram features beside the LSTM's pooled vector
-    # (wide and deep: the n-grams' vocabulary is adapted on the training texts, like bow's)
-    ngram_branch: bool = False
+    # (wide and deep: the n-grams' vocabulary is adapted on the training texts, like bow's).
+    # On by default: full IMDB 0.896 +- 0.004 over 3 seeds against 0.871 +- 0.017 without
+    # (docs/results.md); the padding and masking comparisons turn it off to study the LSTM.
+    ngram_branch: bool = True
 
     def __post_init__(self) -> None:
         _one_of(self.kind, "model.kind", ("lstm", "bow"))

@@ -88,6 +88,11 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         other = replace(cfg, model=replace(cfg.model, lstm=lstm))
         setups[f"{default}/lstm-{lstm}"] = _setup(other, cfg.batching, tokens,
                                                    len(dataset.class_names), steps + 1)
+    # the n-gram branch's cost (on by default in training; off in this reference model)
+    if not cfg.model.ngram_branch:
+        wide = replace(cfg, model=replace(cfg.model, ngram_branch=True))
+        setups[f"{default}/ngram-branch"] = _setup(wide, cfg.batching, tokens,
+                                              len(dataset.class_names), steps + 1)
     results = {name: setup["result"] for name, setup in setups.items()}
     _time_training(setups, repeats)
     _summarise(results)
@@ -136,7 +141,8 @@ def _setup(cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_c
     pipe_seconds = time.perf_counter() - start
     stats = batching.padding_stats(epoch)
     keras.utils.set_random_seed(cfg.train.seed)
-    net = pipeline.build(replace(cfg, batching=spec), tokens.vocab_size, num_classes)
+    net = pipeline.build(replace(cfg, batching=spec), tokens.vocab_size, num_classes,
+                         train_tokens=tokens.splits["train"].tokens)
     result = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
               "reviews_per_epoch": stats.reviews, "real_tokens_per_epoch": stats.real_tokens,
               "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
@@ -280,6 +286,11 @@ def markdown(report: dict) -> str:
              for name, r in strategies.items() if name.startswith(f"{default}/lstm-")]
     lines += ["", f"LSTM paths on `{default}` batching, reviews/s relative to the configured "
               f"`model.lstm={c.get('lstm', 'keras')}`: {', '.join(paths)}."]
+    if f"{default}/ngram-branch" in strategies:
+        wide = strategies[f"{default}/ngram-branch"]["reviews_per_s"] / base
+        lines += ["", f"The n-gram branch (`model.ngram_branch=true`, the training default) "
+                  f"beside this LSTM: {wide:.2f}× its reviews/s (its GFLOP/s column counts the "
+                  f"LSTM's FLOPs only)."]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
     lines += ["", f"Inference from raw strings through the saved `{c['default']}` model "

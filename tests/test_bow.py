@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,7 +66,7 @@ def test_the_ngram_branch_sits_beside_the_lstm(run):
         return {layer.name}.union(*(names(inner) for inner in getattr(layer, "layers", [])))
 
     exported = names(inference.Classifier.from_files(run.out / "model.keras").model)
-    assert {"ngrams", "active_rms"} <= exported
+    assert {"ngrams", "id_words"} <= exported
     assert ("bilstm" in exported) == (run.tag == "lstm+ngrams")
 
 
@@ -125,3 +127,35 @@ def test_ngrams_outside_training_are_a_clear_error(make_config, override):
 def test_an_ngram_branch_on_bow_is_refused(make_config):
     with pytest.raises(Exception, match="model.ngram_branch: applies to model.kind=lstm"):
         make_config("model=bow", "model.ngram_branch=true")
+
+
+def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
+    """SparseTfIdf gives what TextVectorization(output_mode="tf_idf") + ActiveRMS gave as dense
+    rows (vocabulary, idf, out-of-vocabulary weight, scaling), kept sparse; saved and loaded
+    with its vocabulary and idf."""
+    train = tf.constant(["1 2 3", "2 3 4 5", "5 6 7 2", "1 2", "8 9 2 3 3"])
+    dense = keras.layers.TextVectorization(max_tokens=12, standardize=None, split="whitespace",
+                                           ngrams=2, output_mode="tf_idf")
+    dense.adapt(train)
+    sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, rate=0.5)
+    sparse.adapt(tf.data.Dataset.from_tensor_slices(train).batch(2))
+    assert sparse.counts.get_vocabulary() == dense.get_vocabulary()
+    texts = tf.constant(["1 2 3 3 77", "5 6", "99"])
+    expected = bow.ActiveRMS()(dense(texts)).numpy()
+    rows = sparse(texts)
+    assert isinstance(rows, tf.SparseTensor)
+    np.testing.assert_allclose(tf.sparse.to_dense(rows).numpy(), expected, rtol=1e-5)
+    # dropout while training: present n-grams only, the kept ones scaled by 1 / (1 - rate)
+    dropped = tf.sparse.to_dense(sparse(texts, training=True)).numpy()
+    kept = dropped != 0
+    assert kept.sum() < (expected != 0).sum() and not (kept & (expected == 0)).any()
+    np.testing.assert_allclose(dropped[kept], 2 * expected[kept], rtol=1e-5)
+
+    inputs = keras.Input(shape=(), dtype="string")
+    net = keras.Model(inputs, bow.head([sparse(inputs)], 2))
+    net.get_layer("logits").set_weights([np.arange(12, dtype="float32")[:, None] / 10,
+                                         np.zeros(1, "float32")])
+    with tempfile.TemporaryDirectory() as folder:
+        net.save(f"{folder}/m.keras")
+        loaded = keras.models.load_model(f"{folder}/m.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded(texts).numpy(), net(texts).numpy(), rtol=1e-6)

@@ -104,10 +104,9 @@ def build(
     x = rnn(x, mask=mask)
     x = _pool(x, cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    if ngram_features is not None:
-        ngrams = layers.Dropout(cfg.dropout, name="ngram_dropout")(ngram_features(tokens))
-        x = layers.Concatenate(name="wide_and_deep")([x, ngrams])
-        return keras.Model(tokens, bow.head(x, num_classes), name=f"lstm_ngrams_{cfg.masking}")
+    if ngram_features is not None:  # wide and deep: one linear head over both
+        return keras.Model(tokens, bow.head([x, ngram_features(tokens)], num_classes),
+                           name=f"lstm_ngrams_{cfg.masking}")
     if num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:

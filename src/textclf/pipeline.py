@@ -53,14 +53,22 @@ class Batches:
     boundaries: list[int] | None
 
 
+def reading_length(cfg: Config) -> int | None:
+    """Tokens of a review the model reads: tokenize.max_length, or batching.max_length when
+    `fixed` cuts shorter. Training, evaluation and the exported model all cut here."""
+    limits = [n for n in (cfg.tokenize.max_length, cfg.batching.max_length) if n is not None]
+    return min(limits, default=None)
+
+
 def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
-    """Adapt the vocabulary on the training texts, then encode every split (empty rows out)."""
+    """Adapt the vocabulary on the training texts, then encode every split (empty rows out),
+    each review cut at `reading_length`."""
     vectorizer = tokenize.adapt(dataset.train.texts, cfg.tokenize)
     counts = dict(dataset.stats)
     splits, texts = {}, {}
     for name in SPLITS:
         part: data.Split = getattr(dataset, name)
-        encoded = tokenize.encode(vectorizer, part.texts, part.labels, cfg.tokenize.max_length)
+        encoded = tokenize.encode(vectorizer, part.texts, part.labels, reading_length(cfg))
         splits[name], keep = tokenize.drop_empty(encoded)
         texts[name] = [t for t, k in zip(part.texts, keep, strict=True) if k]
         counts[f"no_tokens_dropped_{name}"] = int((~keep).sum())
@@ -140,10 +148,9 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
 def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
            out: Path) -> Path:
     """`model.keras` (raw strings in) and `classes.json` in the run folder. It reads reviews as
-    training and evaluation did: `fixed` cut them at batching.max_length (first tokens kept).
-    With model.serve_lstm=fused its LSTMs run TensorFlow's fused kernel (same weights)."""
-    limits = [n for n in (cfg.tokenize.max_length, cfg.batching.max_length) if n is not None]
-    served = replace(cfg.tokenize, max_length=min(limits, default=None))
+    training and evaluation did (up to `reading_length` tokens). With model.serve_lstm=fused
+    its LSTMs run TensorFlow's fused kernel (same weights)."""
+    served = replace(cfg.tokenize, max_length=reading_length(cfg))
     if cfg.model.serve_lstm == "fused":
         net = fused_copy(net)
     exported = inference.export(tokens.vectorizer, served, net, cfg.batching.padding_side)

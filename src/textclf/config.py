@@ -162,7 +162,7 @@ class ModelConfig:
     lstm: str = "keras"
     # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
     # answers; one kernel call per review instead of a loop of small ops per step: single-review
-    # latency about halved, docs/bench.md) | trained (the model.lstm it trained with)
+    # latency 3.3x lower in make bench, docs/bench.md) | trained (the model.lstm it trained with)
     serve_lstm: str = "fused"
     # lstm: the network above | bow: a linear classifier on tf-idf weighted word n-grams of
     # the same token ids, the cheap baseline (conf/model/bow.yaml, src/textclf/bow.py)

@@ -75,7 +75,7 @@ class SparseTfIdf(layers.Layer):
     The values are those of `TextVectorization(output_mode="tf_idf")` (counts × Keras' idf,
     `log(1 + documents / (1 + document count))`, the mean idf for out-of-vocabulary n-grams),
     but sparse: a dense row is `ngram_vocab` floats, and building, scaling, dropping out and
-    multiplying 256 of them took ~8× the time of the sparse rows (docs/bench.md). Keras'
+    multiplying 256 of them took ~8× the time of the sparse rows (docs/design.md). Keras'
     own sparse tf_idf fails when called (a GatherNd on its idf weights), so this counts n-grams
     with `output_mode="count", sparse=True` and weighs them itself. `adapt` sets the
     vocabulary and idf from training rows; model.keras saves both.

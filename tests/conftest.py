@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from textclf import models
 from textclf.cli import CONF_DIR, ROOT
-from textclf.config import Config, ModelConfig, TrainConfig, to_object
+from textclf.config import Config, TrainConfig, to_object
+from textclf.models.lstm import LstmConfig
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
@@ -59,9 +61,15 @@ def write_csv(path: Path, rows: list[tuple[str, object]], header=("text", "label
     return path
 
 
-def small_model(**kw) -> ModelConfig:
-    """A one-direction LSTM without dropout unless asked: small, deterministic test models."""
-    return ModelConfig(**{"bidirectional": False, "dropout": 0.0} | kw)
+def small_model(**kw) -> LstmConfig:
+    """A one-direction LSTM alone, without dropout unless asked: small, deterministic test
+    models."""
+    return LstmConfig(**{"bidirectional": False, "dropout": 0.0, "ngram_branch": False} | kw)
+
+
+def build_lstm(vocab_size: int, num_classes: int, cfg: LstmConfig, padding_side: str = "post"):
+    """The LSTM classifier `cfg` describes, for ids below `vocab_size` padded on `padding_side`."""
+    return models.build(cfg, models.ModelInputs(vocab_size, num_classes, padding_side))
 
 
 def quiet_training(**kw) -> TrainConfig:

@@ -12,12 +12,12 @@ from .conftest import reviews, textclf, write_csv
 
 def test_training_flops_are_counted_from_the_gate_shapes():
     from textclf.bench import training_flops_per_step
-    from textclf.config import ModelConfig
+    from textclf.models.lstm import LstmConfig
 
     # forward: 4 gates × 64 units × (128 inputs + 64 recurrent) multiply-adds; backward 2×
-    one_way = ModelConfig(embedding_dim=128, units=64, bidirectional=False)
+    one_way = LstmConfig(embedding_dim=128, units=64, bidirectional=False)
     assert training_flops_per_step(one_way) == 3 * 2 * 4 * 64 * (128 + 64)
-    both = ModelConfig(embedding_dim=128, units=64, bidirectional=True)
+    both = LstmConfig(embedding_dim=128, units=64, bidirectional=True)
     assert training_flops_per_step(both) == 2 * training_flops_per_step(one_way)
 
 
@@ -34,7 +34,6 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
 
     report = json.loads((out / "latest.json").read_text())
     assert set(report["strategies"]) == {"fixed", "per_batch", "bucket", "exact",
-                                         "bucket/lstm-hoisted", "bucket/lstm-fused",
                                          "bucket/ngram-branch"}
     for name, result in report["strategies"].items():
         for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s",
@@ -61,7 +60,6 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert report["inference_by_serve_lstm"]["trained"]["latency_p50_ms"] > 0
     table = (out / "latest.md").read_text()
     assert "| per_batch |" in table and "× fixed" in table and table in done.stdout
-    assert "relative to the configured `model.lstm=keras`: fused " in table
     assert "- `fused`: " in table and "- `trained`: " in table
     assert "The n-gram branch (`model.ngram_branch=true`, the training default) beside" in table
 

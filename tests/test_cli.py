@@ -209,10 +209,9 @@ def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
     assert results[0] == results[1]
 
 
-def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path, monkeypatch):
-    from textclf import cli
+def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path):
+    from textclf import resume
 
-    monkeypatch.setattr(cli, "ROOT", tmp_path)
     for name, age in (("runs/old", 100), ("sweeps/s/0_x", 50), ("runs/finished", 0)):
         folder = tmp_path / "outputs" / name
         (folder / ".hydra").mkdir(parents=True)
@@ -223,11 +222,11 @@ def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path, monk
             checkpoint.write_bytes(b"")
             os.utime(checkpoint, (time.time() - age, time.time() - age))
     newest = (tmp_path / "outputs" / "sweeps" / "s" / "0_x").resolve()
-    assert cli._resume_args(["train.verbose=0"]) == [
+    assert resume.arguments(["train.verbose=0"], tmp_path / "outputs") == [
         "model.units=8", "tracking.run_name=sweeps-s-0_x", f"hydra.run.dir={newest}",
         "hydra.output_subdir=null", "train.resume=true", "train.verbose=0"]
     with pytest.raises(SystemExit, match="not a run folder"):
-        cli._resume_args([str(tmp_path)])
+        resume.arguments([str(tmp_path)], tmp_path / "outputs")
 
 
 def test_sweep_job_folders_stay_short_and_distinct():
@@ -239,3 +238,4 @@ def test_sweep_job_folders_stay_short_and_distinct():
     names = [short_name(m) for m in many]
     assert all(len(n.encode()) <= SHORT_NAME for n in names) and names[0] != names[1]
     assert names[0].startswith("key0.value=é0a")
+    assert short_name("data.test_path=/data/test.csv") == "data.test_path=_data_test.csv"

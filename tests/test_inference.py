@@ -9,10 +9,10 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textclf import inference, model, tokenize
+from textclf import inference, tokenize
 from textclf.config import TokenizeConfig
 
-from .conftest import reviews, small_model
+from .conftest import build_lstm, reviews, small_model
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,11 @@ def classifier(tmp_path_factory) -> inference.Classifier:
     texts = [t for t, _ in reviews(200)]
     vectorizer = tokenize.adapt(texts, TokenizeConfig())
     keras.utils.set_random_seed(0)
-    net = model.build(vectorizer.vocabulary_size(), 2,
+    net = build_lstm(vectorizer.vocabulary_size(), 2,
                       small_model(embedding_dim=8, units=8, bidirectional=True), "pre")
     exported = inference.export(vectorizer, TokenizeConfig(max_length=60), net, "pre")
-    path = inference.save(exported, ["neg", "pos"], tmp_path_factory.mktemp("model"))
+    folder = tmp_path_factory.mktemp("model")
+    path = inference.save(exported, ["neg", "pos"], folder / "model.keras", folder / "classes.json")
     return inference.Classifier.from_files(path, batch_size=4, token_budget=64)
 
 
@@ -33,7 +34,7 @@ def test_sorted_batches_answer_like_one_text_per_call_in_the_callers_order(class
     batched = classifier.probabilities(texts)
     one_by_one = np.concatenate([classifier.probabilities([t]) for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
-    whole = model.class_probabilities(classifier.model(tf.constant(texts)).numpy())
+    whole = inference.class_probabilities(classifier.model(tf.constant(texts)).numpy())
     np.testing.assert_allclose(batched, whole, atol=1e-5)  # one unsorted, fully padded batch
     frame = classifier.predict(texts[::-1])
     np.testing.assert_allclose(frame[["prob_neg", "prob_pos"]].to_numpy(), batched[::-1],

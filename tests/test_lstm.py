@@ -1,157 +1,128 @@
-"""HoistedLSTM and FusedLSTM compute what keras.layers.LSTM computes, from the same weights."""
+"""Masking makes a review's prediction independent of its padding; no mask does not."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from textclf import model
-from textclf.lstm import FusedLSTM, HoistedLSTM, fused_copy
+from textclf.models import lstm
 
-from .conftest import small_model
+from .conftest import build_lstm, small_model
 
-VOCAB = 40
-IMPLEMENTATIONS = {"hoisted": HoistedLSTM, "fused": FusedLSTM}
-
-
-def ragged_batch(side: str, seed: int = 0) -> np.ndarray:
-    """Rows of 1 to 9 tokens padded to 12 on `side`, so every row has padding but one."""
-    rng = np.random.default_rng(seed)
-    rows = np.zeros((6, 12), dtype=np.int32)
-    for row, length in zip(rows, [1, 3, 5, 9, 12, 7], strict=True):
-        ids = rng.integers(1, VOCAB, length)
-        if side == "pre":
-            row[12 - length:] = ids
-        else:
-            row[:length] = ids
-    return rows
+VOCAB = 50
+MASKED = ["mask_zero", "masking_layer", "explicit"]
 
 
-def pair(lstm: str, masking: str, side: str, **kw) -> tuple[keras.Model, keras.Model]:
-    """The same architecture with Keras' LSTM and with `lstm`, sharing every weight."""
-    nets = []
-    for name in ("keras", lstm):
-        keras.utils.set_random_seed(1)
-        cfg = small_model(embedding_dim=8, units=5, masking=masking, lstm=name, **kw)
-        nets.append(model.build(VOCAB, 2, cfg, side))
-    nets[1].set_weights(nets[0].get_weights())
-    return nets[0], nets[1]
+def pad(ids: list[int], pads: int, side: str) -> np.ndarray:
+    zeros = [0] * pads
+    return np.array([zeros + ids if side == "pre" else ids + zeros], dtype=np.int32)
 
 
-@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
-@pytest.mark.parametrize("side", ["post", "pre"])
-@pytest.mark.parametrize(
-    "masking, pooling",
-    [("mask_zero", "mean"), ("explicit", "last"), ("masking_layer", "mean"), ("none", "last")],
+def build(masking: str, side: str = "post", **kw) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=4, masking=masking, **kw), side)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {(m, side): build(m, side) for m in [*MASKED, "none"] for side in ("post", "pre")}
+
+
+review_st = st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    ids=review_st,
+    pads=st.sampled_from([0, 1, 7, 500]),
+    side=st.sampled_from(["post", "pre"]),
+    masking=st.sampled_from(MASKED),
 )
-def test_same_outputs_as_keras_lstm(lstm, masking, side, pooling):
-    reference, other = pair(lstm, masking, side, pooling=pooling, bidirectional=True)
-    assert all(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(other))
-    assert not any(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(reference))
-    x = ragged_batch(side)
-    np.testing.assert_allclose(
-        other.predict_on_batch(x), reference.predict_on_batch(x), rtol=1e-5, atol=1e-6
-    )
+def test_masked_prediction_ignores_padding(models, ids, pads, side, masking):
+    net = models[(masking, side)]
+    bare = net.predict_on_batch(pad(ids, 0, side))
+    np.testing.assert_allclose(net.predict_on_batch(pad(ids, pads, side)), bare, atol=1e-5)
 
 
-@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
-@pytest.mark.parametrize("return_sequences", [True, False])
-@pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("side", ["post", "pre"])
-def test_layer_outputs_and_states_match(lstm, return_sequences, go_backwards, side):
-    """The layer alone, masked steps included: outputs, final states, an all-padding row, and
-    inputs large enough that an unclipped cell state is needed."""
-    rng = np.random.default_rng(4)
-    x = rng.normal(0, 3, (5, 7, 6)).astype("float32")
-    lengths = np.array([7, 4, 1, 0, 3])
-    steps = np.arange(7)[None, :]
-    mask = steps >= 7 - lengths[:, None] if side == "pre" else steps < lengths[:, None]
-    kw = dict(return_sequences=return_sequences, return_state=True, go_backwards=go_backwards)
-    reference = keras.layers.LSTM(4, **kw)
-    other = IMPLEMENTATIONS[lstm](4, **kw)
-    expected = reference(x, mask=mask)
-    other.build(x.shape)
-    other.set_weights([w * 3 for w in reference.get_weights()])
-    reference.set_weights(other.get_weights())
-    expected = reference(x, mask=mask)
-    for mine, theirs in zip(other(x, mask=mask), expected, strict=True):
-        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
-
-
-def test_fused_rejects_a_mask_with_holes():
-    layer = FusedLSTM(3)
-    x = np.ones((1, 4, 2), "float32")
-    with pytest.raises(Exception, match="unbroken run"):
-        layer(x, mask=np.array([[True, False, True, False]]))
-
-
-@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
-def test_same_gradients_as_keras_lstm(lstm):
-    """Training steps see the same function: gradients agree too (dropout off)."""
-    import tensorflow as tf
-
-    reference, hoisted = pair(lstm, "mask_zero", "post", dropout=0.0, bidirectional=True)
-    x, y = ragged_batch("post", seed=3), np.array([[0], [1], [1], [0], [1], [0]], "float32")
-    grads = []
-    for net in (reference, hoisted):
-        with tf.GradientTape() as tape:
-            loss = keras.losses.binary_crossentropy(y, net(x, training=True))
-        grads.append(tape.gradient(loss, net.trainable_variables))
-    for mine, theirs in zip(grads[1], grads[0], strict=True):
+@settings(max_examples=10, deadline=None)
+@given(ids=review_st, side=st.sampled_from(["post", "pre"]))
+def test_masking_modes_agree_for_identical_weights(models, ids, side):
+    reference = models[("mask_zero", side)]
+    x = pad(ids, 5, side)
+    for masking in MASKED[1:]:
+        other = build(masking, side)
+        for name in ("embedding", "lstm", "probability"):
+            other.get_layer(name).set_weights(reference.get_layer(name).get_weights())
         np.testing.assert_allclose(
-            tf.convert_to_tensor(mine), tf.convert_to_tensor(theirs), rtol=1e-4, atol=1e-6
+            other.predict_on_batch(x), reference.predict_on_batch(x), atol=1e-6
         )
 
 
-@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
-def test_dropout_is_applied_when_training_only(lstm):
-    _, hoisted = pair(lstm, "mask_zero", "post", dropout=0.5, bidirectional=False, pooling="last")
-    x = ragged_batch("post")
-    inference_out = hoisted(x, training=False)
-    np.testing.assert_allclose(inference_out, hoisted(x, training=False))
-    assert not np.allclose(hoisted(x, training=True), inference_out)
-
-
-@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
-def test_saves_and_loads_as_model_keras(tmp_path, lstm):
-    _, hoisted = pair(lstm, "explicit", "pre")
-    path = tmp_path / "model.keras"
-    hoisted.save(path)
-    loaded = keras.models.load_model(path, compile=False, safe_mode=True)
-    assert any(isinstance(layer, IMPLEMENTATIONS[lstm]) for layer in _lstm_layers(loaded))
-    x = ragged_batch("pre")
-    np.testing.assert_allclose(loaded.predict_on_batch(x), hoisted.predict_on_batch(x), atol=1e-7)
-
-
-def _lstm_layers(net: keras.Model) -> list[keras.layers.Layer]:
-    layers = []
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.Bidirectional):
-            layers += [layer.forward_layer, layer.backward_layer]
-        elif isinstance(layer, keras.layers.LSTM):
-            layers.append(layer)
-    return layers
-
-
 @pytest.mark.parametrize("side", ["post", "pre"])
-@pytest.mark.parametrize("masking, bidirectional, lstm", [
-    ("mask_zero", True, "keras"), ("explicit", False, "hoisted"), ("masking_layer", True, "keras"),
-    ("none", False, "keras")])
-def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidirectional, lstm):
-    """What export serves (model.serve_lstm=fused): same outputs, every LSTM fused, every other
-    layer shared, and it saves and loads as model.keras."""
-    keras.utils.set_random_seed(2)
-    cfg = small_model(embedding_dim=8, units=5, masking=masking, lstm=lstm,
-                      bidirectional=bidirectional, pooling="concat")
-    trained = model.build(VOCAB, 3, cfg, side)
-    served = fused_copy(trained)
-    assert _lstm_layers(served) and all(type(layer) is FusedLSTM for layer in _lstm_layers(served))
-    assert not any(type(layer) is FusedLSTM for layer in _lstm_layers(trained))
-    assert served.get_layer("embedding") is trained.get_layer("embedding")
-    x = ragged_batch(side)
-    expected = trained.predict_on_batch(x)
-    np.testing.assert_allclose(served.predict_on_batch(x), expected, atol=1e-6)
-    served.save(tmp_path / "model.keras")
+def test_without_a_mask_padding_moves_the_prediction(models, side):
+    net = models[("none", side)]
+    ids = [3, 14, 15, 9, 26]
+    outputs = [float(net.predict_on_batch(pad(ids, p, side))[0, 0]) for p in (0, 50, 500)]
+    assert max(outputs) - min(outputs) > 1e-4
+
+
+def test_left_padding_with_a_mask_avoids_cudnn():
+    assert build("mask_zero", "pre").get_layer("lstm").use_cudnn is False
+    assert build("mask_zero", "post").get_layer("lstm").use_cudnn == "auto"
+    assert build("none", "pre").get_layer("lstm").use_cudnn == "auto"
+
+
+def test_multiclass_head_and_bidirectional():
+    net = build_lstm(VOCAB, 4, small_model(embedding_dim=8, units=4, bidirectional=True), "post")
+    out = net.predict_on_batch(pad([1, 2, 3], 2, "post"))
+    assert out.shape == (1, 4) and np.isclose(out.sum(), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("masking", MASKED)
+def test_custom_layers_survive_save_and_load(tmp_path, masking):
+    net = build(masking, "pre")
+    net.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    x = pad([4, 5, 6], 3, "pre")
+    np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["max", "concat"])
+@pytest.mark.parametrize("masking", ["mask_zero", "explicit"])
+@pytest.mark.parametrize("side", ["post", "pre"])
+def test_max_and_concat_pooling_ignore_padding(pooling, masking, side):
+    """Padded steps never win the maximum (their outputs are zeros, often the largest value
+    when every real output is negative) and the final state is the last real step's."""
+    net = build(masking, side, pooling=pooling, bidirectional=pooling == "concat")
+    ids = [3, 14, 15, 9, 26]
+    bare = net.predict_on_batch(pad(ids, 0, side))
+    for pads in (1, 30):
+        np.testing.assert_allclose(net.predict_on_batch(pad(ids, pads, side)), bare, atol=1e-5)
+
+
+def test_max_pooling_takes_the_largest_unmasked_step():
+    outputs = np.array([[[-3.0, 1.0], [-2.0, -5.0], [0.0, 0.0]]], dtype="float32")
+    mask = np.array([[True, True, False]])
+    pooled = lstm.MaskedMaxPooling()(outputs, mask=mask)
+    np.testing.assert_allclose(pooled, [[-2.0, 1.0]])
+
+
+def test_embedding_dropout_drops_whole_channels_when_training_only():
+    net = build("mask_zero", embedding_dropout=0.5)
+    layer = net.get_layer("embedding_dropout")
+    x = np.ones((1, 6, 8), dtype="float32")
+    dropped = np.asarray(layer(x, training=True))[0]
+    assert ((dropped == 0).all(axis=0) | (dropped != 0).all(axis=0)).all()  # per channel
+    assert (dropped == 0).any()
+    np.testing.assert_allclose(layer(x, training=False), x)
+
+
+def test_concat_pooling_survives_save_and_load(tmp_path):
+    net = build("mask_zero", pooling="concat", bidirectional=True)
+    net.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict_on_batch(x), expected, atol=1e-6)
+    x = pad([3, 14, 15], 4, "post")
+    np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-7)

@@ -28,7 +28,7 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from textclf import data, inference, model, predict, tracking
+from textclf import data, inference, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 
 from .conftest import GOOD, quick, reviews, textclf, write_csv
@@ -115,13 +115,13 @@ def test_pyfunc_has_a_signature_and_matches_the_keras_model(trained):
     info = mlflow.models.get_model_info(model_uri)
     assert info.signature.inputs.input_names() == ["text"]
     example = mlflow.models.Model.load(model_uri).load_input_example()
-    assert example["text"].tolist() == tracking.EXAMPLE
+    assert example["text"].tolist() == tracking.models.EXAMPLE
 
     texts = [POSITIVE, NEGATIVE, "great acting and a lovely story"]
     got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
     assert list(got.columns) == ["label", "prob_neg", "prob_pos", "error"]
     net = keras.models.load_model(trained.root / "binary" / "model.keras")
-    expected = model.class_probabilities(net.predict(tf.constant(texts), verbose=0))
+    expected = inference.class_probabilities(net.predict(tf.constant(texts), verbose=0))
     np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(), expected, atol=1e-5)
     assert got["label"].tolist() == ["pos", "neg", "pos"] and got["error"].isna().all()
 

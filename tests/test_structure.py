@@ -10,37 +10,57 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from textclf import config
+from textclf import config, models
 from textclf.cli import CONF_DIR
 
 SRC = Path(config.__file__).parent
-MODULES = {p.stem: ast.parse(p.read_text()) for p in SRC.glob("*.py") if p.stem != "__init__"}
+
+
+def module_name(path: Path) -> str:
+    """`models/lstm.py` → `models.lstm`; a package's `__init__.py` → the package."""
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py")
+           if module_name(p)}
+PACKAGES = {module_name(p) for p in SRC.rglob("__init__.py") if module_name(p)}
 ENTRY_POINTS = {"cli", "sweep", "tune"}  # what Hydra calls: the app and its callbacks
 GROUP_SCHEMA = {"data": config.DataConfig, "tokenize": config.TokenizeConfig,
-                "batching": config.BatchingConfig, "model": config.ModelConfig,
+                "batching": config.BatchingConfig, "model": None,  # per option: models/
                 "train": config.TrainConfig, "evaluate": config.EvaluateConfig,
                 "tracking": config.TrackingConfig}
 SELECTOR = {"data": "source", "batching": "strategy"}  # the key an option file chooses
 
 
-def imported(tree: ast.Module) -> set[str]:
-    """Top-level names imported anywhere in the module (`from . import x`, `import x.y`)."""
+def imported(name: str) -> set[str]:
+    """What module `name` imports anywhere, as dotted names: textclf's own modules without the
+    `textclf.` prefix (`from ..config import x` in `models.lstm` → `config`), others as written."""
+    package = name.split(".") if name in PACKAGES else name.split(".")[:-1]
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(MODULES[name]):
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
+            names |= {alias.name.removeprefix("textclf.") for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: textclf's own modules
-                names |= ({node.module.split(".")[0]} if node.module
-                          else {alias.name for alias in node.names})
+                base = package[: len(package) - node.level + 1]
+                stem = ".".join([*base, *([node.module] if node.module else [])])
+                names |= ({stem} if node.module else
+                          {".".join([*base, alias.name]) for alias in node.names})
             else:
-                names.add(node.module or "")
+                names.add((node.module or "").removeprefix("textclf."))
     return names
 
 
 def project_imports(name: str) -> set[str]:
-    return {n.removeprefix("textclf.").split(".")[0] for n in imported(MODULES[name])
-            if n.removeprefix("textclf.").split(".")[0] in MODULES and n != name}
+    """textclf's modules `name` imports (a name inside a module counts as the module)."""
+    found = set()
+    for dotted in imported(name):
+        while dotted and dotted not in MODULES:
+            dotted = dotted.rpartition(".")[0]
+        if dotted and dotted != name and not name.startswith(dotted + "."):
+            found.add(dotted)
+    return found
 
 
 def test_the_import_graph_of_src_has_no_cycle():
@@ -61,9 +81,9 @@ def test_the_import_graph_of_src_has_no_cycle():
 
 
 def test_only_tracking_imports_mlflow_and_only_entry_points_see_hydra_configs():
-    mlflow_users = {n for n, t in MODULES.items()
-                    if any(i.startswith("mlflow") for i in imported(t))}
-    assert mlflow_users == {"tracking", "mlflow_model"}  # the model file MLflow loads by path
+    mlflow_users = {n for n in MODULES if any(i.startswith("mlflow") for i in imported(n))}
+    # the tracking package, and the model file MLflow loads by path
+    assert {n.split(".")[0] for n in mlflow_users} == {"tracking", "mlflow_model"}
     dictconfig_users = {n for n, t in MODULES.items()
                         if "DictConfig" in {getattr(x, "id", None) for x in ast.walk(t)}}
     assert dictconfig_users <= ENTRY_POINTS | {"config"}  # config turns it into dataclasses
@@ -86,8 +106,11 @@ OPTIONS = [(group, path) for group in GROUP_SCHEMA
 @pytest.mark.parametrize("group,path", OPTIONS, ids=[f"{g}/{p.stem}" for g, p in OPTIONS])
 def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, path):
     """Defaults live in config.py alone: an option file that repeats one would drift from it."""
-    schema = {f.name: f for f in dataclasses.fields(GROUP_SCHEMA[group])}
+    schema = {f.name: f for f in dataclasses.fields(
+        GROUP_SCHEMA[group] or models.REGISTRY[path.stem].config)}
     values = leaves(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    if group == "model":  # starts from the model's own schema, registered under its name
+        assert values.pop("defaults", None) == [f"{path.stem}_schema", "_self_"], path.name
     for key, value in values.items():
         assert key in schema, f"{path.name}: {key} is not a {group} setting"
         field = schema[key]
@@ -102,7 +125,8 @@ def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, p
 
 def test_every_schema_default_is_a_plain_value_or_missing():
     """No default is computed elsewhere: each is written in config.py next to its check."""
-    for schema in GROUP_SCHEMA.values():
+    schemas = [s for s in GROUP_SCHEMA.values() if s] + [m.config for m in models.REGISTRY.values()]
+    for schema in schemas:
         for field in dataclasses.fields(schema):
             value = (field.default_factory() if field.default_factory is not dataclasses.MISSING
                      else field.default)

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from textclf import tracking
 from textclf.cli import ROOT
+from textclf.run_folder import RunFolder
 
 from .conftest import Service, free_port, quick, reviews, tracking_server, venv_env, write_csv
 
@@ -149,7 +150,7 @@ def test_a_server_away_past_the_retries_costs_no_trained_model(tmp_path):
         [error] = [line for line in output.splitlines() if "Unreachable:" in line]
         assert server.url in error and f"textclf log-model {folder}" in error
         assert "Traceback" not in output
-        for name in ("model.keras", "classes.json", "metrics.json", tracking.PENDING_FILE):
+        for name in ("model.keras", "classes.json", "metrics.json", RunFolder.PENDING):
             assert (folder / name).is_file(), name
         assert not (folder / "checkpoint.npz").exists()
 
@@ -161,7 +162,7 @@ def test_a_server_away_past_the_retries_costs_no_trained_model(tmp_path):
         client, run = the_run(server.url)  # the same run, not a second one
         assert run.info.run_id == (folder / "mlflow_run_id").read_text().strip()
         assert_complete(server.url, run.info.run_id)
-        assert not (folder / tracking.PENDING_FILE).exists()
+        assert not (folder / RunFolder.PENDING).exists()
         again = subprocess.run([sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
                                cwd=tmp_path, env=env_with(), capture_output=True, text=True,
                                timeout=600)
@@ -229,7 +230,7 @@ def test_epoch_metrics_wait_out_a_lost_server_and_go_out_once_it_is_back(tmp_pat
         with pytest.raises(tracking.Unreachable, match=r"textclf log-model .*"):
             with run.or_later(tmp_path):
                 run.log_metrics({"test_accuracy": 1.0})
-        kept = json.loads((tmp_path / tracking.PENDING_FILE).read_text())
+        kept = json.loads((tmp_path / RunFolder.PENDING).read_text())
         assert [(m["key"], m["step"]) for m in kept] == [("val_loss", 5)]
 
         client.up(True)

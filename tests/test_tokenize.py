@@ -8,7 +8,7 @@ import tensorflow as tf
 from textclf import tokenize
 from textclf.config import TokenizeConfig
 
-from .conftest import small_model
+from .conftest import build_lstm, small_model
 
 TRAIN = ["The film was GREAT<br />great!", "a dull, dull film", "great cast"]
 
@@ -59,7 +59,6 @@ def test_control_characters_never_become_vocabulary_terms(tmp_path):
     import keras
 
     from textclf import data, inference
-    from textclf.model import build
 
     texts = [data.clean(t) for t in ["fine\x85film \x96 here", "dull\u2028film\x97"]]
     vectorizer = tokenize.adapt(texts, TokenizeConfig())
@@ -67,7 +66,7 @@ def test_control_characters_never_become_vocabulary_terms(tmp_path):
     # the html standardizer
     raw = tokenize.adapt(["fine\x85film \x96 here", "dull\u2028film\x97"], TokenizeConfig())
     assert all(t.isprintable() for t in raw.get_vocabulary())
-    classifier = build(len(raw.get_vocabulary()), 2, small_model(embedding_dim=4, units=4), "post")
+    classifier = build_lstm(len(raw.get_vocabulary()), 2, small_model(embedding_dim=4, units=4))
     exported = inference.export(raw, TokenizeConfig(max_length=None), classifier, "post")
     exported.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from textclf import evaluate, model, train
+from textclf import evaluate, inference, train
 from textclf.config import TrainConfig
 
-from .conftest import quiet_training, small_model
+from .conftest import build_lstm, quiet_training, small_model
 
 
 def predictions(labels, positive, lengths) -> evaluate.Predictions:
     return evaluate.Predictions(
         np.array(labels),
-        model.class_probabilities(np.array(positive)[:, None]),
+        inference.class_probabilities(np.array(positive)[:, None]),
         np.array(lengths),
     )
 
@@ -65,7 +63,7 @@ def shuffled(epoch) -> tf.data.Dataset:
 
 def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(model.build(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
+    net = train.compile_model(build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
                               TrainConfig(optimizer="adam", learning_rate=0.05))
     val = dataset(seed=1, noise=0.25)  # confident predictions get punished: val loss turns up
     fitted = train.fit(net, lambda e: dataset(), val, 4, quiet_training(epochs=40, patience=2))
@@ -83,7 +81,7 @@ def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
 
 def test_a_diverging_loss_stops_training_with_an_error():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(model.build(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
+    net = train.compile_model(build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
                               TrainConfig(optimizer="sgd", learning_rate=float("inf")))
     with pytest.raises(train.TrainingDiverged, match="learning_rate"):
         train.fit(net, lambda e: dataset(), dataset(seed=1), 4, quiet_training(epochs=5))
@@ -104,25 +102,30 @@ class StopAt(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
-def fresh_model(ema: float | None = None) -> keras.Model:
+def fresh_model() -> keras.Model:
     keras.utils.set_random_seed(0)
     # dropout: the RNG state matters
-    net = model.build(20, 2, small_model(embedding_dim=8, units=8, bidirectional=True,
+    net = build_lstm(20, 2, small_model(embedding_dim=8, units=8, bidirectional=True,
                                          dropout=0.5), "post")
-    return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01,
-                                                   ema=ema))
+    return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01))
 
 
-# 5: all epochs done, the best not restored; with weight averaging, the averaged weights are in
-# the model when the checkpoint is written
-@pytest.mark.parametrize("stop_at, ema", [(1, None), (3, None), (5, None), (3, 0.9)])
+@pytest.fixture(scope="module")
+def uninterrupted() -> tuple[keras.Model, train.Fit]:
+    """Five epochs in one go: what every resumed fit must end as."""
+    whole = fresh_model()
+    return whole, train.fit(whole, shuffled, dataset(seed=1, noise=0.2), 4,
+                            quiet_training(epochs=5, patience=5))
+
+
+# 5: all epochs done, the best not restored
+@pytest.mark.parametrize("stop_at", [1, 3, 5])
 def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
-    tmp_path, stop_at, ema
+    tmp_path, stop_at, uninterrupted
 ):
-    build = functools.partial(fresh_model, ema)
+    build = fresh_model
     val = dataset(seed=1, noise=0.2)
-    whole = build()
-    expected = train.fit(whole, shuffled, val, 4, quiet_training(epochs=5, patience=5))
+    whole, expected = uninterrupted
 
     path = tmp_path / "checkpoint.npz"
     with pytest.raises(KeyboardInterrupt):
@@ -153,7 +156,7 @@ def test_a_checkpoint_from_another_model_is_refused_with_the_fix(tmp_path):
     train.fit(fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=1),
               checkpoint=path)
     other = train.compile_model(
-        model.build(20, 2, small_model(embedding_dim=8, units=16), "post"), 2, TrainConfig())
+        build_lstm(20, 2, small_model(embedding_dim=8, units=16), "post"), 2, TrainConfig())
     with pytest.raises(train.CheckpointMismatch, match="configuration that wrote it"):
         train.fit(other, shuffled, dataset(seed=1), 4, quiet_training(epochs=2),
                   checkpoint=path)
@@ -169,7 +172,7 @@ def test_a_stop_request_ends_training_even_when_the_signal_exception_was_lost():
 
 
 def test_weight_decay_and_clipnorm_reach_the_optimizer():
-    net = model.build(20, 2, small_model(embedding_dim=4, units=2), "post")
+    net = build_lstm(20, 2, small_model(embedding_dim=4, units=2), "post")
     plain = train.compile_model(net, 2, quiet_training()).optimizer
     assert plain.weight_decay is None and plain.global_clipnorm is None
     tuned = train.compile_model(
@@ -214,40 +217,9 @@ def test_label_smoothing_pulls_targets_towards_uniform(classes):
 
 
 def test_a_smoothed_multiclass_model_saves_and_loads(tmp_path):
-    net = train.compile_model(model.build(20, 3, small_model(embedding_dim=4, units=2), "post"),
+    net = train.compile_model(build_lstm(20, 3, small_model(embedding_dim=4, units=2), "post"),
                               3, quiet_training(label_smoothing=0.1))
     net.fit(np.ones((4, 3), np.int32), np.array([0, 1, 2, 1]), verbose=0)
     net.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.loss.label_smoothing == pytest.approx(0.1)
-
-
-class Weights(keras.callbacks.Callback):
-    """The model's weights and the optimizer's average slots at every epoch's end."""
-
-    def __init__(self):
-        super().__init__()
-        self.model_weights, self.slots = [], []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.model_weights.append([w.copy() for w in self.model.get_weights()])
-        self.slots.append([v.numpy().copy()
-                           for v in self.model.optimizer._model_variables_moving_average])
-
-
-def test_weight_averaging_keeps_the_averaged_weights_of_the_best_epoch():
-    """Validation, early stopping and the returned model all use the averaged weights (Keras'
-    use_ema with EarlyStopping alone would hand back the raw best weights)."""
-    val = dataset(seed=1, noise=0.2)
-    net, seen = fresh_model(ema=0.9), Weights()
-    fitted = train.fit(net, shuffled, val, 4, quiet_training(epochs=6, patience=2),
-                       callbacks=[seen])
-    for final, averaged in zip(net.get_weights(), seen.model_weights[fitted.best_epoch],
-                               strict=True):
-        np.testing.assert_allclose(final, averaged, rtol=1e-6)
-    # after epoch 1 (not the last, where Keras makes both the average) the model held the
-    # average and the raw weights sat in the optimizer's slots
-    raw = seen.slots[0][0]
-    assert not np.allclose(seen.model_weights[0][0], raw)
-    assert net.evaluate(val, verbose=0)[0] == pytest.approx(min(fitted.history["val_loss"]),
-                                                         rel=1e-5)

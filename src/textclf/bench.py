@@ -23,7 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from . import batching, data, inference, pipeline, tracking, train
-from .config import LSTMS, SERVE_LSTMS, BatchingConfig, Config, ModelConfig
+from .config import BatchingConfig, Config, ConfigError
+from .models.lstm import LstmConfig
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     `default` when it differs from all of them.
     """
     b = cfg.bench
+    if not isinstance(cfg.model, LstmConfig):
+        raise ConfigError(f"model: make bench times the LSTM's batching; got model="
+                          f"{cfg.model.name}: use model=lstm")
     steps, repeats, inference_reviews, latency_calls = (
         (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls))
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -83,11 +88,6 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     default = next(name for name, spec in specs.items() if spec == cfg.batching)
     setups = {name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
               for name, spec in specs.items()}
-    # the other LSTM paths, on the default batching
-    for lstm in sorted(set(LSTMS).difference([cfg.model.lstm])):
-        other = replace(cfg, model=replace(cfg.model, lstm=lstm))
-        setups[f"{default}/lstm-{lstm}"] = _setup(other, cfg.batching, tokens,
-                                                   len(dataset.class_names), steps + 1)
     # the n-gram branch's cost (on by default in training; off in this reference model)
     if not cfg.model.ngram_branch:
         wide = replace(cfg, model=replace(cfg.model, ngram_branch=True))
@@ -106,9 +106,9 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     # the exported model with each serve_lstm option, the configured one first; measured in
     # turns (A B B A), so neither gains from going second on a drifting machine
     classifiers = {}
-    for serve in sorted(SERVE_LSTMS, key=lambda name: name != cfg.model.serve_lstm):
+    for serve in sorted(("fused", "trained"), key=lambda name: name != cfg.model.serve_lstm):
         export_cfg = replace(cfg, model=replace(cfg.model, serve_lstm=serve))
-        folder = Path(cfg.output_dir) / "bench" / serve
+        folder = RunFolder(Path(cfg.output_dir) / "bench" / serve)
         classifiers[serve] = inference.Classifier.from_files(
             pipeline.export(tokens, net, dataset.class_names, export_cfg, folder), batch_size=256)
     turns: dict[str, list[dict]] = {serve: [] for serve in classifiers}
@@ -123,7 +123,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
                    "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
                    "max_length": cfg.tokenize.max_length, "default": default,
-                   "lstm": cfg.model.lstm, "serve_lstm": cfg.model.serve_lstm,
+                   "serve_lstm": cfg.model.serve_lstm,
                    "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
         "tokenize": {"vectorize_seconds": vectorize_seconds,
                      "encode_reviews_per_s": reviews / vectorize_seconds},
@@ -147,8 +147,7 @@ def _setup(cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_c
     pipe_seconds = time.perf_counter() - start
     stats = batching.padding_stats(epoch)
     keras.utils.set_random_seed(cfg.train.seed)
-    net = pipeline.build(replace(cfg, batching=spec), tokens.vocab_size, num_classes,
-                         train_tokens=tokens.splits["train"].tokens)
+    net = pipeline.build(replace(cfg, batching=spec), tokens, num_classes)
     result = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
               "reviews_per_epoch": stats.reviews, "real_tokens_per_epoch": stats.real_tokens,
               "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
@@ -172,7 +171,7 @@ def _time_training(setups: dict[str, dict], repeats: int) -> None:
             log.info("repeat %d %-9s %8.1f reviews/s", r + 1, name, res["runs_reviews_per_s"][-1])
 
 
-def training_flops_per_step(model_cfg: ModelConfig) -> float:
+def training_flops_per_step(model_cfg: LstmConfig) -> float:
     """FLOPs of one LSTM time step for one row, forward and backward, counted from the shapes:
     the four gates' matmuls take 2 × 4·units × (embedding + units) FLOPs forward, the backward
     pass twice that; × 2 directions if bidirectional. The embedding lookup, gate
@@ -200,7 +199,7 @@ def _matmul_flops(rows: int, inner: int, outer: int, repeats: int) -> float:
     return 2 * rows * inner * outer * repeats / (time.perf_counter() - start)
 
 
-def _utilisation(results: dict[str, dict], model_cfg: ModelConfig, matmul: float) -> None:
+def _utilisation(results: dict[str, dict], model_cfg: LstmConfig, matmul: float) -> None:
     """Model FLOP/s of training: FLOPs per row-step × the row-steps (padding included: a masked
     LSTM still computes them) per second; and its share of the gate matmul's FLOP/s."""
     for res in results.values():
@@ -288,10 +287,6 @@ def markdown(report: dict) -> str:
               f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run."]
     strategies, default = report["strategies"], c["default"]
     base = strategies[default]["reviews_per_s"]
-    paths = [f"{name.split('/lstm-')[1]} {r['reviews_per_s'] / base:.2f}×"
-             for name, r in strategies.items() if name.startswith(f"{default}/lstm-")]
-    lines += ["", f"LSTM paths on `{default}` batching, reviews/s relative to the configured "
-              f"`model.lstm={c.get('lstm', 'keras')}`: {', '.join(paths)}."]
     if f"{default}/ngram-branch" in strategies:
         wide = strategies[f"{default}/ngram-branch"]["reviews_per_s"] / base
         lines += ["", f"The n-gram branch (`model.ngram_branch=true`, the training default) "

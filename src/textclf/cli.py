@@ -7,6 +7,7 @@ plain values down to the orchestration.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -17,22 +18,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import BatchingConfig, ConfigError, flatten, register, to_object
+from . import resume
+from .config import ConfigError, flatten, register, to_object
 
 log = logging.getLogger("textclf")
-ROOT = Path(os.environ.get("TEXTCLF_ROOT", Path(__file__).resolve().parents[2]))
-CONF_DIR = ROOT / "conf"
+CONF_DIR = Path(__file__).with_name("conf")  # shipped with the package (pip install . finds it)
 
+
+def project_root() -> Path:
+    """Where `outputs/` (runs, sweeps, the MLflow store) lives: $TEXTCLF_ROOT, else the nearest
+    folder from the working directory up that holds a pyproject.toml (a checkout or a fork),
+    else the working directory."""
+    if os.environ.get("TEXTCLF_ROOT"):
+        return Path(os.environ["TEXTCLF_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file()), here)
+
+
+ROOT = project_root()
 OmegaConf.register_new_resolver("root", lambda: str(ROOT), replace=True)
 SHORT_NAME = 120  # characters of a sweep job's folder name; file systems allow 255 bytes
 
 
 def short_name(name: str) -> str:
-    """A folder name of at most SHORT_NAME characters: a sweep job's overrides as they are, or
-    when many make them too long, their beginning and a hash of the whole."""
+    """A folder name of at most SHORT_NAME characters: a sweep job's overrides as they are
+    (a `/` in a value, as in a path, becomes `_`), or when many make them too long, their
+    beginning and a hash of the whole."""
+    name = name.replace("/", "_")
     if len(name.encode()) <= SHORT_NAME:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -100,6 +117,20 @@ def _fail_clearly(error: BaseException) -> None:
     raise SystemExit(2) from None
 
 
+def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
+    """Every command's error handling (as lightning-hydra-template's `task_wrapper`): a mistake
+    of the user's ends it with one clear message and exit code 2, anything else as raised."""
+
+    @functools.wraps(command)
+    def wrapped(cfg: DictConfig) -> object:
+        try:
+            return command(cfg)
+        except _user_errors() as error:
+            _fail_clearly(error)
+
+    return wrapped
+
+
 def _interrupt(signum: int, frame: object) -> None:
     from .train import StopRequest
 
@@ -108,89 +139,79 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(reason)
 
 
+@task_wrapper
 def train(cfg: DictConfig) -> float:
     """One training run (or one job of a sweep); returns `optimized_metric` (a validation
-    metric) for sweepers."""
-    from . import pipeline, sweep, tracking
-
+    metric) for sweepers. A failed sweep job is already its FAILED run: the sweep goes on."""
     # Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-
     hydra_cfg = HydraConfig.get()
     try:
-        config = to_object(cfg)
-        tags = {
-            f"choice.{k}": v
-            for k, v in hydra_cfg.runtime.choices.items()
-            if not k.startswith("hydra") and v is not None
-        }
-        tags["git_commit"] = tracking.git_commit(ROOT)
-        params = {k: v for k, v in flatten(cfg).items()
-                  if k != "bench" and k != "train.resume"}  # how, not what, is trained
-        if config.train.resume and sweep.parent_run_id():  # a resumed sweep (_resume_args)
-            if (done := sweep.finished_before(config)) is not None:
-                log.info("job already FINISHED in %s; skipped", config.output_dir)
-                return done[f"best_{config.optimized_metric}"]
-            config = sweep.resumable(config)
-        metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
+        return _train(cfg, hydra_cfg)
     except Exception as error:
-        if hydra_cfg.mode.name == "MULTIRUN":
-            # Already recorded as this job's FAILED run; the sweep goes on and reports it.
-            log.exception("job failed: %s: %s", type(error).__name__, error)
-            if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
-                raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
-            return float("nan")
-        if isinstance(error, _user_errors()):
-            _fail_clearly(error)
-        raise
+        if hydra_cfg.mode.name != "MULTIRUN":
+            raise
+        log.exception("job failed: %s: %s", type(error).__name__, error)
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+            raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
+        return float("nan")
+
+
+def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+    from . import pipeline, sweep, tracking
+
+    config = to_object(cfg)
+    tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
+            if not k.startswith("hydra") and v is not None}
+    tags["git_commit"] = tracking.git_commit(ROOT)
+    params = {k: v for k, v in flatten(cfg).items()
+              if k != "bench" and k != "train.resume"}  # how, not what, is trained
+    if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
+        if (done := sweep.finished_before(config)) is not None:
+            log.info("job already FINISHED in %s; skipped", config.output_dir)
+            return done[f"best_{config.optimized_metric}"]
+        config = sweep.resumable(config)
+    metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     return metrics[f"best_{config.optimized_metric}"]
 
 
+@task_wrapper
 def compare(cfg: DictConfig) -> None:
     from . import compare as report
 
-    try:
-        config = OmegaConf.to_object(cfg)  # validates alpha
-        report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
-                    Path(config.out_dir), config.alpha)
-    except _user_errors() as error:
-        _fail_clearly(error)
+    config = OmegaConf.to_object(cfg)  # validates alpha
+    report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
+                Path(config.out_dir), config.alpha)
 
 
+@task_wrapper
 def bench(cfg: DictConfig) -> None:
+    """Every `batching=` option as composed by Hydra, with the run's batch size and padding
+    side, so all strategies train the same model on the same batches."""
     from . import bench as benchmark
 
-    try:
-        config = to_object(cfg)
-        # Every batching option as configured in conf/batching/, with the run's batch size
-        # and padding side, so all strategies train the same model on the same batches.
-        strategies = {
-            path.stem: BatchingConfig(**{**OmegaConf.to_container(OmegaConf.load(path)),
-                                         "batch_size": config.batching.batch_size,
-                                         "padding_side": config.batching.padding_side})
-            for path in sorted((CONF_DIR / "batching").glob("*.yaml"))}
-        benchmark.run(config, strategies)
-    except _user_errors() as error:
-        _fail_clearly(error)
+    config = to_object(cfg)
+    same = [f"batching.batch_size={config.batching.batch_size}",
+            f"batching.padding_side={config.batching.padding_side}"]
+    names = GlobalHydra.instance().config_loader().get_group_options("batching")
+    strategies = {name: OmegaConf.to_object(
+        compose("bench", overrides=[f"batching={name}", *same]).batching) for name in names}
+    benchmark.run(config, strategies)
 
 
+@task_wrapper
 def predict(cfg: DictConfig) -> None:
     from . import predict as classify
 
-    try:
-        classify.run(OmegaConf.to_object(cfg))
-    except _user_errors() as error:
-        _fail_clearly(error)
+    classify.run(OmegaConf.to_object(cfg))
 
 
+@task_wrapper
 def evaluate(cfg: DictConfig) -> None:
     from . import evaluate_model
 
-    try:
-        evaluate_model.run(OmegaConf.to_object(cfg))
-    except _user_errors() as error:
-        _fail_clearly(error)
+    evaluate_model.run(OmegaConf.to_object(cfg))
 
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
@@ -214,71 +235,36 @@ def _quote_text(arg: str) -> str:
     return "text='" + value.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
-def _latest_interrupted() -> Path:
-    """The newest run or sweep-job folder under outputs/ that still holds a checkpoint."""
-    from .pipeline import CHECKPOINT_FILE
-
-    found = [*(ROOT / "outputs").glob(f"runs/*/{CHECKPOINT_FILE}"),
-             *(ROOT / "outputs").glob(f"sweeps/*/*/{CHECKPOINT_FILE}")]
-    if not found:
-        raise SystemExit(f"textclf resume: no run under {ROOT / 'outputs'} holds a checkpoint "
-                         "(finished runs delete theirs); pass the run folder: textclf resume "
-                         "<folder>")
-    return max(found, key=lambda p: p.stat().st_mtime).parent
-
-
-def _resume_sweep_args(folder: Path, extra: list[str]) -> list[str]:
-    """A sweep folder → the sweep again in that folder with resume on: its parent MLflow run
-    reopened, FINISHED jobs skipped, the others resumed or started (see sweep.py)."""
-    from .sweep import PARENT_FILE
-
-    if not (folder / PARENT_FILE).is_file():
-        raise SystemExit(f"textclf resume: {folder} holds no {PARENT_FILE}: its sweep never "
-                         "opened an MLflow parent run; start the sweep again instead.")
-    saved = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
-    keep = [o for o in saved.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
-    task = [o for o in saved.task if not o.startswith("train.resume=")]
-    return ["--multirun", *keep, *task, f"hydra.sweep.dir={folder}", "train.resume=true",
-            *extra]
-
-
-def _resume_args(args: list[str]) -> list[str]:
-    """`[folder] [overrides]` → the folder's own overrides, in that folder, with resume on
-    (for a sweep folder, holding multirun.yaml: its unfinished jobs)."""
-    folder = (Path(args[0]) if args and "=" not in args[0] else _latest_interrupted()).resolve()
-    extra = args[1:] if args and "=" not in args[0] else args
-    if (folder / "multirun.yaml").is_file():
-        return _resume_sweep_args(folder, extra)
-    saved = folder / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise SystemExit(f"textclf resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
-    overrides = [o for o in OmegaConf.load(saved) if not o.startswith("train.resume=")]
-    # hydra.output_subdir=null: the folder's .hydra/ keeps the original run's overrides.
-    return [*overrides, f"hydra.run.dir={folder}", "hydra.output_subdir=null",
-            "train.resume=true", *extra]
-
-
 def log_model(args: list[str]) -> None:
     """`textclf log-model <run folder> [tracking.uri=<uri>]`: log a trained run folder to MLflow
     after its tracking server was unreachable when training ended (see `Run.or_later`)."""
-    from . import pipeline, tracking
+    from . import tracking
+    from .run_folder import RunFolder
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
                         "%(message)s")
     uris = [a.removeprefix("tracking.uri=") for a in args[1:] if a.startswith("tracking.uri=")]
     if not args or "=" in args[0] or len(uris) != len(args) - 1:
         raise SystemExit("usage: textclf log-model <run folder> [tracking.uri=<uri>]")
-    folder = Path(args[0]).resolve()
-    missing = [name for name in ("config.json", "metrics.json", "model.keras", "classes.json")
-               if not (folder / name).is_file()]
+    folder = RunFolder(Path(args[0]).resolve())
+    missing = folder.missing(RunFolder.CONFIG, RunFolder.IDENTITY, RunFolder.METRICS,
+                             RunFolder.MODEL, RunFolder.CLASSES)
     if missing:
-        raise SystemExit(f"textclf log-model: {folder} holds no trained run (no "
+        raise SystemExit(f"textclf log-model: {folder.path} holds no trained run (no "
                          f"{', '.join(missing)}); only a run that finished training can be logged.")
     try:
-        run_id = tracking.log_run_folder(folder, pipeline.RUN_ID_FILE, uris[-1] if uris else None)
+        run_id = tracking.log_run_folder(folder, uris[-1] if uris else None)
     except tracking.TrackingError as error:
         _fail_clearly(error)
-    log.info("logged %s to MLflow run %s (FINISHED)", folder, run_id)
+    log.info("logged %s to MLflow run %s (FINISHED)", folder.path, run_id)
+
+
+USAGE = """usage: textclf {commands} [hydra overrides]
+  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128
+  textclf resume [run folder]   continues an interrupted run (default: the newest)
+  textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish
+  textclf log-model <run folder>   logs a trained run whose tracking server was away
+  textclf train --help   lists the config groups and their options"""
 
 
 def main() -> None:
@@ -288,14 +274,7 @@ def main() -> None:
             _quiet_cuda_probe()
         return log_model(args[1:])
     if not args or args[0] not in COMMANDS:
-        print(
-            f"usage: textclf {{{','.join(COMMANDS)}}} [hydra overrides]\n"
-            "  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128\n"
-            "  textclf resume [run folder]   continues an interrupted run (default: the newest)\n"
-            "  textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish\n"
-            "  textclf log-model <run folder>   logs a trained run whose tracking server was away\n"
-            "  textclf train --help   lists the config groups and their options"
-        )
+        print(USAGE.format(commands="{" + ",".join([*COMMANDS, "log-model"]) + "}"))
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
         _quiet_cuda_probe()
@@ -304,7 +283,9 @@ def main() -> None:
     if args[0] == "predict":
         rest = [_quote_text(a) for a in rest]
     if args[0] == "resume":
-        rest = _resume_args(rest)
+        rest = resume.arguments(rest, ROOT / "outputs")
+    if config_name in ("config", "bench"):
+        from . import models  # noqa: F401  (registers each model's config schema)
     sys.argv = [f"textclf-{args[0]}", *rest]
     try:
         hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()

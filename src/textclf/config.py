@@ -11,7 +11,7 @@ name before any data is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -20,9 +20,6 @@ DATA_SOURCES = ("imdb", "aclimdb", "csv")
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
 BATCHING = ("fixed", "per_batch", "bucket", "exact")
 PADDING_SIDES = ("post", "pre")
-MASKING = ("mask_zero", "masking_layer", "explicit", "none")
-LSTMS = ("keras", "hoisted", "fused")  # model.lstm: the layer training runs
-SERVE_LSTMS = ("fused", "trained")  # model.serve_lstm: the layer model.keras runs
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
 
@@ -30,13 +27,13 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
 
 
-def _check(ok: bool, key: str, message: str) -> None:
+def check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
 
-def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+def one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
 
 @dataclass
@@ -61,25 +58,25 @@ class DataConfig:
 
 
     def __post_init__(self) -> None:
-        _one_of(self.source, "data.source", DATA_SOURCES)
-        _one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
-        _check(
+        one_of(self.source, "data.source", DATA_SOURCES)
+        one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
+        check(
             0 < self.val_fraction < 1,
             "data.val_fraction",
             f"must be in (0, 1), got {self.val_fraction}",
         )
-        _check(
+        check(
             0 < self.test_fraction < 1,
             "data.test_fraction",
             f"must be in (0, 1), got {self.test_fraction}",
         )
-        _check(
+        check(
             self.limit is None or self.limit >= 4,
             "data.limit",
             f"must be null or >= 4, got {self.limit}",
         )
         if self.source in ("aclimdb", "csv"):
-            _check(
+            check(
                 bool(self.path),
                 "data.path",
                 f"is required for data={self.source}: pass data.path=<file or folder>",
@@ -95,13 +92,13 @@ class TokenizeConfig:
     max_length: int | None = 1000  # truncate longer reviews (null: never)
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.vocab_size > 2,
             "tokenize.vocab_size",
             f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}",
         )
-        _one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
-        _check(
+        one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
+        check(
             self.max_length is None or self.max_length > 0,
             "tokenize.max_length",
             f"must be null or > 0, got {self.max_length}",
@@ -126,18 +123,18 @@ class BatchingConfig:
     shuffle_buffer: int = 25000
 
     def __post_init__(self) -> None:
-        _one_of(self.strategy, "batching.strategy", BATCHING)
-        _one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
-        _check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
-        _check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
-        _check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
-        _check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
-        _check(self.token_budget is None or self.token_budget > 0, "batching.token_budget",
+        one_of(self.strategy, "batching.strategy", BATCHING)
+        one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
+        check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
+        check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
+        check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
+        check(self.token_budget is None or self.token_budget > 0, "batching.token_budget",
                f"must be null or > 0 tokens per batch, got {self.token_budget}")
-        _check(self.max_batch_rows is None or self.max_batch_rows > 0, "batching.max_batch_rows",
+        check(self.max_batch_rows is None or self.max_batch_rows > 0, "batching.max_batch_rows",
                f"must be null or > 0 rows per batch, got {self.max_batch_rows}")
         if self.strategy == "fixed":
-            _check(
+            check(
                 self.max_length is not None and self.max_length > 0,
                 "batching.max_length",
                 "batching=fixed pads and truncates to batching.max_length: set it > 0",
@@ -146,54 +143,23 @@ class BatchingConfig:
 
 @dataclass
 class ModelConfig:
-    embedding_dim: int = 128
-    units: int = 64
-    bidirectional: bool = True  # reads each review both ways: +1 point on IMDB for 2x time
-    dropout: float = 0.3  # on the LSTM inputs and before the head
-    masking: str = "mask_zero"  # mask_zero | masking_layer | explicit | none
-    # mean: masked average of the LSTM outputs | last: final state | max: masked maximum |
-    # concat: mean, max and final state side by side
-    pooling: str = "mean"
-    # whole embedding channels dropped for a review (SpatialDropout1D) while training
-    embedding_dropout: float = 0.0
-    # keras: keras.layers.LSTM as is; hoisted: the input projection of all time steps in one
-    # matmul before Keras' loop; fused: TensorFlow's fused LSTM kernel on CPU (src/textclf/
-    # lstm.py, docs/bench.md). GPUs take cuDNN with any of them.
-    lstm: str = "keras"
-    # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
-    # answers; one kernel call per review instead of a loop of small ops per step: single-review
-    # latency 3.3x lower in make bench, docs/bench.md) | trained (the model.lstm it trained with)
-    serve_lstm: str = "fused"
-    # lstm: the network above | bow: a linear classifier on tf-idf weighted word n-grams of
-    # the same token ids, the cheap baseline (conf/model/bow.yaml, src/textclf/bow.py)
-    kind: str = "lstm"
-    ngrams: int = 2  # bow: word n-grams up to this length
-    # bow: the most frequent n-grams of the training texts kept (a dense tf-idf row each: time
-    # per step grows with it)
-    ngram_vocab: int = 100000
-    # lstm: also give the head bow's tf-idf n-gram features beside the LSTM's pooled vector
-    # (wide and deep: the n-grams' vocabulary is adapted on the training texts, like bow's).
-    # On by default: full IMDB 0.894 +- 0.013 over 3 seeds against 0.871 +- 0.017 without
-    # (docs/results.md); the padding and masking comparisons turn it off to study the LSTM.
-    ngram_branch: bool = True
+    """The base of every model's config. Each model keeps its config class, with its defaults
+    and checks, in its own module (`models/lstm.py`: `LstmConfig`, `models/bow.py`:
+    `BowConfig`), registered once in `models/__init__.py` under `name`, which is also the
+    `conf/model/<name>.yaml` option that selects it."""
 
-    def __post_init__(self) -> None:
-        _one_of(self.kind, "model.kind", ("lstm", "bow"))
-        _check(self.ngrams > 0, "model.ngrams", f"must be > 0, got {self.ngrams}")
-        _check(self.ngram_vocab > 1, "model.ngram_vocab", f"must be > 1, got {self.ngram_vocab}")
-        _check(not (self.ngram_branch and self.kind == "bow"), "model.ngram_branch",
-               "applies to model.kind=lstm (bow is the n-gram model itself)")
-        _one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
-        _check(0 <= self.embedding_dropout < 1, "model.embedding_dropout",
-               f"must be in [0, 1), got {self.embedding_dropout}")
-        _check(
-            self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
-        )
-        _check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
-        _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
-        _one_of(self.masking, "model.masking", MASKING)
-        _one_of(self.lstm, "model.lstm", LSTMS)
-        _one_of(self.serve_lstm, "model.serve_lstm", SERVE_LSTMS)
+    name: ClassVar[str] = "model"
+
+    def variant(self) -> str:
+        """The `model` tag of a run: what `make compare` and the UI group runs by."""
+        return self.name
+
+    def tags(self) -> dict[str, str]:
+        """The settings worth a tag of their own (the variant included)."""
+        return {"model": self.variant()}
+
+    def run_name(self, batching: BatchingConfig) -> str:
+        return f"{self.variant()}-{batching.strategy}"
 
 
 @dataclass
@@ -209,10 +175,6 @@ class TrainConfig:
     warmup_steps: int = 0
     decay_steps: int | None = None
     label_smoothing: float = 0.0  # targets pulled this far towards uniform (0: none)
-    # weight averaging: an exponential moving average of the weights with this momentum per
-    # step (0.99: about the last 100 steps), used for validation, early stopping, the test and
-    # the saved model (null: the weights as trained)
-    ema: float | None = None
     # Training stops at the first of: early stopping (val_loss, `patience`), `epochs`, and
     # `max_steps` optimizer steps rounded up to whole epochs. IMDB (~200 steps an epoch) stops
     # early at epoch 3-5; 10-token texts (~16 steps an epoch) get the epochs they need.
@@ -230,34 +192,32 @@ class TrainConfig:
     resume: bool = False  # continue the interrupted run in hydra.run.dir (`make resume`)
 
     def __post_init__(self) -> None:
-        _one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
-        _one_of(self.strategy, "train.strategy", ("default", "mirrored"))
-        _check(
+        one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
+        one_of(self.strategy, "train.strategy", ("default", "mirrored"))
+        check(
             self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
         )
-        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps",
+        check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps > 0, "train.max_steps",
                f"must be null or > 0, got {self.max_steps}")
-        _check(self.weight_decay >= 0, "train.weight_decay",
+        check(self.weight_decay >= 0, "train.weight_decay",
                f"must be >= 0, got {self.weight_decay}")
-        _check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
+        check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
                f"must be null or > 0, got {self.clipnorm}")
-        _check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
-        _one_of(self.schedule, "train.schedule", ("constant", "cosine"))
-        _check(self.warmup_steps >= 0, "train.warmup_steps",
+        check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        one_of(self.schedule, "train.schedule", ("constant", "cosine"))
+        check(self.warmup_steps >= 0, "train.warmup_steps",
                f"must be >= 0, got {self.warmup_steps}")
-        _check(self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
+        check(self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
                "train.warmup_steps", "warm-up and decay steps need train.schedule=cosine")
         if self.schedule == "cosine":
             decay = self.decay_steps or self.max_steps
-            _check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
+            check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
                    "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
                    f"warmup_steps ({self.warmup_steps})")
-        _check(self.ema is None or 0 < self.ema < 1, "train.ema",
-               f"must be null or in (0, 1), got {self.ema}")
-        _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
+        check(0 <= self.label_smoothing < 1, "train.label_smoothing",
                f"must be in [0, 1), got {self.label_smoothing}")
-        _check(
+        check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,
             "train.steps_per_epoch",
             "must be null or > 0",
@@ -274,10 +234,10 @@ class EvaluateConfig:
     served_limit: int | None = 2000
 
     def __post_init__(self) -> None:
-        _check(self.served_limit is None or self.served_limit > 0, "evaluate.served_limit",
+        check(self.served_limit is None or self.served_limit > 0, "evaluate.served_limit",
                f"must be null or > 0, got {self.served_limit}")
         edges = list(self.length_edges)
-        _check(
+        check(
             edges == sorted(set(edges)) and all(e > 0 for e in edges),
             "evaluate.length_edges",
             f"must be increasing positive token counts, got {edges}",
@@ -307,7 +267,7 @@ class Config:
     data: DataConfig = MISSING
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     batching: BatchingConfig = MISSING
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = MISSING  # conf/model/<name>.yaml chooses the class (models/)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -318,8 +278,8 @@ class Config:
     bench: BenchConfig | None = None  # set only by `textclf bench`
 
     def __post_init__(self) -> None:
-        _one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))
-        _check(
+        one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))
+        check(
             self.batching.strategy == "fixed" or self.batching.max_length is None,
             "batching.max_length",
             f"applies only to batching=fixed (got batching="
@@ -335,7 +295,7 @@ class CompareConfig:
     alpha: float = 0.05  # significance level of the tests against the best variant
 
     def __post_init__(self) -> None:
-        _check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
+        check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
 
 
 @dataclass
@@ -352,13 +312,13 @@ class ModelChoice:
 
     def __post_init__(self) -> None:
         sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
-        _check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
-        _check(
+        check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
+        check(
             self.model_version is None or bool(self.model_name),
             "model_version",
             "needs model_name=<registered model>",
         )
-        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
 
 
 @dataclass
@@ -372,12 +332,12 @@ class PredictConfig(ModelChoice):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(
+        check(
             (self.text is None) != (self.file is None),
             "text/file",
             'give exactly one: text="a review" (or a list), or file=<.txt/.csv/.jsonl>',
         )
-        _check(
+        check(
             self.out is None or self.out.lower().endswith((".csv", ".jsonl")),
             "out",
             f"must end in .csv or .jsonl, got {self.out!r}",
@@ -398,11 +358,12 @@ class EvaluateModelConfig(ModelChoice):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _one_of(self.split, "split", ("test", "all"))
+        one_of(self.split, "split", ("test", "all"))
 
 
 def register() -> None:
-    """Make the schemas available to the defaults lists of `conf/*.yaml`."""
+    """Make the schemas available to the defaults lists of `conf/*.yaml` (each model's own
+    registers with it: `models.register`)."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(name="config_schema_compare", node=CompareConfig)

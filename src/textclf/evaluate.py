@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
-from .model import class_probabilities
+from .inference import class_probabilities
 
 
 @dataclass

@@ -21,13 +21,17 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import batching, data, model, tokenize
-from .bow import ActiveRMS, IdWords  # noqa: F401  (layers model=bow saves: loading needs them)
+from . import (
+    batching,
+    data,
+    models,  # noqa: F401  (registers the custom layers saved models use)
+    tokenize,
+)
 from .config import TokenizeConfig
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
-CLASSES_FILE = "classes.json"  # beside model.keras: the class names, in output order
 EMPTY = "empty text: nothing to classify"
 
 
@@ -48,12 +52,28 @@ def export(
     return keras.Model(text, classifier(ids), name="text_classifier")
 
 
-def save(exported: keras.Model, class_names: Sequence[str], folder: Path) -> Path:
-    """`model.keras` and `classes.json` in `folder`; returns the model's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    exported.save(folder / "model.keras")
-    (folder / CLASSES_FILE).write_text(json.dumps(list(class_names)))
-    return folder / "model.keras"
+def save(exported: keras.Model, class_names: Sequence[str], model_path: Path,
+         classes_path: Path) -> Path:
+    """The model and its class names, in output order; returns the model's path."""
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    exported.save(model_path)
+    classes_path.write_text(json.dumps(list(class_names)))
+    return model_path
+
+
+def class_count(net: keras.Model) -> int:
+    """A sigmoid head (one output) separates two classes."""
+    width = int(net.output_shape[-1])
+    return 2 if width == 1 else width
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A sigmoid head's [n, 1] output → [n, 2]; a softmax head's output is returned as is."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        positive = outputs.reshape(-1)
+        return np.stack([1.0 - positive, positive], axis=1)
+    return outputs
 
 
 def load_keras(path: str | Path) -> keras.Model:
@@ -79,9 +99,9 @@ class Classifier:
 
     def __init__(self, net: keras.Model, classes: Sequence[str], batch_size: int = 64,
                  token_budget: int = 32000):
-        if len(classes) != model.class_count(net):
+        if len(classes) != class_count(net):
             raise PredictError(
-                f"the model predicts {model.class_count(net)} classes but {len(classes)} class "
+                f"the model predicts {class_count(net)} classes but {len(classes)} class "
                 f"names were given ({list(classes)})."
             )
         self.model, self.classes = net, [str(c) for c in classes]
@@ -103,12 +123,12 @@ class Classifier:
     ) -> Classifier:
         """Class names from `classes_path`, else the run folder's classes.json, else indices."""
         net = load_keras(keras_path)
-        path = Path(classes_path) if classes_path else Path(keras_path).with_name(CLASSES_FILE)
+        path = Path(classes_path) if classes_path else Path(keras_path).with_name(RunFolder.CLASSES)
         if path.is_file():
             classes = json.loads(path.read_text(encoding="utf-8"))
         else:
-            classes = [str(i) for i in range(model.class_count(net))]
-            log.warning("no %s beside %s: labels are class indices", CLASSES_FILE, keras_path)
+            classes = [str(i) for i in range(class_count(net))]
+            log.warning("no %s beside %s: labels are class indices", RunFolder.CLASSES, keras_path)
         return cls(net, classes, **options)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
@@ -119,7 +139,7 @@ class Classifier:
         batches, up to `token_budget` tokens), so next to no padding is computed.
         """
         if len(texts) == 1:
-            return model.class_probabilities(self._call(tf.constant(list(texts))).numpy())
+            return class_probabilities(self._call(tf.constant(list(texts))).numpy())
         ids = self.token_ids(texts)
         lengths = np.count_nonzero(ids, axis=1)
         order = np.argsort(lengths, kind="stable")
@@ -127,7 +147,7 @@ class Classifier:
         for start, stop in length_batches(lengths[order], self.batch_size, self.token_budget):
             rows = order[start:stop]
             width = max(int(lengths[rows].max()), 1)
-            outputs[rows] = model.class_probabilities(self._classify(ids[rows, :width]).numpy())
+            outputs[rows] = class_probabilities(self._classify(ids[rows, :width]).numpy())
         return outputs
 
     def token_ids(self, texts: Sequence[str]) -> np.ndarray:

@@ -8,7 +8,6 @@ of Hydra or MLflow; MLflow stays at the edges of `run`. Everything the run produ
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -18,13 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, bow, data, evaluate, inference, model, tokenize, tracking, train
+from . import batching, data, evaluate, inference, models, run_folder, tokenize, tracking, train
 from .config import BatchingConfig, Config, ConfigError, flatten
-from .lstm import fused_copy
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-RUN_ID_FILE = "mlflow_run_id"  # in the run folder: the MLflow run `train.resume` continues
-CHECKPOINT_FILE = "checkpoint.npz"  # the training state after the last completed epoch
 SPLITS = ("train", "val", "test")
 
 
@@ -102,23 +99,14 @@ def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1
     return Batches(train_epoch, val, test, batching.padding_stats(train_epoch(0)), boundaries)
 
 
-def build(cfg: Config, vocab_size: int, num_classes: int,
-          strategy: tf.distribute.Strategy | None = None,
-          train_tokens: tf.RaggedTensor | None = None) -> keras.Model:
-    """The compiled classifier, its variables placed by the distribution `strategy`;
-    `model.kind=bow` adapts its n-grams on `train_tokens` (the training split's ids)."""
+def build(cfg: Config, tokens: Vectorized, num_classes: int,
+          strategy: tf.distribute.Strategy | None = None) -> keras.Model:
+    """The compiled classifier `cfg.model` names (models/), its variables placed by the
+    distribution `strategy`."""
+    inputs = models.ModelInputs(tokens.vocab_size, num_classes, cfg.batching.padding_side,
+                                tokens.splits["train"].tokens)
     with (strategy or tf.distribute.get_strategy()).scope():
-        ngrams = cfg.model.kind == "bow" or cfg.model.ngram_branch
-        if ngrams and train_tokens is None:
-            raise ConfigError("model.kind=bow and model.ngram_branch: this command builds no "
-                              "n-gram vocabulary; use model=lstm without the branch here")
-        if cfg.model.kind == "bow":
-            net = bow.build(train_tokens, num_classes, cfg.model)
-        else:
-            features = bow.ngram_features(train_tokens, cfg.model) if ngrams else None
-            net = model.build(vocab_size, num_classes, cfg.model, cfg.batching.padding_side,
-                              features)
-        return train.compile_model(net, num_classes, cfg.train)
+        return train.compile_model(models.build(cfg.model, inputs), num_classes, cfg.train)
 
 
 def fit(net: keras.Model, batches: Batches, cfg: Config, on_epoch_end: Callable,
@@ -146,15 +134,14 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
 
 
 def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
-           out: Path) -> Path:
+           folder: RunFolder) -> Path:
     """`model.keras` (raw strings in) and `classes.json` in the run folder. It reads reviews as
-    training and evaluation did (up to `reading_length` tokens). With model.serve_lstm=fused
-    its LSTMs run TensorFlow's fused kernel (same weights)."""
+    training and evaluation did (up to `reading_length` tokens), through the network the model
+    serves with (`models.serving`: the LSTM's fused kernel, same weights)."""
     served = replace(cfg.tokenize, max_length=reading_length(cfg))
-    if cfg.model.serve_lstm == "fused":
-        net = fused_copy(net)
-    exported = inference.export(tokens.vectorizer, served, net, cfg.batching.padding_side)
-    return inference.save(exported, class_names, out)
+    exported = inference.export(tokens.vectorizer, served, models.serving(net, cfg.model),
+                                cfg.batching.padding_side)
+    return inference.save(exported, class_names, folder.model, folder.classes)
 
 
 def run(
@@ -165,25 +152,26 @@ def run(
     With `train.resume` it continues the interrupted run in `cfg.output_dir` (same folder,
     same MLflow run) from its last completed epoch.
     """
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / CHECKPOINT_FILE
-    run_id = _resumed_run_id(cfg, out) if cfg.train.resume else None
+    folder = RunFolder(Path(cfg.output_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    run_id = _resumed_run_id(cfg, folder) if cfg.train.resume else None
     if not cfg.train.resume:
-        checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
+        folder.checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
     keras.backend.clear_session()
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
-    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, _run_name(cfg),
-                            tags | _tags(cfg), parent_run_id, run_id) as mlrun:
-        (out / RUN_ID_FILE).write_text(mlrun.run_id)
+    name, tags = run_folder.run_name(cfg), tags | run_folder.tags(cfg)
+    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
+                            parent_run_id, run_id) as mlrun:
+        folder.save_run_id(mlrun.run_id)
+        folder.save_identity(name, tags)
         mlrun.log_params(params)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        folder.write_json(RunFolder.CONFIG, asdict(cfg))
 
         dataset = data.load(cfg.data)
         tokens = vectorize(dataset, cfg)
         log.info("data: %s", tokens.counts)
         mlrun.log_metrics({f"data_{k}": v for k, v in tokens.counts.items()})
-        (out / "vocabulary.txt").write_text(
+        (folder / RunFolder.VOCABULARY).write_text(
             "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
 
         strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
@@ -196,9 +184,8 @@ def run(
                  batches.padding.batches)
 
         class_names = dataset.class_names
-        net = build(cfg, tokens.vocab_size, len(class_names), strategy,
-                    tokens.splits["train"].tokens)
-        fitted = fit(net, batches, cfg, mlrun.log_epoch, checkpoint)
+        net = build(cfg, tokens, len(class_names), strategy)
+        fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint)
 
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
@@ -207,64 +194,44 @@ def run(
         metrics["epoch_limit"] = train.epoch_limit(
             cfg.train, cfg.train.steps_per_epoch or batches.padding.batches)
 
-        model_path = export(tokens, net, class_names, cfg, out)
-        classifier = inference.Classifier.from_files(model_path)  # as `make predict` loads it
+        export(tokens, net, class_names, cfg, folder)
+        classifier = inference.Classifier.from_files(folder.model)  # as `make predict` loads it
         metrics |= evaluate.served_scores(classifier.class_probabilities, tokens.texts["test"],
                                           predictions, cfg.evaluate.served_limit, cfg.data.seed)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        folder.write_json(RunFolder.METRICS, metrics)
         plots = (evaluate.plot(fitted.history, evaluate.confusion(predictions, len(class_names)),
-                               class_names, tokens.splits["train"].lengths, out / "plots")
+                               class_names, tokens.splits["train"].lengths, folder.plots)
                  if cfg.evaluate.plots else [])
-        checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
+        folder.checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
 
-        # Everything is saved in `out` first: with the tracking server unreachable from here
-        # on, one message says how to log the folder later (textclf log-model).
-        with mlrun.or_later(out):
+        # Everything is saved in the folder first: with the tracking server unreachable from
+        # here on, one message says how to log the folder later (textclf log-model).
+        with mlrun.or_later(folder.path):
             mlrun.log_metrics(metrics)
-            tracking.log_model(mlrun, model_path, model_path.with_name(inference.CLASSES_FILE),
-                               cfg.tracking.registered_model)
-            for path in ("config.json", "vocabulary.txt", "metrics.json", "model.keras",
-                         inference.CLASSES_FILE):
-                mlrun.log_artifact(out / path)
+            tracking.log_model(mlrun, folder.model, folder.classes, cfg.tracking.registered_model)
+            for path in folder.logged():
+                mlrun.log_artifact(path)
             for path in plots:
-                mlrun.log_artifact(path, "plots")
+                mlrun.log_artifact(path, RunFolder.PLOTS)
         return metrics
 
 
-def _run_name(cfg: Config) -> str:
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
-    if cfg.model.kind == "bow":  # padding and masking do not change the n-grams it reads
-        return f"bow-{cfg.batching.strategy}"
-    name = f"{cfg.batching.strategy}-{cfg.batching.padding_side}-{cfg.model.masking}"
-    return name + "+ngrams" if cfg.model.ngram_branch else name
-
-
-def _tags(cfg: Config) -> dict[str, str]:
-    """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
-    kind = cfg.model.kind + ("+ngrams" if cfg.model.ngram_branch else "")
-    return {"model": kind, "batching": cfg.batching.strategy,
-            "padding_side": cfg.batching.padding_side,
-            "masking": cfg.model.masking, "data": cfg.data.source, "output_dir": cfg.output_dir}
-
-
-def _resumed_run_id(cfg: Config, out: Path) -> str | None:
+def _resumed_run_id(cfg: Config, folder: RunFolder) -> str | None:
     """With `train.resume`: the MLflow run this folder's interrupted run logged to, once it is
     clear that the folder holds such a run and that the configuration is unchanged."""
-    saved = out / "config.json"
-    if not saved.exists():
+    if folder.missing(RunFolder.CONFIG):
         raise ConfigError(
-            f"train.resume: {out} holds no earlier run. Resume in the interrupted run's "
+            f"train.resume: {folder.path} holds no earlier run. Resume in the interrupted run's "
             "folder: textclf resume <folder> (or hydra.run.dir=<folder> train.resume=true)."
         )
-    before = flatten(json.loads(saved.read_text()))
+    before = flatten(folder.read_json(RunFolder.CONFIG))
     now = flatten(asdict(cfg))
     changed = sorted(k for k in before.keys() | now.keys()
                      if k != "train.resume" and before.get(k) != now.get(k))
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed[:5])
-        raise ConfigError(f"train.resume: the configuration differs from the run in {out} "
-                          f"({shown}); resume with the same overrides (textclf resume <folder>).")
-    run_id = out / RUN_ID_FILE
-    return run_id.read_text().strip() if run_id.exists() else None
+        raise ConfigError(f"train.resume: the configuration differs from the run in "
+                          f"{folder.path} ({shown}); resume with the same overrides (textclf "
+                          "resume <folder>).")
+    return folder.run_id()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
 from .config import Config
+from .run_folder import PARENT_RUN_ID, RunFolder
 
 log = logging.getLogger(__name__)
-PARENT_FILE = "mlflow_parent_run_id"
 
 
 def parent_run_id() -> str | None:
@@ -35,26 +34,25 @@ def parent_run_id() -> str | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
+    path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_ID
     return path.read_text().strip() if path.exists() else None
 
 
 def finished_before(config: Config) -> dict[str, float] | None:
     """In a resumed sweep: this job's metrics when its run under the parent FINISHED before."""
-    parent = parent_run_id()
-    metrics = Path(config.output_dir) / "metrics.json"
-    if parent is None or not metrics.exists():
+    parent, folder = parent_run_id(), RunFolder(Path(config.output_dir))
+    if parent is None or folder.missing(RunFolder.METRICS):
         return None
     done = any(run.info.status == "FINISHED"
                and run.data.tags.get("output_dir") == config.output_dir
                for run in tracking.children(config.tracking.uri, parent))
-    return json.loads(metrics.read_text()) if done else None
+    return folder.read_json(RunFolder.METRICS) if done else None
 
 
 def resumable(config: Config) -> Config:
     """In a resumed sweep: `config` as is when this job started before (its folder holds its
     config), else with `train.resume` off, as the job never ran."""
-    if (Path(config.output_dir) / "config.json").exists():
+    if not RunFolder(Path(config.output_dir)).missing(RunFolder.CONFIG):
         return config
     return dataclasses.replace(config, train=dataclasses.replace(config.train, resume=False))
 
@@ -65,7 +63,7 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        saved = sweep_dir / PARENT_FILE
+        saved = sweep_dir / PARENT_RUN_ID
         if OmegaConf.select(config, "train.resume", default=False) and saved.exists():
             run_id = saved.read_text().strip()
             tracking.finish(config.tracking.uri, run_id, "RUNNING", {"resumed": "true"})
@@ -84,7 +82,7 @@ class MlflowSweep(Callback):
                 "git_commit": tracking.git_commit(),
             },
         )
-        (sweep_dir / PARENT_FILE).write_text(run_id)
+        (sweep_dir / PARENT_RUN_ID).write_text(run_id)
         log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
         # Interrupted before on_multirun_end: the parent must not stay RUNNING.
         self._open = run_id
@@ -95,7 +93,7 @@ class MlflowSweep(Callback):
             tracking.finish(uri, self._open, "KILLED", {"error": "sweep interrupted"})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(config.hydra.sweep.dir) / PARENT_FILE
+        path = Path(config.hydra.sweep.dir) / PARENT_RUN_ID
         if not path.exists():
             return
         run_id = path.read_text().strip()

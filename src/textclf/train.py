@@ -146,8 +146,6 @@ def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> ker
         settings["weight_decay"] = cfg.weight_decay
     if cfg.clipnorm:
         settings["global_clipnorm"] = cfg.clipnorm
-    if cfg.ema:
-        settings |= {"use_ema": True, "ema_momentum": cfg.ema}
     opt = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
     model.compile(optimizer=opt, loss=loss(num_classes, cfg.label_smoothing),
                   metrics=["accuracy"])
@@ -307,19 +305,6 @@ def epoch_limit(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, min(cfg.epochs, math.ceil(cfg.max_steps / max(1, steps_per_epoch))))
 
 
-def _averaging(model: keras.Model, resumed: bool) -> list[keras.callbacks.Callback]:
-    """With `train.ema`, Keras' SwapEMAWeights puts the averaged weights in the model for
-    validation and at every epoch's end, so early stopping keeps, and restores, the averaged
-    weights of the best epoch. Without it the average would be lost: EarlyStopping restores
-    the raw best weights after the optimizer wrote the average in. A checkpoint is written at
-    an epoch's end, averaged weights in the model: resumed, they are swapped back first."""
-    if not getattr(model.optimizer, "use_ema", False):
-        return []
-    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
-    swap._ema_weights_in_model = resumed
-    return [swap]
-
-
 def fit(
     model: keras.Model,
     train_epoch: Callable[[int], tf.data.Dataset],
@@ -343,7 +328,6 @@ def fit(
     )
     state = Checkpoint(checkpoint, stopper, timer)
     state.restore_variables(model)
-    averaging = _averaging(model, resumed=state.epoch > 0)
     if state.epoch:
         log.info("resuming from %s after epoch %d%s", checkpoint, state.epoch,
                  " (training had finished)" if state.done else "")
@@ -360,7 +344,7 @@ def fit(
             verbose=cfg.verbose,
             shuffle=False,  # the dataset orders each epoch itself
             steps_per_epoch=steps_per_epoch,
-            callbacks=[StopRequest(), StopOnNaN(), timer, *averaging, stopper, *callbacks, state],
+            callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
     losses = state.history.get("val_loss", [])
     best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0

@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
-from .sweep import PARENT_FILE
+from .run_folder import PARENT_RUN_ID
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"  # written by the Optuna sweeper into the sweep folder
@@ -34,7 +34,7 @@ class OptunaReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        results, parent = sweep_dir / RESULTS_FILE, sweep_dir / PARENT_FILE
+        results, parent = sweep_dir / RESULTS_FILE, sweep_dir / PARENT_RUN_ID
         if not results.exists() or not parent.exists():
             return
         best = OmegaConf.to_container(OmegaConf.load(results))

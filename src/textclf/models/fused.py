@@ -1,22 +1,16 @@
-"""An LSTM whose input projection runs once for all time steps, before the recurrent loop.
+"""The LSTM the exported model serves with: TensorFlow's fused CPU kernel, same weights.
 
-On CPU, `keras.layers.LSTM` runs a loop that multiplies each step's input by the input kernel
-inside the recurrence, although that product does not depend on it: for the default model
-(128-d embeddings, 64 units) it is two thirds of the loop's multiply-adds, done as T small
-matmuls. `HoistedLSTM` does it as one [batch·time, dim] × [dim, 4·units] matmul first, as cuDNN
-does, so each step multiplies only the hidden state. Same weights, same masking and dropout
-semantics, same config: a `model.keras` saved with one loads into the other's architecture.
-On a GPU (and when cuDNN applies) it takes Keras' cuDNN path unchanged.
+Keras' LSTM on CPU runs a graph loop of small ops per time step; one review served alone is
+then dominated by op overhead. `FusedLSTM` runs the whole sequence in one `BlockLSTM` op each
+way: single-review latency 3.3x lower in `make bench` (docs/bench.md). For training it measured
+0.90x Keras' loop, so training keeps `keras.layers.LSTM` and `fused_copy` swaps the kernel in
+at export (`model.serve_lstm=fused`).
 """
 
 from __future__ import annotations
 
 import keras
 from keras import ops
-
-# The loop Keras' own LSTM runs (mask handling, go_backwards, zero_output_for_mask): reusing it
-# keeps the semantics identical; tests/test_lstm.py compares both layers' outputs.
-from keras.src.backend import rnn as backend_rnn
 
 
 def _gpu_available() -> bool:
@@ -25,50 +19,6 @@ def _gpu_available() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
-
-
-@keras.saving.register_keras_serializable(package="textclf")
-class HoistedLSTM(keras.layers.LSTM):
-    """`keras.layers.LSTM` with the input projection hoisted out of the time loop (CPU)."""
-
-    def inner_loop(self, sequences, initial_state, mask, training=False):
-        cell = self.cell
-        if cell.recurrent_dropout or (self.use_cudnn is not False and _gpu_available()):
-            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
-        if isinstance(mask, list | tuple):
-            mask = mask[0]
-        if training and cell.dropout:  # one mask per sequence, as Keras' LSTM applies it
-            sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
-        # a 2-D matmul: a batched [batch, time, dim] one would compute the kernel's gradient
-        # per row and sum them, slower than the loop it replaces
-        batch, steps = ops.shape(sequences)[0], ops.shape(sequences)[1]
-        projected = ops.matmul(ops.reshape(sequences, (-1, ops.shape(sequences)[2])), cell.kernel)
-        projected = ops.reshape(projected, (batch, steps, ops.shape(projected)[-1]))
-        if cell.use_bias:
-            projected = projected + cell.bias
-        recurrent_kernel = cell.recurrent_kernel
-
-        def step(gates_input, states):
-            hidden, carry = states
-            gates = gates_input + ops.matmul(hidden, recurrent_kernel)
-            i, f, g, o = ops.split(gates, 4, axis=-1)
-            carry = cell.recurrent_activation(f) * carry + cell.recurrent_activation(
-                i
-            ) * cell.activation(g)
-            hidden = cell.recurrent_activation(o) * cell.activation(carry)
-            return hidden, [hidden, carry]
-
-        return backend_rnn(
-            step,
-            projected,
-            list(initial_state),
-            go_backwards=self.go_backwards,
-            mask=mask,
-            unroll=self.unroll,
-            input_length=sequences.shape[1],
-            zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=self.return_sequences,
-        )
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -120,8 +70,8 @@ def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_o
     first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)[:, tf.newaxis]
     inside = (time >= first) & (time < first + lengths[:, tf.newaxis])
     check = tf.debugging.assert_equal(
-        mask, inside, message="model.lstm=fused needs each row's mask to be one unbroken run of "
-        "steps (padding on one side); use model.lstm=keras for other masks")
+        mask, inside, message="model.serve_lstm=fused needs each row's mask to be one unbroken "
+        "run of steps (padding on one side); export with model.serve_lstm=trained for others")
     with tf.control_dependencies([check]):
         aligned = tf.gather(x, tf.minimum(first + time, steps - 1), batch_dims=1)
     h0, c0 = (tf.cast(state, x.dtype) for state in initial_state)
@@ -153,14 +103,14 @@ def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_o
 
 
 def fused_copy(net: keras.Model) -> keras.Model:
-    """`net` with every Keras or hoisted LSTM replaced by a `FusedLSTM` holding the same
+    """`net` with every Keras LSTM replaced by a `FusedLSTM` holding the same
     weights; all other layers are shared, not copied. For serving: the answers are the same
     (to float rounding), and one review runs in one kernel call instead of a loop of small ops
     per time step (docs/bench.md). Layers computing in another dtype than float32 (mixed
     precision) are kept as they are."""
 
     def fused(layer: keras.layers.LSTM) -> keras.layers.Layer:
-        if type(layer) not in (keras.layers.LSTM, HoistedLSTM) or layer.compute_dtype != "float32":
+        if type(layer) is not keras.layers.LSTM or layer.compute_dtype != "float32":
             return layer
         return FusedLSTM.from_config(layer.get_config())
 

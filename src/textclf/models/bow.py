@@ -5,23 +5,57 @@ It reads the same padded token ids as the LSTM, so batching, evaluation, export 
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
 of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse tf-idf
 n-gram rows. Each row is rescaled as scikit-learn's `TfidfVectorizer` rescales to unit
-length, but to a scale at which the LSTM's learning rate trains it in a few epochs
-(`ActiveRMS`). Words outside `tokenize.vocab_size` share the OOV id, and
-`tokenize.max_length` truncates, as for the LSTM.
+length, but to a scale at which the LSTM's learning rate trains it in a few epochs (`SCALE`).
+Words outside `tokenize.vocab_size` share the OOV id, and `tokenize.max_length` truncates, as
+for the LSTM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from .config import ModelConfig
+from ..config import ModelConfig, check
+from .base import ModelInputs
 
-SCALE = 32.0  # ActiveRMS: the root mean square of a row's present n-gram weights
+# The root mean square of a row's present n-gram weights. The row's direction is kept (what
+# unit length gives), at a size that suits Adam at the template's learning rate: with unit
+# length a 300-n-gram review's values are ~0.06 and training takes tens of epochs on IMDB; with
+# an RMS of 8, 20 epochs (test accuracy 0.900); with 32, about 7 (docs/other_data.md). A logit
+# moves about SCALE times faster per step, as with a learning rate SCALE times larger, so
+# `train.learning_rate` stays one setting for every model.
+SCALE = 32.0
+
+
+@dataclass
+class Ngrams:
+    """The n-gram features' settings, shared by bow and the LSTM's n-gram branch."""
+
+    ngrams: int = 2  # word n-grams up to this length
+    # the most frequent n-grams of the training texts kept (a sparse tf-idf row each)
+    ngram_vocab: int = 100000
+
+    def __post_init__(self) -> None:
+        check(self.ngrams > 0, "model.ngrams", f"must be > 0, got {self.ngrams}")
+        check(self.ngram_vocab > 1, "model.ngram_vocab", f"must be > 1, got {self.ngram_vocab}")
+
+
+@dataclass
+class BowConfig(Ngrams, ModelConfig):
+    """`model=bow`: a linear classifier on tf-idf weighted word n-grams of the token ids."""
+
+    name: ClassVar[str] = "bow"
+    dropout: float = 0.3  # of each row's present n-grams, while training
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -35,32 +69,6 @@ class IdWords(layers.Layer):
         return (input_shape[0],)
 
 
-@keras.saving.register_keras_serializable(package="textclf")
-class ActiveRMS(layers.Layer):
-    """Scale each dense row so its nonzero values have a root mean square of `scale` (what
-    `SparseTfIdf` does to its sparse rows; kept so models saved with dense n-gram rows load).
-
-    The row's direction is kept (what unit length gives), at a size that suits Adam at the
-    template's learning rate: with unit length a 300-n-gram review's values are ~0.06 and
-    training takes tens of epochs on IMDB; with an RMS of 8, 20 epochs (test accuracy 0.900);
-    with 32, about 7 (docs/other_data.md). A logit moves about `scale` times faster per step,
-    as with a learning rate `scale` times larger, so `train.learning_rate` stays one setting
-    for every model (bow with train.learning_rate=1.25e-4 trains as with an RMS of 8).
-    """
-
-    def __init__(self, scale: float = SCALE, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = scale
-
-    def call(self, x):
-        present = ops.sum(ops.cast(ops.not_equal(x, 0), x.dtype), axis=-1, keepdims=True)
-        squares = ops.sum(ops.square(x), axis=-1, keepdims=True)
-        return x * (self.scale * ops.sqrt(present / ops.maximum(squares, 1e-12)))
-
-    def get_config(self) -> dict:
-        return super().get_config() | {"scale": self.scale}
-
-
 def words(ids: tf.RaggedTensor) -> tf.Tensor:
     """Ragged ids → "12 7 431 ..." per row."""
     return tf.strings.reduce_join(tf.strings.as_string(tf.cast(ids, tf.int64)), axis=1,
@@ -69,8 +77,8 @@ def words(ids: tf.RaggedTensor) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="textclf")
 class SparseTfIdf(layers.Layer):
-    """Id-word strings → sparse [batch, n-grams] tf-idf rows, each scaled as `ActiveRMS`
-    scales, with `rate` of each row's present n-grams dropped while training.
+    """Id-word strings → sparse [batch, n-grams] tf-idf rows, each scaled so its present
+    values have a root mean square of `scale`, with `rate` of them dropped while training.
 
     The values are those of `TextVectorization(output_mode="tf_idf")` (counts × Keras' idf,
     `log(1 + documents / (1 + document count))`, the mean idf for out-of-vocabulary n-grams),
@@ -137,22 +145,24 @@ class SparseTfIdf(layers.Layer):
                                        "rate": self.rate}
 
 
-def ngram_features(train_tokens: tf.RaggedTensor, cfg: ModelConfig) -> Callable:
-    """Padded ids → sparse scaled tf-idf n-gram rows (dropout `model.dropout` in training),
-    the vocabulary and document frequencies adapted on `train_tokens` (the training rows' ids,
+def ngram_features(train_tokens: tf.RaggedTensor, cfg: Ngrams, dropout: float) -> Callable:
+    """Padded ids → sparse scaled tf-idf n-gram rows (`dropout` of them in training), the
+    vocabulary and document frequencies adapted on `train_tokens` (the training rows' ids,
     unpadded); for bow and the LSTM's n-gram branch."""
-    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, rate=cfg.dropout, dtype="float32",
+    if train_tokens is None:
+        raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
+    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, rate=dropout, dtype="float32",
                         name="ngrams")
     tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(train_tokens)).batch(1024))
     id_words = IdWords(name="id_words")
     return lambda tokens: tfidf(id_words(tokens))
 
 
-def build(train_tokens: tf.RaggedTensor, num_classes: int, cfg: ModelConfig) -> keras.Model:
+def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
     """An uncompiled model from padded int ids to class probabilities (see `ngram_features`)."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    return keras.Model(tokens, head([ngram_features(train_tokens, cfg)(tokens)], num_classes),
-                       name="bow")
+    features = ngram_features(inputs.train_tokens, cfg, cfg.dropout)(tokens)
+    return keras.Model(tokens, head([features], inputs.num_classes), name="bow")
 
 
 def head(features: list, num_classes: int):

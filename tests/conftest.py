@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +123,38 @@ def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+# `textclf` with a signal sent to itself as epoch `epoch` (counted from 0) begins, so that the
+# checkpoint of the epochs before it is on disk: an interruption at a known point, not a race.
+# With a job number, only that job of a sweep; SIGKILL goes to the whole process group.
+SIGNAL_AT_EPOCH = """
+import os, signal, sys
+from hydra.core.hydra_config import HydraConfig
+from textclf import cli, train
+epoch_at, how, job = int(sys.argv[1]), getattr(signal, sys.argv[2]), sys.argv[3]
+def on_epoch_begin(self, epoch, logs=None):
+    if epoch == epoch_at and job in ("-", str(HydraConfig.get().job.num)):
+        os.killpg(0, how) if how == signal.SIGKILL else os.kill(os.getpid(), how)
+train.StopRequest.on_epoch_begin = on_epoch_begin
+sys.argv = ["textclf", *sys.argv[4:]]
+cli.main()
+"""
+
+
+def signalled_at_epoch(epoch: int, how: signal.Signals, *args: str, cwd: Path,
+                       job: int | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`textclf *args` in its own process group, sent `how` as epoch `epoch` begins (see
+    SIGNAL_AT_EPOCH); its output goes to `log`, else to a pipe."""
+    sink = log.open("w") if log else subprocess.PIPE
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_AT_EPOCH, str(epoch), how.name,
+             "-" if job is None else str(job), *args],
+            cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finally:
+        if log:
+            sink.close()
+
+
 def quick(tmp_path: Path) -> list[str]:
     return [
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -144,30 +177,11 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on a free loopback port, SQLite backend, local artifacts."""
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = tracking_server(tmp_path).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not come up") from None
-                time.sleep(0.5)
-        yield url
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 # --- long-running services (tests/test_serving.py, tests/test_team_server.py) ---------------

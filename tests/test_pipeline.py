@@ -4,13 +4,15 @@ one review at a time."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
+import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textclf import pipeline
-from textclf.config import flatten
+from textclf import inference, models, pipeline, tracking
+from textclf.config import ModelConfig, flatten
 from textclf.run_folder import RunFolder
 
 from .conftest import reviews, write_csv
@@ -102,3 +104,62 @@ def test_the_training_levers_run_through_the_pipeline(make_config, tmp_path):
     assert run.data.params["train.label_smoothing"] == "0.1"
     assert run.data.params["train.schedule"] == "cosine"
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["test_accuracy"] > 0.5
+
+
+@dataclass
+class ToyConfig(ModelConfig):
+    """A model the project does not ship: the mean of its token embeddings → the head."""
+
+    name: ClassVar[str] = "toy"
+    embedding_dim: int = 8
+
+
+def build_toy(cfg: ToyConfig, inputs: models.ModelInputs) -> keras.Model:
+    tokens = keras.Input(shape=(None,), dtype="int32")
+    x = keras.layers.Embedding(inputs.vocab_size, cfg.embedding_dim, mask_zero=True)(tokens)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+@pytest.fixture
+def toy_model():
+    models.register(ToyConfig, build_toy)
+    yield ToyConfig
+    del models.REGISTRY[ToyConfig.name]
+
+
+def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
+        make_config, tmp_path, toy_model):
+    """Registered here alone: no edit of pipeline, tracking or compare, and it trains, logs,
+    exports and serves like the project's own models."""
+    cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
+                      "train.epochs=2", "evaluate.served_limit=20")
+    cfg = replace(cfg, model=toy_model(embedding_dim=4))
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "toy-bucket"
+    assert run.data.tags["model"] == "toy" and run.data.params["model.embedding_dim"] == "4"
+    assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
+    served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
+    assert served.predict(["a wonderful film"])["label"].tolist()[0] in ("neg", "pos")
+
+
+def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(make_config, tmp_path):
+    """`textclf log-model` into a store that never saw the run: the same name and tags."""
+    _, client = train_here(make_config, tmp_path, "evaluate.served_limit=20",
+                           "evaluate.plots=false")
+    [original] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    run_id = tracking.log_run_folder(RunFolder(tmp_path / "run"), other)
+    logged = MlflowClient(other).get_run(run_id)
+    assert run_id != original.info.run_id and logged.info.status == "FINISHED"
+    assert logged.info.run_name == original.info.run_name == "bucket-post-mask_zero+ngrams"
+    kept = {k: v for k, v in original.data.tags.items()
+            if not k.startswith("mlflow.") and k not in ("model_uri", "logged_model_id")}
+    assert {"model", "batching", "masking", "bucket_boundaries"} <= kept.keys()
+    assert {k: logged.data.tags.get(k) for k in kept} == kept
+    # the params the command line logs: the run's config without train.resume (how it ran)
+    assert logged.data.params == {k: v for k, v in original.data.params.items()
+                                  if k != "train.resume"}
+    assert logged.data.metrics["test_accuracy"] == original.data.metrics["test_accuracy"]

@@ -8,12 +8,8 @@ as version 1), then a binary review model on CSV (version 2, the newest run).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from textclf import data, inference, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 
-from .conftest import GOOD, quick, reviews, textclf, write_csv
+from .conftest import GOOD, Service, free_port, quick, reviews, textclf, venv_env, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -273,77 +269,28 @@ def test_bad_requests_name_the_option(trained):
     assert not (trained.root / "none.db").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(port: int, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Poll /ping until it answers 200; fail early if the server exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"the server did not answer /ping in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.mark.slow
 def test_served_model_answers_like_the_pyfunc(trained):
     texts = [POSITIVE, NEGATIVE, "", *(t for t, _ in reviews(5, seed=3))]
     expected = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": texts}))
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": trained.uri,
-    }
-    log = trained.root / "serve.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            [
-                str(bin_dir / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"runs:/{trained.binary}/model",
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            cwd=trained.root,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: uvicorn goes down with it
-        )
+    port = free_port()
+    server = Service([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                      f"runs:/{trained.binary}/model", "--env-manager", "local", "-h",
+                      "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}",
+                     trained.root / "serve.log", env=venv_env(MLFLOW_TRACKING_URI=trained.uri),
+                     cwd=trained.root, ready="/ping")
+    server.start(timeout=120)
     try:
-        wait_until_up(port, server, log)
         body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
+            f"{server.url}/invocations",
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=120) as answer:
             served = pd.DataFrame(json.loads(answer.read())["predictions"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()
     assert served["label"].tolist() == expected["label"].tolist()
     np.testing.assert_allclose(
         served[["prob_neg", "prob_pos"]].to_numpy(dtype=float),
@@ -351,6 +298,7 @@ def test_served_model_answers_like_the_pyfunc(trained):
         atol=1e-5,
     )
     assert served["error"].tolist()[2] == inference.EMPTY
+
 
 
 def evaluate_cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:

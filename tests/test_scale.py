@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import free_port, quick, reviews, textclf, venv_env, write_csv
+from .conftest import free_port, quick, reviews, signalled_at_epoch, textclf, venv_env, write_csv
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["per_batch", "exact"]
@@ -140,27 +140,21 @@ def test_a_failed_submitit_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_killed_sweep_resumes_its_unfinished_jobs_under_the_same_parent(tmp_path):
-    """SIGKILL while the second of three sequential jobs trains: the first job is done, the
+    """SIGKILL as the second of three sequential jobs starts its second epoch: the first job is
+    done, the
     second has a checkpoint, the third never started; `textclf resume <sweep folder>` skips the
     first, continues the second in its own MLflow run and runs the third."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     variants = ["fixed", "per_batch", "exact"]
     data = write_csv(tmp_path / "r.csv", reviews(240))
     sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, "-m", "textclf.cli", "train", "--multirun", "data=csv",
-               f"data.path={data}", f"batching={','.join(variants)}",
-               f"hydra.sweep.dir={sweep_dir}", *quick(tmp_path), "train.epochs=3",
-               "train.patience=3"]
-    with (tmp_path / "first.log").open("w") as sink:
-        first = subprocess.Popen(command, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not list(sweep_dir.glob("1_*/checkpoint.npz")):
-        assert first.poll() is None and time.monotonic() < deadline, (
-            (tmp_path / "first.log").read_text()[-3000:])
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    first = signalled_at_epoch(
+        1, signal.SIGKILL, "train", "--multirun", "data=csv", f"data.path={data}",
+        f"batching={','.join(variants)}", f"hydra.sweep.dir={sweep_dir}", *quick(tmp_path),
+        "train.epochs=3", "train.patience=3", cwd=tmp_path, job=1, log=tmp_path / "first.log")
+    first.wait(timeout=600)
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    assert list(sweep_dir.glob("1_*/checkpoint.npz"))  # the second job's first epoch
     assert not list(sweep_dir.glob("2_*"))  # the third job never started
     parent, before = parent_and_children(uri)
     assert parent.info.status == "RUNNING"  # SIGKILL: nothing could end it

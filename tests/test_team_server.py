@@ -63,12 +63,13 @@ class Training:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 400) -> None:
-        """Until a line matches `pattern`; fails if training ends first or after `timeout`."""
+    def wait_for(self, pattern: str, timeout: float = 400, count: int = 1) -> None:
+        """Until `count` lines match `pattern`; fails if training ends first or after
+        `timeout`."""
         found = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not any(found.search(line) for line in self.lines):
+            while sum(bool(found.search(line)) for line in self.lines) < count:
                 if not self._reader.is_alive() or time.monotonic() > deadline:
                     pytest.fail(f"no line matching {pattern!r} in the training output:\n"
                                 f"{self.output[-4000:]}")
@@ -122,7 +123,7 @@ def test_a_run_survives_a_restart_of_its_tracking_server(tmp_path):
         training.wait_for(r"val_loss: ")  # epoch 1 is over and logged
         server.stop()
         training.wait_for(r"Retrying \(Retry\(")  # a later epoch met the stopped server
-        time.sleep(3)
+        training.wait_for(r"Retrying \(Retry\(", count=2)  # and is still waiting it out
         server.start()  # same port, same store
         code = training.wait()
         assert code == 0, training.output[-4000:]

@@ -8,7 +8,6 @@ metrics keep the training names (`test_accuracy`, F1, AUC, accuracy by length, `
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from . import data, evaluate, inference, tracking
 from .config import EvaluateModelConfig
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         metrics = evaluate.score(batched, classifier.classes, cfg.evaluate.length_edges)
         metrics |= evaluate.served_scores(classifier.class_probabilities, texts, batched,
                                           cfg.evaluate.served_limit, cfg.data.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    artifacts = [out / "metrics.json"]
+    artifacts = [RunFolder(out).write_json(RunFolder.METRICS, metrics)]
     if cfg.evaluate.plots:
         matrix = evaluate.confusion(batched, len(classifier.classes))
         artifacts.append(evaluate.plot_confusion(matrix, classifier.classes, out / "plots"))

@@ -159,7 +159,8 @@ def run(
         folder.checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
     keras.backend.clear_session()
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
-    name, tags = run_folder.run_name(cfg), tags | run_folder.tags(cfg)
+    name = run_folder.run_name(cfg)
+    tags = {k: str(v) for k, v in (tags | run_folder.tags(cfg)).items()}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
                             parent_run_id, run_id) as mlrun:
         folder.save_run_id(mlrun.run_id)
@@ -177,7 +178,9 @@ def run(
         strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
         batches = batch(tokens, cfg.batching, cfg.train.seed, strategy.num_replicas_in_sync)
         if batches.boundaries:
-            mlrun.set_tags({"bucket_boundaries": batches.boundaries})
+            boundaries = {"bucket_boundaries": str(batches.boundaries)}
+            mlrun.set_tags(boundaries)
+            folder.add_tags(boundaries)
         mlrun.log_metrics({"data_skipped_small_batch":
                            len(tokens.splits["train"]) - batches.padding.reviews})
         log.info("padding efficiency %.3f over %d batches", batches.padding.efficiency,

@@ -88,6 +88,11 @@ class RunFolder:
     def save_identity(self, name: str, tags: dict[str, str]) -> None:
         self.write_json(self.IDENTITY, {"name": name, "tags": tags})
 
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Tags the run gained after it started (e.g. the bucket boundaries)."""
+        name, saved = self.identity()
+        self.save_identity(name, saved | tags)
+
 
 def run_name(cfg: Config) -> str:
     """`tracking.run_name`, else the model's own (e.g. `bucket-post-mask_zero+ngrams`)."""

@@ -1,0 +1,163 @@
+"""Token ids → padded `tf.data` batches: the one place where padding happens.
+
+Four strategies, each a `conf/batching/*.yaml` option:
+- `fixed`: pad or truncate every review to `max_length` (the classic `pad_sequences` way);
+- `per_batch`: random batches padded to their own longest review;
+- `bucket`: `bucket_by_sequence_length` with boundaries from the training-length quantiles;
+- `exact`: `group_by_window` on the (rounded) length, so a batch holds reviews of one length.
+Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .config import BatchingConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
+    """Upper bounds (exclusive) splitting `lengths` into equally populated buckets."""
+    quantiles = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1], method="lower")
+    return sorted({int(q) + 1 for q in quantiles if q >= 1})
+
+
+def bucket_batch_sizes(boundaries: list[int], batch_size: int,
+                       token_budget: int | None, max_rows: int | None = None) -> list[int]:
+    """One batch size per bucket: `batch_size`, or with a token budget, as many reviews as fit
+    in `token_budget` padded tokens, at most `max_rows` (but never fewer than `batch_size`).
+    On a CPU an LSTM time step costs nearly as much for 64 rows as for 256, so short reviews in
+    wide batches are cheaper; the cap keeps enough optimizer steps per epoch for short texts."""
+    sizes = [batch_size] * (len(boundaries) + 1)  # the last bucket has no upper bound
+    if token_budget:
+        sizes[:-1] = [max(batch_size, min(max_rows or sys.maxsize,
+                                          token_budget // max(1, upper - 1)))
+                      for upper in boundaries]
+    return sizes
+
+
+def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Move each row's trailing padding to its front: [a b c 0 0] → [0 0 a b c]."""
+    lengths = tf.math.count_nonzero(x, axis=1)
+    return tf.reverse(tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0), axis=[1]), y
+
+
+def examples(tokens: tf.RaggedTensor, labels: np.ndarray) -> tf.data.Dataset:
+    """(ids, label) pairs, one dense row per review. Build it once per split and batch it for
+    every epoch: each `from_tensor_slices` of a ragged tensor holds its own copy of the ids."""
+    # The identity map turns each ragged row into a dense 1-D tensor, which padding needs.
+    return tf.data.Dataset.from_tensor_slices((tokens, labels)).map(lambda x, y: (x, y))
+
+
+def make_dataset(
+    ds: tf.data.Dataset,
+    spec: BatchingConfig,
+    boundaries: list[int] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+) -> tf.data.Dataset:
+    """One epoch of `examples` as batches of (padded int32 ids [batch, time], labels).
+
+    `boundaries` are the bucket limits for `bucket` (see `bucket_boundaries`). With `shuffle`
+    the order depends on `seed` and `epoch` alone, not on how many epochs this process has
+    run, so a run resumed at epoch e sees the batches an uninterrupted run saw.
+    """
+    order = seed * 1_000_003 + epoch  # one shuffle seed per (seed, epoch)
+    if shuffle:
+        ds = ds.shuffle(spec.shuffle_buffer, seed=order)
+    size = spec.batch_size
+    if spec.strategy == "fixed":
+        length = spec.max_length
+        ds = ds.map(lambda x, y: (x[:length], y)).padded_batch(size, padded_shapes=([length], []))
+    elif spec.strategy == "per_batch":
+        ds = ds.padded_batch(size)
+    elif spec.strategy == "bucket":
+        ds = ds.bucket_by_sequence_length(
+            lambda x, y: tf.shape(x)[0],
+            list(boundaries or []),
+            bucket_batch_sizes(list(boundaries or []), size, spec.token_budget,
+                               spec.max_batch_rows),
+            pad_to_bucket_boundary=False,
+        )
+    elif spec.strategy == "exact":
+        step = spec.round_to
+        ds = ds.group_by_window(
+            key_func=lambda x, y: tf.cast((tf.shape(x)[0] + step - 1) // step, tf.int64),
+            reduce_func=lambda key, window: window.padded_batch(size),
+            window_size=size,
+        )
+    else:
+        raise ValueError(f"unknown batching strategy {spec.strategy!r}")
+    if shuffle and spec.strategy in ("bucket", "exact"):
+        # Grouping emits batches in length order at the end of an epoch; mix them again.
+        ds = ds.shuffle(1024, seed=order + 1)
+    if spec.padding_side == "pre":
+        ds = ds.map(_pre_pad, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+@dataclass
+class PaddingStats:
+    reviews: int
+    real_tokens: int
+    padded_tokens: int
+    batches: int
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / tokens processed including padding."""
+        return self.real_tokens / max(1, self.padded_tokens)
+
+
+def padding_stats(ds: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> PaddingStats:
+    """One pass over `ds` (a dataset or a list of batches) counting real and padded tokens."""
+    reviews = real = total = batches = 0
+    for x, _ in ds:
+        reviews += int(x.shape[0])
+        real += int(tf.math.count_nonzero(x))
+        total += int(tf.size(x))
+        batches += 1
+    return PaddingStats(reviews, real, total, batches)
+
+
+def counted(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with its batch count declared: grouping hides it, and Keras warns at the end of
+    every pass over a dataset of unknown length."""
+    return ds.apply(tf.data.experimental.assert_cardinality(padding_stats(ds).batches))
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class Repad(keras.layers.Layer):
+    """Inside the saved model: vectorizer output → the padding the model was trained with.
+
+    Trims columns that are padding in every row, gives a row with no token one OOV id (an
+    all-padding row breaks masked LSTMs on GPU), and moves padding to the front for `pre`.
+    """
+
+    def __init__(self, padding_side: str = "post", **kwargs):
+        super().__init__(**kwargs)
+        self.padding_side = padding_side
+
+    def call(self, ids):
+        ids = tf.cast(ids, tf.int32)
+        lengths = tf.math.count_nonzero(ids, axis=1, dtype=tf.int32)
+        ids = ids[:, : tf.maximum(tf.reduce_max(lengths), 1)]
+        empty = tf.equal(lengths, 0)[:, None] & tf.equal(tf.range(tf.shape(ids)[1]), 0)[None, :]
+        ids = tf.where(empty, tf.ones_like(ids), ids)
+        if self.padding_side == "pre":
+            ids, _ = _pre_pad(ids, None)
+        return ids
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"padding_side": self.padding_side}

@@ -1,0 +1,300 @@
+"""Entry points: `textclf train|resume|compare|bench|predict|evaluate [hydra overrides]`, one
+Hydra app each (`resume` is `train` again, in an interrupted run's folder with its overrides).
+
+Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
+plain values down to the orchestration.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from . import resume
+from .config import ConfigError, flatten, register, to_object
+
+log = logging.getLogger("textclf")
+CONF_DIR = Path(__file__).with_name("conf")  # shipped with the package (pip install . finds it)
+
+
+def project_root() -> Path:
+    """Where `outputs/` (runs, sweeps, the MLflow store) lives: $TEXTCLF_ROOT, else the nearest
+    folder from the working directory up that holds a pyproject.toml (a checkout or a fork),
+    else the working directory."""
+    if os.environ.get("TEXTCLF_ROOT"):
+        return Path(os.environ["TEXTCLF_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file()), here)
+
+
+ROOT = project_root()
+OmegaConf.register_new_resolver("root", lambda: str(ROOT), replace=True)
+SHORT_NAME = 120  # characters of a sweep job's folder name; file systems allow 255 bytes
+
+
+def short_name(name: str) -> str:
+    """A folder name of at most SHORT_NAME characters: a sweep job's overrides as they are
+    (a `/` in a value, as in a path, becomes `_`), or when many make them too long, their
+    beginning and a hash of the whole."""
+    name = name.replace("/", "_")
+    if len(name.encode()) <= SHORT_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name.encode()[:SHORT_NAME - 11].decode(errors="ignore") + "~" + digest
+
+
+OmegaConf.register_new_resolver("short", short_name, replace=True)
+register()
+
+
+# What TensorFlow's C++ runtime prints on every CPU-only start, before its log level applies
+# (TF_CPP_MIN_LOG_LEVEL cannot reach it): not a problem, and it buries real messages.
+_PROBE_NOISE = re.compile(
+    r"absl::InitializeLog|cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit"
+    r"|oneDNN custom operations are on|cpu_feature_guard|^To enable the following instructions"
+    r"|oneDNN supports DT_BOOL only on platforms with AVX-512")
+
+
+def _quiet_cuda_probe() -> None:
+    """Route this process's stderr (fd 2) through a filter that drops `_PROBE_NOISE` lines.
+
+    Everything else, Python's and TensorFlow's own warnings included, passes unchanged; the
+    filter is flushed at exit.
+    """
+    import atexit
+    import threading
+
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _PROBE_NOISE.search(line.decode(errors="replace")):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def flush() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the thread drains and ends
+        thread.join(timeout=5)
+
+    atexit.register(flush)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .compare import CompareError
+    from .data import DataError
+    from .inference import PredictError
+    from .tracking import TrackingError
+    from .train import CheckpointMismatch
+
+    return ConfigError, DataError, TrackingError, PredictError, CompareError, CheckpointMismatch
+
+
+def _fail_clearly(error: BaseException) -> None:
+    """A mistake of the user's: one clear message, no traceback (unless HYDRA_FULL_ERROR=1)."""
+    log.error("%s: %s", type(error).__name__, error)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    raise SystemExit(2) from None
+
+
+def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
+    """Every command's error handling (as lightning-hydra-template's `task_wrapper`): a mistake
+    of the user's ends it with one clear message and exit code 2, anything else as raised."""
+
+    @functools.wraps(command)
+    def wrapped(cfg: DictConfig) -> object:
+        try:
+            return command(cfg)
+        except _user_errors() as error:
+            _fail_clearly(error)
+
+    return wrapped
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    from .train import StopRequest
+
+    reason = f"signal {signal.Signals(signum).name}"
+    StopRequest.request(reason)  # in case this exception is lost (see StopRequest)
+    raise KeyboardInterrupt(reason)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> float:
+    """One training run (or one job of a sweep); returns `optimized_metric` (a validation
+    metric) for sweepers. A failed sweep job is already its FAILED run: the sweep goes on."""
+    # Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    hydra_cfg = HydraConfig.get()
+    try:
+        return _train(cfg, hydra_cfg)
+    except Exception as error:
+        if hydra_cfg.mode.name != "MULTIRUN":
+            raise
+        log.exception("job failed: %s: %s", type(error).__name__, error)
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+            raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
+        return float("nan")
+
+
+def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+    from . import pipeline, sweep, tracking
+
+    config = to_object(cfg)
+    tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
+            if not k.startswith("hydra") and v is not None}
+    tags["git_commit"] = tracking.git_commit(ROOT)
+    params = {k: v for k, v in flatten(cfg).items()
+              if k != "bench" and k != "train.resume"}  # how, not what, is trained
+    if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
+        if (done := sweep.finished_before(config)) is not None:
+            log.info("job already FINISHED in %s; skipped", config.output_dir)
+            return done[f"best_{config.optimized_metric}"]
+        config = sweep.resumable(config)
+    metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
+    return metrics[f"best_{config.optimized_metric}"]
+
+
+@task_wrapper
+def compare(cfg: DictConfig) -> None:
+    from . import compare as report
+
+    config = OmegaConf.to_object(cfg)  # validates alpha
+    report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
+                Path(config.out_dir), config.alpha)
+
+
+@task_wrapper
+def bench(cfg: DictConfig) -> None:
+    """Every `batching=` option as composed by Hydra, with the run's batch size and padding
+    side, so all strategies train the same model on the same batches."""
+    from . import bench as benchmark
+
+    config = to_object(cfg)
+    same = [f"batching.batch_size={config.batching.batch_size}",
+            f"batching.padding_side={config.batching.padding_side}"]
+    names = GlobalHydra.instance().config_loader().get_group_options("batching")
+    strategies = {name: OmegaConf.to_object(
+        compose("bench", overrides=[f"batching={name}", *same]).batching) for name in names}
+    benchmark.run(config, strategies)
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> None:
+    from . import predict as classify
+
+    classify.run(OmegaConf.to_object(cfg))
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> None:
+    from . import evaluate_model
+
+    evaluate_model.run(OmegaConf.to_object(cfg))
+
+
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
+    "train": ("config", train),
+    "resume": ("config", train),
+    "compare": ("compare", compare),
+    "predict": ("predict", predict),
+    "evaluate": ("evaluate_model", evaluate),
+    "bench": ("bench", bench),
+}
+
+
+def _quote_text(arg: str) -> str:
+    """`text=a review, with commas` (the shell ate the quotes) → one Hydra-quoted string.
+
+    A value already quoted or a list (`text=[a,b]`) is left to Hydra.
+    """
+    if not arg.startswith("text=") or arg[5:6] in ("'", '"', "["):
+        return arg
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, arg[5:])
+    return "text='" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def log_model(args: list[str]) -> None:
+    """`textclf log-model <run folder> [tracking.uri=<uri>]`: log a trained run folder to MLflow
+    after its tracking server was unreachable when training ended (see `Run.or_later`)."""
+    from . import tracking
+    from .run_folder import RunFolder
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
+                        "%(message)s")
+    uris = [a.removeprefix("tracking.uri=") for a in args[1:] if a.startswith("tracking.uri=")]
+    if not args or "=" in args[0] or len(uris) != len(args) - 1:
+        raise SystemExit("usage: textclf log-model <run folder> [tracking.uri=<uri>]")
+    folder = RunFolder(Path(args[0]).resolve())
+    missing = folder.missing(RunFolder.CONFIG, RunFolder.IDENTITY, RunFolder.METRICS,
+                             RunFolder.MODEL, RunFolder.CLASSES)
+    if missing:
+        raise SystemExit(f"textclf log-model: {folder.path} holds no trained run (no "
+                         f"{', '.join(missing)}); only a run that finished training can be logged.")
+    try:
+        run_id = tracking.log_run_folder(folder, uris[-1] if uris else None)
+    except tracking.TrackingError as error:
+        _fail_clearly(error)
+    log.info("logged %s to MLflow run %s (FINISHED)", folder.path, run_id)
+
+
+USAGE = """usage: textclf {commands} [hydra overrides]
+  e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128
+  textclf resume [run folder]   continues an interrupted run (default: the newest)
+  textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish
+  textclf log-model <run folder>   logs a trained run whose tracking server was away
+  textclf train --help   lists the config groups and their options"""
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] == "log-model":
+        if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
+            _quiet_cuda_probe()
+        return log_model(args[1:])
+    if not args or args[0] not in COMMANDS:
+        print(USAGE.format(commands="{" + ",".join([*COMMANDS, "log-model"]) + "}"))
+        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
+        _quiet_cuda_probe()
+    config_name, task = COMMANDS[args[0]]
+    rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
+    if args[0] == "predict":
+        rest = [_quote_text(a) for a in rest]
+    if args[0] == "resume":
+        rest = resume.arguments(rest, ROOT / "outputs")
+    if config_name in ("config", "bench"):
+        from . import models  # noqa: F401  (registers each model's config schema)
+    sys.argv = [f"textclf-{args[0]}", *rest]
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a message, not a traceback
+        then = (" Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
+                " last completed epoch." if config_name == "config" else "")
+        print(f"textclf {args[0]}: interrupted ({stop or 'Ctrl-C'}).{then}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

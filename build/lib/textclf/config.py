@@ -1,0 +1,392 @@
+"""Typed configuration: one dataclass per stage, the schema behind `conf/`, and every default.
+
+The defaults live here and only here. A `conf/<group>/<option>.yaml` file says only what its
+option changes (a test fails if a YAML value repeats a default); the option a group must choose
+(`data.source`, `batching.strategy`) has no default and equals the option file's name. Hydra
+composes YAML into these schemas (registered in the ConfigStore), so a wrong type or unknown
+key fails at compose time; `__post_init__` then rejects impossible values with the key's dotted
+name before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+DATA_SOURCES = ("imdb", "aclimdb", "csv")
+STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
+BATCHING = ("fixed", "per_batch", "bucket", "exact")
+PADDING_SIDES = ("post", "pre")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    source: str = MISSING  # imdb | aclimdb | csv: the option file chooses it
+    path: str | None = None  # aclimdb: folder or .tar.gz; csv: the training file
+    test_path: str | None = None  # csv: a test file; without it test_fraction of path is test
+    data_dir: str | None = None  # imdb: TFDS data_dir (default ~/tensorflow_datasets)
+    manual_dir: str | None = None  # imdb: folder holding the original aclImdb_v1.tar.gz
+    download: bool = True  # imdb: let TFDS download (~84 MB) on first use
+    text_column: str = "text"  # csv
+    label_column: str = "label"  # csv; labels may be strings or ints
+    classes: list[str] | None = None  # csv: the allowed labels in order (default: sorted)
+    val_fraction: float = 0.1  # of the training data, carved with `seed`
+    # auto: by_movie where each review's movie is known (aclimdb with its URL lists), else
+    # random; by_movie: validation movies unseen in training (as aclImdb's test set)
+    val_split: str = "auto"
+    urls_path: str | None = None  # aclimdb: folder with {train,test}/urls_{pos,neg}.txt
+    test_fraction: float = 0.2  # csv without test_path
+    limit: int | None = None  # N: a class-balanced subset of N train and N test reviews
+    seed: int = 42
+
+
+    def __post_init__(self) -> None:
+        one_of(self.source, "data.source", DATA_SOURCES)
+        one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
+        check(
+            0 < self.val_fraction < 1,
+            "data.val_fraction",
+            f"must be in (0, 1), got {self.val_fraction}",
+        )
+        check(
+            0 < self.test_fraction < 1,
+            "data.test_fraction",
+            f"must be in (0, 1), got {self.test_fraction}",
+        )
+        check(
+            self.limit is None or self.limit >= 4,
+            "data.limit",
+            f"must be null or >= 4, got {self.limit}",
+        )
+        if self.source in ("aclimdb", "csv"):
+            check(
+                bool(self.path),
+                "data.path",
+                f"is required for data={self.source}: pass data.path=<file or folder>",
+            )
+
+
+@dataclass
+class TokenizeConfig:
+    vocab_size: int = 20000  # terms kept, the 2 reserved ids (padding, OOV) included
+    # html: lowercase, <br /> → space, strip punctuation; or Keras' lower_and_strip_punctuation,
+    # lower, strip_punctuation, none
+    standardize: str = "html"
+    max_length: int | None = 1000  # truncate longer reviews (null: never)
+
+    def __post_init__(self) -> None:
+        check(
+            self.vocab_size > 2,
+            "tokenize.vocab_size",
+            f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}",
+        )
+        one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
+        check(
+            self.max_length is None or self.max_length > 0,
+            "tokenize.max_length",
+            f"must be null or > 0, got {self.max_length}",
+        )
+
+
+@dataclass
+class BatchingConfig:
+    strategy: str = MISSING  # fixed | per_batch | bucket | exact: the option file chooses it
+    batch_size: int = 64
+    padding_side: str = "post"  # pads after (post) or before (pre) the tokens
+    max_length: int | None = None  # fixed only: pad or truncate every review to it
+    num_buckets: int = 64  # bucket: boundaries at training-length quantiles (~0.97 efficiency)
+    # bucket: padded tokens per batch (= 64 x 500, one `fixed` batch), so short buckets get
+    # wider batches; null: batch_size each
+    token_budget: int | None = 32000
+    # bucket with a token budget: rows per batch at most (null: no cap; batch_size wins when
+    # larger). Without it 10-token texts came in batches of ~3,000 rows, few steps per epoch;
+    # IMDB: its shortest ~20% of reviews (under 125 tokens) in more batches, 196 for 190
+    max_batch_rows: int | None = 256
+    round_to: int = 4  # exact: lengths rounded up to a multiple share batches (≤ 3 pads each)
+    shuffle_buffer: int = 25000
+
+    def __post_init__(self) -> None:
+        one_of(self.strategy, "batching.strategy", BATCHING)
+        one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
+        check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
+        check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
+        check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
+        check(self.token_budget is None or self.token_budget > 0, "batching.token_budget",
+               f"must be null or > 0 tokens per batch, got {self.token_budget}")
+        check(self.max_batch_rows is None or self.max_batch_rows > 0, "batching.max_batch_rows",
+               f"must be null or > 0 rows per batch, got {self.max_batch_rows}")
+        if self.strategy == "fixed":
+            check(
+                self.max_length is not None and self.max_length > 0,
+                "batching.max_length",
+                "batching=fixed pads and truncates to batching.max_length: set it > 0",
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The base of every model's config. Each model keeps its config class, with its defaults
+    and checks, in its own module (`models/lstm.py`: `LstmConfig`, `models/bow.py`:
+    `BowConfig`), registered once in `models/__init__.py` under `name`, which is also the
+    `conf/model/<name>.yaml` option that selects it."""
+
+    name: ClassVar[str] = "model"
+
+    def variant(self) -> str:
+        """The `model` tag of a run: what `make compare` and the UI group runs by."""
+        return self.name
+
+    def tags(self) -> dict[str, str]:
+        """The settings worth a tag of their own (the variant included)."""
+        return {"model": self.variant()}
+
+    def run_name(self, batching: BatchingConfig) -> str:
+        return f"{self.variant()}-{batching.strategy}"
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adam"
+    # with patience 2: test accuracy 0.881 vs 0.875 for 1e-3 and patience 1 (docs/results.md)
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0  # decoupled (AdamW-style) decay; Keras applies it in any optimizer
+    clipnorm: float | None = None  # clip the global gradient norm to this (null: never)
+    # constant: learning_rate throughout | cosine: linear warm-up over warmup_steps to
+    # learning_rate, then a cosine decay reaching 0 at step decay_steps (null: max_steps)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    label_smoothing: float = 0.0  # targets pulled this far towards uniform (0: none)
+    # Training stops at the first of: early stopping (val_loss, `patience`), `epochs`, and
+    # `max_steps` optimizer steps rounded up to whole epochs. IMDB (~200 steps an epoch) stops
+    # early at epoch 3-5; 10-token texts (~16 steps an epoch) get the epochs they need.
+    epochs: int = 100
+    max_steps: int | None = 4000  # null: `epochs` alone limits training
+    patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
+    seed: int = 42
+    steps_per_epoch: int | None = None  # null: one pass over the training batches
+    verbose: int = 2  # Keras progress output: 1 = bar, 2 = one line per epoch
+    # default | mirrored (all local GPUs). No multi-worker option: Keras 3's fit fails under
+    # TF's MultiWorkerMirroredStrategy (docs/scaling.md says what to use instead)
+    strategy: str = "default"
+    mixed_precision: bool = False  # float16 compute for GPUs; slower on CPU
+    deterministic: bool = False  # TF's deterministic kernels: bit-identical reruns
+    resume: bool = False  # continue the interrupted run in hydra.run.dir (`make resume`)
+
+    def __post_init__(self) -> None:
+        one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
+        one_of(self.strategy, "train.strategy", ("default", "mirrored"))
+        check(
+            self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
+        )
+        check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps > 0, "train.max_steps",
+               f"must be null or > 0, got {self.max_steps}")
+        check(self.weight_decay >= 0, "train.weight_decay",
+               f"must be >= 0, got {self.weight_decay}")
+        check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
+               f"must be null or > 0, got {self.clipnorm}")
+        check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        one_of(self.schedule, "train.schedule", ("constant", "cosine"))
+        check(self.warmup_steps >= 0, "train.warmup_steps",
+               f"must be >= 0, got {self.warmup_steps}")
+        check(self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
+               "train.warmup_steps", "warm-up and decay steps need train.schedule=cosine")
+        if self.schedule == "cosine":
+            decay = self.decay_steps or self.max_steps
+            check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
+                   "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
+                   f"warmup_steps ({self.warmup_steps})")
+        check(0 <= self.label_smoothing < 1, "train.label_smoothing",
+               f"must be in [0, 1), got {self.label_smoothing}")
+        check(
+            self.steps_per_epoch is None or self.steps_per_epoch > 0,
+            "train.steps_per_epoch",
+            "must be null or > 0",
+        )
+
+
+@dataclass
+class EvaluateConfig:
+    # accuracy is reported per review-length bucket cut here (tokens)
+    length_edges: list[int] = field(default_factory=lambda: [128, 256, 512])
+    plots: bool = True
+    # test reviews classified one per call through the exported model (class-balanced sample
+    # drawn with data.seed) for the served_* metrics; null: the whole test split
+    served_limit: int | None = 2000
+
+    def __post_init__(self) -> None:
+        check(self.served_limit is None or self.served_limit > 0, "evaluate.served_limit",
+               f"must be null or > 0, got {self.served_limit}")
+        edges = list(self.length_edges)
+        check(
+            edges == sorted(set(edges)) and all(e > 0 for e in edges),
+            "evaluate.length_edges",
+            f"must be increasing positive token counts, got {edges}",
+        )
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING  # conf/tracking/sqlite.yaml: the project's SQLite store
+    experiment: str = "textclf"
+    run_name: str | None = None  # default: <batching>-<padding side>-<masking>
+    registered_model: str | None = None  # also register each trained model under this name
+
+
+@dataclass
+class BenchConfig:
+    steps: int = 60  # timed training steps per strategy and repeat (after a compiling step)
+    repeats: int = 3  # rounds; strategies take turns in rotated order, medians reported
+    inference_reviews: int = 2000
+    latency_calls: int = 200
+    quick: bool = False  # --quick: 10 steps, 1 repeat (a CI smoke test; numbers mean little)
+    out_dir: str = MISSING
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    batching: BatchingConfig = MISSING
+    model: ModelConfig = MISSING  # conf/model/<name>.yaml chooses the class (models/)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = MISSING
+    # what a training job returns to a Hydra sweeper (make tune): this validation metric of
+    # the kept (best) epoch, logged as best_<name>; never a test metric
+    optimized_metric: str = "val_accuracy"
+    bench: BenchConfig | None = None  # set only by `textclf bench`
+
+    def __post_init__(self) -> None:
+        one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))
+        check(
+            self.batching.strategy == "fixed" or self.batching.max_length is None,
+            "batching.max_length",
+            f"applies only to batching=fixed (got batching="
+            f"{self.batching.strategy}); truncate with tokenize.max_length instead",
+        )
+
+
+@dataclass
+class CompareConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: str = "latest"  # latest | all | <parent run id of a sweep>
+    out_dir: str = MISSING
+    alpha: float = 0.05  # significance level of the tests against the best variant
+
+    def __post_init__(self) -> None:
+        check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
+
+
+@dataclass
+class ModelChoice:
+    """Which trained model: the newest FINISHED run of `tracking.experiment` unless one of
+    `run_id`, `model_name` (+ `model_version`) or `model_path` says otherwise."""
+
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run_id: str | None = None
+    model_name: str | None = None  # a registered model (see tracking.registered_model) ...
+    model_version: str | None = None  # ... and its version; default: its latest version
+    model_path: str | None = None  # a model.keras file (class names from classes.json beside it)
+    batch_size: int = 64  # texts per inference call
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
+        check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
+        check(
+            self.model_version is None or bool(self.model_name),
+            "model_version",
+            "needs model_name=<registered model>",
+        )
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class PredictConfig(ModelChoice):
+    """`textclf predict`: which texts, and which model."""
+
+    text: Any = None  # one text, or a list: text='["great fun","a dull film"]'
+    file: str | None = None  # lines of a text file, or `column` of a .csv/.jsonl
+    column: str = "text"
+    out: str | None = None  # .csv or .jsonl; default: a table on screen
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            (self.text is None) != (self.file is None),
+            "text/file",
+            'give exactly one: text="a review" (or a list), or file=<.txt/.csv/.jsonl>',
+        )
+        check(
+            self.out is None or self.out.lower().endswith((".csv", ".jsonl")),
+            "out",
+            f"must end in .csv or .jsonl, got {self.out!r}",
+        )
+
+
+@dataclass
+class EvaluateModelConfig(ModelChoice):
+    """`textclf evaluate`: a saved model scored on labelled data, logged to MLflow."""
+
+    data: DataConfig = MISSING
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # test: the source's test split (data.test_path, aclImdb's test/, or the carved fraction);
+    # all: every labelled row of the source, for data the model never saw
+    split: str = "test"
+    experiment: str = "evaluate"  # where the evaluation runs are logged
+    output_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self.split, "split", ("test", "all"))
+
+
+def register() -> None:
+    """Make the schemas available to the defaults lists of `conf/*.yaml` (each model's own
+    registers with it: `models.register`)."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="config_schema_compare", node=CompareConfig)
+    store.store(name="config_schema_predict", node=PredictConfig)
+    store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
+
+
+def to_object(cfg: DictConfig) -> Config:
+    """Resolve and validate Hydra's config into the typed `Config` (raises ConfigError)."""
+    obj: Any = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):
+        raise ConfigError("the composed config does not use the config_schema defaults entry")
+    return obj
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
+    """Dotted keys → string values, the shape MLflow params want."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, str] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat

@@ -1,0 +1,54 @@
+"""What every model gets to build from, and the registry that maps a config class to its model.
+
+A model is a config class (a `ModelConfig` subclass with a `name`), a `build(cfg, inputs)`
+function returning an uncompiled Keras model from padded token ids [batch, time] to class
+probabilities, and optionally a `serving(net, cfg)` function turning the trained network into
+the one `model.keras` runs. `models/__init__.py` registers the project's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+from hydra.core.config_store import ConfigStore
+
+from ..config import ConfigError, ModelConfig
+
+
+@dataclass
+class ModelInputs:
+    """What the data tell a model before it is built."""
+
+    vocab_size: int  # token ids are < vocab_size; 0 is padding, 1 out-of-vocabulary
+    num_classes: int  # 2: one sigmoid output; more: a softmax over them
+    padding_side: str  # post | pre: where the batches carry their padding
+    train_tokens: Any = None  # tf.RaggedTensor of the training rows' ids (for adapted layers)
+
+
+@dataclass
+class Model:
+    config: type[ModelConfig]
+    build: Callable[[Any, ModelInputs], keras.Model]
+    serving: Callable[[keras.Model, Any], keras.Model] = lambda net, cfg: net
+
+
+REGISTRY: dict[str, Model] = {}
+
+
+def register(config: type[ModelConfig], build: Callable, serving: Callable | None = None) -> None:
+    """Make a model buildable by `build`, and its config the `<name>_schema` of the `model`
+    group, which `conf/model/<name>.yaml` starts from (`model=<name>` selects it)."""
+    REGISTRY[config.name] = Model(config, build, *([serving] if serving else []))
+    ConfigStore.instance().store(group="model", name=f"{config.name}_schema", node=config)
+
+
+def spec(cfg: ModelConfig) -> Model:
+    found = REGISTRY.get(cfg.name)
+    if found is None or not isinstance(cfg, found.config):
+        raise ConfigError(f"model: {type(cfg).__name__} is not a registered model config "
+                          f"(registered: {', '.join(REGISTRY)}); register it with "
+                          "textclf.models.register(<config class>, <build function>)")
+    return found

@@ -1,0 +1,106 @@
+"""A training run's folder: the files it holds, and the MLflow run name and tags it is logged
+under, each defined here once.
+
+Training writes the folder (`pipeline`), `textclf resume` continues from it, `textclf
+log-model` logs it to a store that missed it (`tracking`), and a sweep's jobs each have one
+beside the sweep's `PARENT_RUN_ID` file (`sweep`). The name and tags are saved in the folder
+when the run starts, so a run logged later carries exactly the ones it started with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+
+PARENT_RUN_ID = "mlflow_parent_run_id"  # in a sweep folder: the sweep's MLflow parent run
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    CONFIG = "config.json"  # the resolved, typed configuration of the run
+    IDENTITY = "run.json"  # the MLflow run name and tags
+    RUN_ID = "mlflow_run_id"  # the MLflow run `train.resume` continues
+    CHECKPOINT = "checkpoint.npz"  # the training state after the last completed epoch
+    VOCABULARY = "vocabulary.txt"
+    METRICS = "metrics.json"
+    MODEL = "model.keras"  # raw strings in, class probabilities out
+    CLASSES = "classes.json"  # beside the model: the class names, in output order
+    PENDING = "pending_metrics.json"  # epoch metrics a tracking server never got
+    PLOTS = "plots"
+    LOGGED = (CONFIG, VOCABULARY, METRICS, MODEL, CLASSES)  # logged as the run's artifacts
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def classes(self) -> Path:
+        return self.path / self.CLASSES
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def plots(self) -> Path:
+        return self.path / self.PLOTS
+
+    def logged(self) -> list[Path]:
+        """The files of `LOGGED` the folder holds."""
+        return [self.path / name for name in self.LOGGED if (self.path / name).is_file()]
+
+    def missing(self, *names: str) -> list[str]:
+        return [name for name in names if not (self.path / name).is_file()]
+
+    def read_json(self, name: str):
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def write_json(self, name: str, value: object) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / name).write_text(json.dumps(value, indent=2), encoding="utf-8")
+        return self.path / name
+
+    def run_id(self) -> str | None:
+        saved = self.path / self.RUN_ID
+        return saved.read_text().strip() if saved.is_file() else None
+
+    def save_run_id(self, run_id: str) -> None:
+        (self.path / self.RUN_ID).write_text(run_id)
+
+    def identity(self) -> tuple[str, dict[str, str]]:
+        """The run name and tags saved when the run started."""
+        saved = self.read_json(self.IDENTITY)
+        return saved["name"], saved["tags"]
+
+    def save_identity(self, name: str, tags: dict[str, str]) -> None:
+        self.write_json(self.IDENTITY, {"name": name, "tags": tags})
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Tags the run gained after it started (e.g. the bucket boundaries)."""
+        name, saved = self.identity()
+        self.save_identity(name, saved | tags)
+
+
+def run_name(cfg: Config) -> str:
+    """`tracking.run_name`, else the model's own (e.g. `bucket-post-mask_zero+ngrams`)."""
+    return cfg.tracking.run_name or cfg.model.run_name(cfg.batching)
+
+
+def tags(cfg: Config) -> dict[str, str]:
+    """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
+    return {**cfg.model.tags(), "batching": cfg.batching.strategy,
+            "padding_side": cfg.batching.padding_side, "data": cfg.data.source,
+            "output_dir": cfg.output_dir}

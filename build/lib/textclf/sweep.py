@@ -1,0 +1,117 @@
+"""Hydra callbacks that make a multirun one MLflow parent run with a child run per job.
+
+The parent process creates the store, the experiment and the parent run before any job
+starts (parallel jobs racing to create a fresh SQLite store fail in its migrations), and
+writes the parent's id into the sweep folder, where every job, local or on a cluster, reads it.
+
+A sweep resumed with `train.resume` (`textclf resume <sweep folder>`) reopens that parent run:
+jobs whose run FINISHED are skipped, started ones continue from their checkpoints in their own
+runs, and jobs that never started run afresh.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import tracking
+from .config import Config
+from .run_folder import PARENT_RUN_ID, RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def parent_run_id() -> str | None:
+    """The sweep's parent run id when this job is part of a multirun."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_ID
+    return path.read_text().strip() if path.exists() else None
+
+
+def finished_before(config: Config) -> dict[str, float] | None:
+    """In a resumed sweep: this job's metrics when its run under the parent FINISHED before."""
+    parent, folder = parent_run_id(), RunFolder(Path(config.output_dir))
+    if parent is None or folder.missing(RunFolder.METRICS):
+        return None
+    done = any(run.info.status == "FINISHED"
+               and run.data.tags.get("output_dir") == config.output_dir
+               for run in tracking.children(config.tracking.uri, parent))
+    return folder.read_json(RunFolder.METRICS) if done else None
+
+
+def resumable(config: Config) -> Config:
+    """In a resumed sweep: `config` as is when this job started before (its folder holds its
+    config), else with `train.resume` off, as the job never ran."""
+    if not RunFolder(Path(config.output_dir)).missing(RunFolder.CONFIG):
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, resume=False))
+
+
+class MlflowSweep(Callback):
+    _open: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        saved = sweep_dir / PARENT_RUN_ID
+        if OmegaConf.select(config, "train.resume", default=False) and saved.exists():
+            run_id = saved.read_text().strip()
+            tracking.finish(config.tracking.uri, run_id, "RUNNING", {"resumed": "true"})
+            log.info("resuming sweep %s under its MLflow parent run %s", sweep_dir, run_id)
+            self._open = run_id
+            atexit.register(self._kill_if_open, config.tracking.uri)
+            return
+        overrides = " ".join(config.hydra.overrides.task)
+        run_id = tracking.create_run(
+            config.tracking.uri,
+            config.tracking.experiment,
+            run_name=f"sweep {sweep_dir.name}",
+            tags={
+                "sweep_dir": str(sweep_dir),
+                "overrides": overrides,
+                "git_commit": tracking.git_commit(),
+            },
+        )
+        (sweep_dir / PARENT_RUN_ID).write_text(run_id)
+        log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
+        # Interrupted before on_multirun_end: the parent must not stay RUNNING.
+        self._open = run_id
+        atexit.register(self._kill_if_open, config.tracking.uri)
+
+    def _kill_if_open(self, uri: str) -> None:
+        if self._open:
+            tracking.finish(uri, self._open, "KILLED", {"error": "sweep interrupted"})
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(config.hydra.sweep.dir) / PARENT_RUN_ID
+        if not path.exists():
+            return
+        run_id = path.read_text().strip()
+        statuses = [r.info.status for r in tracking.children(config.tracking.uri, run_id)]
+        failed = sum(s != "FINISHED" for s in statuses)
+        tracking.finish(
+            config.tracking.uri, run_id, "FINISHED", {"jobs": len(statuses), "jobs_failed": failed}
+        )
+        self._open = None
+        log.info(
+            "sweep done: %d runs, %d not finished (parent run %s)", len(statuses), failed, run_id
+        )
+        if failed:
+            log.error(
+                "%d of %d jobs failed; their runs hold the error (tag `error`) and "
+                "each job's log is in %s",
+                failed,
+                len(statuses),
+                config.hydra.sweep.dir,
+            )
+            raise SystemExit(1)

@@ -1,0 +1,36 @@
+"""The only package that talks to MLflow, along its three jobs: the run lifecycle (`runs`),
+surviving a tracking server that goes away (`outage`), and the trained model as an MLflow
+model, logged and loaded (`models`). Callers import from here."""
+
+from __future__ import annotations
+
+from .models import (
+    MODEL,
+    MODEL_TAG,
+    load_model,
+    log_model,
+    log_run_folder,
+    model_files,
+    model_uri,
+)
+from .outage import TrackingError, Unreachable
+from .runs import (
+    PARENT_TAG,
+    Run,
+    children,
+    connect,
+    create_run,
+    finish,
+    git_commit,
+    log_artifacts,
+    log_results,
+    search,
+    start_run,
+)
+
+__all__ = [
+    "MODEL", "MODEL_TAG", "PARENT_TAG", "Run", "TrackingError", "Unreachable", "children",
+    "connect", "create_run", "finish", "git_commit", "load_model", "log_artifacts",
+    "log_model", "log_results", "log_run_folder", "model_files", "model_uri", "search",
+    "start_run",
+]

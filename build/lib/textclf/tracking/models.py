@@ -1,0 +1,190 @@
+"""The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py` builds it
+from the run's `model.keras` and `classes.json`), found by run, registered name or the newest
+run, loaded back for `textclf predict` and `textclf evaluate`; `mlflow models serve` serves
+the same model. Also `log_run_folder` (`textclf log-model`): a trained run folder logged after
+its tracking server was away.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, RunStatus
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
+from ..run_folder import RunFolder
+from .outage import TrackingError, Unreachable, is_unreachable
+from .runs import Run, connect
+
+MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
+MODEL = "model"  # the logged model's name in its run
+log = logging.getLogger(__name__)
+
+EXAMPLE = ["A wonderful film, I loved every minute of it.", "A dull, pointless film."]
+MODEL_CODE = Path(__file__).parents[1] / "mlflow_model.py"  # builds the pyfunc from artifacts
+
+
+def _requirements() -> list[str]:
+    """Pinned from this environment; spares MLflow a slow subprocess that infers them."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "tensorflow", "keras", "pandas")]
+
+
+def log_model(
+    run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
+) -> str:
+    """Log the `.keras` model as the run's pyfunc `model` from code (`mlflow_model.py`), with a
+    signature from an input example.
+
+    `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
+    run" (whose end would mark the run FINISHED early); it takes the store and the experiment
+    from the fluent globals, hence the two `set_` calls. With `registered_model` it also
+    becomes that registered model's next version.
+    """
+    mlflow.set_tracking_uri(run.client.tracking_uri)
+    mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)
+    info = Model.log(
+        artifact_path=None,
+        flavor=mlflow.pyfunc,
+        run_id=run.run_id,
+        name=MODEL,
+        python_model=str(MODEL_CODE),
+        artifacts={"keras": str(keras_path), "classes": str(classes_path)},
+        input_example=pd.DataFrame({"text": EXAMPLE}),
+        pip_requirements=_requirements(),
+        registered_model_name=registered_model,
+    )
+    uri = f"runs:/{run.run_id}/{MODEL}"
+    run.set_tags({MODEL_TAG: uri, "logged_model_id": info.model_id})
+    return uri
+
+
+def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
+    """Log a trained run folder whose tracking server was unreachable when training ended:
+    the epoch metrics kept in its pending file, its metrics, the model and the run's files go
+    to the MLflow run the folder names (or, if the store at `uri` does not hold it, a new run
+    with the folder's saved name, tags and config as params), which then ends FINISHED. `uri`
+    defaults to the run's own `tracking.uri`. Returns the run id; a run already FINISHED with
+    its model is left as it is."""
+    from ..config import flatten
+
+    config = folder.read_json(RunFolder.CONFIG)
+    uri = uri or config["tracking"]["uri"]
+    client, experiment_id = connect(uri, config["tracking"]["experiment"])
+    run_id = folder.run_id()
+    try:
+        found = client.get_run(run_id) if run_id else None
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        found = None  # not in this store
+    tags = found.data.tags if found else None
+    if found and found.info.status == "FINISHED" and MODEL_TAG in tags:
+        log.info("run %s is already FINISHED with its model: nothing to log", run_id)
+        return run_id
+    if tags is None:
+        name, saved_tags = folder.identity()
+        run_id = client.create_run(experiment_id, run_name=name, tags=saved_tags).info.run_id
+        Run(client, run_id).log_params(
+            {k: v for k, v in flatten(config).items() if k != "train.resume"})
+        folder.save_run_id(run_id)
+    run = Run(client, run_id)
+    pending = folder / RunFolder.PENDING
+    try:
+        if pending.is_file():
+            run.pending = [Metric(**m) for m in folder.read_json(RunFolder.PENDING)]
+            run.flush()
+        run.log_metrics(folder.read_json(RunFolder.METRICS))
+        if MODEL_TAG not in (tags or {}):
+            log_model(run, folder.model, folder.classes, config["tracking"]["registered_model"])
+        for path in folder.logged():
+            run.log_artifact(path)
+        if folder.plots.is_dir():
+            run.log_artifact(folder.plots, RunFolder.PLOTS)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except Exception as error:
+        if not is_unreachable(error):
+            raise
+        raise Unreachable(f"the MLflow tracking server {uri} became unreachable again; "
+                          f"run textclf log-model {folder.path} once it is back.") from None
+    pending.unlink(missing_ok=True)
+    return run_id
+
+
+def model_uri(
+    uri: str,
+    experiment: str,
+    run_id: str | None = None,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> str:
+    """The model URI a run id or registered name/version means; default the newest run's."""
+    if model_name:
+        return f"models:/{model_name}/{model_version or 'latest'}"
+    if run_id:
+        return f"runs:/{run_id}/{MODEL}"
+    client = _existing_store(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = (
+        client.search_runs(
+            [found.experiment_id],
+            filter_string=f"attributes.status = 'FINISHED' and tags.{MODEL_TAG} != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found
+        else []
+    )
+    if not runs:
+        raise TrackingError(
+            f"experiment {experiment!r} in {uri} has no finished run with a logged model: "
+            "train one (make train), or pass run_id=, model_name= or model_path=."
+        )
+    return runs[0].data.tags[MODEL_TAG]
+
+
+def load_model(uri: str, model: str):
+    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+    _existing_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(model)
+    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        raise TrackingError(
+            f"cannot load the model {model} from {uri}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        ) from error
+
+
+def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | None]:
+    """The `model.keras` and `classes.json` a logged model was built from, downloaded into
+    `folder`, and the id of the run that logged it."""
+    _existing_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(folder)))
+    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        raise TrackingError(
+            f"cannot find the model {model} in {uri}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        ) from error
+    wanted = (RunFolder.MODEL, RunFolder.CLASSES)
+    files = {p.name: p for p in local.rglob("*") if p.name in wanted}
+    if len(files) != 2:
+        raise TrackingError(f"{model} in {uri} is not a textclf model (no {' and '.join(wanted)} "
+                            "among its artifacts).")
+    return files[RunFolder.MODEL], files[RunFolder.CLASSES], Model.load(local).run_id
+
+
+def _existing_store(uri: str) -> MlflowClient:
+    """A client on a store that exists: opening a missing SQLite file would create an empty one."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(
+            f"no MLflow store at {uri}: train a model first (make train), or pass model_path=."
+        )
+    return MlflowClient(tracking_uri=uri)

@@ -1,0 +1,146 @@
+"""Surviving a tracking server that goes away: a run's epoch metrics are kept while it is
+unreachable and sent once it answers again; a trained run whose final logging fails is saved
+in its folder for `textclf log-model` (`tracking.models.log_run_folder`).
+
+Against a tracking server, MLflow's client retries each request for about 4 minutes
+(`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`), which bridges a
+restart; what is still unsent after that is this module's job (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+
+from ..run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message holds its URI."""
+
+
+def server_problem(uri: str, timeout: float = 5.0) -> str | None:
+    """None when the tracking server at `uri` answers /health (never behind a login), else why
+    not; always None for a local store."""
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            return None if reply.status == 200 else f"HTTP {reply.status}"
+    except OSError as error:
+        return str(getattr(error, "reason", error))
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server answers /health at once; MLflow's own client retries for minutes."""
+    problem = server_problem(uri, timeout)
+    if problem:
+        raise TrackingError(f"the MLflow tracking server {uri!r} is not reachable ({problem}). "
+                            "Start it (make server) or fix tracking.uri.")
+
+
+class Unreachable(TrackingError):
+    """The tracking server stayed away longer than MLflow's HTTP retries wait."""
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """MLflow wraps a connection that failed after all its retries (refused, timed out, or
+    503s from a proxy) in an MlflowException whose context is the `requests` error."""
+    import requests
+
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.RetryError)
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, lost):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class KeepsMetrics:
+    """A run's epoch metrics kept in `pending` while its server is away (see `tracking.Run`)."""
+
+    client: Any
+    run_id: str
+    pending: list[Metric]
+
+    def _send(self, items: list[Metric]) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Send the epoch metrics kept while the server was away (with MLflow's retries)."""
+        if self.pending:
+            self._send(self.pending)
+            log.info("sent %d metrics kept while the tracking server was away", len(self.pending))
+            self.pending = []
+
+    @contextlib.contextmanager
+    def or_later(self, folder: Path) -> Iterator[None]:
+        """The final logging of a trained run whose results are saved in `folder`: should the
+        server be unreachable, the kept epoch metrics go to `folder` and one `Unreachable`
+        error says how to log the folder once the server is back."""
+        try:
+            self.flush()
+            yield
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            (folder / RunFolder.PENDING).write_text(json.dumps([m.to_dictionary()
+                                                           for m in self.pending]))
+            reason = server_problem(self.client.tracking_uri) or str(error).splitlines()[0][:200]
+            raise Unreachable(
+                f"the MLflow tracking server {self.client.tracking_uri} is unreachable "
+                f"({reason}). Training finished; the model and metrics are saved in {folder}. "
+                f"Once the server is back, log them to run {self.run_id}: "
+                f"textclf log-model {folder}") from None
+
+    def log_epoch(self, epoch: int, logs: dict | None) -> None:
+        """Keras epoch logs (loss, accuracy, val_*) at step = epoch number from 1; kept for
+        later, and training goes on, while the tracking server is unreachable."""
+        items = [Metric(k, float(v), now_ms(), epoch + 1)
+                 for k, v in (logs or {}).items() if _is_number(v)]
+        if self.pending and server_problem(self.client.tracking_uri):
+            self.pending += items  # still away: no second wait for MLflow's retries
+            return
+        try:
+            self._send(self.pending + items)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            if not self.pending:
+                log.warning("the MLflow tracking server %s is unreachable: training goes on, "
+                            "epoch metrics are kept and sent once it is back",
+                            self.client.tracking_uri)
+            self.pending += items
+            return
+        if self.pending:
+            log.info("the tracking server is back: sent %d kept metrics", len(self.pending))
+        self.pending = []
+
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,213 @@
+"""MLflow runs: created, logged to and closed through `MlflowClient` (no global "active run"),
+so a failing job ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave
+the next one "already active". The default store is a SQLite file at an absolute path under
+the project's `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from .outage import (
+    KeepsMetrics,
+    TrackingError,
+    check_server,
+    is_unreachable,
+    now_ms,
+    server_problem,
+)
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs stay readable
+PARENT_TAG = "mlflow.parentRunId"
+_BATCH = 100
+log = logging.getLogger(__name__)
+
+
+def _local_artifacts(uri: str) -> str | None:
+    """Artifact root beside a local SQLite store; None lets a tracking server decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, created if needed; fails fast naming the URI."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        return client, client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+    except Exception as error:  # MLflow raises many types for an unusable store
+        if "already exists" in str(error):  # created meanwhile by a parallel job
+            return client, client.get_experiment_by_name(experiment).experiment_id
+        raise TrackingError(
+            f"cannot use the MLflow tracking store {uri!r}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
+            "Check tracking.uri (or start the server it names)."
+        ) from error
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Run(KeepsMetrics):
+    """One MLflow run: params, metrics, tags and artifacts, through one client.
+
+    Against a tracking server, MLflow's client retries each request for about 4 minutes
+    (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`), which bridges a
+    restart. An epoch's metrics that still cannot be sent are kept in `pending` and training
+    goes on; they go out with a later epoch's once the server answers /health again, or
+    through `flush` / `or_later` when training ends.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.pending: list[Metric] = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._send([Metric(k, float(v), int(now_ms()), step) for k, v in metrics.items()])
+
+    def _send(self, items: list[Metric]) -> None:
+        # Sending a metric twice is harmless: the store drops an exact duplicate (same key,
+        # value, step and timestamp), so a batch cut short by a lost server can be resent whole.
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), folder)
+        else:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+
+@contextlib.contextmanager
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Run]:
+    """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
+    (unless its tracking server is unreachable at the end: see `Run.or_later`)."""
+    client, experiment_id = connect(uri, experiment)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(
+            experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+        ).info.run_id
+    run = Run(client, run_id)
+    try:
+        yield run
+    except (KeyboardInterrupt, SystemExit) as stop:
+        _close(run, RunStatus.KILLED, f"interrupted ({type(stop).__name__})")
+        raise
+    except BaseException as error:
+        _close(run, RunStatus.FAILED, f"{type(error).__name__}: {error}"[:5000])
+        raise
+    else:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _close(run: Run, status: int, error: str) -> None:
+    """End a stopped run with an `error` tag; when its server is unreachable, leave it RUNNING
+    rather than wait minutes for MLflow's retries and bury the error that stopped it."""
+    if server_problem(run.client.tracking_uri):
+        return
+    try:
+        run.set_tags({"error": error})
+        run.client.set_terminated(run.run_id, RunStatus.to_string(status))
+    except Exception as lost:
+        if not is_unreachable(lost):
+            raise
+
+
+def finish(
+    uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None
+) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    if tags:
+        Run(client, run_id).set_tags(tags)
+    client.set_terminated(run_id, status)
+
+
+def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -> str:
+    """A run left RUNNING for a caller that ends it later (a sweep's parent run)."""
+    client, experiment_id = connect(uri, experiment)
+    return client.create_run(
+        experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+    ).info.run_id
+
+
+def search(uri: str, experiment: str) -> pd.DataFrame:
+    """Runs of an experiment as a pandas DataFrame (empty when there is none)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return pd.DataFrame()  # reading must not create a store
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs([found.experiment_id], max_results=10000)
+
+
+def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None = None) -> None:
+    run = Run(MlflowClient(tracking_uri=uri), run_id)
+    for path in paths:
+        run.log_artifact(path, folder)
+
+
+def log_results(uri: str, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Params and metrics on an existing run (a search's parent: its best trial)."""
+    run = Run(MlflowClient(tracking_uri=uri), run_id)
+    run.log_params(params)
+    run.log_metrics(metrics)
+
+
+def children(uri: str, parent_run_id: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    )

@@ -1,0 +1,351 @@
+"""Compile and fit: early stopping on validation loss with the best weights restored.
+
+Also measures what the padding comparison needs: seconds per epoch and the steady-state
+training time (the first, compiling step excluded), and keeps a checkpoint after every epoch
+from which an interrupted run continues to the result an uninterrupted one reaches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Python, NumPy and TF seeds; `deterministic` also forces deterministic TF kernels."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def distribution(name: str, mixed_precision: bool) -> tf.distribute.Strategy:
+    """Where the model lives: `default` (one device) or `mirrored` (every local GPU, else the
+    CPU)."""
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop with an error (not silently, as TerminateOnNaN does) when the loss diverges."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"training loss became {float(loss)} at batch {batch}; lower train.learning_rate"
+            )
+
+
+class StopRequest(keras.callbacks.Callback):
+    """Ends training with KeyboardInterrupt at the next batch once `request` was called.
+
+    A signal handler's own KeyboardInterrupt can be lost: Python drops an exception raised
+    while a `__del__` runs, and TF's iterators run them every epoch. This flag is not lost.
+    """
+
+    reason: str | None = None  # one per process, like the signal that sets it
+
+    @classmethod
+    def request(cls, reason: str) -> None:
+        cls.reason = reason
+
+    def on_train_batch_end(self, batch, logs=None):
+        if StopRequest.reason:
+            raise KeyboardInterrupt(StopRequest.reason)
+
+    on_test_batch_end = on_train_batch_end
+
+
+class Timer(keras.callbacks.Callback):
+    """Per epoch: wall seconds, and training-phase seconds without the epoch's first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_seconds: list[float] = []
+        self.steady_seconds: list[float] = []
+        self.steps: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._first_end = None
+        self._last_end = None
+        self._count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self._first_end = self._first_end or now
+        self._last_end = now
+        self._count += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self.steady_seconds.append((self._last_end or 0.0) - (self._first_end or 0.0))
+        self.steps.append(self._count)
+
+
+@dataclass
+class Fit:
+    history: dict[str, list[float]]
+    epoch_seconds: list[float]
+    steady_seconds: list[float]
+    steps: list[int]
+    best_epoch: int
+
+    def rate(self, per_step: float) -> float:
+        """Units (reviews or tokens) per steady-state second, given their mean per step."""
+        seconds = sum(self.steady_seconds)
+        return per_step * sum(n - 1 for n in self.steps) / seconds if seconds > 0 else float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux VmHWM, resettable; else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets this process's peak-RSS counter (VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> keras.Model:
+    settings = {"learning_rate": learning_rate(cfg)}
+    if cfg.weight_decay or cfg.optimizer == "adamw":  # not AdamW's own hidden 0.004
+        settings["weight_decay"] = cfg.weight_decay
+    if cfg.clipnorm:
+        settings["global_clipnorm"] = cfg.clipnorm
+    opt = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
+    model.compile(optimizer=opt, loss=loss(num_classes, cfg.label_smoothing),
+                  metrics=["accuracy"])
+    return model
+
+
+def learning_rate(cfg: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`cfg.learning_rate`, or with `schedule=cosine` a linear warm-up to it over
+    `warmup_steps`, then a cosine decay that reaches 0 at step `decay_steps` (default:
+    `max_steps`)."""
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    start = cfg.learning_rate if not cfg.warmup_steps else cfg.learning_rate / cfg.warmup_steps
+    return keras.optimizers.schedules.CosineDecay(
+        start, decay_steps=(cfg.decay_steps or cfg.max_steps) - cfg.warmup_steps,
+        warmup_target=cfg.learning_rate if cfg.warmup_steps else None,
+        warmup_steps=cfg.warmup_steps)
+
+
+def loss(num_classes: int, label_smoothing: float) -> keras.losses.Loss:
+    """Cross-entropy for a sigmoid (two classes) or softmax head, targets smoothed towards
+    uniform by `label_smoothing` (Keras' sparse loss has no smoothing: `SmoothedSparseCE`)."""
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if label_smoothing:
+        return SmoothedSparseCE(label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class SmoothedSparseCE(keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing, from integer class ids."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        ids = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        one_hot = keras.ops.one_hot(ids, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"label_smoothing": self.label_smoothing}
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint does not fit the model (another configuration wrote it) or is unreadable."""
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """The whole training state after the last completed epoch, in one `.npz` file.
+
+    Keras' `BackupAndRestore` keeps the weights and the optimizer; continuing exactly also
+    needs the dropout RNG state, the early stopper's progress and the history, so this keeps
+    all of them. The file is replaced atomically after every epoch: a kill at any moment
+    leaves the previous epoch's file whole. Put it after the `EarlyStopping` it restores.
+    """
+
+    def __init__(self, path: Path | None, stopper: keras.callbacks.EarlyStopping, timer: Timer):
+        super().__init__()
+        self.path, self.stopper, self.timer = path, stopper, timer
+        self.history: dict[str, list[float]] = {}
+        self.epoch = 0  # epochs completed
+        self.done = False  # training finished; the model holds its final (best) weights
+        self._saved = _load_arrays(path) if path and path.exists() else None
+        if self._saved:
+            meta = json.loads(self._saved.pop("meta").item())
+            self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
+            self._stopper = meta["stopper"]
+            for name in ("epoch_seconds", "steady_seconds", "steps"):
+                getattr(timer, name).extend(meta["timer"][name])
+
+    def restore_variables(self, model: keras.Model) -> None:
+        """Weights, RNG state and optimizer slots as saved (call before `fit`)."""
+        if not self._saved:
+            return
+        with model.distribute_strategy.scope():
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            _assign(model.variables, self._saved, "model", self.path)
+            _assign(model.optimizer.variables, self._saved, "optimizer", self.path)
+
+    def on_train_begin(self, logs=None):
+        if self._saved:  # after EarlyStopping.on_train_begin has reset it
+            for key in ("wait", "best", "best_epoch"):
+                setattr(self.stopper, key, self._stopper[key])
+            self.stopper.best_weights = _group(self._saved, "best") or None
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.epoch = epoch + 1
+        self._save()
+
+    def on_train_end(self, logs=None):
+        # Not reached when training is interrupted or diverges: then the last epoch's file stays.
+        self.done = True
+        self._save()
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        s, t = self.stopper, self.timer
+        meta = {"epoch": self.epoch, "done": self.done, "history": self.history,
+                "stopper": {"wait": s.wait, "best": None if s.best is None else float(s.best),
+                            "best_epoch": s.best_epoch},
+                "timer": {"epoch_seconds": t.epoch_seconds, "steady_seconds": t.steady_seconds,
+                          "steps": t.steps}}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for prefix, variables in (("model", self.model.variables),
+                                  ("optimizer", self.model.optimizer.variables)):
+            arrays |= {f"{prefix}_{i}": v.numpy() for i, v in enumerate(variables)}
+        arrays |= {f"best_{i}": w for i, w in enumerate(s.best_weights or [])}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, self.path)
+
+
+def _group(saved: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    """The arrays saved as `<prefix>_0`, `<prefix>_1`, ... in that order."""
+    keys = [k for k in saved if k.startswith(prefix + "_")]
+    return [saved[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError) as error:
+        raise CheckpointMismatch(f"cannot read the checkpoint {path}: {error}. Delete it to "
+                                 "train from the start.") from error
+
+
+def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:
+    arrays = _group(saved, prefix)
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [a.shape for a in arrays]:
+        raise CheckpointMismatch(
+            f"the checkpoint {path} holds {prefix} variables of other shapes than this "
+            "configuration builds; resume with the configuration that wrote it."
+        )
+    for variable, array in zip(variables, arrays, strict=True):
+        variable.assign(array)
+
+
+def epoch_limit(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """`cfg.epochs`, or fewer when `cfg.max_steps` optimizer steps are reached first (rounded up
+    to a whole epoch): a budget in updates that small and large datasets alike get."""
+    if cfg.max_steps is None:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, math.ceil(cfg.max_steps / max(1, steps_per_epoch))))
+
+
+def fit(
+    model: keras.Model,
+    train_epoch: Callable[[int], tf.data.Dataset],
+    val_ds: tf.data.Dataset,
+    steps_per_epoch: int,
+    cfg: TrainConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    checkpoint: Path | None = None,
+) -> Fit:
+    """Fit a compiled model; the returned weights are those of the best validation epoch.
+
+    `train_epoch(e)` gives epoch e's batches; each Keras epoch takes `steps_per_epoch` of
+    them (`epoch_limit` epochs at most, `cfg.patience`, `cfg.verbose` as configured). With
+    `checkpoint`, training continues from the epoch saved there, if any: as epoch e's order
+    depends on e alone, the resumed run sees the batches an uninterrupted one would.
+    """
+    epochs = epoch_limit(cfg, steps_per_epoch)
+    timer = Timer()
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+    )
+    state = Checkpoint(checkpoint, stopper, timer)
+    state.restore_variables(model)
+    if state.epoch:
+        log.info("resuming from %s after epoch %d%s", checkpoint, state.epoch,
+                 " (training had finished)" if state.done else "")
+    if not state.done:
+        first = state.epoch  # == epochs if stopped before the end: fit restores the best
+        parts = [train_epoch(e).repeat().take(steps_per_epoch)
+                 for e in range(first, max(epochs, first + 1))]
+        train_ds = functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=first,
+            verbose=cfg.verbose,
+            shuffle=False,  # the dataset orders each epoch itself
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
+        )
+    losses = state.history.get("val_loss", [])
+    best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0
+    return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)

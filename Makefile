@@ -8,7 +8,7 @@ EXTRAS ?= dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep evidence tune compare evaluate predict bench ui server postgres browser test test-fast lint clean
+.PHONY: help install train resume sweep evidence tune compare evaluate predict bench ui server postgres browser test test-fast test-rest lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -113,11 +113,13 @@ browser: ## Install Debian's chromium for the browser test when missing (root or
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-test: ## The whole test suite, as CI runs it
-	$(BIN)/pytest
+test: lint test-fast test-rest ## The whole suite as CI runs it: lint, the fast tier, then the rest
 
 test-fast: ## The inner loop: unit, property and in-process pipeline tests on tiny data
-	$(BIN)/pytest -m "not slow and not e2e"
+	$(BIN)/pytest -m "not slow and not e2e" -n 2 --dist loadfile
+
+test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
+	$(BIN)/pytest -m "slow or e2e"
 
 lint: ## ruff
 	$(BIN)/ruff check src tests

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,9 +99,22 @@ def compose_config(overrides: list[str], tmp_path: Path) -> Config:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema made, once: creating one takes seconds."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def make_config(tmp_path: Path):
+def make_config(tmp_path: Path, empty_store: Path):
+    """The real config, shrunk (compose_config), its MLflow store a copy of `empty_store`."""
     def make(*overrides: str) -> Config:
+        if not (tmp_path / "mlflow.db").exists():
+            shutil.copyfile(empty_store, tmp_path / "mlflow.db")
         return to_object(compose_config(list(overrides), tmp_path))
 
     return make

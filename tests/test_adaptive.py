@@ -64,6 +64,7 @@ def assert_not_cut_short(result: dict, last: int = 2) -> None:
         f"{[round(v, 4) for v in losses]}")
 
 
+@pytest.mark.slow  # the real defaults on 3,000 rows: half a minute
 def test_short_texts_train_until_validation_loss_stops_falling(make_config, tmp_path):
     """~10 tokens, 3,000 rows, 6 classes: the case that stopped after 10 epochs of few steps."""
     result = train_defaults(make_config, tmp_path, texts(3000, 6, (8, 12), 2, seed=0))

@@ -28,7 +28,7 @@ from .conftest import compose_config, reviews, write_csv
 
 # (override, model tag, run name)
 MODELS = {"bow": ("model=bow", "bow", "bow-bucket"),
-          "lstm+ngrams": ("model.ngram_branch=true", "lstm+ngrams",
+          "lstm+ngrams": ("model=lstm model.units=8 model.embedding_dim=16", "lstm+ngrams",
                           "bucket-post-mask_zero+ngrams")}
 
 
@@ -40,7 +40,7 @@ def run(tmp_path_factory, request) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("bow")
     data = write_csv(root / "reviews.csv", reviews(400))
     cfg = to_object(compose_config(
-        [override, "data=csv", f"data.path={data}", "train.epochs=10",
+        [*override.split(), "data=csv", f"data.path={data}", "train.epochs=10",
          "evaluate.served_limit=20", "evaluate.plots=false"], root))
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
     return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag,

@@ -4,7 +4,9 @@ one review at a time."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, replace
+from types import SimpleNamespace
 from typing import ClassVar
 
 import keras
@@ -12,10 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from textclf import inference, models, pipeline, tracking
-from textclf.config import ModelConfig, flatten
+from textclf.config import ModelConfig, flatten, to_object
 from textclf.run_folder import RunFolder
 
-from .conftest import reviews, write_csv
+from .conftest import compose_config, reviews, write_csv
 
 TINY = ["train.epochs=2", "train.learning_rate=0.01", "model.units=8", "model.embedding_dim=16",
         "model.bidirectional=false", "tokenize.vocab_size=200", "batching.batch_size=16"]
@@ -28,9 +30,37 @@ def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClie
     return metrics, MlflowClient(cfg.tracking.uri)
 
 
-def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_config, tmp_path):
-    metrics, client = train_here(make_config, tmp_path, "evaluate.served_limit=20")
+def trained_once(tmp_path_factory, empty_store, *overrides: str) -> SimpleNamespace:
+    """One run shared by a module's tests: its metrics, store, folder and MLflow run."""
+    root = tmp_path_factory.mktemp("run")
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    cfg = to_object(compose_config(
+        ["data=csv", f"data.path={write_csv(root / 'r.csv', reviews(240))}", *TINY, *overrides],
+        root))
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    return SimpleNamespace(metrics=metrics, client=client, run=run, out=root / "run", root=root)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, empty_store) -> SimpleNamespace:
+    """The defaults (the LSTM both ways, served with the fused kernel), shrunk."""
+    return trained_once(tmp_path_factory, empty_store, "model.bidirectional=true",
+                        "evaluate.served_limit=20")
+
+
+@pytest.fixture(scope="module")
+def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
+    """Label smoothing, a warm-up + cosine schedule, and Keras' LSTM served as trained."""
+    return trained_once(tmp_path_factory, empty_store, "model.bidirectional=true",
+                        "model.serve_lstm=trained", "train.label_smoothing=0.1",
+                        "train.schedule=cosine", "train.warmup_steps=5", "train.max_steps=60",
+                        "evaluate.served_limit=20")
+
+
+def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default_run):
+    metrics, client, run = default_run.metrics, default_run.client, default_run.run
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
     for name in ("test_accuracy", "test_f1", "test_auc", "padding_efficiency",
@@ -41,7 +71,7 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_co
     assert metrics["best_val_loss"] == min(
         m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
     assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
-    out = tmp_path / "run"
+    out = default_run.out
     assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     assert not (out / RunFolder.CHECKPOINT).exists()
@@ -49,17 +79,15 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(make_co
     assert {"model.keras", "classes.json", "config.json", "plots"} <= artifacts
 
 
-@pytest.mark.parametrize("serve_lstm, served_class", [("fused", "FusedLSTM"), ("trained", "LSTM")])
-def test_the_exported_model_runs_the_lstm_serve_lstm_names(make_config, tmp_path, serve_lstm,
-                                                          served_class):
-    metrics, _ = train_here(make_config, tmp_path, f"model.serve_lstm={serve_lstm}",
-                            "model.bidirectional=true", "evaluate.served_limit=20")
-    from textclf import inference
-
-    exported = inference.load_keras(tmp_path / "run" / "model.keras")
+@pytest.mark.parametrize("trained, served_class", [("default_run", "FusedLSTM"),
+                                                   ("levers_run", "LSTM")])
+def test_the_exported_model_runs_the_lstm_serve_lstm_names(request, trained, served_class):
+    trained = request.getfixturevalue(trained)
+    exported = inference.load_keras(trained.out / "model.keras")
     bilstm = exported.layers[-1].get_layer("bilstm")
     assert {type(bilstm.forward_layer).__name__, type(bilstm.backward_layer).__name__} \
         == {served_class}
+    metrics = trained.metrics
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
 
 
@@ -84,7 +112,6 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
     single reviews longer than that get the batched evaluation's answer."""
     metrics, _ = train_here(make_config, tmp_path, "batching=fixed", "batching.max_length=3",
                             "evaluate.served_limit=40")
-    from textclf import inference
 
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
     counts = served.token_counts([text for text, _ in reviews(40, seed=3)])
@@ -92,14 +119,10 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
 
 
-def test_the_training_levers_run_through_the_pipeline(make_config, tmp_path):
+def test_the_training_levers_run_through_the_pipeline(levers_run):
     """Label smoothing and a warm-up + cosine schedule together: a run that logs them, finishes
     and serves as it evaluated."""
-    metrics, client = train_here(
-        make_config, tmp_path, "train.label_smoothing=0.1",
-        "train.schedule=cosine", "train.warmup_steps=5", "train.max_steps=60",
-        "evaluate.served_limit=20")
-    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    metrics, run = levers_run.metrics, levers_run.run
     assert run.info.status == "FINISHED"
     assert run.data.params["train.label_smoothing"] == "0.1"
     assert run.data.params["train.schedule"] == "cosine"
@@ -145,13 +168,11 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     assert served.predict(["a wonderful film"])["label"].tolist()[0] in ("neg", "pos")
 
 
-def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(make_config, tmp_path):
+def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_run):
     """`textclf log-model` into a store that never saw the run: the same name and tags."""
-    _, client = train_here(make_config, tmp_path, "evaluate.served_limit=20",
-                           "evaluate.plots=false")
-    [original] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    other = f"sqlite:///{tmp_path / 'other.db'}"
-    run_id = tracking.log_run_folder(RunFolder(tmp_path / "run"), other)
+    original = default_run.run
+    other = f"sqlite:///{default_run.root / 'other.db'}"
+    run_id = tracking.log_run_folder(RunFolder(default_run.out), other)
     logged = MlflowClient(other).get_run(run_id)
     assert run_id != original.info.run_id and logged.info.status == "FINISHED"
     assert logged.info.run_name == original.info.run_name == "bucket-post-mask_zero+ngrams"

@@ -106,7 +106,7 @@ def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
                      "evaluate.plots=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     out = tmp_path / "evidence"
     done = subprocess.run(
-        ["make", "-C", str(ROOT), "evidence", f"IMDB=data=csv data.path={data}",
+        ["make", "-C", str(ROOT), "evidence", f"DATA=data=csv data.path={data}",
          f"TRACKING=tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"EVIDENCE_DIR={out}",
          f"ARGS={args}"],
         env={k: v for k, v in venv_env().items() if not k.startswith(("MAKE", "MFLAGS"))},

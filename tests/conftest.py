@@ -146,7 +146,7 @@ from hydra.core.hydra_config import HydraConfig
 from textclf import cli, train
 epoch_at, how, job = int(sys.argv[1]), getattr(signal, sys.argv[2]), sys.argv[3]
 def on_epoch_begin(self, epoch, logs=None):
-    if epoch == epoch_at and job in ("-", str(HydraConfig.get().job.num)):
+    if epoch == epoch_at and (job == "-" or str(HydraConfig.get().job.num) == job):
         os.killpg(0, how) if how == signal.SIGKILL else os.kill(os.getpid(), how)
 train.StopRequest.on_epoch_begin = on_epoch_begin
 sys.argv = ["textclf", *sys.argv[4:]]

@@ -126,3 +126,40 @@ def test_concat_pooling_survives_save_and_load(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
     x = pad([3, 14, 15], 4, "post")
     np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-7)
+
+
+def lstm_layers(net: keras.Model) -> list[keras.layers.LSTM]:
+    found = []
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            found += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.layers.LSTM):
+            found.append(layer)
+    return found
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_left_padded_masked_model_keeps_cudnn_off_when_cloned_fused_and_reloaded(
+        tmp_path, bidirectional):
+    """cuDNN takes only right-padded masks; Keras' own LSTM config forgets `use_cudnn=False`,
+    so a clone, the fused serving copy or a reloaded model.keras would take cuDNN on a GPU and
+    fail. Checked on CPU: what each copy's layers carry."""
+    from textclf.models.fused import fused_copy
+
+    def copies(side: str) -> dict[str, keras.Model]:
+        trained = build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=4,
+                                                    bidirectional=bidirectional), side)
+        nets = {"trained": trained, "cloned": keras.models.clone_model(trained),
+                "fused": fused_copy(trained)}
+        for name in ("trained", "fused"):
+            nets[name].save(tmp_path / f"{side}-{name}.keras")
+            nets[f"{name}, reloaded"] = keras.models.load_model(
+                tmp_path / f"{side}-{name}.keras", compile=False, safe_mode=True)
+        return nets
+
+    for name, net in copies("pre").items():
+        layers = lstm_layers(net)
+        assert len(layers) == (2 if bidirectional else 1), name
+        assert all(layer.use_cudnn is False for layer in layers), name
+    for name, net in copies("post").items():  # right padding keeps the fast kernel
+        assert all(layer.use_cudnn == "auto" for layer in lstm_layers(net)), name

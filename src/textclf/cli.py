@@ -119,13 +119,16 @@ def _fail_clearly(error: BaseException) -> None:
 
 def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
     """Every command's error handling (as lightning-hydra-template's `task_wrapper`): a mistake
-    of the user's ends it with one clear message and exit code 2, anything else as raised."""
+    of the user's ends it with one clear message and exit code 2, anything else as raised. In a
+    sweep the error goes on to the sweeper, which records the job (an Optuna trial) as failed."""
 
     @functools.wraps(command)
     def wrapped(cfg: DictConfig) -> object:
         try:
             return command(cfg)
         except _user_errors() as error:
+            if HydraConfig.get().mode.name == "MULTIRUN":
+                raise
             _fail_clearly(error)
 
     return wrapped

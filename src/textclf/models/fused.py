@@ -13,6 +13,18 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable(package="textclf")
+class LSTM(keras.layers.LSTM):
+    """`keras.layers.LSTM` whose config keeps `use_cudnn`. Keras 3.15's `get_config` leaves it
+    out, so a layer built with `use_cudnn=False` (left padding with a mask: cuDNN takes only
+    right-padded masks) is back at "auto" once cloned, copied for `Bidirectional`'s backward
+    direction or reloaded from model.keras, and on a GPU a left-padded mask then fails
+    (`InvalidArgumentError ... right-padded sequences`) instead of taking the generic kernel."""
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"use_cudnn": self.use_cudnn}
+
+
 def _gpu_available() -> bool:
     if keras.backend.backend() != "tensorflow":
         return False
@@ -22,7 +34,7 @@ def _gpu_available() -> bool:
 
 
 @keras.saving.register_keras_serializable(package="textclf")
-class FusedLSTM(keras.layers.LSTM):
+class FusedLSTM(LSTM):
     """`keras.layers.LSTM` run by TensorFlow's fused CPU kernel (`BlockLSTM`, the op behind
     the old `LSTMBlockFusedCell`): the whole sequence, forward and backward, in one op each
     instead of a graph loop of small ops per time step.
@@ -110,7 +122,7 @@ def fused_copy(net: keras.Model) -> keras.Model:
     precision) are kept as they are."""
 
     def fused(layer: keras.layers.LSTM) -> keras.layers.Layer:
-        if type(layer) is not keras.layers.LSTM or layer.compute_dtype != "float32":
+        if type(layer) not in (LSTM, keras.layers.LSTM) or layer.compute_dtype != "float32":
             return layer
         return FusedLSTM.from_config(layer.get_config())
 

@@ -19,7 +19,7 @@ from keras import layers, ops
 from ..config import BatchingConfig, ModelConfig, check, one_of
 from . import bow
 from .base import ModelInputs
-from .fused import fused_copy
+from .fused import LSTM, fused_copy
 
 MASKING = ("mask_zero", "masking_layer", "explicit", "none")
 
@@ -142,8 +142,8 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
         mask = LengthMask(inputs.padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
     use_cudnn = False if inputs.padding_side == "pre" and cfg.masking != "none" else "auto"
-    rnn = layers.LSTM(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling != "last",
-                     return_state=cfg.pooling == "concat", use_cudnn=use_cudnn, name="lstm")
+    rnn = LSTM(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling != "last",
+               return_state=cfg.pooling == "concat", use_cudnn=use_cudnn, name="lstm")
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)

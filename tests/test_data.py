@@ -383,3 +383,25 @@ def test_quoted_line_breaks_crlf_and_unicode_separators_stay_in_their_row(tmp_pa
     path.write_bytes(path.read_bytes().removesuffix(b"only one\r\n"))
     raw = data.load_table(csv_config(path))
     assert raw.train.texts[:2] == ["two\r\nlines", "line\u2028sep"] and len(raw.train) == 22
+
+
+# --- the data report -------------------------------------------------------------------------
+
+
+def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(tmp_path):
+    rows = [*reviews(60), ("no label", ""), ("   ", "pos"), ("<br />", "neg")]
+    ds = data.load(csv_config(write_csv(tmp_path / "r.csv", rows)))
+    labels = {"train": ds.train.labels, "val": ds.val.labels, "test": ds.test.labels}
+    report = data.report(ds.class_names, ds.stats, labels)
+    counts = report["counts"]
+    assert counts["rows_read_train"] == 63 and counts["missing_label_dropped_train"] == 1
+    assert counts["empty_dropped_train"] == 2
+    assert sum(sum(s.values()) for s in report["splits"].values()) == 60
+    assert report["splits"]["train"] == {"neg": int((ds.train.labels == 0).sum()),
+                                         "pos": int((ds.train.labels == 1).sum())}
+    json.dumps(report)  # written as data_report.json
+    text = data.describe(report)
+    assert "rows read train 63; dropped missing_label 1, empty 2" in text
+    assert f"train: {len(ds.train)} rows (neg " in text and "test: " in text
+    with pytest.raises(data.DataError, match=r"after tokenization: class\(es\) 'pos' \(0\)"):
+        data.report(ds.class_names, ds.stats, {"train": np.zeros(5, np.int32)})

@@ -366,7 +366,9 @@ class EvaluateModelConfig(ModelChoice):
     # test: the source's test split (data.test_path, aclImdb's test/, or the carved fraction);
     # all: every labelled row of the source, for data the model never saw
     split: str = "test"
-    experiment: str = "evaluate"  # where the evaluation runs are logged
+    # the MLflow experiment the evaluation runs are logged in (not `experiment`: on a command
+    # line Hydra reads that as its config group)
+    evaluate_experiment: str = "evaluate"
     output_dir: str = MISSING
 
     def __post_init__(self) -> None:

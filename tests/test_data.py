@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from textclf import data
-from textclf.config import DataConfig
+from textclf.config import ConfigError, DataConfig
 
 from .conftest import reviews, write_csv
 
@@ -95,7 +95,7 @@ def test_table_errors_name_the_file_row_and_fix(tmp_path):
     with pytest.raises(data.DataError, match=r"no column\(s\) \['text'\].*data.text_column"):
         data.load_table(csv_config(path))
     path = write_csv(tmp_path / "s.csv", [*reviews(10), ("meh", "neutral")])
-    with pytest.raises(data.DataError, match=r"row 12: label 'neutral' is not one of"):
+    with pytest.raises(data.DataError, match=r"s.csv, line 12: label 'neutral' is not one of"):
         data.load_table(csv_config(path, classes=["neg", "pos"]))
     with pytest.raises(data.DataError, match="does not exist"):
         data.load_table(csv_config(tmp_path / "nope.csv"))
@@ -209,3 +209,199 @@ def test_a_url_list_missing_a_review_is_named(tmp_path):
     write_url_lists(folder, per_class=20)  # reviews 20..29 have no line
     with pytest.raises(data.DataError, match="has no movie for review 2[0-9]"):
         data.load_aclimdb(folder)
+
+
+# --- labels are data -------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, caplog):
+    rows = [*reviews(40), ("no label", ""), ("blank label", "   "), *reviews(4, seed=1)]
+    csv_path = write_csv(tmp_path / "r.csv", rows)
+    records = [{"text": t, "label": y} for t, y in reviews(40)]
+    records += [{"text": "null", "label": None}, {"text": "no key"}, {"text": "empty", "label": ""}]
+    jsonl = write_jsonl(tmp_path / "r.jsonl", records)
+    (tmp_path / "nan.jsonl").write_text(
+        jsonl.read_text() + '{"text": "not a number", "label": NaN}\n', encoding="utf-8")
+    for path, missing in ((csv_path, 2), (jsonl, 3), (tmp_path / "nan.jsonl", 4)):
+        with caplog.at_level("WARNING", logger="textclf.data"):
+            raw = data.load_table(csv_config(path))
+        assert raw.class_names == ["neg", "pos"], path
+        assert raw.stats["missing_label_dropped_train"] == missing
+        assert raw.stats["rows_read_train"] == len(raw.train) + missing
+        assert "without a label" in caplog.text
+    with pytest.raises(data.DataError, match=r"r.csv: 2 row\(s\) without a label .*line 42, 43"
+                                             r".*data.missing_labels=drop"):
+        data.load_table(csv_config(csv_path, missing_labels="error"))
+    with pytest.raises(ConfigError, match="data.missing_labels"):
+        csv_config(csv_path, missing_labels="keep")
+
+
+def test_spellings_of_one_label_value_are_one_class(tmp_path):
+    spellings = ["1", " 1 ", "1.0", "2", "2.00", " 2"]
+    csv_path = write_csv(tmp_path / "r.csv",
+                         [(t, spellings[i % 6]) for i, (t, _) in enumerate(reviews(60))])
+    labels = [1, 1.0, "1", " 2 ", 2, "2.0"]
+    jsonl = write_jsonl(tmp_path / "r.jsonl", [{"text": t, "label": labels[i % 6]}
+                                               for i, (t, _) in enumerate(reviews(60))])
+    for path in (csv_path, jsonl):
+        raw = data.load_table(csv_config(path))
+        assert raw.class_names == ["1", "2"]
+        assert np.bincount(raw.train.labels).tolist() == [30, 30]
+    # data.classes fixes the set and the order, in the same canonical spelling
+    assert data.load_table(csv_config(jsonl, classes=["2.0", "1"])).class_names == ["2", "1"]
+    with pytest.raises(ConfigError, match=r"data.classes: .* lists \['1'\] more than once"):
+        data.load_table(csv_config(jsonl, classes=["1", "1.0", "2"]))
+
+
+def test_labels_differing_only_in_case_are_refused_unless_listed(tmp_path):
+    path = write_csv(tmp_path / "r.csv", [(t, "Pos" if i == 3 else y)
+                                          for i, (t, y) in enumerate(reviews(40))])
+    with pytest.raises(data.DataError, match=r"labels \['Pos', 'pos'\] differ only in case"):
+        data.load_table(csv_config(path))
+    raw = data.load_table(csv_config(path, classes=["neg", "pos", "Pos"]))
+    assert raw.class_names == ["neg", "pos", "Pos"]
+
+
+# --- every class is learnable and scorable ---------------------------------------------------
+
+
+def three_classes(tmp_path: Path, small: int) -> Path:
+    rows = [(t, "a" if i % 2 else "b") for i, (t, _) in enumerate(reviews(60))]
+    return write_csv(tmp_path / "r.csv", rows + [(f"rare text {i}", "c") for i in range(small)])
+
+
+def test_a_small_class_stays_in_training_and_its_gaps_are_named(tmp_path, caplog):
+    path = three_classes(tmp_path, small=2)
+    with caplog.at_level("WARNING", logger="textclf.data"):
+        ds = data.load(csv_config(path, seed=5))
+    c = ds.class_names.index("c")
+    assert (ds.train.labels == c).sum() == 1 and (ds.test.labels == c).sum() == 1
+    assert (ds.val.labels == c).sum() == 0 and ds.stats["classes_without_val"] == 1
+    assert ds.stats["classes_without_test"] == 0
+    assert "no row of class(es) ['c']" in caplog.text
+    again = data.load(csv_config(path, seed=5))  # stratified and reproducible with data.seed
+    assert again.train.texts == ds.train.texts and again.val.texts == ds.val.texts
+
+
+def test_a_class_below_the_minimum_is_refused_naming_it_and_its_count(tmp_path):
+    with pytest.raises(data.DataError, match=r"r.csv \(with text\): class\(es\) 'c' \(1\) have "
+                                             r"fewer than 2 row"):
+        data.load(csv_config(three_classes(tmp_path, small=1)))
+    path = write_csv(tmp_path / "two.csv", reviews(40))
+    with pytest.raises(data.DataError, match=r"'unseen' \(0\)"):
+        data.load(csv_config(path, classes=["neg", "pos", "unseen"]))
+
+
+# --- text decoding is stated -----------------------------------------------------------------
+
+
+def plain(n: int) -> list[tuple[str, str]]:
+    """Reviews without commas, to write as CSV by hand."""
+    return [(t.replace(",", ""), y) for t, y in reviews(n)]
+
+
+def lines(rows: list[tuple[str, str]], delimiter: str, end: str = "\n") -> bytes:
+    return "".join(f"{t}{delimiter}{y}{end}" for t, y in rows).encode()
+
+
+def test_invalid_utf8_is_replaced_and_counted_in_every_table_format(tmp_path, caplog):
+    rows = plain(30)
+    files = {
+        "r.csv": b"text,label\n" + lines(rows, ",") + b"caf\xe9 fine,pos\n",
+        "r.tsv": b"text\tlabel\n" + lines(rows, "\t") + b"caf\xe9 fine\tpos\n",
+        "r.jsonl": b"".join(json.dumps({"text": t, "label": y}).encode() + b"\n" for t, y in rows)
+        + b'{"text": "caf\xe9 fine", "label": "pos"}\n',
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with caplog.at_level("WARNING", logger="textclf.data"):
+            raw = data.load_table(csv_config(tmp_path / name))
+        assert raw.stats["invalid_utf8"] == 1, name
+        assert "caf\ufffd fine" in raw.train.texts and len(raw.train) == 31
+        assert f"{name}: 1 record(s) held invalid UTF-8" in caplog.text
+
+
+def test_a_utf8_byte_order_mark_is_accepted_and_utf16_refused(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "r.csv").write_bytes(bom + write_csv(tmp_path / "x.csv", reviews(20)).read_bytes())
+    (tmp_path / "r.jsonl").write_bytes(
+        bom + write_jsonl(tmp_path / "x.jsonl", [{"text": t, "label": y}
+                                                 for t, y in reviews(20)]).read_bytes())
+    for name in ("r.csv", "r.jsonl"):
+        raw = data.load_table(csv_config(tmp_path / name))
+        assert len(raw.train) == 20 and raw.class_names == ["neg", "pos"], name
+    (tmp_path / "u.csv").write_bytes("text,label\nfine,pos\n".encode("utf-16"))
+    with pytest.raises(data.DataError, match="UTF-16.*save it as UTF-8"):
+        data.load_table(csv_config(tmp_path / "u.csv"))
+
+
+def test_duplicate_column_names_are_refused_listing_them(tmp_path):
+    path = write_csv(tmp_path / "r.csv", [(t, y, y) for t, y in reviews(10)],
+                     header=("text", "label", "label"))
+    with pytest.raises(data.DataError, match=r"names column\(s\) \['label'\] more than once"):
+        data.load_table(csv_config(path))
+    (tmp_path / "r.jsonl").write_text('{"text": "a", "label": "pos", "label": "neg"}\n')
+    with pytest.raises(data.DataError, match=r"line 1: .*\['label'\] more than once"):
+        data.load_table(csv_config(tmp_path / "r.jsonl"))
+
+
+def test_tsv_by_extension_or_data_delimiter(tmp_path):
+    rows = [(f"{t}, with a comma", y) for t, y in reviews(20)]
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    assert data.load_table(csv_config(tsv)).train.texts == [t for t, _ in rows]
+    tabbed_csv = tmp_path / "r.csv"
+    tabbed_csv.write_bytes(tsv.read_bytes())
+    with pytest.raises(data.DataError, match=r"r.csv, line 2: \d field\(s\) where the header"):
+        data.load_table(csv_config(tabbed_csv))  # read as commas: never shifted into columns
+    for typed in ("\t", "\\t"):  # a YAML tab, or '\t' as a command line passes it
+        raw = data.load_table(csv_config(tabbed_csv, delimiter=typed))
+        assert raw.train.texts == [t for t, _ in rows]
+    with pytest.raises(ConfigError, match="data.delimiter"):
+        csv_config(tabbed_csv, delimiter=";;")
+
+
+def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):
+    for name in ("r.txt", "r.xlsx", "r"):
+        (tmp_path / name).write_text("text,label\na,pos\n")
+        with pytest.raises(data.DataError, match=r"not a supported format; use .csv, .tsv .*"
+                                                 r"\.jsonl"):
+            data.load_table(csv_config(tmp_path / name))
+
+
+def test_quoted_line_breaks_crlf_and_unicode_separators_stay_in_their_row(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b'text,label\r\n"two\r\nlines",pos\r\nline\xe2\x80\xa8sep,neg\r\n'
+                     + lines(plain(20), ",", "\r\n") + b"only one\r\n")
+    with pytest.raises(data.DataError, match=r"r.csv, line 25: 1 field\(s\) where the header"):
+        data.load_table(csv_config(path))  # the line numbers count the quoted line break
+    path.write_bytes(path.read_bytes().removesuffix(b"only one\r\n"))
+    raw = data.load_table(csv_config(path))
+    assert raw.train.texts[:2] == ["two\r\nlines", "line\u2028sep"] and len(raw.train) == 22
+
+
+# --- the data report -------------------------------------------------------------------------
+
+
+def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(tmp_path):
+    rows = [*reviews(60), ("no label", ""), ("   ", "pos"), ("<br />", "neg")]
+    ds = data.load(csv_config(write_csv(tmp_path / "r.csv", rows)))
+    labels = {"train": ds.train.labels, "val": ds.val.labels, "test": ds.test.labels}
+    report = data.report(ds.class_names, ds.stats, labels)
+    counts = report["counts"]
+    assert counts["rows_read_train"] == 63 and counts["missing_label_dropped_train"] == 1
+    assert counts["empty_dropped_train"] == 2
+    assert sum(sum(s.values()) for s in report["splits"].values()) == 60
+    assert report["splits"]["train"] == {"neg": int((ds.train.labels == 0).sum()),
+                                         "pos": int((ds.train.labels == 1).sum())}
+    json.dumps(report)  # written as data_report.json
+    text = data.describe(report)
+    assert "rows read train 63; dropped missing_label 1, empty 2" in text
+    assert f"train: {len(ds.train)} rows (neg " in text and "test: " in text
+    with pytest.raises(data.DataError, match=r"after tokenization: class\(es\) 'pos' \(0\)"):
+        data.report(ds.class_names, ds.stats, {"train": np.zeros(5, np.int32)})

@@ -76,7 +76,14 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     assert not (out / RunFolder.CHECKPOINT).exists()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.keras", "classes.json", "config.json", "plots"} <= artifacts
+    assert {"model.keras", "classes.json", "config.json", "data_report.json", "plots"} <= artifacts
+    report = json.loads((out / RunFolder.DATA_REPORT).read_text())
+    assert report["classes"] == ["neg", "pos"] and report["counts"]["rows_read_train"] == 240
+    for split, per_class in report["splits"].items():  # rows per class, as trained on
+        for name, n in per_class.items():
+            assert n > 0 and logged[f"data_{split}_class_{name}"] == n
+    assert sum(report["splits"]["train"].values()) == logged["data_train_size"] \
+        - logged["data_no_tokens_dropped_train"]
 
 
 @pytest.mark.parametrize("trained, served_class", [("default_run", "FusedLSTM"),

@@ -47,6 +47,11 @@ class DataConfig:
     text_column: str = "text"  # csv
     label_column: str = "label"  # csv; labels may be strings or ints
     classes: list[str] | None = None  # csv: the allowed labels in order (default: sorted)
+    # csv: rows whose label is empty, whitespace, null or NaN: drop (counted) | error (refuse)
+    missing_labels: str = "drop"
+    # csv: the field separator of a .csv/.tsv file (default: "," for .csv, a tab for .tsv);
+    # '\t' (as typed on a command line) is a tab
+    delimiter: str | None = None
     val_fraction: float = 0.1  # of the training data, carved with `seed`
     # auto: by_movie where each review's movie is known (aclimdb with its URL lists), else
     # random; by_movie: validation movies unseen in training (as aclImdb's test set)
@@ -60,6 +65,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         one_of(self.source, "data.source", DATA_SOURCES)
         one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
+        one_of(self.missing_labels, "data.missing_labels", ("drop", "error"))
+        if self.delimiter == "\\t":
+            self.delimiter = "\t"
+        check(
+            self.delimiter is None or (len(self.delimiter) == 1 and self.delimiter not in '"\r\n'),
+            "data.delimiter",
+            f"must be one character other than a quote or line break, got {self.delimiter!r}",
+        )
         check(
             0 < self.val_fraction < 1,
             "data.val_fraction",
@@ -326,7 +339,7 @@ class PredictConfig(ModelChoice):
     """`textclf predict`: which texts, and which model."""
 
     text: Any = None  # one text, or a list: text='["great fun","a dull film"]'
-    file: str | None = None  # lines of a text file, or `column` of a .csv/.jsonl
+    file: str | None = None  # lines of a text file, or `column` of a .csv/.tsv/.jsonl
     column: str = "text"
     out: str | None = None  # .csv or .jsonl; default: a table on screen
 
@@ -353,7 +366,9 @@ class EvaluateModelConfig(ModelChoice):
     # test: the source's test split (data.test_path, aclImdb's test/, or the carved fraction);
     # all: every labelled row of the source, for data the model never saw
     split: str = "test"
-    experiment: str = "evaluate"  # where the evaluation runs are logged
+    # the MLflow experiment the evaluation runs are logged in (not `experiment`: on a command
+    # line Hydra reads that as its config group)
+    evaluate_experiment: str = "evaluate"
     output_dir: str = MISSING
 
     def __post_init__(self) -> None:

@@ -1,22 +1,28 @@
-"""Load labelled texts from TFDS, the Stanford aclImdb layout, or a CSV/JSONL file, and split them.
+"""Load labelled texts from TFDS, the aclImdb layout or a CSV/TSV/JSONL file, and split them.
 
 Every loader returns plain Python lists; `split` then carves validation (and, when the source
 has none, test) data with a fixed seed, so test data never reaches vocabulary or early stopping.
+Nothing about a user's data is guessed: decoding is stated and counted, a missing label is no
+class, spellings of one label are one class, and every class is in the training split; what
+was dropped, and why, is counted (`report`).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import re
 import socket
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 IMDB_CLASSES = ["neg", "pos"]
@@ -26,6 +32,7 @@ _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 # Control characters and Unicode line separators (IMDB has \x85, \x96, \x97): as vocabulary
 # terms they break the saved model, whose vocabulary file is read back line by line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # from a lone JSON escape (\ud83d)
 
 
 class DataError(ValueError):
@@ -72,6 +79,12 @@ def _decode(raw: bytes, stats: dict[str, int]) -> str:
     except UnicodeDecodeError:
         stats["invalid_utf8"] = stats.get("invalid_utf8", 0) + 1
         return raw.decode("utf-8", errors="replace")
+
+
+def _warn_invalid_utf8(where: object, stats: dict[str, int]) -> None:
+    if stats.get("invalid_utf8"):
+        log.warning("%s: %d text(s) held invalid UTF-8, replaced by U+FFFD (data_invalid_utf8)",
+                    where, stats["invalid_utf8"])
 
 
 # --- aclImdb: the Stanford layout, as a folder or the .tar.gz itself ---------------------------
@@ -136,6 +149,7 @@ def load_aclimdb(path: str | Path, urls_path: str | Path | None = None) -> Raw:
         urls = _url_lists(outside)
     train, test = (reviews[s] for s in ("train", "test"))
     groups = _movies(train, urls) if urls else None
+    _warn_invalid_utf8(path, stats)
     return Raw(Split([t for t, _, _ in train], np.array([y for _, y, _ in train], np.int32),
                      groups),
                _split([t for t, _, _ in test], [y for _, y, _ in test]), list(IMDB_CLASSES),
@@ -167,57 +181,271 @@ def _movies(reviews: list[tuple[str, int, int]], urls: dict) -> np.ndarray:
     return np.array(movies)
 
 
-# --- CSV / JSON Lines ------------------------------------------------------------------------
+# --- CSV, TSV and JSON Lines -----------------------------------------------------------------
+
+# The format follows the extension: a delimiter for delimited text, None for JSON Lines.
+TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".ndjson": None}
+TABLE_SUFFIXES = tuple(TABLE_FORMATS)
+MIN_CLASS_ROWS = 2  # of each class in the training data: one to learn from, one to score on
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".ndjson")  # .csv, else JSON Lines
+@dataclass
+class Table:
+    """The records of a CSV/TSV/JSON Lines file: the asked-for columns' values (None where a
+    JSON record lacks the key), the line each record starts on (for messages), and how many
+    records held invalid UTF-8 (replaced by U+FFFD)."""
+
+    columns: dict[str, list]
+    lines: list[int]
+    invalid_utf8: int = 0
+
+    def __getitem__(self, column: str) -> list:
+        return self.columns[column]
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
-def read_table(path: Path, columns: Sequence[str], fix: str):
-    """A CSV or JSON Lines file as a pandas DataFrame holding `columns`; invalid UTF-8 is
-    replaced. Errors name the file; `fix` says which setting names the columns."""
-    import pandas as pd
-
+def read_table(path: Path, columns: Sequence[str], fix: str,
+               delimiter: str | None = None) -> Table:
+    """`columns` of a CSV, TSV or JSON Lines file, chosen by its extension (`delimiter`
+    overrides a delimited file's). Decoding is stated, never guessed: UTF-8, a leading byte-order
+    mark dropped, invalid bytes replaced and counted (and logged). Errors name the file and the
+    line; `fix` says which setting names the columns."""
     if not path.is_file():
         raise DataError(f"data file {path} does not exist.")
-    csv = path.suffix.lower() == ".csv"
-    try:
-        if csv:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace")
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False, encoding_errors="replace")
-    except ValueError as error:
-        raise DataError(f"cannot parse {path} as {'CSV' if csv else 'JSON Lines'}: {error}") \
-            from error
-    missing = [c for c in columns if c not in frame.columns]
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise DataError(f"{path}: {suffix or 'a file without an extension'} is not a supported "
+                        "format; use .csv, .tsv (or data.delimiter=<character> for another "
+                        "delimiter) or JSON Lines (.jsonl, .json, .ndjson).")
+    lines, bad = _decoded_lines(path)
+    if TABLE_FORMATS[suffix] is None:
+        if delimiter:
+            raise DataError(f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
+                            "to .csv and .tsv files; leave it unset.")
+        names, records = _json_records(path, lines)
+    else:
+        names, records = _delimited_records(path, lines, delimiter or TABLE_FORMATS[suffix])
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path} has no column(s) {missing}; it has {list(frame.columns)}. {fix}")
-    return frame
+        raise DataError(f"{path} has no column(s) {missing}; it has {names}. {fix}")
+    table = Table({c: [] for c in columns}, [])
+    for first, last, record in records:
+        table.lines.append(first)
+        table.invalid_utf8 += any(n in bad for n in range(first, last + 1))
+        for column in columns:
+            table.columns[column].append(record.get(column))
+    if table.invalid_utf8:
+        log.warning("%s: %d record(s) held invalid UTF-8, replaced by U+FFFD (first at line %d)",
+                    path, table.invalid_utf8, min(bad))
+    return table
 
 
-def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list]:
-    frame = read_table(path, [text_column, label_column],
-                       "Set data.text_column / data.label_column.")
-    texts = ["" if t is None else str(t) for t in frame[text_column].tolist()]
-    return texts, [str(v).strip() for v in frame[label_column].tolist()]
+def _decoded_lines(path: Path) -> tuple[list[str], set[int]]:
+    """The file's lines, ends kept, and the numbers of those that held invalid UTF-8. Split as
+    bytes, on \\n, \\r and \\r\\n only (no UTF-8 character holds those bytes): str.splitlines
+    would also split inside texts holding U+2028 or \\x85."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path} is UTF-16 (its byte-order mark says so); save it as UTF-8.")
+    lines, bad = [], set()
+    for number, line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").splitlines(True), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad.add(number)
+            lines.append(line.decode("utf-8", errors="replace"))
+    return lines, bad
+
+
+Records = list[tuple[int, int, dict]]  # (first line, last line, {column: value}) per record
+
+
+def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[list[str], Records]:
+    """A header, then one record per row; blank lines are skipped. Malformed quoting and rows
+    whose field count differs from the header's are refused (never shifted into columns)."""
+    csv.field_size_limit(2**31 - 1)  # one review may exceed the default 128 KB cell
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    rows, end = [], 0
+    try:
+        for fields in reader:
+            first, end = end + 1, reader.line_num
+            if fields and (len(fields) > 1 or fields[0].strip()):
+                rows.append((first, end, fields))
+    except csv.Error as error:
+        raise DataError(f"{path}, line {end + 1}: malformed {_format_name(delimiter)} ({error}); "
+                        "quote fields that hold the delimiter, quotes or line breaks.") from error
+    if not rows:
+        raise DataError(f"{path} is empty: it needs a header row naming its columns.")
+    (_, _, header), *rows = rows
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once; "
+                        "rename them so each column has its own name.")
+    records = []
+    for first, last, fields in rows:
+        if len(fields) != len(header):
+            raise DataError(
+                f"{path}, line {first}: {len(fields)} field(s) where the header has "
+                f"{len(header)}; quote fields that hold the delimiter {delimiter!r}, quotes or "
+                "line breaks.")
+        records.append((first, last, dict(zip(header, fields, strict=True))))
+    return header, records
+
+
+def _format_name(delimiter: str) -> str:
+    return {",": "CSV", "\t": "TSV"}.get(delimiter, f"{delimiter!r}-delimited text")
+
+
+def _json_records(path: Path, lines: list[str]) -> tuple[list[str], Records]:
+    """One JSON object per non-blank line; its keys are the columns."""
+    names: dict[str, None] = {}  # ordered, as first seen
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, object_pairs_hook=_unique_keys)
+        except ValueError as error:  # JSONDecodeError, or a repeated key
+            raise DataError(f"{path}, line {number}: cannot read it as JSON ({error}); JSON "
+                            "Lines holds one object per line.") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: a JSON {type(record).__name__}, not an "
+                            "object; JSON Lines holds one object per line.")
+        names.update(dict.fromkeys(record))
+        records.append((number, number, record))
+    return list(names), records
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"it names column(s) {repeated} more than once")
+    return record
+
+
+def canonical_label(value: object) -> str | None:
+    """One spelling per label value, or None for a missing one (an empty or whitespace-only
+    cell, JSON null, NaN): labels are data, and a missing one is no class. Text is stripped;
+    numbers go by value, integral ones written as ints (`1`, ` 1 `, `1.0`, JSON 1 → "1")."""
+    if value is None:
+        return None
+    if isinstance(value, bool):  # JSON true/false, spelled as JSON spells them
+        return str(value).lower()
+    text = repr(value) if isinstance(value, float) else str(value).strip()
+    if not text or text.lower() in ("nan", "+nan", "-nan"):
+        return None
+    if not _NUMBER.fullmatch(text):
+        return text
+    number = Decimal(text)
+    if abs(number.adjusted()) > 30:  # no label is written so; keep the spelling
+        return text
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def _as_text(value: object, stats: dict[str, int]) -> str:
+    """A text cell as a string (None: empty); a JSON string with a lone surrogate escape
+    (not Unicode text) gets U+FFFD, counted as invalid UTF-8."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        stats["invalid_utf8"] = stats.get("invalid_utf8", 0) + 1
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _labelled_rows(path: Path, cfg: DataConfig, part: str,
+                   stats: dict[str, int]) -> list[tuple[str, str, int]]:
+    """(text, canonical label, line) of each row of `path` that has a label. Rows without one
+    are dropped and counted as `missing_label_dropped_<part>`, or refused with
+    data.missing_labels=error."""
+    table = read_table(path, [cfg.text_column, cfg.label_column],
+                       "Set data.text_column / data.label_column.", cfg.delimiter)
+    rows, missing, spellings = [], [], {}
+    for line, text, value in zip(table.lines, table[cfg.text_column], table[cfg.label_column],
+                                 strict=True):
+        if isinstance(value, list | dict):
+            raise DataError(f"{path}, line {line}: the label {value!r} is a JSON "
+                            f"{type(value).__name__}; a label is one string or number.")
+        label = canonical_label(value)
+        if label is None:
+            missing.append(line)
+            continue
+        spellings.setdefault(label, set()).add(repr(value))
+        rows.append((_as_text(text, stats), label, line))
+    stats["invalid_utf8"] = stats.get("invalid_utf8", 0) + table.invalid_utf8
+    stats[f"rows_read_{part}"] = len(table)
+    stats[f"missing_label_dropped_{part}"] = len(missing)
+    if missing:
+        where = (f"{path}: {len(missing)} row(s) without a label in column {cfg.label_column!r} "
+                 f"(line {_first(missing)})")
+        if cfg.missing_labels == "error":
+            raise DataError(f"{where}; fill them in, or drop such rows with "
+                            "data.missing_labels=drop.")
+        log.warning("%s dropped; data.missing_labels=error refuses such a file instead", where)
+    merged = {label: sorted(s) for label, s in spellings.items() if len(s) > 1}
+    if merged:
+        log.info("%s: label spellings taken as one class: %s", path,
+                 "; ".join(f"{label!r} <- {', '.join(s[:5])}" for label, s in merged.items()))
+    return rows
+
+
+def _first(lines: list[int], shown: int = 5) -> str:
+    return ", ".join(map(str, lines[:shown])) + (", ..." if len(lines) > shown else "")
+
+
+def _configured_classes(classes: Sequence) -> list[str]:
+    """data.classes in canonical spelling (`1.0` is class "1"), each once, none empty."""
+    names = [canonical_label(c) for c in classes]
+    if None in names:
+        raise ConfigError(f"data.classes: {list(classes)} holds an empty class; list only labels.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"data.classes: {list(classes)} lists {repeated} more than once "
+                          "(labels are compared as canonical values: ' 1', 1.0 and 1 are one).")
+    return names
+
+
+def _refuse_case_twins(labels: set[str], listed: set[str], path: Path) -> None:
+    """Labels differing only in case are one class misspelt or two classes: not a guess to make
+    silently. Listing each in data.classes says they are distinct."""
+    groups: dict[str, set[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), set()).add(label)
+    twins = [sorted(g) for g in groups.values() if len(g) > 1 and not g <= listed]
+    if twins:
+        raise DataError(f"{path}: labels {twins[0]} differ only in case. Write each label one "
+                        "way, or, if they are different classes, list each in data.classes.")
 
 
 def _sort_classes(values: set[str]) -> list[str]:
-    if all(v.lstrip("-").isdigit() for v in values):
-        return sorted(values, key=int)
+    if all(_NUMBER.fullmatch(v) for v in values):
+        return sorted(values, key=Decimal)
     return sorted(values)
 
 
 def load_table(cfg: DataConfig) -> Raw:
-    """Read a CSV or JSONL file (and an optional test file); labels may be strings or ints."""
-    test_path, text_column, label_column = cfg.test_path, cfg.text_column, cfg.label_column
-    classes = cfg.classes
+    """Read a CSV, TSV or JSON Lines file (and an optional test file) of labelled texts. The
+    classes are data.classes, in its order, else the training file's labels, sorted."""
+    stats: dict[str, int] = {}
     path = Path(cfg.path).expanduser()
-    train_texts, train_labels = _read_table(path, text_column, label_column)
-    test = (
-        _read_table(Path(test_path).expanduser(), text_column, label_column) if test_path else None
-    )
-    class_names = [str(c) for c in classes] if classes else _sort_classes(set(train_labels))
+    files = {"train": path} | ({"test": Path(cfg.test_path).expanduser()} if cfg.test_path
+                               else {})
+    rows = {part: _labelled_rows(file, cfg, part, stats) for part, file in files.items()}
+    if cfg.classes:
+        class_names = _configured_classes(cfg.classes)
+    else:
+        class_names = _sort_classes({label for _, label, _ in rows["train"]})
+    found = {label for part in rows.values() for _, label, _ in part}
+    _refuse_case_twins(found | set(class_names), set(class_names) if cfg.classes else set(),
+                       path)
     if len(class_names) < 2:
         raise DataError(
             f"{path} has {len(class_names)} distinct label(s) {class_names}; "
@@ -225,18 +453,17 @@ def load_table(cfg: DataConfig) -> Raw:
         )
     index = {name: i for i, name in enumerate(class_names)}
 
-    def encode(labels: list[str], where: Path) -> list[int]:
-        for row, label in enumerate(labels):
+    def encode(part: str) -> Split:
+        for _, label, line in rows[part]:
             if label not in index:
-                raise DataError(
-                    f"{where}, row {row + 2}: label {label!r} is not one of "
-                    f"{class_names} (set data.classes to list every label)."
-                )
-        return [index[label] for label in labels]
+                fix = ("add it to data.classes or fix the row" if cfg.classes else
+                       "the model could never predict it: fix the row, or add training rows")
+                raise DataError(f"{files[part]}, line {line}: label {label!r} is not one of "
+                                f"{class_names} ({fix}).")
+        return _split([text for text, _, _ in rows[part]],
+                      [index[label] for _, label, _ in rows[part]])
 
-    train = _split(train_texts, encode(train_labels, path))
-    test_split = _split(test[0], encode(test[1], Path(test_path))) if test else None
-    return Raw(train, test_split, class_names)
+    return Raw(encode("train"), encode("test") if cfg.test_path else None, class_names, stats)
 
 
 # --- TFDS imdb_reviews -----------------------------------------------------------------------
@@ -274,14 +501,15 @@ def load_imdb(data_dir: str | None, manual_dir: str | None, download: bool) -> R
             )
         config = tfds.download.DownloadConfig(manual_dir=str(manual.parent) if has_manual else None)
         builder.download_and_prepare(download_config=config)
-    splits = []
+    splits, stats = [], {}
     for name in ("train", "test"):
         texts, labels = [], []
         for text, label in tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True)):
-            texts.append(text.decode("utf-8", errors="replace"))
+            texts.append(_decode(text, stats))
             labels.append(int(label))
         splits.append(_split(texts, labels))
-    return Raw(splits[0], splits[1], list(IMDB_CLASSES))
+    _warn_invalid_utf8("imdb_reviews", stats)
+    return Raw(splits[0], splits[1], list(IMDB_CLASSES), stats)
 
 
 # --- splitting -------------------------------------------------------------------------------
@@ -307,11 +535,12 @@ def _by_group(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> 
 
 
 def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask selecting `fraction` of each class (at least one row per class)."""
+    """A boolean mask selecting `fraction` of each class: at least one row of it, but never its
+    last one, which stays unselected (in training) so that every class is learnt."""
     chosen = np.zeros(len(labels), dtype=bool)
     for cls in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == cls))
-        chosen[rows[: max(1, round(len(rows) * fraction))]] = True
+        chosen[rows[: min(max(1, round(len(rows) * fraction)), len(rows) - 1)]] = True
     return chosen
 
 
@@ -340,19 +569,54 @@ def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
     return kept
 
 
+def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(),
+                    strict=True))
+
+
+def require_rows(labels: np.ndarray, class_names: list[str], minimum: int, where: str) -> None:
+    """Refuse a class with fewer than `minimum` rows in `labels`, naming it and its count."""
+    few = {c: n for c, n in class_counts(labels, class_names).items() if n < minimum}
+    if few:
+        shown = ", ".join(f"{c!r} ({n})" for c, n in list(few.items())[:10])
+        need = "one to learn from" + (" and one to validate or test on" if minimum > 1 else "")
+        raise DataError(
+            f"{where}: class(es) {shown} have fewer than {minimum} row(s); every class needs "
+            f"{need}. Add rows of them, or remove their rows (and them from data.classes).")
+
+
+def _note_missing_classes(part: Split, name: str, class_names: list[str],
+                          stats: dict[str, int]) -> None:
+    """Count, and say once, which classes a validation or test split has no row of."""
+    absent = [c for c, n in class_counts(part.labels, class_names).items() if not n]
+    stats[f"classes_without_{name}"] = len(absent)
+    if absent:
+        log.warning("the %s split has no row of class(es) %s: too few rows of them to spare "
+                    "one; their %s scores are missing", name, absent[:10], name)
+
+
 def split(raw: Raw, cfg: DataConfig) -> Dataset:
-    """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`."""
+    """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`,
+    stratified by class: each class needs MIN_CLASS_ROWS training rows, keeps at least one in
+    training, and is named (and counted) when too small to spare one for validation or test."""
     val_fraction, test_fraction, limit = cfg.val_fraction, cfg.test_fraction, cfg.limit
     rng = np.random.default_rng(cfg.seed)
     stats = dict(raw.stats)
+    where = cfg.path or cfg.source
+    stats.setdefault("rows_read_train", len(raw.train))
     train = _drop_empty(raw.train, "train", stats)
+    require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} (with text)")
     if raw.test is None:
         is_test = _stratified(train.labels, test_fraction, rng)
         train, test = _take(train, np.flatnonzero(~is_test)), _take(train, np.flatnonzero(is_test))
     else:
+        stats.setdefault("rows_read_test", len(raw.test))
         test = _drop_empty(raw.test, "test", stats)
     if limit:
+        before = len(train), len(test)
         train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
+        stats.update(limit_dropped_train=before[0] - len(train),
+                     limit_dropped_test=before[1] - len(test))
     by_movie = cfg.val_split == "by_movie" or (cfg.val_split == "auto" and train.groups is not None)
     if by_movie and train.groups is None:
         raise DataError("data.val_split=by_movie needs each review's movie: data=aclimdb with "
@@ -372,6 +636,9 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
                 f"the {name} split is empty; use more data or a smaller "
                 "data.val_fraction / data.test_fraction."
             )
+    require_rows(train.labels, raw.class_names, 1, "the training split")
+    _note_missing_classes(val, "val", raw.class_names, stats)
+    _note_missing_classes(test, "test", raw.class_names, stats)
     stats.update(train_size=len(train), val_size=len(val), test_size=len(test))
     return Dataset(train, val, test, raw.class_names, stats)
 
@@ -385,3 +652,40 @@ def load(config: DataConfig) -> Dataset:
     else:
         raw = load_table(config)
     return split(raw, config)
+
+
+# --- the data report -------------------------------------------------------------------------
+
+
+def report(class_names: list[str], counts: dict[str, int],
+           labels: dict[str, np.ndarray]) -> dict:
+    """What a run's data were (its `data_report.json`): rows read and dropped per reason (the
+    `counts`: `rows_read_<file>`, `<reason>_dropped_<split>`, ...) and each split's rows per
+    class. A class left without training rows (e.g. all its texts lost every token) is refused."""
+    require_rows(labels["train"], class_names, 1, "the training split after tokenization")
+    return {"classes": list(class_names), "counts": dict(counts),
+            "splits": {name: class_counts(y, class_names) for name, y in labels.items()}}
+
+
+def describe(data_report: dict) -> str:
+    """The report as a few lines for the log."""
+    counts = data_report["counts"]
+    read = {k.removeprefix("rows_read_"): n for k, n in counts.items()
+            if k.startswith("rows_read_")}
+    dropped: dict[str, int] = {}
+    for key, n in counts.items():
+        reason, found, _ = key.rpartition("_dropped_")
+        if found and n:
+            dropped[reason] = dropped.get(reason, 0) + n
+    lines = [f"data: rows read {_listed(read)}; dropped {_listed(dropped) or 'none'}"]
+    for name, per_class in data_report["splits"].items():
+        lines.append(f"  {name}: {sum(per_class.values())} rows ({_listed(per_class)})")
+    notes = {k: counts[k] for k in ("invalid_utf8", "classes_without_val", "classes_without_test")
+             if counts.get(k)}
+    if notes:
+        lines.append(f"  to check: {_listed(notes)}")
+    return "\n".join(lines)
+
+
+def _listed(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())

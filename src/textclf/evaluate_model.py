@@ -1,4 +1,5 @@
-"""`textclf evaluate`: score a saved model on labelled data, as an MLflow run in `evaluate`.
+"""`textclf evaluate`: score a saved model on labelled data, as an MLflow run in `evaluate`
+(`evaluate_experiment=<name>` for another experiment).
 
 The model is chosen as `make predict` chooses it (newest run, run id, registered version or a
 `model.keras` path) and loaded as it is served (`inference.Classifier`); the data come from any
@@ -66,8 +67,8 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         artifacts.append(evaluate.plot_confusion(matrix, classifier.classes, out / "plots"))
     tags = {**source, "data": cfg.data.source, "data_path": cfg.data.path or "",
             "split": cfg.split, "output_dir": str(out)}
-    with tracking.start_run(cfg.tracking.uri, cfg.experiment, f"evaluate {cfg.data.source}",
-                            tags) as mlrun:
+    with tracking.start_run(cfg.tracking.uri, cfg.evaluate_experiment,
+                            f"evaluate {cfg.data.source}", tags) as mlrun:
         mlrun.log_metrics(metrics)
         for path in artifacts:
             mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)

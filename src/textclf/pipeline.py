@@ -9,6 +9,7 @@ of Hydra or MLflow; MLflow stays at the edges of `run`. Everything the run produ
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+_METRIC_UNSAFE = re.compile(r"[^\w.-]+")
 
 
 @dataclass
@@ -153,7 +155,7 @@ def run(
     same MLflow run) from its last completed epoch.
     """
     folder = RunFolder(Path(cfg.output_dir))
-    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.prepare()
     run_id = _resumed_run_id(cfg, folder) if cfg.train.resume else None
     if not cfg.train.resume:
         folder.checkpoint.unlink(missing_ok=True)  # a fresh run in a reused folder starts afresh
@@ -167,11 +169,16 @@ def run(
         folder.save_identity(name, tags)
         mlrun.log_params(params)
         folder.write_json(RunFolder.CONFIG, asdict(cfg))
+        if cfg.train.resume and folder.checkpoint.exists():
+            train.read_checkpoint(folder.checkpoint)  # a damaged one fails now, not after loading
 
         dataset = data.load(cfg.data)
         tokens = vectorize(dataset, cfg)
-        log.info("data: %s", tokens.counts)
-        mlrun.log_metrics({f"data_{k}": v for k, v in tokens.counts.items()})
+        report = data.report(dataset.class_names, tokens.counts,
+                             {name: split.labels for name, split in tokens.splits.items()})
+        log.info("%s", data.describe(report))
+        mlrun.log_metrics(data_metrics(report))
+        folder.write_json(RunFolder.DATA_REPORT, report)
         (folder / RunFolder.VOCABULARY).write_text(
             "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
 
@@ -218,6 +225,16 @@ def run(
             for path in plots:
                 mlrun.log_artifact(path, RunFolder.PLOTS)
         return metrics
+
+
+def data_metrics(report: dict) -> dict[str, int]:
+    """The data report as `data_*` metrics: its counts, and each split's rows per class
+    (`data_train_class_pos`; characters a metric name cannot hold become `_`)."""
+    metrics = {f"data_{key}": n for key, n in report["counts"].items()}
+    for split, per_class in report["splits"].items():
+        metrics |= {f"data_{split}_class_{_METRIC_UNSAFE.sub('_', name)}"[:250]: n
+                    for name, n in per_class.items()}
+    return metrics
 
 
 def _resumed_run_id(cfg: Config, folder: RunFolder) -> str | None:

@@ -31,8 +31,7 @@ def read_texts(text: Any, file: str | None, column: str = "text") -> list[str]:
         raise PredictError(f"input file {path} does not exist.")
     if path.suffix.lower() not in data.TABLE_SUFFIXES:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    frame = data.read_table(path, [column], "Set column=<name>.")
-    return [as_text(v) for v in frame[column].tolist()]
+    return [as_text(v) for v in data.read_table(path, [column], "Set column=<name>.")[column]]
 
 
 def write(frame: pd.DataFrame, out: Path) -> None:

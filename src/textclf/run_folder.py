@@ -10,9 +10,12 @@ when the run starts, so a run logged later carries exactly the ones it started w
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .config import ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -30,11 +33,12 @@ class RunFolder:
     CHECKPOINT = "checkpoint.npz"  # the training state after the last completed epoch
     VOCABULARY = "vocabulary.txt"
     METRICS = "metrics.json"
+    DATA_REPORT = "data_report.json"  # rows read, dropped per reason, classes per split
     MODEL = "model.keras"  # raw strings in, class probabilities out
     CLASSES = "classes.json"  # beside the model: the class names, in output order
     PENDING = "pending_metrics.json"  # epoch metrics a tracking server never got
     PLOTS = "plots"
-    LOGGED = (CONFIG, VOCABULARY, METRICS, MODEL, CLASSES)  # logged as the run's artifacts
+    LOGGED = (CONFIG, VOCABULARY, METRICS, DATA_REPORT, MODEL, CLASSES)  # the run's artifacts
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -57,6 +61,19 @@ class RunFolder:
     @property
     def plots(self) -> Path:
         return self.path / self.PLOTS
+
+    def prepare(self) -> None:
+        """Create the folder and prove that it takes files, before any data is read or any run
+        is started: a run that cannot save its model should not train first."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as error:
+            raise ConfigError(
+                f"output_dir: cannot create or write {self.path} ({error.strerror or error}). "
+                "Give a folder you can write (hydra.run.dir=<folder>), or free or fix that "
+                "path.") from error
 
     def logged(self) -> list[Path]:
         """The files of `LOGGED` the folder holds."""

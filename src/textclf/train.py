@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,9 +214,8 @@ class Checkpoint(keras.callbacks.Callback):
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # epochs completed
         self.done = False  # training finished; the model holds its final (best) weights
-        self._saved = _load_arrays(path) if path and path.exists() else None
+        self._saved, meta = read_checkpoint(path) if path and path.exists() else (None, None)
         if self._saved:
-            meta = json.loads(self._saved.pop("meta").item())
             self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
             self._stopper = meta["stopper"]
             for name in ("epoch_seconds", "steady_seconds", "steps"):
@@ -276,13 +277,27 @@ def _group(saved: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [saved[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+_META = ("epoch", "done", "history", "stopper", "timer")
+# What reading a truncated (a full disk, a copy cut short) or corrupt .npz raises.
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A checkpoint's arrays and its `meta` record. A damaged file is a CheckpointMismatch
+    naming it and the ways on (a zipfile traceback told neither)."""
     try:
         with np.load(path) as saved:
-            return {k: saved[k] for k in saved.files}
-    except (OSError, ValueError) as error:
-        raise CheckpointMismatch(f"cannot read the checkpoint {path}: {error}. Delete it to "
-                                 "train from the start.") from error
+            arrays = {k: saved[k] for k in saved.files}
+        meta = json.loads(arrays.pop("meta").item())
+        missing = [key for key in _META if key not in meta]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)} in its record")
+    except _DAMAGED as error:
+        raise CheckpointMismatch(
+            f"the checkpoint {path} is damaged or no checkpoint ({type(error).__name__}: "
+            f"{str(error)[:200]}). Start again: delete it (rm {path}), or run without "
+            "train.resume (a fresh run in the folder replaces it).") from error
+    return arrays, meta
 
 
 def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:

@@ -24,6 +24,7 @@ TINY = ["train.epochs=1", "train.learning_rate=0.01", "model.units=8", "model.em
         "model.bidirectional=false", "tokenize.vocab_size=200", "batching.batch_size=16",
         "evaluate.served_limit=20"]
 NO_TOKEN = "?! ... !?"  # kept by data.load (not empty), dropped by a run's tokenizer
+SPACED = "a joy to watch , truly !"  # 7 whitespace tokens, 5 for a run's tokenizer
 
 
 def record(patch: pytest.MonkeyPatch, module, name: str, calls: list) -> None:
@@ -45,7 +46,8 @@ def beside(tmp_path_factory, empty_store) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("beside")
     shutil.copyfile(empty_store, root / "mlflow.db")
     train_csv = write_csv(root / "train.csv", [*reviews(200), (NO_TOKEN, "pos"), (NO_TOKEN, "neg")])
-    test_csv = write_csv(root / "test.csv", [*reviews(60, seed=1), (NO_TOKEN, "pos")])
+    test_csv = write_csv(root / "test.csv",
+                         [*reviews(60, seed=1), (NO_TOKEN, "pos"), (SPACED, "pos")])
     same = ["data=csv", f"data.path={train_csv}", f"data.test_path={test_csv}",
             "evaluate.length_edges=[8,16]", "evaluate.plots=false",
             f"tracking.experiment={EXPERIMENT}"]

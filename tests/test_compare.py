@@ -254,6 +254,9 @@ def test_the_reference_joins_a_sweep_as_its_own_variant_and_is_never_the_best(tm
     assert "Best by mean test accuracy: **bucket/mask_zero**" in printed
     assert "| reference | - | 1 | 0.950 |" in printed and "(one-sample)" in printed
 
+    # A reference on other data is flagged, and its values do not become variant keys.
     log_reference(uri, tmp_path, 0.60, "data.limit=100")
     summary = by_variant(compare.main(uri, "compare_padding", "latest", out))
     assert "other data than the trained runs: data.limit=100" in summary.loc["reference", "note"]
+    assert summary.attrs["keys"] == ["batching", "masking"]
+    assert set(summary.index) == {"reference", "bucket/mask_zero", "per_batch/none"}

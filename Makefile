@@ -8,7 +8,7 @@ EXTRAS ?= dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep evidence tune compare evaluate predict bench ui server postgres browser test test-fast test-rest lint clean
+.PHONY: help install train resume sweep evidence tune baseline compare evaluate predict bench ui server postgres browser test test-fast test-rest lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ tune: ## Hyper-parameter search with Optuna (conf/hparams_search/), a child MLfl
 	@$(BIN)/python -c 'import hydra_plugins.hydra_optuna_sweeper' 2>/dev/null || { \
 		echo "make tune: Hydra's Optuna sweeper is not installed; run: $(BIN)/pip install -e '.[optuna]'" >&2; exit 2; }
 	$(BIN)/textclf train --multirun $(if $(findstring hparams_search=,$(ARGS)),,hparams_search=imdb_optuna) $(ARGS)
+
+baseline: ## The reference (TF-IDF + logistic regression) on a run's split: ARGS="<its data overrides> tracking.experiment=<its>"
+	$(BIN)/textclf baseline $(ARGS)
 
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from textclf import models
 from textclf.cli import CONF_DIR, ROOT
-from textclf.config import Config, TrainConfig, to_object
+from textclf.config import BaselineConfig, Config, TrainConfig, to_object
 from textclf.models.lstm import LstmConfig
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
@@ -97,6 +98,15 @@ def compose_config(overrides: list[str], tmp_path: Path) -> Config:
             ],
         )
     return cfg
+
+
+def compose_baseline(overrides: list[str], tmp_path: Path) -> BaselineConfig:
+    """`textclf baseline`'s real config: outputs and the MLflow store inside `tmp_path`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("baseline", overrides=[
+            f"output_dir={tmp_path / 'baseline'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+    return OmegaConf.to_object(cfg)
 
 
 @pytest.fixture(scope="session")

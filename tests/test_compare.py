@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from textclf import compare, tracking
 from textclf.config import CompareConfig, ConfigError, flatten
 
-from .conftest import compose_config
+from .conftest import compose_baseline, compose_config
 
 T_975_DF2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom (3 runs)
 CSV_COLUMNS = [
@@ -218,3 +219,44 @@ def test_an_impossible_significance_level_names_its_key():
 def test_a_param_missing_from_older_runs_labels_them_instead_of_failing():
     runs = pd.DataFrame({"params.a": ["1", "2"], "params.b": [np.nan, "x"]})
     assert list(compare.labels(runs, ["params.a", "params.b"])) == ["1/-", "2/x"]
+
+
+def log_reference(uri: str, tmp_path, acc: float, *overrides: str) -> str:
+    """A `make baseline` run as it logs itself: its config as params, the reference tags."""
+    cfg = compose_baseline(list(overrides), tmp_path)
+    tags = {"model": compare.REFERENCE, "reference": "true", "data": cfg.data.source}
+    with tracking.start_run(uri, "compare_padding", compare.REFERENCE, tags) as run:
+        run.log_params(flatten(asdict(cfg)) | {"C": "10"})
+        run.log_metrics({"test_accuracy": acc, "test_f1": acc, "test_accuracy_len_1-128": acc})
+    return run.run_id
+
+
+def test_the_reference_joins_a_sweep_as_its_own_variant_and_is_never_the_best(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_sweep(uri, tmp_path)
+    log_reference(uri, tmp_path, 0.50, "data.limit=100")  # older, and on other data
+    newest = log_reference(uri, tmp_path, 0.95)
+    out = tmp_path / "out"
+    summary = by_variant(compare.main(uri, "compare_padding", "latest", out))
+
+    # The sweep's variants and keys are as without the reference (its params do not count).
+    assert summary.attrs["keys"] == ["batching", "masking"]
+    assert list(summary.index) == ["reference", "bucket/mask_zero", "per_batch/none"]
+    reference = summary.loc["reference"]
+    assert reference["n"] == 1 and reference["test_accuracy_mean"] == pytest.approx(0.95)
+    assert newest in set(pd.read_csv(out / "runs.csv")["run_id"])  # the newest stands for it
+    # Above every trained variant, yet the best is the best trained one, tested against it.
+    assert summary.loc["bucket/mask_zero", "vs_best"] == "best"
+    assert summary.loc["per_batch/none", "test"] == compare.PAIRED  # as without the reference
+    assert (reference["test"], reference["vs_best"]) == (compare.ONE_SAMPLE, "significant")
+    assert reference["note"] == ""  # same data as the sweep; one fit is no shortcoming
+    printed = capsys.readouterr().out
+    assert "Best by mean test accuracy: **bucket/mask_zero**" in printed
+    assert "| reference | - | 1 | 0.950 |" in printed and "(one-sample)" in printed
+
+    # A reference on other data is flagged, and its values do not become variant keys.
+    log_reference(uri, tmp_path, 0.60, "data.limit=100")
+    summary = by_variant(compare.main(uri, "compare_padding", "latest", out))
+    assert "other data than the trained runs: data.limit=100" in summary.loc["reference", "note"]
+    assert summary.attrs["keys"] == ["batching", "masking"]
+    assert set(summary.index) == {"reference", "bucket/mask_zero", "per_batch/none"}

@@ -1,5 +1,5 @@
-"""Entry points: `textclf train|resume|compare|bench|predict|evaluate [hydra overrides]`, one
-Hydra app each (`resume` is `train` again, in an interrupted run's folder with its overrides).
+"""Entry points: `textclf train|resume|baseline|compare|bench|predict|evaluate [hydra overrides]`,
+one Hydra app each (`resume` is `train` again, in an interrupted run's folder with its overrides).
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -161,13 +161,21 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
-    from . import pipeline, sweep, tracking
+def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
+    """A run's config-group choices as `choice.<group>` tags (what `make compare` groups by),
+    and the commit it ran."""
+    from . import tracking
 
-    config = to_object(cfg)
     tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
             if not k.startswith("hydra") and v is not None}
-    tags["git_commit"] = tracking.git_commit(ROOT)
+    return tags | {"git_commit": tracking.git_commit(ROOT)}
+
+
+def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+    from . import pipeline, sweep
+
+    config = to_object(cfg)
+    tags = _choice_tags(hydra_cfg)
     params = {k: v for k, v in flatten(cfg).items()
               if k != "bench" and k != "train.resume"}  # how, not what, is trained
     if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
@@ -177,6 +185,13 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         config = sweep.resumable(config)
     metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     return metrics[f"best_{config.optimized_metric}"]
+
+
+@task_wrapper
+def baseline(cfg: DictConfig) -> None:
+    from . import baseline as reference
+
+    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get()))
 
 
 @task_wrapper
@@ -220,6 +235,7 @@ def evaluate(cfg: DictConfig) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
     "resume": ("config", train),
+    "baseline": ("baseline", baseline),
     "compare": ("compare", compare),
     "predict": ("predict", predict),
     "evaluate": ("evaluate_model", evaluate),
@@ -266,6 +282,7 @@ USAGE = """usage: textclf {commands} [hydra overrides]
   e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128
   textclf resume [run folder]   continues an interrupted run (default: the newest)
   textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish
+  textclf baseline data=...   the reference (TF-IDF + logistic regression) on a run's split
   textclf log-model <run folder>   logs a trained run whose tracking server was away
   textclf train --help   lists the config groups and their options"""
 

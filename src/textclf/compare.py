@@ -9,6 +9,10 @@ significantly below the best variant's (paired t-test when both ran the same see
 otherwise). One run per variant still gives a table, flagged as having no interval. The files
 (the table, its CSV, a per-run CSV and figures) go to `out_dir` and, for a sweep, onto the
 sweep's parent run.
+
+The experiment's newest finished `make baseline` run (tag reference=true) joins every
+comparison as the variant `reference`: the yardstick, never the best, one deterministic fit on
+the runs' split, which the best variant's runs are tested against (one-sample t-test).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ CSV_COLUMNS = ["variant", "n",
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci95")),
                "p_vs_best", "test", "vs_best", "note"]
 SINGLE = "single run: no interval"
-PAIRED, WELCH = "paired t-test", "Welch's t-test"
+PAIRED, WELCH, ONE_SAMPLE = "paired t-test", "Welch's t-test", "one-sample t-test"
+REFERENCE = "reference"  # the variant name of a `make baseline` run
+REFERENCE_TAG = "tags.reference"  # "true" on it
 
 
 class CompareError(ValueError):
@@ -62,9 +68,10 @@ def select_runs(uri: str, experiment: str, sweep: str) -> tuple[pd.DataFrame, st
     parent_col = f"tags.{tracking.PARENT_TAG}"
     runs = runs.reindex(
         columns=[
-            *runs.columns.difference([parent_col, "tags.sweep_dir"]),
+            *runs.columns.difference([parent_col, "tags.sweep_dir", REFERENCE_TAG]),
             parent_col,
             "tags.sweep_dir",
+            REFERENCE_TAG,
         ]
     )
     parents = runs[runs["tags.sweep_dir"].notna()]
@@ -78,18 +85,27 @@ def select_runs(uri: str, experiment: str, sweep: str) -> tuple[pd.DataFrame, st
     elif sweep != "all":
         parent = sweep
     chosen = runs[runs[parent_col] == parent] if parent else runs.drop(parents.index)
+    chosen = chosen[~is_reference(chosen)]
     if not (chosen["status"] == "FINISHED").any():
         raise CompareError(
             f"no finished training run in {'sweep ' + parent if parent else experiment}."
         )
-    return chosen, parent
+    # A rerun of the deterministic reference adds nothing: the newest one stands for it.
+    reference = runs[is_reference(runs) & (runs["status"] == "FINISHED")]
+    return pd.concat([chosen, reference.sort_values("start_time").tail(1)]), parent
+
+
+def is_reference(runs: pd.DataFrame) -> pd.Series:
+    """Which runs are `make baseline`'s (tag reference=true)."""
+    return runs.get(REFERENCE_TAG, pd.Series(None, index=runs.index, dtype=object)).eq("true")
 
 
 def variant_keys(runs: pd.DataFrame) -> list[str]:
     """Columns that tell variants apart: the group choices and params that differ between
     runs, except the seed, bookkeeping, and a group's params that follow from its choice (the
     `batching.*` values a `batching=` option sets; `batching.padding_side` swept on its own
-    still counts)."""
+    still counts). Read from the trained runs alone: the reference has none of their params."""
+    runs = runs[~is_reference(runs)]
     choices = sorted(c for c in runs.columns if c.startswith("tags.choice."))
     params = sorted(c for c in runs.columns
                     if c.startswith("params.") and c.removeprefix("params.") not in IGNORED)
@@ -104,10 +120,13 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Each run's variant name: its key values joined by `/`."""
+    """Each run's variant name: its key values joined by `/` (the reference: `reference`)."""
     if not keys or runs.empty:
-        return pd.Series("all runs", index=runs.index, dtype=str)
-    return runs.reindex(columns=keys).astype(object).fillna("-").astype(str).agg("/".join, axis=1)
+        names = pd.Series("all runs", index=runs.index, dtype=object)
+    else:
+        names = (runs.reindex(columns=keys).astype(object).fillna("-").astype(str)
+                 .agg("/".join, axis=1))
+    return names.mask(is_reference(runs), REFERENCE)
 
 
 def key_names(keys: list[str]) -> list[str]:
@@ -149,6 +168,29 @@ def versus(best: pd.Series, other: pd.Series) -> tuple[float, str]:
     return float(stats.ttest_ind(best, other, equal_var=False).pvalue), WELCH
 
 
+def versus_value(best: pd.Series, value: float) -> tuple[float, str]:
+    """p-value (two-sided) of the best variant's values against one fixed value: the
+    reference, a deterministic fit on the split every run shares (one-sample t-test)."""
+    best = best.dropna()
+    if len(best) < 2 or math.isnan(value):
+        return math.nan, ""
+    if best.std() == 0:
+        return (1.0 if best.iloc[0] == value else 0.0), ONE_SAMPLE
+    return float(stats.ttest_1samp(best, value).pvalue), ONE_SAMPLE
+
+
+def other_data(runs: pd.DataFrame) -> list[str]:
+    """The reference's `data.*` params whose value no trained run has: it saw other rows."""
+    finished = runs[runs["status"] == "FINISHED"]
+    reference, trained = finished[is_reference(finished)], finished[~is_reference(finished)]
+    if reference.empty:
+        return []
+    own = reference.iloc[-1]
+    return [f"{c.removeprefix('params.')}={own[c]}" for c in finished.columns
+            if c.startswith("params.data.") and pd.notna(own[c]) and trained[c].notna().any()
+            and own[c] not in set(trained[c].dropna())]
+
+
 def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per finished run (the per-run CSV): its variant's key values and name, seed,
     run id and metrics; and the variant keys found."""
@@ -156,6 +198,10 @@ def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keys = variant_keys(finished)
     frame = finished[keys].astype(object).fillna("-").astype(str)
     frame = frame.set_axis(key_names(keys), axis=1)
+    reference = is_reference(finished)
+    if keys and reference.any():  # its name in the first key column, where the table shows it
+        frame.loc[reference, :] = "-"
+        frame.loc[reference, frame.columns[0]] = REFERENCE
     frame["variant"] = labels(finished, keys)
     missing = pd.Series(np.nan, index=finished.index)
     frame["seed"] = pd.to_numeric(finished.get(f"params.{SEED}", missing), errors="coerce")
@@ -187,19 +233,28 @@ def summarize(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         ["test_accuracy_mean", "train_reviews_per_s_mean"], ascending=False, na_position="last"
     ).reset_index(drop=True)
 
-    best = summary["variant"].iloc[0]
-    most = summary["n"].max()
+    trained = summary[summary["variant"] != REFERENCE]
+    best = (trained if len(trained) else summary)["variant"].iloc[0]  # the reference is not
+    most = (trained if len(trained) else summary)["n"].max()  # a candidate, but a yardstick
+    differs = other_data(runs)
     verdicts, tests, pvalues, notes = [], [], [], []
     for row in summary.itertuples(index=False):
         note = []
-        if row.n < 2:
+        reference = row.variant == REFERENCE and row.variant != best
+        if reference and differs:
+            note.append(f"other data than the trained runs: {', '.join(differs)}")
+        if row.n < 2 and not reference:
             note.append(SINGLE)
-        if row.n < most:
+        if row.n < most and not reference:
             note.append(f"fewer runs than the others ({row.n} of {most})")
         if row.unfinished:
             note.append(f"{row.unfinished} run(s) not finished, left out")
-        p, test = (math.nan, "") if row.variant == best else versus(accuracy[best],
-                                                                     accuracy[row.variant])
+        if row.variant == best:
+            p, test = math.nan, ""
+        elif reference:
+            p, test = versus_value(accuracy[best], accuracy[REFERENCE].iloc[-1])
+        else:
+            p, test = versus(accuracy[best], accuracy[row.variant])
         if row.variant == best:
             verdict = "best"
         elif math.isnan(p):
@@ -229,16 +284,21 @@ def _cell(summary: pd.Series, metric: str) -> str:
 def markdown(summary: pd.DataFrame) -> str:
     """What was compared and how, then the table: mean ± 95% CI half-width per metric."""
     names, alpha = summary.attrs["keys"], summary.attrs["alpha"]
-    tests = set(summary["test"]) - {""}
+    tests = set(summary["test"]) - {"", ONE_SAMPLE}
     test = {
         frozenset({PAIRED}): f"{PAIRED} (the variants ran the same seeds)",
         frozenset({WELCH}): f"{WELCH} (unequal variances; the seed sets differ)",
         frozenset({PAIRED, WELCH}): f"{PAIRED} where both variants ran the same seeds, "
                                     f"{WELCH} otherwise",
     }.get(frozenset(tests), "no test (fewer than two runs)")
+    if ONE_SAMPLE in set(summary["test"]):
+        test += (f"; `{REFERENCE}` (TF-IDF + logistic regression, `make baseline`: one "
+                 f"deterministic fit on the same split) by a {ONE_SAMPLE} of the best's runs "
+                 "against its value")
     seeds = summary.attrs["seeds"]
+    best = summary.loc[summary["vs_best"] == "best", "variant"].iloc[0]
     lines = [
-        f"Best by mean test accuracy: **{summary['variant'].iloc[0]}**. Cells: mean ± 95% "
+        f"Best by mean test accuracy: **{best}**. Cells: mean ± 95% "
         "confidence interval half-width (Student t, n − 1 degrees of freedom) over the runs "
         f"of each variant (seeds {', '.join(seeds) if seeds else 'not logged'}).",
         f"`vs best`: the difference in test accuracy from the best variant, {test}, "
@@ -254,7 +314,7 @@ def markdown(summary: pd.DataFrame) -> str:
             verdict = "–"
         else:
             mark = "≈ " if row["vs_best"] == "not significant" else ""
-            test = "paired" if row["test"] == PAIRED else "Welch"
+            test = {PAIRED: "paired", WELCH: "Welch", ONE_SAMPLE: "one-sample"}[row["test"]]
             verdict = f"{mark}p = {row['p_vs_best']:.3f} ({test})"
         cells = [*(str(row[n]) for n in names), str(row["n"]),
                  *(_cell(row, m) for m in METRICS), verdict, row["note"]]
@@ -290,7 +350,8 @@ def _palette(values) -> dict:
 
 def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per-metric intervals for every variant (sorted, one row each, so 32 stay readable);
-    accuracy vs throughput and accuracy by review length, variants as facet/colour/marker."""
+    accuracy vs throughput and accuracy by review length, variants as facet/colour/marker and
+    the reference (it has no throughput) as a dashed line in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +373,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
         ax.scatter(order[f"{metric}_mean"], y, c=[status[v] for v in order["vs_best"]], zorder=3)
         ax.set(xlabel=METRICS[metric] + " (mean ± 95% CI)")
         ax.grid(axis="x", alpha=0.3)
-    best = summary.iloc[0]
+    best = summary[summary["vs_best"] == "best"].iloc[0]
     if not pd.isna(best["test_accuracy_ci95"]):
         axes[0][0].axvspan(best["test_accuracy_mean"] - best["test_accuracy_ci95"],
                            best["test_accuracy_mean"] + best["test_accuracy_ci95"],
@@ -326,9 +387,12 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     plt.close(fig)
     paths = [out_dir / "comparison.png"]
 
-    summary = summary.copy()
+    reference = summary[summary["variant"] == REFERENCE]
+    summary, attrs = summary[summary["variant"] != REFERENCE].copy(), summary.attrs
+    summary.attrs = attrs
     facet, colour, marker, marker_name = _styles(summary)
-    facets = sorted(summary[facet].unique()) if facet else [None]
+    facets = (sorted(summary[facet].unique()) if facet else None) or [None]
+    dashed = {"ls": "--", "color": "black", "lw": 1}
     colours = _palette(sorted(summary[colour].unique())) if colour else {}
     markers = ({v: MARKERS[i % len(MARKERS)]
                 for i, v in enumerate(sorted(summary[marker].unique()))} if marker else {})
@@ -342,6 +406,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
                    for v, c in colours.items()]
         handles += [Line2D([], [], marker=m, ls="", color="black", label=f"{marker_name}={v}")
                     for v, m in markers.items()]
+        handles += [Line2D([], [], **dashed, label=REFERENCE)] if len(reference) else []
         if handles:
             fig.legend(handles=handles, loc="outside right upper", fontsize=8)
 
@@ -370,6 +435,8 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
                         xerr=np.nan_to_num(row["train_reviews_per_s_ci95"]),
                         yerr=np.nan_to_num(row["test_accuracy_ci95"]), ls="", capsize=2,
                         markersize=7, alpha=0.8, **style(row))
+        for accuracy in reference["test_accuracy_mean"]:
+            ax.axhline(accuracy, **dashed)
         ax.set(xlabel="training reviews / s (steady state)")
     save(fig, axes, "accuracy_vs_throughput.png")
 
@@ -389,6 +456,8 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
                 if row["variant"] in means.index:
                     ax.plot(range(len(names)), means.loc[row["variant"]].to_numpy(), alpha=0.8,
                             **style(row))
+            if len(reference) and REFERENCE in means.index:
+                ax.plot(range(len(names)), means.loc[REFERENCE].to_numpy(), **dashed)
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
             ax.set(xlabel="review length (tokens)")
         save(fig, axes, "accuracy_by_length.png")

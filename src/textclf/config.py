@@ -376,6 +376,27 @@ class EvaluateModelConfig(ModelChoice):
         one_of(self.split, "split", ("test", "all"))
 
 
+@dataclass
+class BaselineConfig:
+    """`textclf baseline`: the reference model (TF-IDF n-grams + logistic regression) on the
+    split a training run with the same `data.*` uses; `tokenize.*` as that run's, since its
+    tokenizer decides which rows a run drops and how long each test review counts."""
+
+    data: DataConfig = MISSING
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # inverse regularisation strengths tried; the one of best validation accuracy is kept
+    C_grid: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0])
+    max_iter: int = 2000  # lbfgs iterations per fit
+    output_dir: str = MISSING
+
+    def __post_init__(self) -> None:
+        check(len(self.C_grid) > 0 and all(c > 0 for c in self.C_grid), "C_grid",
+              f"must be one or more values > 0, got {list(self.C_grid)}")
+        check(self.max_iter > 0, "max_iter", f"must be > 0, got {self.max_iter}")
+
+
 def register() -> None:
     """Make the schemas available to the defaults lists of `conf/*.yaml` (each model's own
     registers with it: `models.register`)."""
@@ -384,6 +405,7 @@ def register() -> None:
     store.store(name="config_schema_compare", node=CompareConfig)
     store.store(name="config_schema_predict", node=PredictConfig)
     store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
+    store.store(name="config_schema_baseline", node=BaselineConfig)
 
 
 def to_object(cfg: DictConfig) -> Config:

@@ -9,7 +9,7 @@ import pytest
 
 from textclf.models.fused import FusedLSTM, fused_copy
 
-from .conftest import build_lstm, small_model
+from .conftest import build_lstm, lstm_layers, small_model
 
 VOCAB = 40
 
@@ -42,8 +42,8 @@ def pair(masking: str, side: str, **kw) -> tuple[keras.Model, keras.Model]:
 )
 def test_same_outputs_as_keras_lstm(masking, side, pooling):
     reference, other = pair(masking, side, pooling=pooling, bidirectional=True)
-    assert all(isinstance(layer, FusedLSTM) for layer in _lstm_layers(other))
-    assert not any(isinstance(layer, FusedLSTM) for layer in _lstm_layers(reference))
+    assert all(isinstance(layer, FusedLSTM) for layer in lstm_layers(other))
+    assert not any(isinstance(layer, FusedLSTM) for layer in lstm_layers(reference))
     x = ragged_batch(side)
     np.testing.assert_allclose(
         other.predict_on_batch(x), reference.predict_on_batch(x), rtol=1e-5, atol=1e-6
@@ -80,16 +80,6 @@ def test_fused_rejects_a_mask_with_holes():
         layer(x, mask=np.array([[True, False, True, False]]))
 
 
-def _lstm_layers(net: keras.Model) -> list[keras.layers.Layer]:
-    layers = []
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.Bidirectional):
-            layers += [layer.forward_layer, layer.backward_layer]
-        elif isinstance(layer, keras.layers.LSTM):
-            layers.append(layer)
-    return layers
-
-
 @pytest.mark.parametrize("side", ["post", "pre"])
 @pytest.mark.parametrize("masking, bidirectional", [
     ("mask_zero", True), ("explicit", False), ("masking_layer", True), ("none", False)])
@@ -101,8 +91,8 @@ def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidire
                       pooling="concat")
     trained = build_lstm(VOCAB, 3, cfg, side)
     served = fused_copy(trained)
-    assert _lstm_layers(served) and all(type(layer) is FusedLSTM for layer in _lstm_layers(served))
-    assert not any(type(layer) is FusedLSTM for layer in _lstm_layers(trained))
+    assert lstm_layers(served) and all(type(layer) is FusedLSTM for layer in lstm_layers(served))
+    assert not any(type(layer) is FusedLSTM for layer in lstm_layers(trained))
     assert served.get_layer("embedding") is trained.get_layer("embedding")
     x = ragged_batch(side)
     expected = trained.predict_on_batch(x)

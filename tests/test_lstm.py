@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from textclf.models import lstm
 
-from .conftest import build_lstm, small_model
+from .conftest import build_lstm, lstm_layers, small_model
 
 VOCAB = 50
 MASKED = ["mask_zero", "masking_layer", "explicit"]
@@ -126,16 +126,6 @@ def test_concat_pooling_survives_save_and_load(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
     x = pad([3, 14, 15], 4, "post")
     np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-7)
-
-
-def lstm_layers(net: keras.Model) -> list[keras.layers.LSTM]:
-    found = []
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.Bidirectional):
-            found += [layer.forward_layer, layer.backward_layer]
-        elif isinstance(layer, keras.layers.LSTM):
-            found.append(layer)
-    return found
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -246,3 +246,16 @@ def test_the_usage_line_names_every_command(capsys):
     usage = capsys.readouterr().out.splitlines()[0]
     for command in [*cli.COMMANDS, "log-model"]:
         assert command in usage, command
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_made_is_named_before_hydra_starts(tmp_path, key):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["train", *(["--multirun"] if key == "hydra.sweep.dir" else []),
+            f"{key}={blocker / 'run'}", *quick(tmp_path)]
+    done = textclf(*args, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert f"cannot create or write the output folder {blocker / 'run'}" in output
+    assert "Traceback" not in output and not (tmp_path / "mlflow.db").exists()

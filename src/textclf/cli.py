@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -287,6 +288,25 @@ USAGE = """usage: textclf {commands} [hydra overrides]
   textclf train --help   lists the config groups and their options"""
 
 
+def _check_output_folders(overrides: list[str]) -> None:
+    """Hydra creates the run or sweep folder before any of our code runs, and a folder it
+    cannot create ends in its own traceback: check the folders named on the command line (or
+    the default outputs/) first, and say which one and what to do."""
+    named = [a.split("=", 1)[1] for a in overrides
+             if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for folder in map(Path, named or [str(ROOT / "outputs")]):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            log.error("textclf: cannot create or write the output folder %s (%s); give one "
+                      "you can write: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for a "
+                      "sweep), or TEXTCLF_ROOT=<project folder>", folder,
+                      error.strerror or error)
+            raise SystemExit(2) from None
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "log-model":
@@ -306,6 +326,7 @@ def main() -> None:
         rest = resume.arguments(rest, ROOT / "outputs")
     if config_name in ("config", "bench"):
         from . import models  # noqa: F401  (registers each model's config schema)
+        _check_output_folders(rest)
     sys.argv = [f"textclf-{args[0]}", *rest]
     try:
         hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()

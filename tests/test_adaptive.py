@@ -80,6 +80,56 @@ def test_long_texts_train_until_validation_loss_stops_falling(make_config, tmp_p
     assert result["test_accuracy"] > 0.5  # four classes: chance is 1/4
 
 
+def memorisable(n: int, seed: int) -> list[tuple[str, str]]:
+    """3 topics with reliable cue words among filler, 10% of labels replaced at random: the
+    n-gram branch learns every training row (noise included) within two epochs, and then
+    validation loss keeps falling by under 1% an epoch at flat accuracy."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 3
+        words = [rng.choice(FILLER) for _ in range(rng.randint(20, 40))]
+        for _ in range(4):
+            words.insert(rng.randrange(len(words) + 1), f"cue{label}x{rng.randrange(8)}")
+        rows.append((" ".join(words), f"class{rng.randrange(3) if rng.random() < 0.1 else label}"))
+    return rows
+
+
+def test_training_stops_soon_after_the_training_set_is_memorised(make_config, tmp_path):
+    data = write_csv(tmp_path / "data.csv", memorisable(900, seed=0))
+    cfg = make_config("data=csv", f"data.path={data}", *SMALL)
+    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    history = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name),
+                                              key=lambda m: m.step)]
+               for name in ("accuracy", "val_loss")}
+    memorised = next(e for e, accuracy in enumerate(history["accuracy"]) if accuracy >= 0.99)
+    assert memorised <= 2, history["accuracy"]  # epoch 2 or 3 here: what the test is about
+    # an absolute threshold of 0.001 let it go on to epoch 16 here: val_loss, ~0.94 with the
+    # noisy labels, fell by 0.002-0.004 an epoch
+    assert metrics["epochs_run"] <= memorised + 1 + 4, history
+    assert metrics["epochs_run"] < metrics["epoch_limit"]
+    reason = run.data.tags["stop_reason"]
+    assert reason.startswith("early_stopping: val_loss fell by less than train.min_delta=0.01 ")
+    assert reason.endswith(f"after epoch {int(metrics['best_epoch'])}")
+    kept = history["val_loss"][int(metrics["best_epoch"]) - 1]
+    assert metrics["best_val_loss"] == pytest.approx(kept)
+    later = history["val_loss"][int(metrics["best_epoch"]):]
+    assert later and all(loss > kept * 0.99 for loss in later)  # none counted as progress
+
+
+def test_the_best_epoch_and_the_stop_reason_follow_early_stoppings_rule():
+    assert train.best_epoch([0.9, 0.8, 0.796, 0.790], 0.01) == 3  # 0.5% doesn't count, 1.25% does
+    assert train.best_epoch([0.9, 0.8, 0.796, 0.795], 0.01) == 1
+    assert train.best_epoch([0.9, 0.8, 0.796, 0.795], 0.0) == 3
+    cfg = TrainConfig(epochs=100, max_steps=4000)
+    assert train.stop_reason(20, 3, cfg, 200) == ("max_steps: train.max_steps=4000 optimizer "
+                                                  "steps (20 epochs)")
+    assert train.stop_reason(7, 4, cfg, 200).endswith("for train.patience=2 epochs after epoch 5")
+    assert train.stop_reason(100, 99, cfg, 10) == "epochs: train.epochs=100"
+
+
 def test_short_texts_get_batches_of_at_most_max_batch_rows():
     """The token budget alone would put 32,000 / 10 = 3,200 ten-token texts in a batch."""
     spec = BatchingConfig(strategy="bucket")

@@ -28,7 +28,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     out = tmp_path / "bench"
     done = textclf("bench", "--quick", "data=csv", f"data.path={data}", f"bench.out_dir={out}",
                    f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "model.units=8",
-                   "model.embedding_dim=16", "tokenize.vocab_size=200",
+                   "model.embedding_dim=16", "tokenize.vocab_size=200", "bench.fixed_length=40",
                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -49,6 +49,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert report["strategies"]["exact"]["padding_efficiency"] > (
         report["strategies"]["per_batch"]["padding_efficiency"])
     assert report["config"]["default"] == "bucket"
+    assert report["config"]["fixed_length"] == 40 and "pads to 40 tokens" in done.stdout
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
     inference = report["inference"]
     assert inference["batch_reviews_per_s"] > 0 and inference["unsorted_reviews_per_s"] > 0

@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -46,7 +45,7 @@ def test_a_damaged_checkpoint_is_one_message_naming_it_and_the_ways_on(tmp_path,
     path = tmp_path / RunFolder.CHECKPOINT
     DAMAGES[damage](path)
     with pytest.raises(train.CheckpointMismatch) as error:
-        train.Checkpoint(path, keras.callbacks.EarlyStopping(), train.Timer())
+        train.Checkpoint(path, train.EarlyStopping(2, 0.0), train.Timer())
     message = str(error.value)
     assert f"the checkpoint {path} is damaged" in message
     assert f"rm {path}" in message and "without train.resume" in message

@@ -131,7 +131,7 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
     with pytest.raises(KeyboardInterrupt):
         train.fit(build(), shuffled, val, 4, quiet_training(epochs=5, patience=5),
                   callbacks=[StopAt(stop_at)], checkpoint=path)
-    assert train.Checkpoint(path, keras.callbacks.EarlyStopping(), train.Timer()).epoch == stop_at
+    assert train.Checkpoint(path, train.EarlyStopping(2, 0.0), train.Timer()).epoch == stop_at
 
     resumed = build()  # a new process would rebuild the model just so
     got = train.fit(resumed, shuffled, val, 4, quiet_training(epochs=5, patience=5),

@@ -123,6 +123,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
                    "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
                    "max_length": cfg.tokenize.max_length, "default": default,
+                   "fixed_length": strategies["fixed"].max_length,
                    "serve_lstm": cfg.model.serve_lstm,
                    "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
         "tokenize": {"vectorize_seconds": vectorize_seconds,
@@ -270,7 +271,8 @@ def markdown(report: dict) -> str:
     m, c = report["machine"], report["config"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
              f"Keras {m['keras']}. {c['train_reviews']} training reviews, batch {c['batch_size']}, "
-             f"{c['steps']} steps × {c['repeats']} repeats, medians.", "",
+             f"{c['steps']} steps × {c['repeats']} repeats, medians; `fixed` pads to "
+             f"{c['fixed_length']} tokens.", "",
              "| strategy | reviews/s | real tokens/s | × fixed | × per_batch | padding eff. "
              "| model GFLOP/s | utilisation | pipeline reviews/s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]

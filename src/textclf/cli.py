@@ -213,9 +213,12 @@ def bench(cfg: DictConfig) -> None:
     config = to_object(cfg)
     same = [f"batching.batch_size={config.batching.batch_size}",
             f"batching.padding_side={config.batching.padding_side}"]
+    length = config.bench.fixed_length
+    fixed = [f"batching.max_length={length}"] if length else []
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
-    strategies = {name: OmegaConf.to_object(
-        compose("bench", overrides=[f"batching={name}", *same]).batching) for name in names}
+    strategies = {name: OmegaConf.to_object(compose("bench", overrides=[
+        f"batching={name}", *same, *(fixed if name == "fixed" else [])]).batching)
+        for name in names}
     benchmark.run(config, strategies)
 
 

@@ -196,6 +196,10 @@ def run(
         class_names = dataset.class_names
         net = build(cfg, tokens, len(class_names), strategy)
         fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint)
+        log.info("training stopped after %d epochs: %s", len(fitted.epoch_seconds),
+                 fitted.stop_reason)
+        mlrun.set_tags({"stop_reason": fitted.stop_reason})
+        folder.add_tags({"stop_reason": fitted.stop_reason})
 
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)

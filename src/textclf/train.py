@@ -1,4 +1,5 @@
-"""Compile and fit: early stopping on validation loss with the best weights restored.
+"""Compile and fit: early stopping on validation loss (a fall of at least `min_delta` counts)
+with the best weights restored.
 
 Also measures what the padding comparison needs: seconds per epoch and the steady-state
 training time (the first, compiling step excluded), and keeps a checkpoint after every epoch
@@ -114,6 +115,7 @@ class Fit:
     steady_seconds: list[float]
     steps: list[int]
     best_epoch: int
+    stop_reason: str  # why training ended: see `stop_reason`
 
     def rate(self, per_step: float) -> float:
         """Units (reviews or tokens) per steady-state second, given their mean per step."""
@@ -199,6 +201,32 @@ class CheckpointMismatch(RuntimeError):
     """The checkpoint does not fit the model (another configuration wrote it) or is unreadable."""
 
 
+class EarlyStopping(keras.callbacks.Callback):
+    """Keras' `EarlyStopping(monitor="val_loss", restore_best_weights=True)`, with its threshold
+    relative: a new best must lie `min_delta` (a fraction) below the last one. Keras' absolute
+    `min_delta` means one thing at a loss of 0.9 (many classes, noisy labels) and another at
+    0.05; a val_loss that falls by 0.3% an epoch at flat accuracy is not learning."""
+
+    def __init__(self, patience: int, min_delta: float):
+        super().__init__()
+        self.patience, self.min_delta = patience, min_delta
+        self.wait, self.best, self.best_epoch, self.best_weights = 0, None, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float(logs["val_loss"])
+        if self.best is None or loss < self.best * (1 - self.min_delta):
+            self.wait, self.best, self.best_epoch = 0, loss, epoch
+            self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
 class Checkpoint(keras.callbacks.Callback):
     """The whole training state after the last completed epoch, in one `.npz` file.
 
@@ -208,7 +236,7 @@ class Checkpoint(keras.callbacks.Callback):
     leaves the previous epoch's file whole. Put it after the `EarlyStopping` it restores.
     """
 
-    def __init__(self, path: Path | None, stopper: keras.callbacks.EarlyStopping, timer: Timer):
+    def __init__(self, path: Path | None, stopper: EarlyStopping, timer: Timer):
         super().__init__()
         self.path, self.stopper, self.timer = path, stopper, timer
         self.history: dict[str, list[float]] = {}
@@ -338,9 +366,7 @@ def fit(
     """
     epochs = epoch_limit(cfg, steps_per_epoch)
     timer = Timer()
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-    )
+    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     state = Checkpoint(checkpoint, stopper, timer)
     state.restore_variables(model)
     if state.epoch:
@@ -362,5 +388,29 @@ def fit(
             callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
     losses = state.history.get("val_loss", [])
-    best = int(min(range(len(losses)), key=losses.__getitem__)) if losses else 0
-    return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best)
+    best = best_epoch(losses, cfg.min_delta)
+    return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best,
+               stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch))
+
+
+def best_epoch(val_losses: list[float], min_delta: float) -> int:
+    """The epoch whose weights `EarlyStopping` keeps: a new best only when the loss falls a
+    fraction `min_delta` below the previous best (the lowest loss may come later)."""
+    best = 0
+    for epoch, loss in enumerate(val_losses):
+        if loss < val_losses[best] * (1 - min_delta):
+            best = epoch
+    return best
+
+
+def stop_reason(epochs_run: int, best_epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> str:
+    """Why training ended after `epochs_run` epochs: early stopping (fewer epochs than the
+    limit: interruptions and divergence raise instead), `max_steps` or `epochs`."""
+    limit = epoch_limit(cfg, steps_per_epoch)
+    if epochs_run < limit:
+        return (f"early_stopping: val_loss fell by less than train.min_delta={cfg.min_delta:g} "
+                f"of its best for train.patience={cfg.patience} epochs after epoch "
+                f"{best_epoch + 1}")
+    if limit < cfg.epochs:
+        return f"max_steps: train.max_steps={cfg.max_steps} optimizer steps ({limit} epochs)"
+    return f"epochs: train.epochs={cfg.epochs}"

@@ -8,7 +8,7 @@ EXTRAS ?= dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep evidence tune baseline compare evaluate predict bench ui server postgres browser test test-fast test-rest lint clean
+.PHONY: help install train resume sweep evidence tune baseline compare evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or 
 
 bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS="--quick" for a smoke test)
 	$(BIN)/textclf bench $(ARGS)
+
+gpu-check: ## On a GPU: train post/pre masked LSTMs, say if cuDNN ran, compare saved models' GPU/CPU answers
+	$(BIN)/python -m textclf.gpu_check
 
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}

@@ -14,7 +14,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import keras
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -69,17 +68,6 @@ def small_model(**kw) -> LstmConfig:
     """A one-direction LSTM alone, without dropout unless asked: small, deterministic test
     models."""
     return LstmConfig(**{"bidirectional": False, "dropout": 0.0, "ngram_branch": False} | kw)
-
-
-def lstm_layers(net) -> list:
-    """Every LSTM layer of `net`, both directions of a Bidirectional one."""
-    found = []
-    for layer in net.layers:
-        if isinstance(layer, keras.layers.Bidirectional):
-            found += [layer.forward_layer, layer.backward_layer]
-        elif isinstance(layer, keras.layers.LSTM):
-            found.append(layer)
-    return found
 
 
 def build_lstm(vocab_size: int, num_classes: int, cfg: LstmConfig, padding_side: str = "post"):

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from textclf.models.fused import FusedLSTM, fused_copy
+from textclf.models.fused import FusedLSTM, fused_copy, lstm_layers
 
-from .conftest import build_lstm, lstm_layers, small_model
+from .conftest import build_lstm, small_model
 
 VOCAB = 40
 

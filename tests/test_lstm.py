@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textclf.models import lstm
+from textclf.models.fused import fused_copy, lstm_layers
 
-from .conftest import build_lstm, lstm_layers, small_model
+from .conftest import build_lstm, small_model
 
 VOCAB = 50
 MASKED = ["mask_zero", "masking_layer", "explicit"]
@@ -129,27 +130,32 @@ def test_concat_pooling_survives_save_and_load(tmp_path):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("masking", [*MASKED, "none"])
 def test_a_left_padded_masked_model_keeps_cudnn_off_when_cloned_fused_and_reloaded(
-        tmp_path, bidirectional):
+        tmp_path, masking, bidirectional):
     """cuDNN takes only right-padded masks; Keras' own LSTM config forgets `use_cudnn=False`,
     so a clone, the fused serving copy or a reloaded model.keras would take cuDNN on a GPU and
-    fail. Checked on CPU: what each copy's layers carry."""
-    from textclf.models.fused import fused_copy
+    fail. Checked on CPU: what every LSTM layer of each copy carries, both directions of a
+    Bidirectional one (Keras rebuilds the backward layer from the forward one's config)."""
 
     def copies(side: str) -> dict[str, keras.Model]:
-        trained = build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=4,
+        trained = build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=4, masking=masking,
                                                     bidirectional=bidirectional), side)
-        nets = {"trained": trained, "cloned": keras.models.clone_model(trained),
-                "fused": fused_copy(trained)}
+        nets = {"trained": trained, "fused": fused_copy(trained)}
         for name in ("trained", "fused"):
+            nets[f"{name}, cloned"] = keras.models.clone_model(nets[name])
             nets[name].save(tmp_path / f"{side}-{name}.keras")
-            nets[f"{name}, reloaded"] = keras.models.load_model(
-                tmp_path / f"{side}-{name}.keras", compile=False, safe_mode=True)
+            reloaded = keras.models.load_model(tmp_path / f"{side}-{name}.keras", compile=False,
+                                               safe_mode=True)
+            nets[f"{name}, reloaded"] = reloaded
+            nets[f"{name}, reloaded and cloned"] = keras.models.clone_model(reloaded)
+        nets["reloaded, then fused"] = fused_copy(nets["trained, reloaded"])
         return nets
 
-    for name, net in copies("pre").items():
-        layers = lstm_layers(net)
-        assert len(layers) == (2 if bidirectional else 1), name
-        assert all(layer.use_cudnn is False for layer in layers), name
-    for name, net in copies("post").items():  # right padding keeps the fast kernel
-        assert all(layer.use_cudnn == "auto" for layer in lstm_layers(net)), name
+    # right padding, and left padding without a mask, keep the fast kernel
+    off = False if masking != "none" else "auto"
+    for side, expected in (("pre", off), ("post", "auto")):
+        for name, net in copies(side).items():
+            layers = lstm_layers(net)
+            assert len(layers) == (2 if bidirectional else 1), (side, name)
+            assert [layer.use_cudnn for layer in layers] == [expected] * len(layers), (side, name)

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from textclf import inference, models, pipeline, tracking
 from textclf.config import ModelConfig, flatten, to_object
+from textclf.models.fused import FusedLSTM, lstm_layers
 from textclf.run_folder import RunFolder
 
 from .conftest import compose_config, reviews, write_csv
@@ -102,9 +103,16 @@ def test_the_exported_model_runs_the_lstm_serve_lstm_names(request, trained, ser
 def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config, tmp_path,
                                                                        masking):
     """Random batches padded to their longest review: a masked model's single-review answers
-    are the batched ones up to float noise; an unmasked one's move with the padding."""
+    are the batched ones up to float noise; an unmasked one's move with the padding. The
+    exported model.keras keeps cuDNN off in both directions where the left-padded input is
+    masked (cuDNN takes only right-padded masks)."""
     metrics, _ = train_here(make_config, tmp_path, "batching=per_batch",
-                            "batching.padding_side=pre", f"model.masking={masking}")
+                            "batching.padding_side=pre", f"model.masking={masking}",
+                            "model.bidirectional=true")
+    exported = inference.load_keras(tmp_path / "run" / "model.keras")
+    layers = lstm_layers(exported.layers[-1])
+    assert len(layers) == 2 and all(type(layer) is FusedLSTM for layer in layers)
+    assert {layer.use_cudnn for layer in layers} == {"auto" if masking == "none" else False}
     assert metrics["padding_efficiency"] < 0.8  # the batched evaluation saw much padding
     if masking == "none":
         assert metrics["served_max_abs_diff"] > 1e-3

@@ -43,8 +43,10 @@ class FusedLSTM(LSTM):
     gathered to its front, run, and the outputs put back where Keras' LSTM puts them (zeros
     before the first unmasked step, the last output repeated after the last one, states
     frozen over masked steps). That needs a mask without holes, which padding on either side
-    gives; any other mask is an error. GPUs, recurrent dropout and non-default activations
-    take Keras' own path.
+    gives; any other mask is an error. On a GPU, Keras' own path (cuDNN) runs unless
+    `use_cudnn=False` (left padding with a mask), where `BlockLSTM`'s GPU kernel runs the
+    aligned rows as on CPU (`make gpu-check` compares the answers); recurrent dropout and
+    non-default activations always take Keras' path.
     """
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -140,3 +142,14 @@ def fused_copy(net: keras.Model) -> keras.Model:
         if new is not old:
             new.set_weights(old.get_weights())
     return copy
+
+
+def lstm_layers(net: keras.Model) -> list[keras.layers.LSTM]:
+    """Every LSTM layer of `net`, both directions of a Bidirectional one."""
+    found = []
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            found += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.layers.LSTM):
+            found.append(layer)
+    return found

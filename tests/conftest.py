@@ -19,9 +19,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from textclf import models
-from textclf.cli import CONF_DIR, ROOT
+from textclf.cli import CONF_DIR, ROOT, register_schemas
 from textclf.config import BaselineConfig, Config, TrainConfig, to_object
 from textclf.models.lstm import LstmConfig
+
+register_schemas(with_models=True)  # as `textclf train` does: conf/model/*.yaml start from them
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 

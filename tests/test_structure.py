@@ -7,11 +7,13 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import omegaconf
 import pytest
 from omegaconf import OmegaConf
 
 from textclf import config, models
 from textclf.cli import CONF_DIR
+from textclf.tracking.models import INFERENCE_CODE
 
 SRC = Path(config.__file__).parent
 
@@ -87,6 +89,34 @@ def test_only_tracking_imports_mlflow_and_only_entry_points_see_hydra_configs():
     dictconfig_users = {n for n, t in MODULES.items()
                         if "DictConfig" in {getattr(x, "id", None) for x in ast.walk(t)}}
     assert dictconfig_users <= ENTRY_POINTS | {"config"}  # config turns it into dataclasses
+
+
+def carried_modules() -> set[str]:
+    """The modules of `INFERENCE_CODE`, the package's part the logged MLflow model carries."""
+    return {n for n in MODULES for part in INFERENCE_CODE
+            if n == part.removesuffix(".py") or n.startswith(part + ".")}
+
+
+def test_the_code_the_logged_model_carries_imports_only_itself():
+    """A module of it importing another of the package (even inside a function) would fail
+    where textclf is not installed."""
+    carried = carried_modules()
+    assert {"inference", "config", "models", "models.fused", "tokenize"} <= carried
+    outside = {n: project_imports(n) - carried for n in carried | {"mlflow_model"}}
+    assert {n: found for n, found in outside.items() if found} == {}
+
+
+def test_the_carried_code_imports_neither_hydra_omegaconf_nor_mlflow_on_import():
+    """Its environment has none but MLflow, which only the model file itself imports
+    (config.py imports OmegaConf inside the functions that read Hydra's config)."""
+    found = {}
+    for name in carried_modules():
+        top = [n for n in MODULES[name].body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        found[name] = {i for i in names if i.split(".")[0] in ("hydra", "omegaconf", "mlflow")}
+    assert {n: i for n, i in found.items() if i} == {}
+    assert config.MISSING == omegaconf.MISSING  # the same marker, without importing it
 
 
 def leaves(node: dict, prefix: str = "") -> dict[str, object]:

@@ -20,12 +20,22 @@ from pathlib import Path
 
 import hydra
 from hydra import compose
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import resume
-from .config import ConfigError, flatten, register, to_object
+from .config import (
+    BaselineConfig,
+    CompareConfig,
+    Config,
+    ConfigError,
+    EvaluateModelConfig,
+    PredictConfig,
+    flatten,
+    to_object,
+)
 
 log = logging.getLogger("textclf")
 CONF_DIR = Path(__file__).with_name("conf")  # shipped with the package (pip install . finds it)
@@ -58,7 +68,28 @@ def short_name(name: str) -> str:
 
 
 OmegaConf.register_new_resolver("short", short_name, replace=True)
-register()
+
+
+def register_schemas(with_models: bool = False) -> None:
+    """Hydra's ConfigStore gets the typed schemas the defaults lists of `conf/*.yaml` start
+    from: config.py's, and with `with_models` each registered model's config as
+    `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry point
+    registers them: the models and config.py stay free of Hydra, so the logged MLflow model can
+    carry them. The models import TensorFlow, which only training and bench need."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="config_schema_compare", node=CompareConfig)
+    store.store(name="config_schema_predict", node=PredictConfig)
+    store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
+    store.store(name="config_schema_baseline", node=BaselineConfig)
+    if with_models:
+        from . import models
+
+        for name, model in models.REGISTRY.items():
+            store.store(group="model", name=f"{name}_schema", node=model.config)
+
+
+register_schemas()
 
 
 # What TensorFlow's C++ runtime prints on every CPU-only start, before its log level applies
@@ -328,7 +359,7 @@ def main() -> None:
     if args[0] == "resume":
         rest = resume.arguments(rest, ROOT / "outputs")
     if config_name in ("config", "bench"):
-        from . import models  # noqa: F401  (registers each model's config schema)
+        register_schemas(with_models=True)
         _check_output_folders(rest)
     sys.argv = [f"textclf-{args[0]}", *rest]
     try:

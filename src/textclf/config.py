@@ -3,18 +3,24 @@
 The defaults live here and only here. A `conf/<group>/<option>.yaml` file says only what its
 option changes (a test fails if a YAML value repeats a default); the option a group must choose
 (`data.source`, `batching.strategy`) has no default and equals the option file's name. Hydra
-composes YAML into these schemas (registered in the ConfigStore), so a wrong type or unknown
-key fails at compose time; `__post_init__` then rejects impossible values with the key's dotted
-name before any data is read.
+composes YAML into these schemas (the entry point registers them: `cli.register_schemas`), so
+a wrong type or unknown key fails at compose time; `__post_init__` then rejects impossible values
+with the key's dotted name before any data is read.
+
+Importing this module imports neither Hydra nor OmegaConf: the logged MLflow model carries it
+(the models' configs and the inference code use its classes) into environments that have
+neither.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fails if it is not)
 
 DATA_SOURCES = ("imdb", "aclimdb", "csv")
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
@@ -406,19 +412,10 @@ class BaselineConfig:
         check(self.max_iter > 0, "max_iter", f"must be > 0, got {self.max_iter}")
 
 
-def register() -> None:
-    """Make the schemas available to the defaults lists of `conf/*.yaml` (each model's own
-    registers with it: `models.register`)."""
-    store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
-    store.store(name="config_schema_compare", node=CompareConfig)
-    store.store(name="config_schema_predict", node=PredictConfig)
-    store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
-    store.store(name="config_schema_baseline", node=BaselineConfig)
-
-
 def to_object(cfg: DictConfig) -> Config:
     """Resolve and validate Hydra's config into the typed `Config` (raises ConfigError)."""
+    from omegaconf import OmegaConf
+
     obj: Any = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):
         raise ConfigError("the composed config does not use the config_schema defaults entry")
@@ -427,6 +424,8 @@ def to_object(cfg: DictConfig) -> Config:
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
     """Dotted keys → string values, the shape MLflow params want."""
+    from omegaconf import DictConfig, OmegaConf
+
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, str] = {}
     for key, value in container.items():

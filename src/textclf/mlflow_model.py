@@ -2,7 +2,9 @@
 
 It loads the run's `model.keras` (Keras safe mode) and `classes.json` through
 `inference.Classifier`, so `mlflow.pyfunc.load_model` and `mlflow models serve` answer exactly
-as `make predict` does. Nothing is pickled: moving the code never breaks a logged model.
+as `make predict` does. Nothing is pickled: moving the code never breaks a logged model. The
+model carries the package's inference side as its code (`tracking.models.INFERENCE_CODE`), so
+`textclf.inference` imports where textclf is not installed.
 Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class and
 `error` (set, with no label, for an empty or missing text, as `make predict` does).
 

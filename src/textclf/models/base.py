@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
-from hydra.core.config_store import ConfigStore
 
 from ..config import ConfigError, ModelConfig
 
@@ -39,10 +38,10 @@ REGISTRY: dict[str, Model] = {}
 
 
 def register(config: type[ModelConfig], build: Callable, serving: Callable | None = None) -> None:
-    """Make a model buildable by `build`, and its config the `<name>_schema` of the `model`
-    group, which `conf/model/<name>.yaml` starts from (`model=<name>` selects it)."""
+    """Make a model buildable by `build`; the entry point also gives Hydra its config as the
+    `<name>_schema` of the `model` group, which `conf/model/<name>.yaml` starts from
+    (`model=<name>` selects it)."""
     REGISTRY[config.name] = Model(config, build, *([serving] if serving else []))
-    ConfigStore.instance().store(group="model", name=f"{config.name}_schema", node=config)
 
 
 def spec(cfg: ModelConfig) -> Model:

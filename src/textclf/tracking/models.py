@@ -1,13 +1,16 @@
 """The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py` builds it
-from the run's `model.keras` and `classes.json`), found by run, registered name or the newest
-run, loaded back for `textclf predict` and `textclf evaluate`; `mlflow models serve` serves
-the same model. Also `log_run_folder` (`textclf log-model`): a trained run folder logged after
-its tracking server was away.
+from the run's `model.keras` and `classes.json`) with the inference side of the package, so it
+loads where textclf is not installed; found by run, registered name or the newest run, loaded
+back for `textclf predict` and `textclf evaluate`; `mlflow models serve` serves the same model.
+Also `log_run_folder` (`textclf log-model`): a trained run folder logged after its tracking
+server was away.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -25,7 +28,15 @@ MODEL = "model"  # the logged model's name in its run
 log = logging.getLogger(__name__)
 
 EXAMPLE = ["A wonderful film, I loved every minute of it.", "A dull, pointless film."]
-MODEL_CODE = Path(__file__).parents[1] / "mlflow_model.py"  # builds the pyfunc from artifacts
+PACKAGE = Path(__file__).parents[1]  # textclf's own folder
+MODEL_CODE = PACKAGE / "mlflow_model.py"  # builds the pyfunc from artifacts
+# The inference side of the package, which the model carries as its `code_paths`: what
+# `mlflow_model.py` imports, the modules of model.keras's registered layers (models/, tokenize,
+# batching) and what those import; nothing of training, Hydra or tracking. Loading the model
+# imports only these (tests/test_model_export.py; tests/test_structure.py checks they import
+# nothing else of the package).
+INFERENCE_CODE = ("__init__.py", "batching.py", "config.py", "data.py", "inference.py",
+                  "models", "run_folder.py", "tokenize.py")
 
 
 def _requirements() -> list[str]:
@@ -35,11 +46,26 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("mlflow", "tensorflow", "keras", "pandas")]
 
 
+def _inference_package(folder: Path) -> Path:
+    """`folder/textclf`: the package's `INFERENCE_CODE` alone, to log as the model's code."""
+    package = folder / PACKAGE.name
+    package.mkdir()
+    for name in INFERENCE_CODE:
+        if (PACKAGE / name).is_dir():
+            shutil.copytree(PACKAGE / name, package / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(PACKAGE / name, package / name)
+    return package
+
+
 def log_model(
     run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
 ) -> str:
     """Log the `.keras` model as the run's pyfunc `model` from code (`mlflow_model.py`), with a
-    signature from an input example.
+    signature from an input example, the package's inference side as its code (MLflow puts it
+    first on `sys.path` when it loads the model) and pinned requirements: enough to load and
+    serve it in an environment made from its `requirements.txt` alone.
 
     `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
     run" (whose end would mark the run FINISHED early); it takes the store and the experiment
@@ -48,17 +74,19 @@ def log_model(
     """
     mlflow.set_tracking_uri(run.client.tracking_uri)
     mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)
-    info = Model.log(
-        artifact_path=None,
-        flavor=mlflow.pyfunc,
-        run_id=run.run_id,
-        name=MODEL,
-        python_model=str(MODEL_CODE),
-        artifacts={"keras": str(keras_path), "classes": str(classes_path)},
-        input_example=pd.DataFrame({"text": EXAMPLE}),
-        pip_requirements=_requirements(),
-        registered_model_name=registered_model,
-    )
+    with tempfile.TemporaryDirectory() as staging:
+        info = Model.log(
+            artifact_path=None,
+            flavor=mlflow.pyfunc,
+            run_id=run.run_id,
+            name=MODEL,
+            python_model=str(MODEL_CODE),
+            artifacts={"keras": str(keras_path), "classes": str(classes_path)},
+            code_paths=[str(_inference_package(Path(staging)))],
+            input_example=pd.DataFrame({"text": EXAMPLE}),
+            pip_requirements=_requirements(),
+            registered_model_name=registered_model,
+        )
     uri = f"runs:/{run.run_id}/{MODEL}"
     run.set_tags({MODEL_TAG: uri, "logged_model_id": info.model_id})
     return uri

@@ -8,7 +8,7 @@ EXTRAS ?= dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep evidence tune baseline compare evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
+.PHONY: help install train resume sweep evidence tune baseline compare register evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,10 +59,15 @@ baseline: ## The reference (TF-IDF + logistic regression) on a run's split: ARGS
 compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
 
+# make register: NAME is read from the command line only (the evidence target's NAME has a
+# default); without RUN, the newest finished run of tracking.experiment.
+register: ## Register a run's model with an alias: RUN=<run id> NAME=<model> ALIAS=champion (then model_uri=models:/<model>@champion)
+	$(BIN)/textclf register $(if $(RUN),run_id=$(RUN)) $(if $(filter command line,$(origin NAME)),name=$(NAME)) $(if $(ALIAS),alias=$(ALIAS)) $(ARGS)
+
 evaluate: ## Score a saved model on labelled data: ARGS="data=csv data.path=x.csv split=all model_path=..."
 	$(BIN)/textclf evaluate $(ARGS)
 
-predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_name=)
+predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_uri=models:/<name>@<alias>)
 	$(BIN)/textclf predict $(ARGS)
 
 bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS="--quick" for a smoke test)

@@ -217,7 +217,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--serve-model", default=None, metavar="URI",
         help="tests/test_serving.py's load test: serve this model (runs:/<id>/model or "
-             "models:/<name>/<version>, from $MLFLOW_TRACKING_URI or the project's store) "
+             "models:/<name>@<alias>, from $MLFLOW_TRACKING_URI or the project's store) "
              "instead of the tiny model it trains")
 
 

@@ -4,7 +4,7 @@ names, picks C on validation, and `make compare` shows it beside the trained run
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -148,3 +148,25 @@ def test_make_compare_lists_the_reference_beside_the_keras_run(beside, capsys):
     runs = pd.read_csv(out / "runs.csv")
     assert beside.runs["reference"].info.run_id in set(runs["run_id"])
     assert (out / "accuracy_by_length.png").stat().st_size > 0
+
+
+def test_the_reference_logs_a_training_runs_datasets_so_compare_can_check_them(beside,
+                                                                              tmp_path):
+    """Same data config → the same three datasets (source, rows, digest) as the Keras run; a
+    reference on other rows (another data.seed carves another validation split) is refused
+    beside it, in a copy of the store."""
+    uri = f"sqlite:///{beside.root / 'mlflow.db'}"
+    ids = [r.info.run_id for r in beside.runs.values()]
+    logged = tracking.datasets(uri, EXPERIMENT, ids)
+    trained, reference = (logged[beside.runs[m].info.run_id]
+                          for m in (beside.keras_cfg.model.variant(), "reference"))
+    assert reference == trained and set(reference) == {"train", "val", "test"}
+    assert reference["test"].source == str(beside.root / "test.csv")
+
+    shutil.copyfile(beside.root / "mlflow.db", tmp_path / "mlflow.db")
+    store = replace(beside.cfg.tracking, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    other = replace(beside.cfg, data=replace(beside.cfg.data, seed=7), tracking=store,
+                    output_dir=str(tmp_path))
+    baseline.run(other)
+    with pytest.raises(compare.CompareError, match=r"different data \(2 groups"):
+        compare.main(other.tracking.uri, EXPERIMENT, "all", tmp_path / "compare")

@@ -8,9 +8,12 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from textclf import compare, tracking
+from textclf import compare, data, tracking
+from textclf.cli import CONF_DIR
 from textclf.config import CompareConfig, ConfigError, flatten
 
 from .conftest import compose_baseline, compose_config
@@ -260,3 +263,62 @@ def test_the_reference_joins_a_sweep_as_its_own_variant_and_is_never_the_best(tm
     assert "other data than the trained runs: data.limit=100" in summary.loc["reference", "note"]
     assert summary.attrs["keys"] == ["batching", "masking"]
     assert set(summary.index) == {"reference", "bucket/mask_zero", "per_batch/none"}
+
+
+def log_on_data(uri: str, parent: str, acc: float, seed: int, digests: str | None) -> str:
+    """A finished sweep job that logged its three splits (digests `<train><val><test>`, one
+    letter each) as datasets; None: an older run that logged none."""
+    with tracking.start_run(uri, "compare_padding", parent_run_id=parent,
+                            tags={"batching": "bucket", "padding_side": "post",
+                                  "masking": "mask_zero"}) as run:
+        if digests:
+            run.log_datasets([data.Lineage(name, "/data/reviews.csv", 100, letter * 16)
+                              for name, letter in zip(("train", "val", "test"), digests,
+                                                      strict=True)])
+        run.log_params({"train.seed": str(seed)})
+        run.log_metrics({"test_accuracy": acc})
+    return run.run_id
+
+
+def test_runs_trained_on_different_data_are_refused_in_one_table_unless_told(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})
+    same = [log_on_data(uri, parent, 0.80 + seed / 100, seed, "abc") for seed in (0, 1)]
+    other = log_on_data(uri, parent, 0.95, 2, "abd")  # another test split
+    tracking.finish(uri, parent)
+    with pytest.raises(compare.CompareError) as refused:
+        compare.main(uri, "compare_padding", "latest", tmp_path / "out")
+    message = str(refused.value)
+    assert "trained on different data (2 groups by dataset digest)" in message
+    assert ("[1] 2 run(s) on train aaaaaaaa (100 rows of /data/reviews.csv), val bbbbbbbb "
+            "(100 rows of /data/reviews.csv), test cccccccc (100 rows") in message
+    assert "[2] 1 run(s) on train aaaaaaaa" in message and "test dddddddd" in message
+    assert all(run_id[:8] in message for run_id in [*same, other])
+    assert "mixed_data=true" in message and not (tmp_path / "out").exists()
+
+    summary = compare.main(uri, "compare_padding", "latest", tmp_path / "out", mixed_data=True)
+    assert summary["n"].sum() == 3
+    written = (tmp_path / "out" / "comparison.md").read_text()
+    assert "Runs trained on different data (mixed_data=true): [1] 2 run(s)" in written
+
+
+def test_runs_that_logged_no_datasets_are_compared_with_a_warning(tmp_path, caplog):
+    """Older runs cannot be checked: they join the table, and the warning names them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})
+    for seed in (0, 1):
+        log_on_data(uri, parent, 0.80 + seed / 100, seed, "abc")
+    older = log_on_data(uri, parent, 0.83, 2, None)
+    tracking.finish(uri, parent)
+    with caplog.at_level("WARNING", logger="textclf.compare"):
+        summary = compare.main(uri, "compare_padding", "latest", tmp_path / "out")
+    assert summary["n"].sum() == 3
+    assert "1 finished run(s) logged no datasets (older runs)" in caplog.text
+    assert older[:8] in caplog.text
+
+
+def test_the_override_is_a_key_of_the_compare_command():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("compare", overrides=["mixed_data=true", "out_dir=x"])
+    assert OmegaConf.to_object(cfg).mixed_data is True
+    assert CompareConfig(out_dir="x").mixed_data is False  # refused by default

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 from typing import ClassVar
@@ -13,7 +14,7 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textclf import inference, models, pipeline, tracking
+from textclf import data, inference, models, pipeline, tracking
 from textclf.config import ModelConfig, flatten, to_object
 from textclf.models.fused import FusedLSTM, lstm_layers
 from textclf.run_folder import RunFolder
@@ -32,13 +33,17 @@ def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClie
 
 
 def trained_once(tmp_path_factory, empty_store, *overrides: str) -> SimpleNamespace:
-    """One run shared by a module's tests: its metrics, store, folder and MLflow run."""
+    """One run shared by a module's tests: its metrics, store, folder and MLflow run. System
+    metrics are sampled every second (MLflow's default is 10 s), so that a run of seconds
+    has some when tracking.system_metrics is on."""
     root = tmp_path_factory.mktemp("run")
     shutil.copyfile(empty_store, root / "mlflow.db")
     cfg = to_object(compose_config(
         ["data=csv", f"data.path={write_csv(root / 'r.csv', reviews(240))}", *TINY, *overrides],
         root))
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     return SimpleNamespace(metrics=metrics, client=client, run=run, out=root / "run", root=root)
@@ -57,7 +62,7 @@ def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
     return trained_once(tmp_path_factory, empty_store, "model.bidirectional=true",
                         "model.serve_lstm=trained", "train.label_smoothing=0.1",
                         "train.schedule=cosine", "train.warmup_steps=5", "train.max_steps=60",
-                        "evaluate.served_limit=20")
+                        "evaluate.served_limit=20", "tracking.system_metrics=false")
 
 
 def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default_run):
@@ -85,6 +90,58 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
             assert n > 0 and logged[f"data_{split}_class_{name}"] == n
     assert sum(report["splits"]["train"].values()) == logged["data_train_size"] \
         - logged["data_no_tokens_dropped_train"]
+
+
+def datasets(trained: SimpleNamespace) -> dict:
+    run = trained.client.get_run(trained.run.info.run_id)
+    return {d.dataset.name: d for d in run.inputs.dataset_inputs}
+
+
+def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(default_run,
+                                                                              levers_run):
+    """Two runs on the same rows (each read from its own copy of the file) log equal digests;
+    the digest follows the texts, the labels and their order, not the file's path."""
+    first, second = datasets(default_run), datasets(levers_run)
+    assert set(first) == set(second) == {"train", "val", "test"}
+    contexts = {n: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                for n, d in first.items()}
+    assert contexts == {"train": "training", "val": "validation", "test": "testing"}
+    logged = default_run.run.data.metrics
+    for name in ("train", "val", "test"):
+        one, other = first[name].dataset, second[name].dataset
+        assert json.loads(one.profile)["num_rows"] == logged[f"data_{name}_size"] > 0
+        assert json.loads(one.source) == {"uri": str(default_run.root / "r.csv")}
+        assert json.loads(other.source) == {"uri": str(levers_run.root / "r.csv")}
+        assert one.digest == other.digest and len(one.digest) == 16
+    assert len({first[n].dataset.digest for n in first}) == 3  # three different splits
+    # what `make compare` reads back: the same records
+    read = tracking.datasets(default_run.client.tracking_uri, "textclf",
+                             [default_run.run.info.run_id])[default_run.run.info.run_id]
+    assert read["test"] == data.Lineage("test", str(default_run.root / "r.csv"),
+                                        logged["data_test_size"], first["test"].dataset.digest)
+
+    cfg = to_object(compose_config(["data=csv", f"data.path={default_run.root / 'r.csv'}"],
+                                   default_run.root))
+    loaded = data.load(cfg.data)
+    train, names = loaded.train, loaded.class_names
+    assert data.digest(train, names) == first["train"].dataset.digest
+    flipped = train.labels.copy()
+    flipped[0] = 1 - flipped[0]
+    swapped = [train.texts[1], train.texts[0], *train.texts[2:]]
+    changed = [data.Split(train.texts, flipped), data.Split(swapped, train.labels),
+               data.Split([train.texts[0] + " ", *train.texts[1:]], train.labels),
+               data.Split([train.texts[0] + train.texts[1], "", *train.texts[2:]], train.labels)]
+    assert len({data.digest(part, names) for part in changed} - {data.digest(train, names)}) \
+        == len(changed)
+    assert data.digest(train, ["pos", "neg"]) != data.digest(train, names)  # labels renamed
+
+
+def test_training_runs_log_system_metrics_unless_switched_off(default_run, levers_run):
+    on, off = default_run.run.data.metrics, levers_run.run.data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(on)
+    assert not [name for name in off if name.startswith("system/")]  # tracking.system_metrics=false
+    # the sampling thread ended with its run
+    assert "SystemMetricsMonitor" not in {t.name for t in threading.enumerate()}
 
 
 @pytest.mark.parametrize("trained, served_class", [("default_run", "FusedLSTM"),

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from textclf import data, inference, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
+from textclf.config import ConfigError, PredictConfig, RegisterConfig
 
 from .conftest import GOOD, Service, free_port, quick, reviews, textclf, venv_env, write_csv
 
@@ -273,9 +274,11 @@ def test_bad_requests_name_the_option(trained):
 def test_served_model_answers_like_the_pyfunc(trained):
     texts = [POSITIVE, NEGATIVE, "", *(t for t, _ in reviews(5, seed=3))]
     expected = pyfunc(trained, trained.binary).predict(pd.DataFrame({"text": texts}))
+    # served by its alias, as docs/serving.md does
+    tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED, "served")
     port = free_port()
     server = Service([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                      f"runs:/{trained.binary}/model", "--env-manager", "local", "-h",
+                      f"models:/{REGISTERED}@served", "--env-manager", "local", "-h",
                       "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}",
                      trained.root / "serve.log", env=venv_env(MLFLOW_TRACKING_URI=trained.uri),
                      cwd=trained.root, ready="/ping")
@@ -328,6 +331,15 @@ def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
         assert name in metrics
     assert second.data.metrics == pytest.approx(metrics)  # the same model either way
     assert "plots" in {a.path for a in client.list_artifacts(first.info.run_id)}
+    # the data it scored: the file's three splits (split=all), as evaluation datasets
+    scored = {d.dataset.name: d for d in first.inputs.dataset_inputs}
+    assert set(scored) == {"train", "val", "test"}
+    assert sum(json.loads(d.dataset.profile)["num_rows"] for d in scored.values()) == 60
+    for item in scored.values():
+        assert json.loads(item.dataset.source) == {"uri": str(other)}
+        assert {t.key: t.value for t in item.tags}["mlflow.data.context"] == "evaluation"
+    assert {d.dataset.digest for d in second.inputs.dataset_inputs} == {
+        d.dataset.digest for d in scored.values()}
 
 
 def test_evaluate_refuses_data_with_labels_the_model_does_not_know(trained):
@@ -336,3 +348,59 @@ def test_evaluate_refuses_data_with_labels_the_model_does_not_know(trained):
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "are not classes of the model" in output
     assert "Traceback" not in output
+
+
+def test_an_alias_set_by_register_names_the_model_for_predict_and_evaluate(trained):
+    """`make register` points an alias at the run's registered version (no new version), and
+    `model_uri=models:/<name>@<alias>` loads that model in `make predict` and `make evaluate`."""
+    champion = f"models:/{REGISTERED}@champion"
+    done = textclf("register", f"tracking.uri={trained.uri}", f"run_id={trained.binary}",
+                   f"name={REGISTERED}", "alias=champion", cwd=trained.root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(trained.uri)
+    assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == trained.binary
+    assert len(client.search_model_versions(f"name = '{REGISTERED}'")) == 2  # reused, not added
+
+    predicted = cli(trained, f"model_uri={champion}", "text=[a wonderful film,a terrible film]")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert f"model: {champion}" in predicted.stdout + predicted.stderr
+    assert [r.split()[3] for r in predicted.stdout.strip().splitlines()[-2:]] == ["pos", "neg"]
+
+    other = write_csv(trained.root / "aliased.csv", reviews(40, seed=9))
+    evaluated = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
+                             f"model_uri={champion}", "evaluate_experiment=by_alias")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    [run] = client.search_runs([client.get_experiment_by_name("by_alias").experiment_id])
+    assert run.data.tags["model_uri"] == champion
+    assert run.data.tags["source_run_id"] == trained.binary
+
+    # A model not registered under the name yet becomes its next version; an alias moves.
+    assert tracking.register_model(trained.uri, f"runs:/{trained.topics}/model", "topics",
+                                   "champion") == "1"
+    assert tracking.register_model(trained.uri, f"runs:/{trained.topics}/model", REGISTERED,
+                                   "champion") == "1"
+    assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == trained.topics
+
+
+def test_an_unknown_alias_or_name_is_one_clear_error_naming_the_fix(trained):
+    tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED, "stable")
+    done = cli(trained, 'text="a fine film"', f"model_uri=models:/{REGISTERED}@nope")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output
+    assert f"registered model '{REGISTERED}' has no alias 'nope'" in output
+    assert "stable (version 2)" in output
+    assert f"make register RUN=<run id> NAME={REGISTERED} ALIAS=nope" in output
+    with pytest.raises(tracking.TrackingError, match="has no registered model 'nope'.*"
+                       f"registered: .*{REGISTERED}"):
+        tracking.load_model(trained.uri, "models:/nope@champion")
+    with pytest.raises(tracking.TrackingError, match="has no alias 'nope'"):
+        tracking.model_files(trained.uri, f"models:/{REGISTERED}@nope", trained.root)
+    with pytest.raises(tracking.TrackingError, match="has no registered model 'nope'"):
+        tracking.model_files(trained.uri, "models:/nope/1", trained.root)
+    with pytest.raises(tracking.TrackingError, match="reserved"):
+        tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED,
+                                "latest")
+    with pytest.raises(ConfigError, match="model_uri: must start with models:/ or runs:/"):
+        PredictConfig(text="x", model_uri=f"{REGISTERED}@champion")
+    with pytest.raises(ConfigError, match="name: give the registered model's name"):
+        RegisterConfig(alias="champion")

@@ -5,7 +5,7 @@ The load test prints its latency and throughput (never asserted). To measure ano
 one trained on the full IMDB data:
 
     MLFLOW_TRACKING_URI=sqlite:///$PWD/outputs/mlflow.db .venv/bin/pytest tests/test_serving.py \\
-        -k load -s --serve-model runs:/<run id>/model
+        -k load -s --serve-model models:/<name>@<alias>
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ in score is the model's alone:
 - the same metrics: `evaluate.score` under the training names, each test review's length
   counted by the run's tokenizer (cut at tokenize.max_length), so accuracy by length buckets
   the same reviews. The reference itself reads whole texts.
-It is a yardstick, not a served model: no pyfunc model is logged (`make predict` and `make
-evaluate` look for runs with one), and tags `model=reference`, `reference=true` let `make
-compare` show it as its own variant.
+It logs the three splits as a training run's datasets (same digests on the same data), so
+`make compare` can check it saw the runs' rows. It is a yardstick, not a served model: no
+pyfunc model is logged (`make predict` and `make evaluate` look for runs with one), and tags
+`model=reference`, `reference=true` let `make compare` show it as its own variant.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
             "output_dir": cfg.output_dir}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment,
                             cfg.tracking.run_name or REFERENCE, tags) as mlrun:
+        mlrun.log_datasets(data.lineage(dataset, cfg.data))  # as a training run's
         mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"})
         mlrun.log_metrics(metrics)
         for path in artifacts:

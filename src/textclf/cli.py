@@ -33,6 +33,7 @@ from .config import (
     ConfigError,
     EvaluateModelConfig,
     PredictConfig,
+    RegisterConfig,
     flatten,
     to_object,
 )
@@ -82,6 +83,7 @@ def register_schemas(with_models: bool = False) -> None:
     store.store(name="config_schema_predict", node=PredictConfig)
     store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
     store.store(name="config_schema_baseline", node=BaselineConfig)
+    store.store(name="config_schema_register", node=RegisterConfig)
     if with_models:
         from . import models
 
@@ -232,7 +234,7 @@ def compare(cfg: DictConfig) -> None:
 
     config = OmegaConf.to_object(cfg)  # validates alpha
     report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
-                Path(config.out_dir), config.alpha)
+                Path(config.out_dir), config.alpha, config.mixed_data)
 
 
 @task_wrapper
@@ -261,6 +263,16 @@ def predict(cfg: DictConfig) -> None:
 
 
 @task_wrapper
+def register(cfg: DictConfig) -> None:
+    """A run's model (default: the newest run's) as a registered version with an alias."""
+    from . import tracking
+
+    config = OmegaConf.to_object(cfg)
+    model = tracking.model_uri(config.tracking.uri, config.tracking.experiment, config.run_id)
+    tracking.register_model(config.tracking.uri, model, config.name, config.alias)
+
+
+@task_wrapper
 def evaluate(cfg: DictConfig) -> None:
     from . import evaluate_model
 
@@ -274,6 +286,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "compare": ("compare", compare),
     "predict": ("predict", predict),
     "evaluate": ("evaluate_model", evaluate),
+    "register": ("register", register),
     "bench": ("bench", bench),
 }
 
@@ -318,6 +331,7 @@ USAGE = """usage: textclf {commands} [hydra overrides]
   textclf resume [run folder]   continues an interrupted run (default: the newest)
   textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish
   textclf baseline data=...   the reference (TF-IDF + logistic regression) on a run's split
+  textclf register run_id=<id> name=<model> alias=champion   loads as models:/<model>@champion
   textclf log-model <run folder>   logs a trained run whose tracking server was away
   textclf train --help   lists the config groups and their options"""
 

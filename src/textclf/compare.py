@@ -13,6 +13,10 @@ sweep's parent run.
 The experiment's newest finished `make baseline` run (tag reference=true) joins every
 comparison as the variant `reference`: the yardstick, never the best, one deterministic fit on
 the runs' split, which the best variant's runs are tested against (one-sample t-test).
+
+Runs trained on different data (the digests of the train, val and test datasets they logged
+differ) are refused in one table unless `mixed_data` says so; runs that logged no datasets
+(older ones) cannot be checked and are compared as before, with a warning.
 """
 
 from __future__ import annotations
@@ -189,6 +193,49 @@ def other_data(runs: pd.DataFrame) -> list[str]:
     return [f"{c.removeprefix('params.')}={own[c]}" for c in finished.columns
             if c.startswith("params.data.") and pd.notna(own[c]) and trained[c].notna().any()
             and own[c] not in set(trained[c].dropna())]
+
+
+def data_groups(runs: pd.DataFrame, logged: dict[str, dict]) -> dict[tuple, list[str]]:
+    """The finished runs that logged datasets, grouped by the data they saw: one group per
+    distinct (train, val, test) digests, its runs' ids in order."""
+    groups: dict[tuple, list[str]] = {}
+    for run_id in runs.loc[runs["status"] == "FINISHED", "run_id"]:
+        if run_id in logged:
+            key = tuple(sorted((n, s.digest) for n, s in logged[run_id].items()))
+            groups.setdefault(key, []).append(run_id)
+    return groups
+
+
+def same_data(runs: pd.DataFrame, logged: dict[str, dict], mixed_data: bool) -> str:
+    """Refuse runs trained on different data in one table (unless `mixed_data`): the error
+    names each group by its datasets and runs. Returns a note for the report ('' when all
+    runs that logged datasets saw the same data)."""
+    groups = data_groups(runs, logged)
+    finished = runs.loc[runs["status"] == "FINISHED", "run_id"]
+    unchecked = [r for r in finished if r not in logged]
+    if unchecked and groups:
+        log.warning("%d finished run(s) logged no datasets (older runs), so whether they saw "
+                    "the same data cannot be checked: %s", len(unchecked),
+                    ", ".join(r[:8] for r in unchecked[:5]))
+    if len(groups) < 2:
+        return ""
+
+    def named(ids: list[str]) -> str:
+        splits = logged[ids[0]]
+        seen = ", ".join(f"{n} {splits[n].digest[:8]} ({splits[n].rows} rows of "
+                         f"{splits[n].source})" for n in ("train", "val", "test") if n in splits)
+        shown = ", ".join(r[:8] for r in ids[:5]) + (", ..." if len(ids) > 5 else "")
+        return f"{len(ids)} run(s) on {seen}: {shown}"
+
+    largest = sorted(groups.values(), key=len, reverse=True)
+    described = "; ".join(f"[{i}] {named(ids)}" for i, ids in enumerate(largest, 1))
+    if not mixed_data:
+        raise CompareError(
+            f"these runs were trained on different data ({len(groups)} groups by dataset "
+            f"digest): {described}. Compare one group (sweep=<parent run id>, or another "
+            "tracking.experiment), or pass mixed_data=true to compare them in one table anyway.")
+    log.warning("comparing runs trained on different data (mixed_data=true): %s", described)
+    return f"Runs trained on different data (mixed_data=true): {described}."
 
 
 def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -465,11 +512,12 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
 
 
 def main(uri: str, experiment: str, sweep: str, out_dir: Path,
-         alpha: float = 0.05) -> pd.DataFrame:
+         alpha: float = 0.05, mixed_data: bool = False) -> pd.DataFrame:
     runs, parent = select_runs(uri, experiment, sweep)
+    note = same_data(runs, tracking.datasets(uri, experiment, list(runs["run_id"])), mixed_data)
     summary = summarize(runs, alpha)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(summary)
+    text = markdown(summary) + (f"\n{note}\n" if note else "")
     (out_dir / "comparison.md").write_text(text)
     summary[CSV_COLUMNS].to_csv(out_dir / "comparison.csv", index=False)
     run_table(runs)[0].sort_values(["variant", "seed"]).to_csv(out_dir / "runs.csv",

@@ -275,6 +275,9 @@ class TrackingConfig:
     experiment: str = "textclf"
     run_name: str | None = None  # default: <batching>-<padding side>-<masking>
     registered_model: str | None = None  # also register each trained model under this name
+    # MLflow's system metrics (system/*: CPU, memory, disk, network, GPU) of each training
+    # run, a sample every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it); false: none
+    system_metrics: bool = True
 
 
 @dataclass
@@ -321,6 +324,8 @@ class CompareConfig:
     sweep: str = "latest"  # latest | all | <parent run id of a sweep>
     out_dir: str = MISSING
     alpha: float = 0.05  # significance level of the tests against the best variant
+    # true: compare runs trained on different data (other dataset digests) in one table
+    mixed_data: bool = False
 
     def __post_init__(self) -> None:
         check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
@@ -329,18 +334,25 @@ class CompareConfig:
 @dataclass
 class ModelChoice:
     """Which trained model: the newest FINISHED run of `tracking.experiment` unless one of
-    `run_id`, `model_name` (+ `model_version`) or `model_path` says otherwise."""
+    `run_id`, `model_uri`, `model_name` (+ `model_version`) or `model_path` says otherwise."""
 
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_id: str | None = None
+    # an MLflow model URI: models:/<name>@<alias> (make register sets aliases),
+    # models:/<name>/<version> or runs:/<run id>/model
+    model_uri: str | None = None
     model_name: str | None = None  # a registered model (see tracking.registered_model) ...
     model_version: str | None = None  # ... and its version; default: its latest version
     model_path: str | None = None  # a model.keras file (class names from classes.json beside it)
     batch_size: int = 64  # texts per inference call
 
     def __post_init__(self) -> None:
-        sources = [k for k in ("run_id", "model_name", "model_path") if getattr(self, k)]
+        sources = [k for k in ("run_id", "model_uri", "model_name", "model_path")
+                   if getattr(self, k)]
         check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
+        check(self.model_uri is None or self.model_uri.startswith(("models:/", "runs:/")),
+              "model_uri", f"must start with models:/ or runs:/, got {self.model_uri!r}: "
+              "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/model")
         check(
             self.model_version is None or bool(self.model_name),
             "model_version",
@@ -389,6 +401,23 @@ class EvaluateModelConfig(ModelChoice):
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self.split, "split", ("test", "all"))
+
+
+@dataclass
+class RegisterConfig:
+    """`textclf register`: a run's model as a version of a registered model, with an alias
+    (`models:/<name>@<alias>` then loads it)."""
+
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run_id: str | None = None  # default: the newest FINISHED run of tracking.experiment
+    name: str | None = None  # the registered model
+    alias: str | None = None  # e.g. champion; moved from the version that had it
+
+    def __post_init__(self) -> None:
+        check(bool(self.name), "name", "give the registered model's name: make register "
+              "NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)")
+        check(bool(self.alias), "alias", "give the alias to set: make register NAME=<model> "
+              "ALIAS=<alias> (textclf register name=<model> alias=<alias>)")
 
 
 @dataclass

@@ -10,6 +10,7 @@ was dropped, and why, is counted (`report`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -652,6 +653,48 @@ def load(config: DataConfig) -> Dataset:
     else:
         raw = load_table(config)
     return split(raw, config)
+
+
+# --- lineage: which rows a run saw -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """One split as a run's MLflow dataset records it (`tracking` logs it): where its rows came
+    from, how many there are, and a digest of them; runs with equal digests saw the same rows."""
+
+    name: str  # train | val | test
+    source: str  # the file or folder read, or tfds:<name>
+    rows: int
+    digest: str
+
+
+def digest(part: Split, class_names: Sequence[str]) -> str:
+    """A fingerprint of a split's texts and labels, in order: equal for the same rows however
+    they were read, different when one text, one label or the order changes. Hashes whole
+    arrays (each text's length, then all texts as one string), not row by row."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps(list(class_names)).encode())
+    h.update(np.asarray(part.labels, dtype=np.int64).tobytes())
+    h.update(np.fromiter(map(len, part.texts), np.int64, len(part.texts)).tobytes())
+    h.update("".join(part.texts).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def lineage(dataset: Dataset, cfg: DataConfig, names: Sequence[str] = ("train", "val", "test")
+            ) -> list[Lineage]:
+    """The `names` splits of `dataset`, loaded as `cfg` says, as `Lineage` records."""
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    if cfg.source == "imdb":
+        sources = dict.fromkeys(names, "tfds:imdb_reviews")
+    else:  # validation is carved from the training file; test too without data.test_path
+        sources = dict.fromkeys(names, resolved(cfg.path))
+        if cfg.source == "csv" and cfg.test_path and "test" in sources:
+            sources["test"] = resolved(cfg.test_path)
+    return [Lineage(name, sources[name], len(getattr(dataset, name)),
+                    digest(getattr(dataset, name), dataset.class_names)) for name in names]
 
 
 # --- the data report -------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """`textclf evaluate`: score a saved model on labelled data, as an MLflow run in `evaluate`
 (`evaluate_experiment=<name>` for another experiment).
 
-The model is chosen as `make predict` chooses it (newest run, run id, registered version or a
-`model.keras` path) and loaded as it is served (`inference.Classifier`); the data come from any
-source (`data=aclimdb|csv|imdb`) through `data.load`, with the same errors as training. The
-metrics keep the training names (`test_accuracy`, F1, AUC, accuracy by length, `served_*`).
+The model is chosen as `make predict` chooses it (newest run, run id, registered version or
+alias, or a `model.keras` path) and loaded as it is served (`inference.Classifier`); the data
+come from any source (`data=aclimdb|csv|imdb`) through `data.load`, with the same errors as
+training, and are logged as the run's datasets (context `evaluation`). The metrics keep the
+training names (`test_accuracy`, F1, AUC, accuracy by length, `served_*`).
 """
 
 from __future__ import annotations
@@ -28,32 +29,36 @@ def load_classifier(cfg: EvaluateModelConfig, folder: Path) -> tuple[inference.C
         path = Path(cfg.model_path).expanduser()
         return inference.Classifier.from_files(path, batch_size=cfg.batch_size), {
             "model_path": str(path)}
-    uri = tracking.model_uri(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_id,
-                             cfg.model_name, cfg.model_version)
+    uri = cfg.model_uri or tracking.model_uri(cfg.tracking.uri, cfg.tracking.experiment,
+                                              cfg.run_id, cfg.model_name, cfg.model_version)
     keras_path, classes_path, run_id = tracking.model_files(cfg.tracking.uri, uri, folder)
     classifier = inference.Classifier.from_files(keras_path, classes_path,
                                                  batch_size=cfg.batch_size)
     return classifier, {"model_uri": uri, "source_run_id": run_id or ""}
 
 
-def labelled_texts(cfg: EvaluateModelConfig, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """The texts to score and their labels as indices into the model's `classes`."""
+def labelled_texts(cfg: EvaluateModelConfig, classes: list[str]
+                   ) -> tuple[list[str], np.ndarray, list[data.Lineage]]:
+    """The texts to score, their labels as indices into the model's `classes`, and the splits
+    they came from."""
     dataset = data.load(cfg.data)
-    parts = [dataset.test] if cfg.split == "test" else [dataset.train, dataset.val, dataset.test]
+    names = ["test"] if cfg.split == "test" else ["train", "val", "test"]
+    parts = [getattr(dataset, name) for name in names]
     unknown = sorted(set(dataset.class_names) - set(classes))
     if unknown:
         raise data.DataError(f"the data's labels {unknown} are not classes of the model "
                              f"({classes}); evaluate it on data with its labels.")
     index = np.array([classes.index(name) for name in dataset.class_names])
     texts = [t for part in parts for t in part.texts]
-    return texts, np.concatenate([index[part.labels] for part in parts])
+    return (texts, np.concatenate([index[part.labels] for part in parts]),
+            data.lineage(dataset, cfg.data, names))
 
 
 def run(cfg: EvaluateModelConfig) -> dict[str, float]:
     out = Path(cfg.output_dir)
     with tempfile.TemporaryDirectory() as folder:
         classifier, source = load_classifier(cfg, Path(folder))
-        texts, labels = labelled_texts(cfg, classifier.classes)
+        texts, labels, splits = labelled_texts(cfg, classifier.classes)
         log.info("scoring %d reviews (%s split of data=%s)", len(texts), cfg.split,
                  cfg.data.source)
         batched = evaluate.Predictions(labels, classifier.probabilities(texts),
@@ -69,6 +74,7 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
             "split": cfg.split, "output_dir": str(out)}
     with tracking.start_run(cfg.tracking.uri, cfg.evaluate_experiment,
                             f"evaluate {cfg.data.source}", tags) as mlrun:
+        mlrun.log_datasets(splits, context="evaluation")
         mlrun.log_metrics(metrics)
         for path in artifacts:
             mlrun.log_artifact(path, "plots" if path.parent.name == "plots" else None)

@@ -164,7 +164,7 @@ def run(
     name = run_folder.run_name(cfg)
     tags = {k: str(v) for k, v in (tags | run_folder.tags(cfg)).items()}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
-                            parent_run_id, run_id) as mlrun:
+                            parent_run_id, run_id, cfg.tracking.system_metrics) as mlrun:
         folder.save_run_id(mlrun.run_id)
         folder.save_identity(name, tags)
         mlrun.log_params(params)
@@ -173,6 +173,7 @@ def run(
             train.read_checkpoint(folder.checkpoint)  # a damaged one fails now, not after loading
 
         dataset = data.load(cfg.data)
+        mlrun.log_datasets(data.lineage(dataset, cfg.data))
         tokens = vectorize(dataset, cfg)
         report = data.report(dataset.class_names, tokens.counts,
                              {name: split.labels for name, split in tokens.splits.items()})

@@ -1,9 +1,10 @@
 """`textclf predict`: classify texts given inline, as a file of lines, or a table column.
 
-The model is the newest finished run's, a run id's, a registered model version's (all through
-`tracking`, the only module that talks to MLflow) or a `model.keras` file. Texts become
-predictions in `inference.Classifier` alone; the MLflow model wraps it too, so this command,
-the pyfunc and a served endpoint give the same answers.
+The model is the newest finished run's, a run id's, a registered model version's or alias's
+(`model_uri=models:/<name>@<alias>`; all through `tracking`, the only module that talks to
+MLflow) or a `model.keras` file. Texts become predictions in `inference.Classifier` alone; the
+MLflow model wraps it too, so this command, the pyfunc and a served endpoint give the same
+answers.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def model_source(cfg: PredictConfig) -> tuple[Callable[[list[str]], pd.DataFrame
     if cfg.model_path:
         classifier = Classifier.from_files(cfg.model_path, batch_size=cfg.batch_size)
         return classifier.predict, str(Path(cfg.model_path).expanduser())
-    uri = tracking.model_uri(
+    uri = cfg.model_uri or tracking.model_uri(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.run_id, cfg.model_name, cfg.model_version
     )
     model = tracking.load_model(cfg.tracking.uri, uri)

@@ -12,6 +12,7 @@ from .models import (
     log_run_folder,
     model_files,
     model_uri,
+    register_model,
 )
 from .outage import TrackingError, Unreachable
 from .runs import (
@@ -20,6 +21,7 @@ from .runs import (
     children,
     connect,
     create_run,
+    datasets,
     finish,
     git_commit,
     log_artifacts,
@@ -30,7 +32,7 @@ from .runs import (
 
 __all__ = [
     "MODEL", "MODEL_TAG", "PARENT_TAG", "Run", "TrackingError", "Unreachable", "children",
-    "connect", "create_run", "finish", "git_commit", "load_model", "log_artifacts",
-    "log_model", "log_results", "log_run_folder", "model_files", "model_uri", "search",
-    "start_run",
+    "connect", "create_run", "datasets", "finish", "git_commit", "load_model", "log_artifacts",
+    "log_model", "log_results", "log_run_folder", "model_files", "model_uri", "register_model",
+    "search", "start_run",
 ]

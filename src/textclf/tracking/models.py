@@ -1,9 +1,9 @@
 """The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py` builds it
 from the run's `model.keras` and `classes.json`) with the inference side of the package, so it
-loads where textclf is not installed; found by run, registered name or the newest run, loaded
-back for `textclf predict` and `textclf evaluate`; `mlflow models serve` serves the same model.
-Also `log_run_folder` (`textclf log-model`): a trained run folder logged after its tracking
-server was away.
+loads where textclf is not installed; registered with an alias (`textclf register`), found by
+run, registered name, version or alias or the newest run, loaded back for `textclf predict` and
+`textclf evaluate`; `mlflow models serve` serves the same model. Also `log_run_folder`
+(`textclf log-model`): a trained run folder logged after its tracking server was away.
 """
 
 from __future__ import annotations
@@ -144,6 +144,26 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
     return run_id
 
 
+def register_model(uri: str, model: str, name: str, alias: str) -> str:
+    """The run's model `model` (runs:/<run id>/model) as a version of the registered model
+    `name` (the version it already is there, else a new one) with `alias` pointing at it, so
+    that `models:/<name>@<alias>` loads it; returns the version."""
+    client = _existing_store(uri)
+    run_id = model.removeprefix("runs:/").split("/")[0]
+    mlflow.set_tracking_uri(uri)
+    try:
+        known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        version = (max(known, key=lambda v: int(v.version)) if known
+                   else mlflow.register_model(model, name)).version
+        client.set_registered_model_alias(name, alias, version)
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"cannot register {model} as {name}@{alias} in {uri}: "
+                            f"{str(error).strip().splitlines()[0][:300]}") from None
+    log.info("%s is version %s of %s; alias %s points to it: models:/%s@%s", model, version,
+             name, alias, name, alias)
+    return str(version)
+
+
 def model_uri(
     uri: str,
     experiment: str,
@@ -178,7 +198,7 @@ def model_uri(
 
 def load_model(uri: str, model: str):
     """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
-    _existing_store(uri)
+    _registered(_existing_store(uri), model)
     mlflow.set_tracking_uri(uri)
     try:
         return mlflow.pyfunc.load_model(model)
@@ -192,7 +212,7 @@ def load_model(uri: str, model: str):
 def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | None]:
     """The `model.keras` and `classes.json` a logged model was built from, downloaded into
     `folder`, and the id of the run that logged it."""
-    _existing_store(uri)
+    _registered(_existing_store(uri), model)
     mlflow.set_tracking_uri(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(folder)))
@@ -216,3 +236,28 @@ def _existing_store(uri: str) -> MlflowClient:
             f"no MLflow store at {uri}: train a model first (make train), or pass model_path=."
         )
     return MlflowClient(tracking_uri=uri)
+
+
+def _registered(client: MlflowClient, model: str) -> None:
+    """For `models:/<name>@<alias>` and `models:/<name>/<version>`: the registered model and
+    the alias exist, or an error saying what the store holds and how to register one."""
+    reference = model.removeprefix("models:/")
+    if reference == model or not ("@" in reference or "/" in reference):
+        return  # runs:/..., or models:/<logged model id>
+    name, _, alias = reference.partition("@") if "@" in reference else (
+        reference.split("/")[0], "", "")
+    fix = f"make register RUN=<run id> NAME={name} ALIAS={alias or '<alias>'}"
+    try:
+        found = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = [m.name for m in client.search_registered_models(max_results=20)]
+        raise TrackingError(
+            f"{model}: {client.tracking_uri} has no registered model {name!r} (registered: "
+            f"{', '.join(names) or 'none'}); register a run's model: {fix}") from None
+    if alias and alias not in found.aliases:
+        aliases = ", ".join(f"{a} (version {v})" for a, v in sorted(found.aliases.items()))
+        raise TrackingError(
+            f"{model}: registered model {name!r} has no alias {alias!r} (its aliases: "
+            f"{aliases or 'none'}); point it at a version: {fix}")

@@ -2,23 +2,31 @@
 so a failing job ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave
 the next one "already active". The default store is a SQLite file at an absolute path under
 the project's `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's folder.
+A run records the splits it saw as MLflow datasets (`Run.log_datasets`, read back by
+`datasets`) and, for training, MLflow's system metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from ..data import Lineage
 from .outage import (
     KeepsMetrics,
     TrackingError,
@@ -30,6 +38,8 @@ from .outage import (
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs stay readable
 PARENT_TAG = "mlflow.parentRunId"
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
+TFDS = "tfds:"
 _BATCH = 100
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,23 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+class SplitDataset(MetaDataset):
+    """A split as an MLflow dataset: its source, name, digest and row count, not its rows."""
+
+    def __init__(self, split: Lineage):
+        source = (CodeDatasetSource({"tfds": split.source.removeprefix(TFDS)})
+                  if split.source.startswith(TFDS) else LocalArtifactDatasetSource(split.source))
+        self.rows = split.rows
+        super().__init__(source, name=split.name, digest=split.digest)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.rows}
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self.profile)}
+
+
 class Run(KeepsMetrics):
     """One MLflow run: params, metrics, tags and artifacts, through one client.
 
@@ -109,6 +136,14 @@ class Run(KeepsMetrics):
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_datasets(self, splits: Iterable[Lineage], context: str | None = None) -> None:
+        """Each split as a dataset input of the run, in its context: training, validation
+        or testing by its name, or `context` for all (an evaluation's)."""
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(SplitDataset(split)._to_mlflow_entity(),
+                         [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])])
+            for split in splits])
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -125,13 +160,16 @@ def start_run(
     tags: dict[str, Any] | None = None,
     parent_run_id: str | None = None,
     run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
-    (unless its tracking server is unreachable at the end: see `Run.or_later`)."""
+    (unless its tracking server is unreachable at the end: see `Run.or_later`). With
+    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open."""
     client, experiment_id = connect(uri, experiment)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
+    resumed = bool(run_id)
     if run_id:
         client.update_run(run_id, status="RUNNING")
     else:
@@ -140,7 +178,8 @@ def start_run(
         ).info.run_id
     run = Run(client, run_id)
     try:
-        yield run
+        with _system_metrics(uri, run_id, resumed) if system_metrics else contextlib.nullcontext():
+            yield run
     except (KeyboardInterrupt, SystemExit) as stop:
         _close(run, RunStatus.KILLED, f"interrupted ({type(stop).__name__})")
         raise
@@ -149,6 +188,25 @@ def start_run(
         raise
     else:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextlib.contextmanager
+def _system_metrics(uri: str, run_id: str, resumed: bool) -> Iterator[None]:
+    """MLflow's system metrics (`system/*`) of the run while the block runs, one sample every
+    10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=<seconds> changes it); a resumed run's go on
+    from its last step. The sampling thread ends with the block; when the tracking server is
+    unreachable by then it is told to stop rather than waited for (its requests retry)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        if server_problem(uri):
+            monitor._shutdown_event.set()  # finish() would join a thread stuck in retries
+        else:
+            monitor.finish()
 
 
 def _close(run: Run, status: int, error: str) -> None:
@@ -190,6 +248,30 @@ def search(uri: str, experiment: str) -> pd.DataFrame:
         return pd.DataFrame()
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs([found.experiment_id], max_results=10000)
+
+
+def datasets(uri: str, experiment: str, run_ids: list[str]) -> dict[str, dict[str, Lineage]]:
+    """The splits each of `run_ids` logged for training, validation and testing, by split name
+    (a run that logged none, as runs from before datasets were logged, is left out)."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    logged: dict[str, dict[str, Lineage]] = {}
+    for i in range(0, len(run_ids) if found else 0, _BATCH):
+        ids = ", ".join(f"'{r}'" for r in run_ids[i : i + _BATCH])
+        for run in client.search_runs([found.experiment_id], f"attributes.run_id IN ({ids})",
+                                      max_results=_BATCH):
+            splits = {}
+            for item in run.inputs.dataset_inputs if run.inputs else []:
+                context = {t.key: t.value for t in item.tags}.get(MLFLOW_DATASET_CONTEXT)
+                if context in CONTEXTS.values():
+                    data, source = item.dataset, json.loads(item.dataset.source)
+                    where = (TFDS + source["tags"]["tfds"] if "tags" in source
+                             else source.get("uri", ""))
+                    rows = json.loads(data.profile or "{}").get("num_rows", -1)
+                    splits[data.name] = Lineage(data.name, where, rows, data.digest)
+            if splits:
+                logged[run.info.run_id] = splits
+    return logged
 
 
 def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None = None) -> None:

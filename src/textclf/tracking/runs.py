@@ -78,6 +78,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+class Stopped(Exception):
+    """Raised inside `start_run` to end a run early on purpose (a pruned Optuna trial): the run
+    ends KILLED with the message as its `stopped` tag, not as a failure."""
+
+
 class Run(KeepsMetrics):
     """One MLflow run: params, metrics, tags and artifacts, through one client.
 
@@ -141,6 +146,9 @@ def start_run(
     run = Run(client, run_id)
     try:
         yield run
+    except Stopped as stop:
+        _close(run, RunStatus.KILLED, str(stop), tag="stopped")
+        raise
     except (KeyboardInterrupt, SystemExit) as stop:
         _close(run, RunStatus.KILLED, f"interrupted ({type(stop).__name__})")
         raise
@@ -151,13 +159,13 @@ def start_run(
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _close(run: Run, status: int, error: str) -> None:
+def _close(run: Run, status: int, error: str, tag: str = "error") -> None:
     """End a stopped run with an `error` tag; when its server is unreachable, leave it RUNNING
     rather than wait minutes for MLflow's retries and bury the error that stopped it."""
     if server_problem(run.client.tracking_uri):
         return
     try:
-        run.set_tags({"error": error})
+        run.set_tags({tag: error})
         run.client.set_terminated(run.run_id, RunStatus.to_string(status))
     except Exception as lost:
         if not is_unreachable(lost):
@@ -198,11 +206,15 @@ def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None =
         run.log_artifact(path, folder)
 
 
-def log_results(uri: str, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Params and metrics on an existing run (a search's parent: its best trial)."""
-    run = Run(MlflowClient(tracking_uri=uri), run_id)
-    run.log_params(params)
-    run.log_metrics(metrics)
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def children(uri: str, parent_run_id: str) -> list:

@@ -122,7 +122,7 @@ def _fail_clearly(error: BaseException) -> None:
 def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
     """Every command's error handling (as lightning-hydra-template's `task_wrapper`): a mistake
     of the user's ends it with one clear message and exit code 2, anything else as raised. In a
-    sweep the error goes on to the sweeper, which records the job (an Optuna trial) as failed."""
+    sweep the error goes on to the sweeper."""
 
     @functools.wraps(command)
     def wrapped(cfg: DictConfig) -> object:
@@ -161,8 +161,6 @@ def train(cfg: DictConfig) -> float:
         if hydra_cfg.mode.name != "MULTIRUN":
             raise
         log.exception("job failed: %s: %s", type(error).__name__, error)
-        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
-            raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
         return float("nan")
 
 
@@ -369,6 +367,11 @@ def _check_output_folders(overrides: list[str]) -> None:
             raise SystemExit(2) from None
 
 
+def _usage_error(message: str) -> None:
+    print(f"textclf: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "log-model":
@@ -386,11 +389,14 @@ def main() -> None:
         rest = [_quote_text(a) for a in rest]
     if args[0] == "resume":
         rest = resume.arguments(rest, ROOT / "outputs")
+    if args[0] in ("train", "resume") and any(a.startswith("hparams_search=") for a in rest):
+        _usage_error(f"hparams_search: a search runs with `textclf tune` (make tune), not "
+                     f"`textclf {args[0]}`")
     if args[0] == "tune":
         if importlib.util.find_spec("optuna") is None:
-            raise SystemExit("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
+            _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
         if {"-m", "--multirun"} & set(rest):
-            raise SystemExit("textclf tune runs its trials itself: drop --multirun")
+            _usage_error("textclf tune runs its trials itself: drop --multirun")
         rest, space = _split_sweeps(rest)
         if not any(a.startswith("hparams_search=") for a in rest):
             rest.insert(0, "hparams_search=imdb_optuna")

@@ -339,8 +339,8 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = MISSING
-    # what a training job returns to a Hydra sweeper (make tune): this validation metric of
-    # the kept (best) epoch, logged as best_<name>; never a test metric
+    # what a training run returns to a sweeper or a `make tune` trial: this validation metric
+    # of the kept (best) epoch, logged as best_<name>; never a test metric
     optimized_metric: str = "val_accuracy"
     bench: BenchConfig | None = None  # set only by `textclf bench`
     tune: TuneConfig | None = None  # set by conf/hparams_search/, read by `textclf tune`

@@ -1,14 +1,18 @@
 # Every target runs inside .venv; `make install` creates it.
 SHELL := /bin/bash
+comma := ,
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 EXTRAS ?= dev
+LOCK := requirements-lock.txt
+# make lock: every extra the lock pins (all but cuda), for the Python and platform CI runs
+LOCK_EXTRAS := dev,postgres,optuna,ray
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train resume sweep evidence tune baseline compare register evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
+.PHONY: help install lock train resume sweep evidence tune baseline compare register evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,8 +21,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python ## Create .venv with the project and dev tools (idempotent; EXTRAS=dev,ray adds engines)
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+# make install: every package at the version requirements-lock.txt pins (-c: only those the
+# chosen extras need are installed); `make lock` refreshes the lock after pyproject.toml changes.
+install: $(BIN)/python ## Create .venv with the project and dev tools at the locked versions (EXTRAS=dev,ray adds engines)
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+
+lock: ## Pin requirements-lock.txt to pyproject.toml (keeps pins that still fit; UPGRADE=1: the newest)
+	@[ -x $(BIN)/uv ] || { echo "make lock: uv is not installed; run: make install" >&2; exit 2; }
+	$(BIN)/uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(LOCK_EXTRAS)),--extra $(e)) \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
 	$(BIN)/textclf train $(ARGS)
@@ -48,10 +60,8 @@ evidence: ## Regenerate the padding evidence (3 seeds; NAME=, DATA=, FIXED= for 
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=per_batch model.masking=none $(ARGS)
 	$(BIN)/textclf compare tracking.experiment=evidence_$(NAME) sweep=all out_dir=$(EVIDENCE_DIR) $(TRACKING)
 
-tune: ## Hyper-parameter search with Optuna (conf/hparams_search/), a child MLflow run per trial
-	@$(BIN)/python -c 'import hydra_plugins.hydra_optuna_sweeper' 2>/dev/null || { \
-		echo "make tune: Hydra's Optuna sweeper is not installed; run: $(BIN)/pip install -e '.[optuna]'" >&2; exit 2; }
-	$(BIN)/textclf train --multirun $(if $(findstring hparams_search=,$(ARGS)),,hparams_search=imdb_optuna) $(ARGS)
+tune: ## Optuna search (conf/hparams_search/), pruned per epoch; again, it continues the study
+	$(BIN)/textclf tune $(ARGS)
 
 baseline: ## The reference (TF-IDF + logistic regression) on a run's split: ARGS="<its data overrides> tracking.experiment=<its>"
 	$(BIN)/textclf baseline $(ARGS)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from textclf import tracking
@@ -174,3 +175,40 @@ def test_a_parallel_sweep_lands_whole_in_a_postgresql_backed_server(tmp_path, po
         assert metrics == 2 * len(JOBS)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(postgres,
+                                                                            monkeypatch):
+    """`make tune` on a team's PostgreSQL: the study in a database of its own, continued from
+    there; MLflow's database on the same server is refused."""
+    if importlib.util.find_spec("optuna") is None:
+        missing("no Optuna (make install EXTRAS=dev,optuna)")
+    from textclf.config import ConfigError, TuneConfig
+    from textclf.tune import distributions, open_study
+
+    monkeypatch.setenv("PGPASSWORD", postgres.password)  # as a user passes it: not in the URI
+    postgres.run(str(postgres.bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres.port),
+                 "-U", postgres.user, "optuna")
+    server = f"postgresql+psycopg://{postgres.user}@127.0.0.1:{postgres.port}"
+    mlflow_uri = f"{server}/mlflow"
+    MlflowClient(mlflow_uri).search_experiments()  # MLflow's tables, as a team server makes
+    cfg = TuneConfig(storage=f"{server}/optuna", study="team", space={"model.units": "choice(4,8)"})
+    study = open_study(cfg, "val_accuracy", mlflow_uri)
+    trial = study.ask(distributions(cfg.space))
+    study.tell(trial, 0.75)
+
+    again = open_study(cfg, "val_accuracy", mlflow_uri)
+    assert [(t.number, t.value) for t in again.trials] == [(0, 0.75)]
+    [(trials,)] = postgres.query("SELECT count(*) FROM runs")  # MLflow's: no trial there
+    assert trials == 0
+    tables = {}
+    for database in ("optuna", "mlflow"):
+        engine = sqlalchemy.create_engine(f"{server}/{database}")
+        tables[database] = set(sqlalchemy.inspect(engine).get_table_names())
+        engine.dispose()
+    assert {"studies", "trials", "alembic_version"} <= tables["optuna"]
+    assert "studies" not in tables["mlflow"] and "experiments" not in tables["optuna"]
+    with pytest.raises(ConfigError, match="holds MLflow's tracking store"):
+        open_study(TuneConfig(storage=mlflow_uri, space=cfg.space), "val_accuracy",
+                   "http://mlflow.example.org:5000")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from hydra import compose
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import resume
 from .config import (
@@ -154,7 +155,7 @@ def _fail_clearly(error: BaseException) -> None:
 def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
     """Every command's error handling (as lightning-hydra-template's `task_wrapper`): a mistake
     of the user's ends it with one clear message and exit code 2, anything else as raised. In a
-    sweep the error goes on to the sweeper, which records the job (an Optuna trial) as failed."""
+    sweep the error goes on to the sweeper."""
 
     @functools.wraps(command)
     def wrapped(cfg: DictConfig) -> object:
@@ -184,14 +185,15 @@ def train(cfg: DictConfig) -> float:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     hydra_cfg = HydraConfig.get()
+    if cfg.get("tune") is not None:
+        raise ConfigError("hparams_search: a search runs with `textclf tune` (make tune), "
+                          "not `textclf train`")
     try:
         return _train(cfg, hydra_cfg)
     except Exception as error:
         if hydra_cfg.mode.name != "MULTIRUN":
             raise
         log.exception("job failed: %s: %s", type(error).__name__, error)
-        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
-            raise  # Optuna takes no nan: a raised job is its FAIL trial (max_failure_rate)
         return float("nan")
 
 
@@ -205,13 +207,18 @@ def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
     return tags | {"git_commit": tracking.git_commit(ROOT)}
 
 
+def _params(cfg: DictConfig) -> dict[str, str]:
+    """A training run's MLflow params: what is trained, not how (bench, tune, resume)."""
+    return {k: v for k, v in flatten(cfg).items()
+            if k.split(".")[0] not in ("bench", "tune") and k != "train.resume"}
+
+
 def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     from . import pipeline, sweep
 
     config = to_object(cfg)
     tags = _choice_tags(hydra_cfg)
-    params = {k: v for k, v in flatten(cfg).items()
-              if k != "bench" and k != "train.resume"}  # how, not what, is trained
+    params = _params(cfg)
     if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
         if (done := sweep.finished_before(config)) is not None:
             log.info("job already FINISHED in %s; skipped", config.output_dir)
@@ -219,6 +226,54 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
         config = sweep.resumable(config)
     metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
     return metrics[f"best_{config.optimized_metric}"]
+
+
+def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
+    """`textclf tune`: the Optuna study of conf/hparams_search/<file> (`tune.space`), with
+    `space` from the command line (its sweeps) added and keys fixed there taken out."""
+
+    @task_wrapper
+    def search(cfg: DictConfig) -> None:
+        from . import tune as study
+
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        overrides = list(HydraConfig.get().overrides.task)
+        if cfg.get("tune") is None:
+            raise ConfigError("tune: hparams_search=none has no search space; name a file of "
+                              "conf/hparams_search/")
+        fixed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        cfg.tune.space = {k: v for k, v in cfg.tune.space.items() if k not in fixed} | space
+
+        def compose_trial(values: list[str], output_dir: str):
+            trial = compose("config", overrides=[*overrides, *values, f"output_dir={output_dir}"],
+                            return_hydra_config=True)
+            tags = _choice_tags(trial.hydra)
+            with open_dict(trial):
+                del trial["hydra"]
+            return to_object(trial), _params(trial), tags
+
+        study.run(to_object(cfg), compose_trial)
+
+    return search
+
+
+def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`textclf tune`'s arguments without their sweeps ('model.units=choice(32,64)', which
+    Hydra takes only in a multirun), and those sweeps as `tune.space` entries."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, rest, space = OverridesParser.create(), [], {}
+    for arg in args:
+        try:
+            [override] = [] if arg.startswith("-") else parser.parse_overrides([arg])
+        except Exception:  # not an override: Hydra says what is wrong with it
+            override = None
+        if override is not None and override.is_sweep_override():
+            space[override.key_or_group] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, space
 
 
 @task_wrapper
@@ -282,6 +337,7 @@ def evaluate(cfg: DictConfig) -> None:
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
     "resume": ("config", train),
+    "tune": ("config", tune),
     "baseline": ("baseline", baseline),
     "compare": ("compare", compare),
     "predict": ("predict", predict),
@@ -330,6 +386,7 @@ USAGE = """usage: textclf {commands} [hydra overrides]
   e.g. textclf train data=aclimdb data.path=aclImdb.tar.gz model.units=128
   textclf resume [run folder]   continues an interrupted run (default: the newest)
   textclf resume <sweep folder>   reruns the jobs of a sweep that did not finish
+  textclf tune [hparams_search=<file>]   an Optuna search; again, it continues the study
   textclf baseline data=...   the reference (TF-IDF + logistic regression) on a run's split
   textclf register run_id=<id> name=<model> alias=champion   loads as models:/<model>@champion
   textclf log-model <run folder>   logs a trained run whose tracking server was away
@@ -355,6 +412,11 @@ def _check_output_folders(overrides: list[str]) -> None:
             raise SystemExit(2) from None
 
 
+def _usage_error(message: str) -> None:
+    print(f"textclf: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "log-model":
@@ -372,6 +434,19 @@ def main() -> None:
         rest = [_quote_text(a) for a in rest]
     if args[0] == "resume":
         rest = resume.arguments(rest, ROOT / "outputs")
+    if args[0] in ("train", "resume") and any(a.startswith("hparams_search=") for a in rest):
+        _usage_error(f"hparams_search: a search runs with `textclf tune` (make tune), not "
+                     f"`textclf {args[0]}`")
+    if args[0] == "tune":
+        if importlib.util.find_spec("optuna") is None:
+            _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
+        if {"-m", "--multirun"} & set(rest):
+            _usage_error("textclf tune runs its trials itself: drop --multirun")
+        rest, space = _split_sweeps(rest)
+        if not any(a.startswith("hparams_search=") for a in rest):
+            rest.insert(0, "hparams_search=imdb_optuna")
+        rest.insert(0, "hydra.job.name=tune")  # its log: tune.log
+        task = tune(space)
     if config_name in ("config", "bench"):
         register_schemas(with_models=True)
         _check_output_folders(rest)
@@ -381,6 +456,9 @@ def main() -> None:
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a message, not a traceback
         then = (" Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
                 " last completed epoch." if config_name == "config" else "")
+        if args[0] == "tune":
+            then = (" The trial it trained is FAIL in the study and its run KILLED; `make tune`"
+                    " (textclf tune) again continues the study.")
         print(f"textclf {args[0]}: interrupted ({stop or 'Ctrl-C'}).{then}", file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -293,6 +293,51 @@ class BenchConfig:
     out_dir: str = MISSING
 
 
+PRUNERS = ("median", "halving", "threshold", "none")
+
+
+@dataclass
+class TuneConfig:
+    """`make tune` (conf/hparams_search/): an Optuna study whose trials are training runs. The
+    study lives in `storage`, so the same `study` there continues where it stopped."""
+
+    study: str = "textclf"
+    # Optuna's own database, never MLflow's (both keep an `alembic_version` table): a SQLite
+    # file by default; on a team's PostgreSQL its own database or schema, e.g.
+    # postgresql+psycopg://<user>@<host>:5432/optuna (password in PGPASSWORD or ~/.pgpass)
+    storage: str = "sqlite:///${root:}/outputs/optuna.db"
+    # finished (complete or pruned) trials the study holds when the search stops, counted over
+    # every `make tune` of it; failed trials do not count
+    n_trials: int = 20
+    # config key -> Hydra sweep syntax: choice(a, b), range(start, stop), interval(low, high),
+    # tag(log, interval(low, high)); a group (batching) takes choice
+    space: dict[str, str] = field(default_factory=dict)
+    seed: int = 42  # TPE's; offset by the trials already in the study, so none is drawn twice
+    startup_trials: int = 5  # random trials before TPE models the results
+    # median: a trial whose best value so far is worse than the median of earlier trials at
+    # the same epoch; halving: successive halving (rungs from prune_from_epoch); threshold:
+    # worse than prune_threshold; none: never
+    pruner: str = "median"
+    prune_from_epoch: int = 1  # the first epoch (from 1) after which a trial may be pruned
+    prune_startup_trials: int = 3  # median: finished trials before it prunes any
+    prune_threshold: float | None = None  # threshold: of optimized_metric
+
+    def __post_init__(self) -> None:
+        check(bool(self.study.strip()), "tune.study", "must be a name")
+        check(self.n_trials > 0, "tune.n_trials", f"must be > 0, got {self.n_trials}")
+        check(bool(self.space), "tune.space", "is empty: name what to search, e.g. "
+              "tune.space={model.units: 'choice(32, 64)'} or hparams_search=<file>")
+        check(self.startup_trials >= 0, "tune.startup_trials",
+              f"must be >= 0, got {self.startup_trials}")
+        one_of(self.pruner, "tune.pruner", PRUNERS)
+        check(self.prune_from_epoch >= 1, "tune.prune_from_epoch",
+              f"must be >= 1, got {self.prune_from_epoch}")
+        check(self.prune_startup_trials >= 0, "tune.prune_startup_trials",
+              f"must be >= 0, got {self.prune_startup_trials}")
+        check((self.pruner == "threshold") == (self.prune_threshold is not None),
+              "tune.prune_threshold", "is set with tune.pruner=threshold, and only then")
+
+
 @dataclass
 class Config:
     data: DataConfig = MISSING
@@ -303,10 +348,11 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = MISSING
-    # what a training job returns to a Hydra sweeper (make tune): this validation metric of
-    # the kept (best) epoch, logged as best_<name>; never a test metric
+    # what a training run returns to a sweeper or a `make tune` trial: this validation metric
+    # of the kept (best) epoch, logged as best_<name>; never a test metric
     optimized_metric: str = "val_accuracy"
     bench: BenchConfig | None = None  # set only by `textclf bench`
+    tune: TuneConfig | None = None  # set by conf/hparams_search/, read by `textclf tune`
 
     def __post_init__(self) -> None:
         one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))

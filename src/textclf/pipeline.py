@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -112,11 +112,11 @@ def build(cfg: Config, tokens: Vectorized, num_classes: int,
 
 
 def fit(net: keras.Model, batches: Batches, cfg: Config, on_epoch_end: Callable,
-        checkpoint: Path) -> train.Fit:
+        checkpoint: Path, callbacks: Sequence[keras.callbacks.Callback] = ()) -> train.Fit:
     steps = cfg.train.steps_per_epoch or batches.padding.batches
     log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
-    return train.fit(net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch],
-                     checkpoint)
+    return train.fit(net, batches.train_epoch, batches.val, steps, cfg.train,
+                     [log_epoch, *callbacks], checkpoint)
 
 
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
@@ -147,9 +147,11 @@ def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Co
 
 
 def run(
-    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
+    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, float]:
-    """Train and evaluate once, logging to MLflow; returns the final metrics.
+    """Train and evaluate once, logging to MLflow; returns the final metrics. `callbacks` see
+    each epoch after it is logged (an Optuna trial's pruning).
 
     With `train.resume` it continues the interrupted run in `cfg.output_dir` (same folder,
     same MLflow run) from its last completed epoch.
@@ -196,7 +198,7 @@ def run(
 
         class_names = dataset.class_names
         net = build(cfg, tokens, len(class_names), strategy)
-        fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint)
+        fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
         log.info("training stopped after %d epochs: %s", len(fitted.epoch_seconds),
                  fitted.stop_reason)
         mlrun.set_tags({"stop_reason": fitted.stop_reason})

@@ -18,6 +18,7 @@ from .outage import TrackingError, Unreachable
 from .runs import (
     PARENT_TAG,
     Run,
+    Stopped,
     children,
     connect,
     create_run,
@@ -25,14 +26,14 @@ from .runs import (
     finish,
     git_commit,
     log_artifacts,
-    log_results,
+    run_exists,
     search,
     start_run,
 )
 
 __all__ = [
-    "MODEL", "MODEL_TAG", "PARENT_TAG", "Run", "TrackingError", "Unreachable", "children",
-    "connect", "create_run", "datasets", "finish", "git_commit", "load_model", "log_artifacts",
-    "log_model", "log_results", "log_run_folder", "model_files", "model_uri", "register_model",
-    "search", "start_run",
+    "MODEL", "MODEL_TAG", "PARENT_TAG", "Run", "Stopped", "TrackingError", "Unreachable",
+    "children", "connect", "create_run", "datasets", "finish", "git_commit", "load_model",
+    "log_artifacts", "log_model", "log_run_folder", "model_files", "model_uri", "register_model",
+    "run_exists", "search", "start_run",
 ]

@@ -105,6 +105,11 @@ class SplitDataset(MetaDataset):
         return super().to_dict() | {"profile": json.dumps(self.profile)}
 
 
+class Stopped(Exception):
+    """Raised inside `start_run` to end a run early on purpose (a pruned Optuna trial): the run
+    ends KILLED with the message as its `stopped` tag, not as a failure."""
+
+
 class Run(KeepsMetrics):
     """One MLflow run: params, metrics, tags and artifacts, through one client.
 
@@ -180,6 +185,9 @@ def start_run(
     try:
         with _system_metrics(uri, run_id, resumed) if system_metrics else contextlib.nullcontext():
             yield run
+    except Stopped as stop:
+        _close(run, RunStatus.KILLED, str(stop), tag="stopped")
+        raise
     except (KeyboardInterrupt, SystemExit) as stop:
         _close(run, RunStatus.KILLED, f"interrupted ({type(stop).__name__})")
         raise
@@ -209,13 +217,13 @@ def _system_metrics(uri: str, run_id: str, resumed: bool) -> Iterator[None]:
             monitor.finish()
 
 
-def _close(run: Run, status: int, error: str) -> None:
+def _close(run: Run, status: int, error: str, tag: str = "error") -> None:
     """End a stopped run with an `error` tag; when its server is unreachable, leave it RUNNING
     rather than wait minutes for MLflow's retries and bury the error that stopped it."""
     if server_problem(run.client.tracking_uri):
         return
     try:
-        run.set_tags({"error": error})
+        run.set_tags({tag: error})
         run.client.set_terminated(run.run_id, RunStatus.to_string(status))
     except Exception as lost:
         if not is_unreachable(lost):
@@ -280,11 +288,15 @@ def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None =
         run.log_artifact(path, folder)
 
 
-def log_results(uri: str, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Params and metrics on an existing run (a search's parent: its best trial)."""
-    run = Run(MlflowClient(tracking_uri=uri), run_id)
-    run.log_params(params)
-    run.log_metrics(metrics)
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def children(uri: str, parent_run_id: str) -> list:

@@ -145,7 +145,7 @@ test-fast: ## The inner loop: unit, property and in-process pipeline tests on ti
 	$(BIN)/pytest -m "not slow and not e2e" -n 2 --dist loadfile
 
 test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
-	$(BIN)/pytest -m "slow or e2e"
+	$(BIN)/pytest -m "slow or e2e" -n 2 --dist loadfile
 
 lint: ## ruff
 	$(BIN)/ruff check src tests

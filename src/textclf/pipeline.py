@@ -201,8 +201,7 @@ def run(
         fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
         log.info("training stopped after %d epochs: %s", len(fitted.epoch_seconds),
                  fitted.stop_reason)
-        mlrun.set_tags({"stop_reason": fitted.stop_reason})
-        folder.add_tags({"stop_reason": fitted.stop_reason})
+        folder.add_tags({"stop_reason": fitted.stop_reason})  # to MLflow with the metrics
 
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
@@ -225,6 +224,7 @@ def run(
         # Everything is saved in the folder first: with the tracking server unreachable from
         # here on, one message says how to log the folder later (textclf log-model).
         with mlrun.or_later(folder.path):
+            mlrun.set_tags({"stop_reason": fitted.stop_reason})
             mlrun.log_metrics(metrics)
             tracking.log_model(mlrun, folder.model, folder.classes, cfg.tracking.registered_model)
             for path in folder.logged():

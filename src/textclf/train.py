@@ -233,7 +233,8 @@ class Checkpoint(keras.callbacks.Callback):
     Keras' `BackupAndRestore` keeps the weights and the optimizer; continuing exactly also
     needs the dropout RNG state, the early stopper's progress and the history, so this keeps
     all of them. The file is replaced atomically after every epoch: a kill at any moment
-    leaves the previous epoch's file whole. Put it after the `EarlyStopping` it restores.
+    leaves the previous epoch's file whole. Put it after the `EarlyStopping` whose progress it
+    saves.
     """
 
     def __init__(self, path: Path | None, stopper: EarlyStopping, timer: Timer):
@@ -245,7 +246,9 @@ class Checkpoint(keras.callbacks.Callback):
         self._saved, meta = read_checkpoint(path) if path and path.exists() else (None, None)
         if self._saved:
             self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
-            self._stopper = meta["stopper"]
+            for key in ("wait", "best", "best_epoch"):  # `fit` reads the kept epoch from it
+                setattr(stopper, key, meta["stopper"][key])
+            stopper.best_weights = _group(self._saved, "best") or None
             for name in ("epoch_seconds", "steady_seconds", "steps"):
                 getattr(timer, name).extend(meta["timer"][name])
 
@@ -258,12 +261,6 @@ class Checkpoint(keras.callbacks.Callback):
                 model.optimizer.build(model.trainable_variables)
             _assign(model.variables, self._saved, "model", self.path)
             _assign(model.optimizer.variables, self._saved, "optimizer", self.path)
-
-    def on_train_begin(self, logs=None):
-        if self._saved:  # after EarlyStopping.on_train_begin has reset it
-            for key in ("wait", "best", "best_epoch"):
-                setattr(self.stopper, key, self._stopper[key])
-            self.stopper.best_weights = _group(self._saved, "best") or None
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -387,20 +384,9 @@ def fit(
             steps_per_epoch=steps_per_epoch,
             callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
-    losses = state.history.get("val_loss", [])
-    best = best_epoch(losses, cfg.min_delta)
+    best = stopper.best_epoch
     return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best,
                stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch))
-
-
-def best_epoch(val_losses: list[float], min_delta: float) -> int:
-    """The epoch whose weights `EarlyStopping` keeps: a new best only when the loss falls a
-    fraction `min_delta` below the previous best (the lowest loss may come later)."""
-    best = 0
-    for epoch, loss in enumerate(val_losses):
-        if loss < val_losses[best] * (1 - min_delta):
-            best = epoch
-    return best
 
 
 def stop_reason(epochs_run: int, best_epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> str:

@@ -19,10 +19,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -88,21 +85,13 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
-class SplitDataset(MetaDataset):
-    """A split as an MLflow dataset: its source, name, digest and row count, not its rows."""
-
-    def __init__(self, split: Lineage):
-        source = (CodeDatasetSource({"tfds": split.source.removeprefix(TFDS)})
-                  if split.source.startswith(TFDS) else LocalArtifactDatasetSource(split.source))
-        self.rows = split.rows
-        super().__init__(source, name=split.name, digest=split.digest)
-
-    @property
-    def profile(self) -> dict[str, int]:
-        return {"num_rows": self.rows}
-
-    def to_dict(self) -> dict[str, str]:
-        return super().to_dict() | {"profile": json.dumps(self.profile)}
+def _dataset(split: Lineage) -> Dataset:
+    """A split as an MLflow dataset entity: its source (as MLflow's local-file and code sources
+    write theirs), name, digest and row count, not its rows."""
+    source_type, source = (("code", {"tags": {"tfds": split.source.removeprefix(TFDS)}})
+                           if split.source.startswith(TFDS) else ("local", {"uri": split.source}))
+    return Dataset(split.name, split.digest, source_type, json.dumps(source),
+                   profile=json.dumps({"num_rows": split.rows}))
 
 
 class Stopped(Exception):
@@ -145,7 +134,7 @@ class Run(KeepsMetrics):
         """Each split as a dataset input of the run, in its context: training, validation
         or testing by its name, or `context` for all (an evaluation's)."""
         self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(SplitDataset(split)._to_mlflow_entity(),
+            DatasetInput(_dataset(split),
                          [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])])
             for split in splits])
 

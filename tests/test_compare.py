@@ -322,3 +322,43 @@ def test_the_override_is_a_key_of_the_compare_command():
         cfg = compose("compare", overrides=["mixed_data=true", "out_dir=x"])
     assert OmegaConf.to_object(cfg).mixed_data is True
     assert CompareConfig(out_dir="x").mixed_data is False  # refused by default
+
+
+def test_a_dataset_another_job_logs_in_the_same_instant_is_logged_again_not_failed(tmp_path,
+                                                                                  monkeypatch):
+    """MLflow's SQL store looks a dataset up, then inserts it; in a parallel sweep two jobs can
+    both miss it and one insert then fails on the unique key (PostgreSQL, seen in CI). Here
+    the other job's insert lands first and the store answers as it does then."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    splits = [data.Lineage(name, "/data/reviews.csv", 100, name[0] * 16)
+              for name in ("train", "val", "test")]
+    with tracking.start_run(uri, "compare_padding") as other, \
+            tracking.start_run(uri, "compare_padding") as run:
+        log_inputs, calls = run.client.log_inputs, []
+
+        def lose_the_race(run_id, datasets):
+            calls.append(run_id)
+            if len(calls) == 1:
+                log_inputs(other.run_id, datasets=datasets)  # the other job's insert wins
+                raise MlflowException(sqlalchemy.exc.IntegrityError(
+                    "INSERT INTO datasets ...", {}, Exception("UNIQUE constraint failed")),
+                    error_code=BAD_REQUEST)
+            return log_inputs(run_id, datasets=datasets)
+
+        monkeypatch.setattr(run.client, "log_inputs", lose_the_race)
+        run.log_datasets(splits)
+        assert calls == [run.run_id, run.run_id]
+        logged = tracking.datasets(uri, "compare_padding", [run.run_id, other.run_id])
+        assert logged[run.run_id] == logged[other.run_id]
+        assert logged[run.run_id] == {split.name: split for split in splits}
+
+        def refuse(run_id, datasets):
+            raise MlflowException("Run 'x' is not active", error_code=BAD_REQUEST)
+
+        monkeypatch.setattr(run.client, "log_inputs", refuse)
+        with pytest.raises(MlflowException, match="not active"):
+            run.log_datasets(splits)  # any other error is the caller's to see

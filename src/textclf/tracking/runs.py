@@ -38,6 +38,7 @@ PARENT_TAG = "mlflow.parentRunId"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 TFDS = "tfds:"
 _BATCH = 100
+_LOST_INSERT_RACE = "/gkpj)"  # the end of the link SQLAlchemy puts in an IntegrityError's message
 log = logging.getLogger(__name__)
 
 
@@ -132,11 +133,22 @@ class Run(KeepsMetrics):
 
     def log_datasets(self, splits: Iterable[Lineage], context: str | None = None) -> None:
         """Each split as a dataset input of the run, in its context: training, validation
-        or testing by its name, or `context` for all (an evaluation's)."""
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(_dataset(split),
-                         [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])])
-            for split in splits])
+        or testing by its name, or `context` for all (an evaluation's).
+
+        A dataset is stored once per experiment; MLflow's SQL store looks it up, then inserts
+        it, so two jobs of a parallel sweep logging the same split at once can both miss it
+        and one insert fails (a unique-key error, answered as a 400 the client does not
+        retry). The second attempt finds the row the other job wrote."""
+        inputs = [DatasetInput(_dataset(split),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])])
+                  for split in splits]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException as error:
+            if _LOST_INSERT_RACE not in str(error):
+                raise
+            log.info("dataset logged by a concurrent run meanwhile; logging again")
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         path = Path(path)

@@ -105,9 +105,14 @@ def compose_config(overrides: list[str], tmp_path: Path) -> Config:
 def compose_baseline(overrides: list[str], tmp_path: Path) -> BaselineConfig:
     """`textclf baseline`'s real config: outputs and the MLflow store inside `tmp_path`."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("baseline", overrides=[
-            f"output_dir={tmp_path / 'baseline'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+        cfg = compose(
+            "baseline",
+            overrides=[
+                f"output_dir={tmp_path / 'baseline'}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                *overrides,
+            ],
+        )
     return OmegaConf.to_object(cfg)
 
 
@@ -124,6 +129,7 @@ def empty_store(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_config(tmp_path: Path, empty_store: Path):
     """The real config, shrunk (compose_config), its MLflow store a copy of `empty_store`."""
+
     def make(*overrides: str) -> Config:
         if not (tmp_path / "mlflow.db").exists():
             shutil.copyfile(empty_store, tmp_path / "mlflow.db")
@@ -166,16 +172,34 @@ cli.main()
 """
 
 
-def signalled_at_epoch(epoch: int, how: signal.Signals, *args: str, cwd: Path,
-                       job: int | None = None, log: Path | None = None) -> subprocess.Popen:
+def signalled_at_epoch(
+    epoch: int,
+    how: signal.Signals,
+    *args: str,
+    cwd: Path,
+    job: int | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen:
     """`textclf *args` in its own process group, sent `how` as epoch `epoch` begins (see
     SIGNAL_AT_EPOCH); its output goes to `log`, else to a pipe."""
     sink = log.open("w") if log else subprocess.PIPE
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", SIGNAL_AT_EPOCH, str(epoch), how.name,
-             "-" if job is None else str(job), *args],
-            cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                SIGNAL_AT_EPOCH,
+                str(epoch),
+                how.name,
+                "-" if job is None else str(job),
+                *args,
+            ],
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     finally:
         if log:
             sink.close()
@@ -215,10 +239,13 @@ def mlflow_server(tmp_path):
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--serve-model", default=None, metavar="URI",
+        "--serve-model",
+        default=None,
+        metavar="URI",
         help="tests/test_serving.py's load test: serve this model (runs:/<id>/model or "
-             "models:/<name>@<alias>, from $MLFLOW_TRACKING_URI or the project's store) "
-             "instead of the tiny model it trains")
+        "models:/<name>@<alias>, from $MLFLOW_TRACKING_URI or the project's store) "
+        "instead of the tiny model it trains",
+    )
 
 
 def venv_env(**extra: str) -> dict[str, str]:
@@ -232,16 +259,29 @@ class Service:
     `log`; `start` returns once `url + ready` answers 200, and a service can be stopped and
     started again with the same command, port and store."""
 
-    def __init__(self, command: list[str], url: str, log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, ready: str = "/health"):
+    def __init__(
+        self,
+        command: list[str],
+        url: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready: str = "/health",
+    ):
         self.command, self.url, self.log, self.ready = command, url, log, ready
         self.env, self.cwd = env or venv_env(), cwd
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 240) -> Service:
         with self.log.open("a") as sink:
-            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -252,8 +292,10 @@ class Service:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.command[:4]} did not come up on {self.url}:\n"
-                                   f"{self.log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{self.command[:4]} did not come up on {self.url}:\n"
+                    f"{self.log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -275,7 +317,18 @@ class Service:
 def tracking_server(folder: Path, port: int | None = None) -> Service:
     """`mlflow server` on a loopback port, its SQLite store and artifacts in `folder`."""
     port = port or free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-               "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-               "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'server.db'}",
+        "--artifacts-destination",
+        str(folder / "server-artifacts"),
+        "--workers",
+        "1",
+    ]
     return Service(command, f"http://127.0.0.1:{port}", folder / "server.log")

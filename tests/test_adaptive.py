@@ -23,12 +23,18 @@ from textclf.config import BatchingConfig, TrainConfig, flatten
 from .conftest import write_csv
 
 FILLER = [f"word{i}" for i in range(400)]
-SMALL = ["model.units=16", "model.embedding_dim=32", "model.bidirectional=false",
-         "evaluate.served_limit=50", "evaluate.plots=false"]
+SMALL = [
+    "model.units=16",
+    "model.embedding_dim=32",
+    "model.bidirectional=false",
+    "evaluate.served_limit=50",
+    "evaluate.plots=false",
+]
 
 
-def texts(n: int, classes: int, length: tuple[int, int], cues: int, seed: int
-          ) -> list[tuple[str, str]]:
+def texts(
+    n: int, classes: int, length: tuple[int, int], cues: int, seed: int
+) -> list[tuple[str, str]]:
     """`n` texts of `length` tokens, `cues` of them cue words (70% of the text's class)."""
     rng = random.Random(seed)
     rows = []
@@ -58,11 +64,13 @@ def assert_not_cut_short(result: dict, last: int = 2) -> None:
     losses = result["val_loss"]
     assert len(losses) == result["epochs_run"]
     by_limit = result["epochs_run"] >= result["epoch_limit"]
-    falling = len(losses) > last and all(b < a for a, b in zip(losses[-last - 1:-1],
-                                                                  losses[-last:], strict=True))
+    falling = len(losses) > last and all(
+        b < a for a, b in zip(losses[-last - 1 : -1], losses[-last:], strict=True)
+    )
     assert not (by_limit and falling), (
         f"stopped by the epoch limit ({result['epoch_limit']}) with val_loss still falling: "
-        f"{[round(v, 4) for v in losses]}")
+        f"{[round(v, 4) for v in losses]}"
+    )
 
 
 @pytest.mark.slow  # the real defaults on 3,000 rows: half a minute
@@ -102,9 +110,13 @@ def test_training_stops_soon_after_the_training_set_is_memorised(make_config, tm
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    history = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name),
-                                              key=lambda m: m.step)]
-               for name in ("accuracy", "val_loss")}
+    history = {
+        name: [
+            m.value
+            for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        ]
+        for name in ("accuracy", "val_loss")
+    }
     memorised = next(e for e, accuracy in enumerate(history["accuracy"]) if accuracy >= 0.99)
     assert memorised <= 2, history["accuracy"]  # epoch 2 or 3 here: what the test is about
     # an absolute threshold of 0.001 let it go on to epoch 16 here: val_loss, ~0.94 with the
@@ -116,7 +128,7 @@ def test_training_stops_soon_after_the_training_set_is_memorised(make_config, tm
     assert reason.endswith(f"after epoch {int(metrics['best_epoch'])}")
     kept = history["val_loss"][int(metrics["best_epoch"]) - 1]
     assert metrics["best_val_loss"] == pytest.approx(kept)
-    later = history["val_loss"][int(metrics["best_epoch"]):]
+    later = history["val_loss"][int(metrics["best_epoch"]) :]
     assert later and all(loss > kept * 0.99 for loss in later)  # none counted as progress
 
 
@@ -134,8 +146,9 @@ def test_the_best_epoch_and_the_stop_reason_follow_early_stoppings_rule():
     assert kept_epoch([0.9, 0.8, 0.796, 0.795], 0.01) == 1
     assert kept_epoch([0.9, 0.8, 0.796, 0.795], 0.0) == 3
     cfg = TrainConfig(epochs=100, max_steps=4000)
-    assert train.stop_reason(20, 3, cfg, 200) == ("max_steps: train.max_steps=4000 optimizer "
-                                                  "steps (20 epochs)")
+    assert train.stop_reason(20, 3, cfg, 200) == (
+        "max_steps: train.max_steps=4000 optimizer steps (20 epochs)"
+    )
     assert train.stop_reason(7, 4, cfg, 200).endswith("for train.patience=2 epochs after epoch 5")
     assert train.stop_reason(100, 99, cfg, 10) == "epochs: train.epochs=100"
 
@@ -143,8 +156,9 @@ def test_the_best_epoch_and_the_stop_reason_follow_early_stoppings_rule():
 def test_short_texts_get_batches_of_at_most_max_batch_rows():
     """The token budget alone would put 32,000 / 10 = 3,200 ten-token texts in a batch."""
     spec = BatchingConfig(strategy="bucket")
-    sizes = batching.bucket_batch_sizes([9, 11, 13, 300], spec.batch_size, spec.token_budget,
-                                        spec.max_batch_rows)
+    sizes = batching.bucket_batch_sizes(
+        [9, 11, 13, 300], spec.batch_size, spec.token_budget, spec.max_batch_rows
+    )
     assert sizes == [256, 256, 256, 107, 64]
     assert batching.bucket_batch_sizes([11], 64, 32000, None) == [3200, 64]
     assert batching.bucket_batch_sizes([11], 512, 32000, 256) == [512, 512]  # batch_size wins

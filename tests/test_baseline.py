@@ -20,9 +20,16 @@ from textclf.config import flatten, to_object
 from .conftest import compose_baseline, compose_config, reviews, write_csv
 
 EXPERIMENT = "beside"
-TINY = ["train.epochs=1", "train.learning_rate=0.01", "model.units=8", "model.embedding_dim=16",
-        "model.bidirectional=false", "tokenize.vocab_size=200", "batching.batch_size=16",
-        "evaluate.served_limit=20"]
+TINY = [
+    "train.epochs=1",
+    "train.learning_rate=0.01",
+    "model.units=8",
+    "model.embedding_dim=16",
+    "model.bidirectional=false",
+    "tokenize.vocab_size=200",
+    "batching.batch_size=16",
+    "evaluate.served_limit=20",
+]
 NO_TOKEN = "?! ... !?"  # kept by data.load (not empty), dropped by a run's tokenizer
 SPACED = "a joy to watch , truly !"  # 7 whitespace tokens, 5 for a run's tokenizer
 
@@ -46,11 +53,17 @@ def beside(tmp_path_factory, empty_store) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("beside")
     shutil.copyfile(empty_store, root / "mlflow.db")
     train_csv = write_csv(root / "train.csv", [*reviews(200), (NO_TOKEN, "pos"), (NO_TOKEN, "neg")])
-    test_csv = write_csv(root / "test.csv",
-                         [*reviews(60, seed=1), (NO_TOKEN, "pos"), (SPACED, "pos")])
-    same = ["data=csv", f"data.path={train_csv}", f"data.test_path={test_csv}",
-            "evaluate.length_edges=[8,16]", "evaluate.plots=false",
-            f"tracking.experiment={EXPERIMENT}"]
+    test_csv = write_csv(
+        root / "test.csv", [*reviews(60, seed=1), (NO_TOKEN, "pos"), (SPACED, "pos")]
+    )
+    same = [
+        "data=csv",
+        f"data.path={train_csv}",
+        f"data.test_path={test_csv}",
+        "evaluate.length_edges=[8,16]",
+        "evaluate.plots=false",
+        f"tracking.experiment={EXPERIMENT}",
+    ]
     keras_cfg = to_object(compose_config([*same, *TINY], root))
     keras_metrics = pipeline.run(keras_cfg, flatten(asdict(keras_cfg)), {})
     cfg = compose_baseline(same, root)
@@ -60,11 +73,21 @@ def beside(tmp_path_factory, empty_store) -> SimpleNamespace:
         record(patch, evaluate, "score", scores)
         metrics = baseline.run(cfg)
     client = MlflowClient(cfg.tracking.uri)
-    runs = {r.data.tags["model"]: r for r in client.search_runs(
-        [client.get_experiment_by_name(EXPERIMENT).experiment_id])}
-    return SimpleNamespace(keras_cfg=keras_cfg, keras_metrics=keras_metrics, cfg=cfg,
-                           metrics=metrics, fits=fits, scores=scores, client=client, runs=runs,
-                           root=root)
+    runs = {
+        r.data.tags["model"]: r
+        for r in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    }
+    return SimpleNamespace(
+        keras_cfg=keras_cfg,
+        keras_metrics=keras_metrics,
+        cfg=cfg,
+        metrics=metrics,
+        fits=fits,
+        scores=scores,
+        client=client,
+        runs=runs,
+        root=root,
+    )
 
 
 def test_the_reference_fits_and_scores_exactly_the_rows_of_a_training_run(beside):
@@ -93,8 +116,7 @@ def test_the_reference_logs_a_training_runs_metric_names_tags_and_no_model(besid
     assert names == {k for k in trained if k.startswith("test_")}
     assert len([k for k in names if k.startswith("test_accuracy_len_")]) >= 2
     assert "best_val_accuracy" in trained and "best_val_accuracy" in reference.data.metrics
-    assert reference.data.metrics["test_accuracy"] == pytest.approx(
-        beside.metrics["test_accuracy"])
+    assert reference.data.metrics["test_accuracy"] == pytest.approx(beside.metrics["test_accuracy"])
     assert reference.info.status == "FINISHED" and reference.info.run_name == "reference"
     assert reference.data.tags["model"] == "reference"
     assert reference.data.tags["reference"] == "true"
@@ -105,22 +127,31 @@ def test_the_reference_logs_a_training_runs_metric_names_tags_and_no_model(besid
     assert params["C_grid"] == str(grid) and float(params["C"]) in grid
     val = {c: reference.data.metrics[f"val_accuracy_C_{c:g}"] for c in grid}
     assert val[float(params["C"])] == max(val.values())
-    assert params["data.path"] == beside.runs[beside.keras_cfg.model.variant()].data.params[
-        "data.path"]
+    assert (
+        params["data.path"]
+        == beside.runs[beside.keras_cfg.model.variant()].data.params["data.path"]
+    )
 
 
-def test_c_is_chosen_on_validation_even_where_test_would_choose_otherwise(tmp_path,
-                                                                          empty_store):
+def test_c_is_chosen_on_validation_even_where_test_would_choose_otherwise(tmp_path, empty_store):
     """Training rows 60/40 pos/neg; test labels inverted. On validation a large C fits
     (accuracy 1) and a tiny one predicts the majority (0.6); on the inverted test the tiny C
     wins. A reference picking C on test would pick 0.001."""
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     rows = [r for r in reviews(400) if r[1] == "pos"][:144] + [
-        r for r in reviews(400) if r[1] == "neg"][:96]
+        r for r in reviews(400) if r[1] == "neg"
+    ][:96]
     inverted = [(t, "neg" if y == "pos" else "pos") for t, y in reviews(60, seed=1)]
-    cfg = compose_baseline(["data=csv", f"data.path={write_csv(tmp_path / 'a.csv', rows)}",
-                            f"data.test_path={write_csv(tmp_path / 'b.csv', inverted)}",
-                            "C_grid=[0.001,100]", "evaluate.plots=false"], tmp_path)
+    cfg = compose_baseline(
+        [
+            "data=csv",
+            f"data.path={write_csv(tmp_path / 'a.csv', rows)}",
+            f"data.test_path={write_csv(tmp_path / 'b.csv', inverted)}",
+            "C_grid=[0.001,100]",
+            "evaluate.plots=false",
+        ],
+        tmp_path,
+    )
     metrics = baseline.run(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
@@ -150,23 +181,24 @@ def test_make_compare_lists_the_reference_beside_the_keras_run(beside, capsys):
     assert (out / "accuracy_by_length.png").stat().st_size > 0
 
 
-def test_the_reference_logs_a_training_runs_datasets_so_compare_can_check_them(beside,
-                                                                              tmp_path):
+def test_the_reference_logs_a_training_runs_datasets_so_compare_can_check_them(beside, tmp_path):
     """Same data config → the same three datasets (source, rows, digest) as the Keras run; a
     reference on other rows (another data.seed carves another validation split) is refused
     beside it, in a copy of the store."""
     uri = f"sqlite:///{beside.root / 'mlflow.db'}"
     ids = [r.info.run_id for r in beside.runs.values()]
     logged = tracking.datasets(uri, EXPERIMENT, ids)
-    trained, reference = (logged[beside.runs[m].info.run_id]
-                          for m in (beside.keras_cfg.model.variant(), "reference"))
+    trained, reference = (
+        logged[beside.runs[m].info.run_id] for m in (beside.keras_cfg.model.variant(), "reference")
+    )
     assert reference == trained and set(reference) == {"train", "val", "test"}
     assert reference["test"].source == str(beside.root / "test.csv")
 
     shutil.copyfile(beside.root / "mlflow.db", tmp_path / "mlflow.db")
     store = replace(beside.cfg.tracking, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    other = replace(beside.cfg, data=replace(beside.cfg.data, seed=7), tracking=store,
-                    output_dir=str(tmp_path))
+    other = replace(
+        beside.cfg, data=replace(beside.cfg.data, seed=7), tracking=store, output_dir=str(tmp_path)
+    )
     baseline.run(other)
     with pytest.raises(compare.CompareError, match=r"different data \(2 groups"):
         compare.main(other.tracking.uri, EXPERIMENT, "all", tmp_path / "compare")

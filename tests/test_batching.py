@@ -22,8 +22,13 @@ def ragged(lengths: list[int]) -> tf.RaggedTensor:
 
 
 def spec(strategy: str, **kw) -> BatchingConfig:
-    defaults = {"batch_size": 4, "max_length": 6 if strategy == "fixed" else None, "num_buckets": 3,
-                "token_budget": None, "round_to": 1}
+    defaults = {
+        "batch_size": 4,
+        "max_length": 6 if strategy == "fixed" else None,
+        "num_buckets": 3,
+        "token_budget": None,
+        "round_to": 1,
+    }
     return BatchingConfig(strategy=strategy, **(defaults | kw))
 
 
@@ -75,13 +80,9 @@ def test_exact_batches_pad_no_more_than_the_rounding(lengths, round_to):
 def test_padding_side_puts_pads_after_or_before():
     tokens = ragged([3, 1])
     post = next(iter(batches(tokens, np.zeros(2, np.int32), spec("per_batch"))))[0]
-    pre = next(
-        iter(
-            batches(
-                tokens, np.zeros(2, np.int32), spec("per_batch", padding_side="pre")
-            )
-        )
-    )[0]
+    pre = next(iter(batches(tokens, np.zeros(2, np.int32), spec("per_batch", padding_side="pre"))))[
+        0
+    ]
     assert post.numpy().tolist() == [[1, 2, 3], [1001, 0, 0]]
     assert pre.numpy().tolist() == [[1, 2, 3], [0, 0, 1001]]
 

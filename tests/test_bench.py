@@ -26,18 +26,32 @@ def test_training_flops_are_counted_from_the_gate_shapes():
 def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     data = write_csv(tmp_path / "reviews.csv", reviews(400))
     out = tmp_path / "bench"
-    done = textclf("bench", "--quick", "data=csv", f"data.path={data}", f"bench.out_dir={out}",
-                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "model.units=8",
-                   "model.embedding_dim=16", "tokenize.vocab_size=200", "bench.fixed_length=40",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    done = textclf(
+        "bench",
+        "--quick",
+        "data=csv",
+        f"data.path={data}",
+        f"bench.out_dir={out}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "model.units=8",
+        "model.embedding_dim=16",
+        "tokenize.vocab_size=200",
+        "bench.fixed_length=40",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((out / "latest.json").read_text())
-    assert set(report["strategies"]) == {"fixed", "per_batch", "bucket", "exact",
-                                         "bucket/ngram-branch"}
+    assert set(report["strategies"]) == {
+        "fixed",
+        "per_batch",
+        "bucket",
+        "exact",
+        "bucket/ngram-branch",
+    }
     for name, result in report["strategies"].items():
-        for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s",
-                    "peak_rss_mb"):
+        for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s", "peak_rss_mb"):
             assert result[key] > 0, (name, key)
         assert result["model_gflops"] > 0 and result["utilisation"] > 0
         assert 0 < result["padding_efficiency"] <= 1
@@ -46,8 +60,10 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     for result in report["strategies"].values():
         assert result["ratio_to_fixed"] == pytest.approx(result["reviews_per_s"] / fixed)
         assert result["ratio_to_per_batch"] == pytest.approx(result["reviews_per_s"] / per_batch)
-    assert report["strategies"]["exact"]["padding_efficiency"] > (
-        report["strategies"]["per_batch"]["padding_efficiency"])
+    assert (
+        report["strategies"]["exact"]["padding_efficiency"]
+        > (report["strategies"]["per_batch"]["padding_efficiency"])
+    )
     assert report["config"]["default"] == "bucket"
     assert report["config"]["fixed_length"] == 40 and "pads to 40 tokens" in done.stdout
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
@@ -68,6 +84,6 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     [run] = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["bucket_padding_efficiency"] == pytest.approx(
-        report["strategies"]["bucket"]["padding_efficiency"])
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"latest.json",
-                                                                         "latest.md"}
+        report["strategies"]["bucket"]["padding_efficiency"]
+    )
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"latest.json", "latest.md"}

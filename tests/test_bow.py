@@ -27,9 +27,14 @@ from textclf.models import bow
 from .conftest import compose_config, reviews, write_csv
 
 # (override, model tag, run name)
-MODELS = {"bow": ("model=bow", "bow", "bow-bucket"),
-          "lstm+ngrams": ("model=lstm model.units=8 model.embedding_dim=16", "lstm+ngrams",
-                          "bucket-post-mask_zero+ngrams")}
+MODELS = {
+    "bow": ("model=bow", "bow", "bow-bucket"),
+    "lstm+ngrams": (
+        "model=lstm model.units=8 model.embedding_dim=16",
+        "lstm+ngrams",
+        "bucket-post-mask_zero+ngrams",
+    ),
+}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -39,12 +44,21 @@ def run(tmp_path_factory, request) -> SimpleNamespace:
     override, tag, name = MODELS[request.param]
     root = tmp_path_factory.mktemp("bow")
     data = write_csv(root / "reviews.csv", reviews(400))
-    cfg = to_object(compose_config(
-        [*override.split(), "data=csv", f"data.path={data}", "train.epochs=10",
-         "evaluate.served_limit=20", "evaluate.plots=false"], root))
+    cfg = to_object(
+        compose_config(
+            [
+                *override.split(),
+                "data=csv",
+                f"data.path={data}",
+                "train.epochs=10",
+                "evaluate.served_limit=20",
+                "evaluate.plots=false",
+            ],
+            root,
+        )
+    )
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
-    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag,
-                           name=name)
+    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag, name=name)
 
 
 def test_it_trains_and_beats_chance_on_separable_reviews(run):
@@ -75,9 +89,12 @@ def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifie
     path = run.out / "model.keras"
     classifier = inference.Classifier.from_files(path)
     assert classifier.model.inputs[0].dtype == "string"
-    texts = ["a wonderful film, i loved every minute of it",
-             "a terrible film, boring and pointless",
-             "brilliant, moving and funny", ""]
+    texts = [
+        "a wonderful film, i loved every minute of it",
+        "a terrible film, boring and pointless",
+        "brilliant, moving and funny",
+        "",
+    ]
     frame = classifier.predict(texts)
     assert frame["label"].tolist()[:3] == ["pos", "neg", "pos"]
     assert frame["error"].tolist()[3] == inference.EMPTY
@@ -90,11 +107,17 @@ def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifie
 
 def test_the_saved_model_loads_and_answers_in_a_fresh_process(run):
     """Custom layers registered on import: nothing of the training process is needed."""
-    code = ("import sys; from textclf import inference; "
-            "c = inference.Classifier.from_files(sys.argv[1]); "
-            "print(c.predict(['a wonderful film', 'a terrible film'])['label'].tolist())")
-    done = subprocess.run([sys.executable, "-c", code, str(run.out / "model.keras")],
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from textclf import inference; "
+        "c = inference.Classifier.from_files(sys.argv[1]); "
+        "print(c.predict(['a wonderful film', 'a terrible film'])['label'].tolist())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(run.out / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "['pos', 'neg']" in done.stdout
 
@@ -106,8 +129,11 @@ def test_the_mlflow_model_gives_the_same_probabilities(run):
     texts = [t for t, _ in reviews(12, seed=5)]
     got = pyfunc.predict(pd.DataFrame({"text": texts}))
     expected = inference.Classifier.from_files(run.out / "model.keras").predict(texts)
-    np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(),
-                               expected[["prob_neg", "prob_pos"]].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        got[["prob_neg", "prob_pos"]].to_numpy(),
+        expected[["prob_neg", "prob_pos"]].to_numpy(),
+        atol=1e-6,
+    )
     assert got["label"].tolist() == expected["label"].tolist()
 
 
@@ -136,8 +162,9 @@ def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
     of SCALE (the NumPy formula below), kept sparse; saved and loaded with its vocabulary and
     idf."""
     train = tf.constant(["1 2 3", "2 3 4 5", "5 6 7 2", "1 2", "8 9 2 3 3"])
-    dense = keras.layers.TextVectorization(max_tokens=12, standardize=None, split="whitespace",
-                                           ngrams=2, output_mode="tf_idf")
+    dense = keras.layers.TextVectorization(
+        max_tokens=12, standardize=None, split="whitespace", ngrams=2, output_mode="tf_idf"
+    )
     dense.adapt(train)
     sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, rate=0.5)
     sparse.adapt(tf.data.Dataset.from_tensor_slices(train).batch(2))
@@ -145,7 +172,7 @@ def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
     texts = tf.constant(["1 2 3 3 77", "5 6", "99"])
     tf_idf = dense(texts).numpy()
     present = (tf_idf != 0).sum(axis=1, keepdims=True)
-    rms = np.sqrt((tf_idf ** 2).sum(axis=1, keepdims=True) / present)
+    rms = np.sqrt((tf_idf**2).sum(axis=1, keepdims=True) / present)
     expected = tf_idf * bow.SCALE / rms
     rows = sparse(texts)
     assert isinstance(rows, tf.SparseTensor)
@@ -158,8 +185,9 @@ def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
 
     inputs = keras.Input(shape=(), dtype="string")
     net = keras.Model(inputs, bow.head([sparse(inputs)], 2))
-    net.get_layer("logits").set_weights([np.arange(12, dtype="float32")[:, None] / 10,
-                                         np.zeros(1, "float32")])
+    net.get_layer("logits").set_weights(
+        [np.arange(12, dtype="float32")[:, None] / 10, np.zeros(1, "float32")]
+    )
     with tempfile.TemporaryDirectory() as folder:
         net.save(f"{folder}/m.keras")
         loaded = keras.models.load_model(f"{folder}/m.keras", compile=False, safe_mode=True)

@@ -118,15 +118,22 @@ def test_config_error_names_the_key_before_reading_data(tmp_path):
 
 def train_in_background(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "textclf.cli", "train", *quick(tmp_path), *overrides]
-    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_run_is_marked_killed_not_left_running(tmp_path, tiny_csv, how):
-    proc = train_in_background(tmp_path, "data=csv", f"data.path={tiny_csv}",
-                               f"hydra.run.dir={tmp_path / 'run'}", "train.epochs=500",
-                               "train.patience=500", "train.verbose=2")
+    proc = train_in_background(
+        tmp_path,
+        "data=csv",
+        f"data.path={tiny_csv}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "train.epochs=500",
+        "train.patience=500",
+        "train.verbose=2",
+    )
     try:
         for line in proc.stdout:  # wait for training to be under way
             if line.startswith("Epoch 2/"):
@@ -150,19 +157,30 @@ def checkpoint_epoch(path: Path) -> int:
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_result(
-    tmp_path, how
-):
+def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_result(tmp_path, how):
     data = write_csv(tmp_path / "reviews.csv", reviews(800))
-    same = ["data=csv", f"data.path={data}", "train.epochs=8", "train.patience=8",
-            "train.deterministic=true", "model.dropout=0.3"]
-    whole = textclf("train", *quick(tmp_path), *same, f"hydra.run.dir={tmp_path / 'whole'}",
-                    "tracking.experiment=whole", cwd=tmp_path)
+    same = [
+        "data=csv",
+        f"data.path={data}",
+        "train.epochs=8",
+        "train.patience=8",
+        "train.deterministic=true",
+        "model.dropout=0.3",
+    ]
+    whole = textclf(
+        "train",
+        *quick(tmp_path),
+        *same,
+        f"hydra.run.dir={tmp_path / 'whole'}",
+        "tracking.experiment=whole",
+        cwd=tmp_path,
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.npz"
-    proc = signalled_at_epoch(2, how, "train", *quick(tmp_path), *same,
-                              f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = signalled_at_epoch(
+        2, how, "train", *quick(tmp_path), *same, f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     output = proc.communicate(timeout=600)[0]
     assert proc.returncode == (-how if how == signal.SIGKILL else 130), output[-3000:]
     done_epochs = checkpoint_epoch(checkpoint)
@@ -174,8 +192,13 @@ def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_res
 
     changed = textclf("resume", str(run_dir), "model.units=9", cwd=tmp_path)
     assert changed.returncode == 2 and "model.units: 8 -> 9" in changed.stdout + changed.stderr
-    empty = textclf("train", *quick(tmp_path), "train.resume=true",
-                    f"hydra.run.dir={tmp_path / 'empty'}", cwd=tmp_path)
+    empty = textclf(
+        "train",
+        *quick(tmp_path),
+        "train.resume=true",
+        f"hydra.run.dir={tmp_path / 'empty'}",
+        cwd=tmp_path,
+    )
     assert empty.returncode == 2 and "holds no earlier run" in empty.stdout + empty.stderr
 
     resumed = textclf("resume", str(run_dir), cwd=tmp_path)
@@ -185,8 +208,9 @@ def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_res
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")][-1] == 8
     assert not checkpoint.exists()
-    got, expected = (json.loads((d / "metrics.json").read_text())
-                     for d in (run_dir, tmp_path / "whole"))
+    got, expected = (
+        json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "whole")
+    )
     for key in [k for k in expected if k.startswith("test_")] + ["epochs_run", "best_epoch"]:
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
@@ -195,12 +219,20 @@ def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
     results = []
     for name in ("a", "b"):
         run_dir = tmp_path / name
-        done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={run_dir}",
-                       *quick(tmp_path), "train.deterministic=true", cwd=tmp_path)
+        done = textclf(
+            "train",
+            "data=csv",
+            f"data.path={tiny_csv}",
+            f"hydra.run.dir={run_dir}",
+            *quick(tmp_path),
+            "train.deterministic=true",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        results.append({k: v for k, v in metrics.items()
-                        if k.startswith("test_") or k == "padding_efficiency"})
+        results.append(
+            {k: v for k, v in metrics.items() if k.startswith("test_") or k == "padding_efficiency"}
+        )
     assert results[0] == results[1]
 
 
@@ -211,15 +243,21 @@ def test_resume_without_a_folder_takes_the_newest_interrupted_run(tmp_path):
         folder = tmp_path / "outputs" / name
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "overrides.yaml").write_text(
-            f"- model.units=8\n- train.resume=true\n- tracking.run_name={name.replace('/', '-')}\n")
+            f"- model.units=8\n- train.resume=true\n- tracking.run_name={name.replace('/', '-')}\n"
+        )
         if name != "runs/finished":  # a finished run has deleted its checkpoint
             checkpoint = folder / "checkpoint.npz"
             checkpoint.write_bytes(b"")
             os.utime(checkpoint, (time.time() - age, time.time() - age))
     newest = (tmp_path / "outputs" / "sweeps" / "s" / "0_x").resolve()
     assert resume.arguments(["train.verbose=0"], tmp_path / "outputs") == [
-        "model.units=8", "tracking.run_name=sweeps-s-0_x", f"hydra.run.dir={newest}",
-        "hydra.output_subdir=null", "train.resume=true", "train.verbose=0"]
+        "model.units=8",
+        "tracking.run_name=sweeps-s-0_x",
+        f"hydra.run.dir={newest}",
+        "hydra.output_subdir=null",
+        "train.resume=true",
+        "train.verbose=0",
+    ]
     with pytest.raises(SystemExit, match="not a run folder"):
         resume.arguments([str(tmp_path)], tmp_path / "outputs")
 
@@ -252,8 +290,12 @@ def test_the_usage_line_names_every_command(capsys):
 def test_an_output_folder_that_cannot_be_made_is_named_before_hydra_starts(tmp_path, key):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    args = ["train", *(["--multirun"] if key == "hydra.sweep.dir" else []),
-            f"{key}={blocker / 'run'}", *quick(tmp_path)]
+    args = [
+        "train",
+        *(["--multirun"] if key == "hydra.sweep.dir" else []),
+        f"{key}={blocker / 'run'}",
+        *quick(tmp_path),
+    ]
     done = textclf(*args, cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]

@@ -20,25 +20,49 @@ from .conftest import compose_baseline, compose_config
 
 T_975_DF2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom (3 runs)
 CSV_COLUMNS = [
-    "variant", "n",
-    "test_accuracy_mean", "test_accuracy_sd", "test_accuracy_ci95",
-    "test_f1_mean", "test_f1_sd", "test_f1_ci95",
-    "served_accuracy_mean", "served_accuracy_sd", "served_accuracy_ci95",
-    "served_max_abs_diff_mean", "served_max_abs_diff_sd", "served_max_abs_diff_ci95",
-    "train_reviews_per_s_mean", "train_reviews_per_s_sd", "train_reviews_per_s_ci95",
-    "padding_efficiency_mean", "padding_efficiency_sd", "padding_efficiency_ci95",
-    "p_vs_best", "test", "vs_best", "note",
+    "variant",
+    "n",
+    "test_accuracy_mean",
+    "test_accuracy_sd",
+    "test_accuracy_ci95",
+    "test_f1_mean",
+    "test_f1_sd",
+    "test_f1_ci95",
+    "served_accuracy_mean",
+    "served_accuracy_sd",
+    "served_accuracy_ci95",
+    "served_max_abs_diff_mean",
+    "served_max_abs_diff_sd",
+    "served_max_abs_diff_ci95",
+    "train_reviews_per_s_mean",
+    "train_reviews_per_s_sd",
+    "train_reviews_per_s_ci95",
+    "padding_efficiency_mean",
+    "padding_efficiency_sd",
+    "padding_efficiency_ci95",
+    "p_vs_best",
+    "test",
+    "vs_best",
+    "note",
 ]
 # (batching, masking) → test accuracy per seed 0, 1, 2, reviews/s, padding efficiency
-SWEEP = {("bucket", "mask_zero"): ([0.87, 0.88, 0.89], 900.0, 0.97),
-         ("per_batch", "none"): ([0.70, 0.72, 0.71], 250.0, 0.27)}
+SWEEP = {
+    ("bucket", "mask_zero"): ([0.87, 0.88, 0.89], 900.0, 0.97),
+    ("per_batch", "none"): ([0.70, 0.72, 0.71], 250.0, 0.27),
+}
 
 
 def metrics(acc: float, speed: float, eff: float) -> dict[str, float]:
-    return {"test_accuracy": acc, "test_f1": acc - 0.01, "served_accuracy": acc,
-            "served_max_abs_diff": 1e-7 if eff > 0.5 else 0.2, "train_reviews_per_s": speed,
-            "padding_efficiency": eff, "test_accuracy_len_1-128": acc,
-            "test_accuracy_len_129-inf": acc - 0.1}
+    return {
+        "test_accuracy": acc,
+        "test_f1": acc - 0.01,
+        "served_accuracy": acc,
+        "served_max_abs_diff": 1e-7 if eff > 0.5 else 0.2,
+        "train_reviews_per_s": speed,
+        "padding_efficiency": eff,
+        "test_accuracy_len_1-128": acc,
+        "test_accuracy_len_129-inf": acc - 0.1,
+    }
 
 
 def log_sweep(uri: str, tmp_path, seeds=(0, 1, 2), experiment="compare_padding") -> str:
@@ -47,17 +71,29 @@ def log_sweep(uri: str, tmp_path, seeds=(0, 1, 2), experiment="compare_padding")
     parent = tracking.create_run(uri, experiment, "sweep x", {"sweep_dir": str(tmp_path)})
     for (batching, masking), (accs, speed, eff) in SWEEP.items():
         for seed, acc in zip(seeds, accs, strict=False):
-            cfg = compose_config([f"batching={batching}", f"model.masking={masking}",
-                                  f"train.seed={seed}", f"output_dir={tmp_path / str(acc)}"],
-                                 tmp_path)
-            tags = {"choice.batching": batching, "choice.model": "lstm",
-                    "batching": batching, "padding_side": "post", "masking": masking}
+            cfg = compose_config(
+                [
+                    f"batching={batching}",
+                    f"model.masking={masking}",
+                    f"train.seed={seed}",
+                    f"output_dir={tmp_path / str(acc)}",
+                ],
+                tmp_path,
+            )
+            tags = {
+                "choice.batching": batching,
+                "choice.model": "lstm",
+                "batching": batching,
+                "padding_side": "post",
+                "masking": masking,
+            }
             with tracking.start_run(uri, experiment, tags=tags, parent_run_id=parent) as run:
                 run.log_params(flatten(cfg))
                 run.log_metrics(metrics(acc, speed, eff))
     with pytest.raises(RuntimeError):
-        with tracking.start_run(uri, experiment, parent_run_id=parent,
-                                tags={"choice.batching": "bucket"}) as run:
+        with tracking.start_run(
+            uri, experiment, parent_run_id=parent, tags={"choice.batching": "bucket"}
+        ) as run:
             cfg = compose_config(["model.masking=mask_zero", "train.seed=3"], tmp_path)
             run.log_params(flatten(cfg))
             raise RuntimeError("diverged")
@@ -93,8 +129,13 @@ def test_three_seeds_two_variants_give_intervals_and_a_paired_test(tmp_path, cap
     assert "Best by mean test accuracy: **bucket/mask_zero**" in printed
     assert "| bucket | mask_zero | 3 | 0.880 ± 0.025 |" in printed
     assert "paired t-test" in printed and "α = 0.05" in printed
-    for name in ("comparison.md", "comparison.csv", "comparison.png",
-                 "accuracy_vs_throughput.png", "accuracy_by_length.png"):
+    for name in (
+        "comparison.md",
+        "comparison.csv",
+        "comparison.png",
+        "accuracy_vs_throughput.png",
+        "accuracy_by_length.png",
+    ):
         assert (out / name).stat().st_size > 0
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "comparison")}
     assert {"comparison/comparison.csv", "comparison/runs.csv"} <= logged
@@ -110,10 +151,18 @@ def test_three_seeds_two_variants_give_intervals_and_a_paired_test(tmp_path, cap
 
 def runs_frame(variants: dict[str, dict[int, float]]) -> pd.DataFrame:
     """Finished runs as `tracking.search` returns them: one swept param and the seed."""
-    rows = [{"run_id": f"{name}-{seed}", "status": "FINISHED", "params.model.masking": name,
-             "params.train.seed": str(seed),
-             "params.output_dir": f"/runs/{name}/{seed}", "metrics.test_accuracy": acc}
-            for name, accs in variants.items() for seed, acc in accs.items()]
+    rows = [
+        {
+            "run_id": f"{name}-{seed}",
+            "status": "FINISHED",
+            "params.model.masking": name,
+            "params.train.seed": str(seed),
+            "params.output_dir": f"/runs/{name}/{seed}",
+            "metrics.test_accuracy": acc,
+        }
+        for name, accs in variants.items()
+        for seed, acc in accs.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -127,8 +176,9 @@ def test_a_difference_far_beyond_the_spread_is_significant_and_noise_is_not():
     good = dict(zip(seeds, rng.normal(0.88, 0.01, 5), strict=True))
     alike = dict(zip(seeds, rng.normal(0.88, 0.01, 5), strict=True))
     worse = dict(zip(seeds, rng.normal(0.70, 0.01, 5), strict=True))
-    summary = by_variant(compare.summarize(
-        runs_frame({"good": good, "alike": alike, "worse": worse})))
+    summary = by_variant(
+        compare.summarize(runs_frame({"good": good, "alike": alike, "worse": worse}))
+    )
     best = summary.index[summary["vs_best"] == "best"][0]
     assert best in ("good", "alike")
     assert summary.loc["worse", "vs_best"] == "significant"
@@ -141,15 +191,16 @@ def test_pairing_by_seed_finds_a_small_consistent_difference_that_welch_cannot()
     """Seeds that move both variants alike hide a small gap from Welch's test, not from a
     paired one; with different seed sets only Welch's applies."""
     base = {0: 0.85, 1: 0.88, 2: 0.91}
-    better = {seed: acc + gap for (seed, acc), gap in zip(base.items(), (0.002, 0.0025, 0.0015),
-                                                          strict=True)}
+    better = {
+        seed: acc + gap
+        for (seed, acc), gap in zip(base.items(), (0.002, 0.0025, 0.0015), strict=True)
+    }
     paired = by_variant(compare.summarize(runs_frame({"better": better, "base": base})))
     assert paired.loc["base", ["test", "vs_best"]].tolist() == ["paired t-test", "significant"]
 
     shifted = {seed + 10: acc for seed, acc in base.items()}
     welch = by_variant(compare.summarize(runs_frame({"better": better, "base": shifted})))
-    assert welch.loc["base", ["test", "vs_best"]].tolist() == ["Welch's t-test",
-                                                               "not significant"]
+    assert welch.loc["base", ["test", "vs_best"]].tolist() == ["Welch's t-test", "not significant"]
 
 
 def test_one_run_per_variant_still_compares_and_says_there_is_no_interval(tmp_path, capsys):
@@ -166,8 +217,11 @@ def test_one_run_per_variant_still_compares_and_says_there_is_no_interval(tmp_pa
 
 
 def test_a_variant_with_fewer_runs_is_flagged():
-    summary = by_variant(compare.summarize(runs_frame(
-        {"full": {0: 0.88, 1: 0.87, 2: 0.89}, "short": {0: 0.86, 1: 0.85}})))
+    summary = by_variant(
+        compare.summarize(
+            runs_frame({"full": {0: 0.88, 1: 0.87, 2: 0.89}, "short": {0: 0.86, 1: 0.85}})
+        )
+    )
     assert summary.loc["short", "n"] == 2
     assert "fewer runs than the others (2 of 3)" in summary.loc["short", "note"]
     assert summary.loc["full", "note"] == ""
@@ -178,9 +232,12 @@ def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})
     for batching, acc in [("fixed", 0.85), ("bucket", 0.87), ("bucket", 0.89)]:
-        with tracking.start_run(uri, "compare_padding", parent_run_id=parent,
-                                tags={"batching": batching, "padding_side": "post",
-                                      "masking": "mask_zero"}) as run:
+        with tracking.start_run(
+            uri,
+            "compare_padding",
+            parent_run_id=parent,
+            tags={"batching": batching, "padding_side": "post", "masking": "mask_zero"},
+        ) as run:
             run.log_metrics({"test_accuracy": acc})
     tracking.finish(uri, parent)
     summary = by_variant(compare.main(uri, "compare_padding", "latest", tmp_path / "out"))
@@ -190,22 +247,34 @@ def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):
 
 
 def test_32_variants_are_drawn_as_facets_colours_and_markers(tmp_path):
-    rows = [{"status": "FINISHED", "tags.choice.batching": batching,
-             "params.batching.padding_side": side, "params.model.masking": masking,
-             "params.train.seed": str(seed), "metrics.test_accuracy": 0.8 + 0.01 * seed,
-             "metrics.train_reviews_per_s": 100.0 + seed, "metrics.padding_efficiency": 0.5,
-             "metrics.test_accuracy_len_1-128": 0.8}
-            for batching in ("fixed", "per_batch", "bucket", "exact") for side in ("post", "pre")
-            for masking in ("mask_zero", "masking_layer", "explicit", "none")
-            for seed in (0, 1)]
+    rows = [
+        {
+            "status": "FINISHED",
+            "tags.choice.batching": batching,
+            "params.batching.padding_side": side,
+            "params.model.masking": masking,
+            "params.train.seed": str(seed),
+            "metrics.test_accuracy": 0.8 + 0.01 * seed,
+            "metrics.train_reviews_per_s": 100.0 + seed,
+            "metrics.padding_efficiency": 0.5,
+            "metrics.test_accuracy_len_1-128": 0.8,
+        }
+        for batching in ("fixed", "per_batch", "bucket", "exact")
+        for side in ("post", "pre")
+        for masking in ("mask_zero", "masking_layer", "explicit", "none")
+        for seed in (0, 1)
+    ]
     runs = pd.DataFrame(rows).assign(run_id=lambda f: [f"run{i}" for i in range(len(f))])
     summary = compare.summarize(runs)
     assert len(summary) == 32 and set(summary["n"]) == {2}
     facet, colour, marker, _ = compare._styles(summary.copy())
     assert facet == "padding_side" and {colour, marker} == {"batching", "masking"}
     paths = compare.figures(summary, runs, tmp_path)
-    assert [p.name for p in paths] == ["comparison.png", "accuracy_vs_throughput.png",
-                                      "accuracy_by_length.png"]
+    assert [p.name for p in paths] == [
+        "comparison.png",
+        "accuracy_vs_throughput.png",
+        "accuracy_by_length.png",
+    ]
 
 
 def test_nothing_to_compare_is_a_clear_error(tmp_path):
@@ -268,13 +337,19 @@ def test_the_reference_joins_a_sweep_as_its_own_variant_and_is_never_the_best(tm
 def log_on_data(uri: str, parent: str, acc: float, seed: int, digests: str | None) -> str:
     """A finished sweep job that logged its three splits (digests `<train><val><test>`, one
     letter each) as datasets; None: an older run that logged none."""
-    with tracking.start_run(uri, "compare_padding", parent_run_id=parent,
-                            tags={"batching": "bucket", "padding_side": "post",
-                                  "masking": "mask_zero"}) as run:
+    with tracking.start_run(
+        uri,
+        "compare_padding",
+        parent_run_id=parent,
+        tags={"batching": "bucket", "padding_side": "post", "masking": "mask_zero"},
+    ) as run:
         if digests:
-            run.log_datasets([data.Lineage(name, "/data/reviews.csv", 100, letter * 16)
-                              for name, letter in zip(("train", "val", "test"), digests,
-                                                      strict=True)])
+            run.log_datasets(
+                [
+                    data.Lineage(name, "/data/reviews.csv", 100, letter * 16)
+                    for name, letter in zip(("train", "val", "test"), digests, strict=True)
+                ]
+            )
         run.log_params({"train.seed": str(seed)})
         run.log_metrics({"test_accuracy": acc})
     return run.run_id
@@ -290,8 +365,10 @@ def test_runs_trained_on_different_data_are_refused_in_one_table_unless_told(tmp
         compare.main(uri, "compare_padding", "latest", tmp_path / "out")
     message = str(refused.value)
     assert "trained on different data (2 groups by dataset digest)" in message
-    assert ("[1] 2 run(s) on train aaaaaaaa (100 rows of /data/reviews.csv), val bbbbbbbb "
-            "(100 rows of /data/reviews.csv), test cccccccc (100 rows") in message
+    assert (
+        "[1] 2 run(s) on train aaaaaaaa (100 rows of /data/reviews.csv), val bbbbbbbb "
+        "(100 rows of /data/reviews.csv), test cccccccc (100 rows"
+    ) in message
     assert "[2] 1 run(s) on train aaaaaaaa" in message and "test dddddddd" in message
     assert all(run_id[:8] in message for run_id in [*same, other])
     assert "mixed_data=true" in message and not (tmp_path / "out").exists()
@@ -324,8 +401,9 @@ def test_the_override_is_a_key_of_the_compare_command():
     assert CompareConfig(out_dir="x").mixed_data is False  # refused by default
 
 
-def test_a_dataset_another_job_logs_in_the_same_instant_is_logged_again_not_failed(tmp_path,
-                                                                                  monkeypatch):
+def test_a_dataset_another_job_logs_in_the_same_instant_is_logged_again_not_failed(
+    tmp_path, monkeypatch
+):
     """MLflow's SQL store looks a dataset up, then inserts it; in a parallel sweep two jobs can
     both miss it and one insert then fails on the unique key (PostgreSQL, seen in CI). Here
     the other job's insert lands first and the store answers as it does then."""
@@ -334,19 +412,26 @@ def test_a_dataset_another_job_logs_in_the_same_instant_is_logged_again_not_fail
     from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    splits = [data.Lineage(name, "/data/reviews.csv", 100, name[0] * 16)
-              for name in ("train", "val", "test")]
-    with tracking.start_run(uri, "compare_padding") as other, \
-            tracking.start_run(uri, "compare_padding") as run:
+    splits = [
+        data.Lineage(name, "/data/reviews.csv", 100, name[0] * 16)
+        for name in ("train", "val", "test")
+    ]
+    with (
+        tracking.start_run(uri, "compare_padding") as other,
+        tracking.start_run(uri, "compare_padding") as run,
+    ):
         log_inputs, calls = run.client.log_inputs, []
 
         def lose_the_race(run_id, datasets):
             calls.append(run_id)
             if len(calls) == 1:
                 log_inputs(other.run_id, datasets=datasets)  # the other job's insert wins
-                raise MlflowException(sqlalchemy.exc.IntegrityError(
-                    "INSERT INTO datasets ...", {}, Exception("UNIQUE constraint failed")),
-                    error_code=BAD_REQUEST)
+                raise MlflowException(
+                    sqlalchemy.exc.IntegrityError(
+                        "INSERT INTO datasets ...", {}, Exception("UNIQUE constraint failed")
+                    ),
+                    error_code=BAD_REQUEST,
+                )
             return log_inputs(run_id, datasets=datasets)
 
         monkeypatch.setattr(run.client, "log_inputs", lose_the_race)

@@ -53,8 +53,9 @@ def test_a_damaged_checkpoint_is_one_message_naming_it_and_the_ways_on(tmp_path,
 
 
 def resumable_config(make_config, tmp_path: Path, *overrides: str):
-    return make_config("data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(40))}",
-                       *TINY, *overrides)
+    return make_config(
+        "data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(40))}", *TINY, *overrides
+    )
 
 
 def fail_if_data_is_read(monkeypatch) -> None:
@@ -62,7 +63,8 @@ def fail_if_data_is_read(monkeypatch) -> None:
 
 
 def test_resuming_from_a_damaged_checkpoint_fails_before_the_data_and_the_run_is_failed(
-        make_config, tmp_path, monkeypatch):
+    make_config, tmp_path, monkeypatch
+):
     cfg = resumable_config(make_config, tmp_path, "train.resume=true")
     folder = RunFolder(Path(cfg.output_dir))
     folder.write_json(RunFolder.CONFIG, asdict(cfg))  # as the interrupted run left it
@@ -78,7 +80,8 @@ def test_resuming_from_a_damaged_checkpoint_fails_before_the_data_and_the_run_is
 
 @pytest.mark.parametrize("where", ["under a file", "a file"])
 def test_an_output_folder_that_cannot_be_written_is_named_before_anything_runs(
-        make_config, tmp_path, monkeypatch, where):
+    make_config, tmp_path, monkeypatch, where
+):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     out = blocker / "run" if where == "under a file" else blocker
@@ -91,9 +94,16 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_anything_runs(
 
 def test_the_evaluation_experiment_is_set_without_colliding_with_hydras_group(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate_model", overrides=[
-            "evaluate_experiment=holdout", "data=csv", "data.path=r.csv",
-            f"output_dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
+        cfg = compose(
+            "evaluate_model",
+            overrides=[
+                "evaluate_experiment=holdout",
+                "data=csv",
+                "data.path=r.csv",
+                f"output_dir={tmp_path}",
+                f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+            ],
+        )
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, EvaluateModelConfig) and config.evaluate_experiment == "holdout"
     assert "experiment" not in cfg  # `experiment=<name>` stays Hydra's config group

@@ -120,8 +120,7 @@ def test_limit_keeps_a_balanced_subset_of_train_and_test(tmp_path):
 
 
 def test_a_split_emptied_by_filtering_is_an_error(tmp_path):
-    raw = data.load_table(
-        csv_config(write_csv(tmp_path / "r.csv", [("", "pos"), (" ", "neg")])))
+    raw = data.load_table(csv_config(write_csv(tmp_path / "r.csv", [("", "pos"), (" ", "neg")])))
     with pytest.raises(data.DataError, match="empty"):
         data.split(raw, csv_config())
 
@@ -141,8 +140,11 @@ def test_imdb_offline_fails_fast_naming_the_alternatives(tmp_path, monkeypatch):
     import tensorflow_datasets.core.dataset_builder as builders
 
     monkeypatch.setattr(data, "host_reachable", lambda *a, **k: False)
-    monkeypatch.setattr(builders.DatasetBuilder, "download_and_prepare",
-                        lambda *a, **k: pytest.fail("started a download offline"))
+    monkeypatch.setattr(
+        builders.DatasetBuilder,
+        "download_and_prepare",
+        lambda *a, **k: pytest.fail("started a download offline"),
+    )
     with pytest.raises(data.DataError) as error:
         data.load_imdb(str(tmp_path), None, True)
     assert "cannot be reached" in str(error.value)
@@ -167,8 +169,10 @@ def write_url_lists(folder: Path, per_class: int, movies: int = 3) -> Path:
     for split in ("train", "test"):
         (folder / split).mkdir(parents=True, exist_ok=True)
         for polarity in ("pos", "neg"):
-            lines = [f"http://www.imdb.com/title/tt000000{i % movies}/usercomments"
-                     for i in range(per_class)]
+            lines = [
+                f"http://www.imdb.com/title/tt000000{i % movies}/usercomments"
+                for i in range(per_class)
+            ]
             (folder / split / f"urls_{polarity}.txt").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -180,12 +184,14 @@ def movies_of(split: data.Split) -> set[str]:
 @pytest.mark.parametrize("where", ["inside", "data.urls_path", "beside"])
 def test_validation_by_movie_keeps_every_movie_on_one_side(tmp_path, where):
     folder = write_acl_folder(tmp_path / "acl", per_class=30)
-    lists = {"inside": folder, "data.urls_path": tmp_path / "lists",
-             "beside": tmp_path / "acl" / data.URLS_FOLDER}[where]
+    lists = {
+        "inside": folder,
+        "data.urls_path": tmp_path / "lists",
+        "beside": tmp_path / "acl" / data.URLS_FOLDER,
+    }[where]
     write_url_lists(lists, per_class=30, movies=10)
     urls = str(lists) if where == "data.urls_path" else None
-    ds = data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=urls,
-                              val_fraction=0.2))
+    ds = data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=urls, val_fraction=0.2))
     assert movies_of(ds.val) and not movies_of(ds.val) & movies_of(ds.train)
     assert len(movies_of(ds.val)) + len(movies_of(ds.train)) == 10
     assert ds.stats["val_movies"] == len(movies_of(ds.val))
@@ -226,7 +232,8 @@ def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, ca
     records += [{"text": "null", "label": None}, {"text": "no key"}, {"text": "empty", "label": ""}]
     jsonl = write_jsonl(tmp_path / "r.jsonl", records)
     (tmp_path / "nan.jsonl").write_text(
-        jsonl.read_text() + '{"text": "not a number", "label": NaN}\n', encoding="utf-8")
+        jsonl.read_text() + '{"text": "not a number", "label": NaN}\n', encoding="utf-8"
+    )
     for path, missing in ((csv_path, 2), (jsonl, 3), (tmp_path / "nan.jsonl", 4)):
         with caplog.at_level("WARNING", logger="textclf.data"):
             raw = data.load_table(csv_config(path))
@@ -234,8 +241,11 @@ def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, ca
         assert raw.stats["missing_label_dropped_train"] == missing
         assert raw.stats["rows_read_train"] == len(raw.train) + missing
         assert "without a label" in caplog.text
-    with pytest.raises(data.DataError, match=r"r.csv: 2 row\(s\) without a label .*line 42, 43"
-                                             r".*data.missing_labels=drop"):
+    with pytest.raises(
+        data.DataError,
+        match=r"r.csv: 2 row\(s\) without a label .*line 42, 43"
+        r".*data.missing_labels=drop",
+    ):
         data.load_table(csv_config(csv_path, missing_labels="error"))
     with pytest.raises(ConfigError, match="data.missing_labels"):
         csv_config(csv_path, missing_labels="keep")
@@ -243,11 +253,14 @@ def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, ca
 
 def test_spellings_of_one_label_value_are_one_class(tmp_path):
     spellings = ["1", " 1 ", "1.0", "2", "2.00", " 2"]
-    csv_path = write_csv(tmp_path / "r.csv",
-                         [(t, spellings[i % 6]) for i, (t, _) in enumerate(reviews(60))])
+    csv_path = write_csv(
+        tmp_path / "r.csv", [(t, spellings[i % 6]) for i, (t, _) in enumerate(reviews(60))]
+    )
     labels = [1, 1.0, "1", " 2 ", 2, "2.0"]
-    jsonl = write_jsonl(tmp_path / "r.jsonl", [{"text": t, "label": labels[i % 6]}
-                                               for i, (t, _) in enumerate(reviews(60))])
+    jsonl = write_jsonl(
+        tmp_path / "r.jsonl",
+        [{"text": t, "label": labels[i % 6]} for i, (t, _) in enumerate(reviews(60))],
+    )
     for path in (csv_path, jsonl):
         raw = data.load_table(csv_config(path))
         assert raw.class_names == ["1", "2"]
@@ -259,8 +272,9 @@ def test_spellings_of_one_label_value_are_one_class(tmp_path):
 
 
 def test_labels_differing_only_in_case_are_refused_unless_listed(tmp_path):
-    path = write_csv(tmp_path / "r.csv", [(t, "Pos" if i == 3 else y)
-                                          for i, (t, y) in enumerate(reviews(40))])
+    path = write_csv(
+        tmp_path / "r.csv", [(t, "Pos" if i == 3 else y) for i, (t, y) in enumerate(reviews(40))]
+    )
     with pytest.raises(data.DataError, match=r"labels \['Pos', 'pos'\] differ only in case"):
         data.load_table(csv_config(path))
     raw = data.load_table(csv_config(path, classes=["neg", "pos", "Pos"]))
@@ -289,8 +303,11 @@ def test_a_small_class_stays_in_training_and_its_gaps_are_named(tmp_path, caplog
 
 
 def test_a_class_below_the_minimum_is_refused_naming_it_and_its_count(tmp_path):
-    with pytest.raises(data.DataError, match=r"r.csv \(with text\): class\(es\) 'c' \(1\) have "
-                                             r"fewer than 2 row"):
+    with pytest.raises(
+        data.DataError,
+        match=r"r.csv \(with text\): class\(es\) 'c' \(1\) have "
+        r"fewer than 2 row",
+    ):
         data.load(csv_config(three_classes(tmp_path, small=1)))
     path = write_csv(tmp_path / "two.csv", reviews(40))
     with pytest.raises(data.DataError, match=r"'unseen' \(0\)"):
@@ -330,8 +347,11 @@ def test_a_utf8_byte_order_mark_is_accepted_and_utf16_refused(tmp_path):
     bom = b"\xef\xbb\xbf"
     (tmp_path / "r.csv").write_bytes(bom + write_csv(tmp_path / "x.csv", reviews(20)).read_bytes())
     (tmp_path / "r.jsonl").write_bytes(
-        bom + write_jsonl(tmp_path / "x.jsonl", [{"text": t, "label": y}
-                                                 for t, y in reviews(20)]).read_bytes())
+        bom
+        + write_jsonl(
+            tmp_path / "x.jsonl", [{"text": t, "label": y} for t, y in reviews(20)]
+        ).read_bytes()
+    )
     for name in ("r.csv", "r.jsonl"):
         raw = data.load_table(csv_config(tmp_path / name))
         assert len(raw.train) == 20 and raw.class_names == ["neg", "pos"], name
@@ -341,8 +361,9 @@ def test_a_utf8_byte_order_mark_is_accepted_and_utf16_refused(tmp_path):
 
 
 def test_duplicate_column_names_are_refused_listing_them(tmp_path):
-    path = write_csv(tmp_path / "r.csv", [(t, y, y) for t, y in reviews(10)],
-                     header=("text", "label", "label"))
+    path = write_csv(
+        tmp_path / "r.csv", [(t, y, y) for t, y in reviews(10)], header=("text", "label", "label")
+    )
     with pytest.raises(data.DataError, match=r"names column\(s\) \['label'\] more than once"):
         data.load_table(csv_config(path))
     (tmp_path / "r.jsonl").write_text('{"text": "a", "label": "pos", "label": "neg"}\n')
@@ -369,15 +390,21 @@ def test_tsv_by_extension_or_data_delimiter(tmp_path):
 def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):
     for name in ("r.txt", "r.xlsx", "r"):
         (tmp_path / name).write_text("text,label\na,pos\n")
-        with pytest.raises(data.DataError, match=r"not a supported format; use .csv, .tsv .*"
-                                                 r"\.jsonl"):
+        with pytest.raises(
+            data.DataError,
+            match=r"not a supported format; use .csv, .tsv .*"
+            r"\.jsonl",
+        ):
             data.load_table(csv_config(tmp_path / name))
 
 
 def test_quoted_line_breaks_crlf_and_unicode_separators_stay_in_their_row(tmp_path):
     path = tmp_path / "r.csv"
-    path.write_bytes(b'text,label\r\n"two\r\nlines",pos\r\nline\xe2\x80\xa8sep,neg\r\n'
-                     + lines(plain(20), ",", "\r\n") + b"only one\r\n")
+    path.write_bytes(
+        b'text,label\r\n"two\r\nlines",pos\r\nline\xe2\x80\xa8sep,neg\r\n'
+        + lines(plain(20), ",", "\r\n")
+        + b"only one\r\n"
+    )
     with pytest.raises(data.DataError, match=r"r.csv, line 25: 1 field\(s\) where the header"):
         data.load_table(csv_config(path))  # the line numbers count the quoted line break
     path.write_bytes(path.read_bytes().removesuffix(b"only one\r\n"))
@@ -397,8 +424,10 @@ def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(t
     assert counts["rows_read_train"] == 63 and counts["missing_label_dropped_train"] == 1
     assert counts["empty_dropped_train"] == 2
     assert sum(sum(s.values()) for s in report["splits"].values()) == 60
-    assert report["splits"]["train"] == {"neg": int((ds.train.labels == 0).sum()),
-                                         "pos": int((ds.train.labels == 1).sum())}
+    assert report["splits"]["train"] == {
+        "neg": int((ds.train.labels == 0).sum()),
+        "pos": int((ds.train.labels == 1).sum()),
+    }
     json.dumps(report)  # written as data_report.json
     text = data.describe(report)
     assert "rows read train 63; dropped missing_label 1, empty 2" in text

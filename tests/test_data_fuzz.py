@@ -29,16 +29,16 @@ SPELLINGS = {
 }
 MISSING = ["", "   ", None, math.nan]  # in a CSV: empty, blank, empty, "nan"
 INVALID = "\ue000"  # written as the invalid byte 0xff; never drawn as a character
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=INVALID),
-                max_size=20)
+texts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters=INVALID), max_size=20
+)
 
 
 @st.composite
 def labelled_rows(draw) -> list[tuple[str, tuple[str | None, object]]]:
     """Rows of (text, (label value or None, how the file spells it)) in random order: up to a
     dozen of each of two or three label values, and a few without a label."""
-    values = draw(st.lists(st.sampled_from(list(SPELLINGS)), min_size=2, max_size=3,
-                           unique=True))
+    values = draw(st.lists(st.sampled_from(list(SPELLINGS)), min_size=2, max_size=3, unique=True))
     rows = []
     for value, spellings in [*((v, SPELLINGS[v]) for v in values), (None, MISSING)]:
         label = st.tuples(st.just(value), st.sampled_from(spellings))
@@ -48,12 +48,14 @@ def labelled_rows(draw) -> list[tuple[str, tuple[str | None, object]]]:
 
 def write(rows: list[tuple[str, object]], fmt: str, newline: str, quoting: int, bom: bool) -> bytes:
     if fmt == "jsonl":
-        body = "".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + newline
-                       for t, y in rows)
+        body = "".join(
+            json.dumps({"text": t, "label": y}, ensure_ascii=False) + newline for t, y in rows
+        )
     else:
         out = io.StringIO()
-        writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t",
-                            lineterminator=newline, quoting=quoting)
+        writer = csv.writer(
+            out, delimiter="," if fmt == "csv" else "\t", lineterminator=newline, quoting=quoting
+        )
         writer.writerow(["text", "label"])
         writer.writerows([(t, "" if y is None else y) for t, y in rows])
         body = out.getvalue()
@@ -62,12 +64,17 @@ def write(rows: list[tuple[str, object]], fmt: str, newline: str, quoting: int, 
 
 
 @settings(max_examples=50, deadline=None, derandomize=True, database=None)
-@given(rows=labelled_rows(),
-       fmt=st.sampled_from(["csv", "tsv", "jsonl"]), newline=st.sampled_from(["\n", "\r\n"]),
-       quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
-       bom=st.booleans(), invalid=st.booleans())
-def test_random_table_files_load_or_fail_with_the_projects_error(rows, fmt, newline, quoting,
-                                                                   bom, invalid):
+@given(
+    rows=labelled_rows(),
+    fmt=st.sampled_from(["csv", "tsv", "jsonl"]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    bom=st.booleans(),
+    invalid=st.booleans(),
+)
+def test_random_table_files_load_or_fail_with_the_projects_error(
+    rows, fmt, newline, quoting, bom, invalid
+):
     if newline == "\n" and fmt != "jsonl":  # csv writes a lone \r unquoted then: no valid CSV
         rows = [(t.replace("\r", ""), y) for t, y in rows]
     if invalid and rows:
@@ -85,8 +92,9 @@ def test_random_table_files_load_or_fail_with_the_projects_error(rows, fmt, newl
             event("refused: fewer than two classes")
             return
         assert set(raw.class_names) == {value for _, value in kept}
-        assert Counter(raw.class_names[i] for i in raw.train.labels) \
-            == Counter(value for _, value in kept)
+        assert Counter(raw.class_names[i] for i in raw.train.labels) == Counter(
+            value for _, value in kept
+        )
         assert raw.train.texts == [t for t, _ in kept]
         assert raw.stats["rows_read_train"] == len(rows)
         assert raw.stats["missing_label_dropped_train"] == len(rows) - len(kept)

@@ -25,9 +25,22 @@ main()
 
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path, tiny_csv):
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "train", "data=csv", f"data.path={tiny_csv}",
-         f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), "train.strategy=mirrored"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            "train",
+            "data=csv",
+            f"data.path={tiny_csv}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *quick(tmp_path),
+            "train.strategy=mirrored",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     log = (tmp_path / "run" / "train.log").read_text() + done.stderr
     assert "CPU:0" in log and "CPU:1" in log  # MirroredStrategy reports its two replicas

@@ -21,7 +21,7 @@ def ragged_batch(side: str, seed: int = 0) -> np.ndarray:
     for row, length in zip(rows, [1, 3, 5, 9, 12, 7], strict=True):
         ids = rng.integers(1, VOCAB, length)
         if side == "pre":
-            row[12 - length:] = ids
+            row[12 - length :] = ids
         else:
             row[:length] = ids
     return rows
@@ -30,8 +30,9 @@ def ragged_batch(side: str, seed: int = 0) -> np.ndarray:
 def pair(masking: str, side: str, **kw) -> tuple[keras.Model, keras.Model]:
     """A model with Keras' LSTM and its fused copy, sharing every weight."""
     keras.utils.set_random_seed(1)
-    trained = build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=5, masking=masking, **kw),
-                         side)
+    trained = build_lstm(
+        VOCAB, 2, small_model(embedding_dim=8, units=5, masking=masking, **kw), side
+    )
     return trained, fused_copy(trained)
 
 
@@ -81,14 +82,17 @@ def test_fused_rejects_a_mask_with_holes():
 
 
 @pytest.mark.parametrize("side", ["post", "pre"])
-@pytest.mark.parametrize("masking, bidirectional", [
-    ("mask_zero", True), ("explicit", False), ("masking_layer", True), ("none", False)])
+@pytest.mark.parametrize(
+    "masking, bidirectional",
+    [("mask_zero", True), ("explicit", False), ("masking_layer", True), ("none", False)],
+)
 def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidirectional):
     """What export serves (model.serve_lstm=fused): same outputs, every LSTM fused, every other
     layer shared, and it saves and loads as model.keras."""
     keras.utils.set_random_seed(2)
-    cfg = small_model(embedding_dim=8, units=5, masking=masking, bidirectional=bidirectional,
-                      pooling="concat")
+    cfg = small_model(
+        embedding_dim=8, units=5, masking=masking, bidirectional=bidirectional, pooling="concat"
+    )
     trained = build_lstm(VOCAB, 3, cfg, side)
     served = fused_copy(trained)
     assert lstm_layers(served) and all(type(layer) is FusedLSTM for layer in lstm_layers(served))

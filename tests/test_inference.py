@@ -21,8 +21,12 @@ def classifier(tmp_path_factory) -> inference.Classifier:
     texts = [t for t, _ in reviews(200)]
     vectorizer = tokenize.adapt(texts, TokenizeConfig())
     keras.utils.set_random_seed(0)
-    net = build_lstm(vectorizer.vocabulary_size(), 2,
-                      small_model(embedding_dim=8, units=8, bidirectional=True), "pre")
+    net = build_lstm(
+        vectorizer.vocabulary_size(),
+        2,
+        small_model(embedding_dim=8, units=8, bidirectional=True),
+        "pre",
+    )
     exported = inference.export(vectorizer, TokenizeConfig(max_length=60), net, "pre")
     folder = tmp_path_factory.mktemp("model")
     path = inference.save(exported, ["neg", "pos"], folder / "model.keras", folder / "classes.json")
@@ -37,14 +41,16 @@ def test_sorted_batches_answer_like_one_text_per_call_in_the_callers_order(class
     whole = inference.class_probabilities(classifier.model(tf.constant(texts)).numpy())
     np.testing.assert_allclose(batched, whole, atol=1e-5)  # one unsorted, fully padded batch
     frame = classifier.predict(texts[::-1])
-    np.testing.assert_allclose(frame[["prob_neg", "prob_pos"]].to_numpy(), batched[::-1],
-                               atol=1e-6)
+    np.testing.assert_allclose(frame[["prob_neg", "prob_pos"]].to_numpy(), batched[::-1], atol=1e-6)
     assert classifier.token_counts(texts)[-1] == 60  # read as trained: cut at max_length
 
 
 @settings(max_examples=50, deadline=None)
-@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
-       batch_size=st.integers(1, 8), budget=st.integers(1, 400))
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
+    batch_size=st.integers(1, 8),
+    budget=st.integers(1, 400),
+)
 def test_length_batches_cover_every_row_once_within_the_budget(lengths, batch_size, budget):
     sorted_lengths = np.sort(np.array(lengths))
     ranges = inference.length_batches(sorted_lengths, batch_size, budget)

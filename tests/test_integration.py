@@ -13,9 +13,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 def test_model_learns_on_a_subset_of_real_imdb(tmp_path, archive):
     run_dir = tmp_path / "run"
-    done = textclf("train", "data=aclimdb", f"data.path={archive}", "data.limit=2000",
-                   "train.epochs=3", f"hydra.run.dir={run_dir}",
-                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    done = textclf(
+        "train",
+        "data=aclimdb",
+        f"data.path={archive}",
+        "data.limit=2000",
+        "train.epochs=3",
+        f"hydra.run.dir={run_dir}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.70, metrics  # chance is 0.5 on the balanced subset

@@ -132,21 +132,27 @@ def test_concat_pooling_survives_save_and_load(tmp_path):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("masking", [*MASKED, "none"])
 def test_a_left_padded_masked_model_keeps_cudnn_off_when_cloned_fused_and_reloaded(
-        tmp_path, masking, bidirectional):
+    tmp_path, masking, bidirectional
+):
     """cuDNN takes only right-padded masks; Keras' own LSTM config forgets `use_cudnn=False`,
     so a clone, the fused serving copy or a reloaded model.keras would take cuDNN on a GPU and
     fail. Checked on CPU: what every LSTM layer of each copy carries, both directions of a
     Bidirectional one (Keras rebuilds the backward layer from the forward one's config)."""
 
     def copies(side: str) -> dict[str, keras.Model]:
-        trained = build_lstm(VOCAB, 2, small_model(embedding_dim=8, units=4, masking=masking,
-                                                    bidirectional=bidirectional), side)
+        trained = build_lstm(
+            VOCAB,
+            2,
+            small_model(embedding_dim=8, units=4, masking=masking, bidirectional=bidirectional),
+            side,
+        )
         nets = {"trained": trained, "fused": fused_copy(trained)}
         for name in ("trained", "fused"):
             nets[f"{name}, cloned"] = keras.models.clone_model(nets[name])
             nets[name].save(tmp_path / f"{side}-{name}.keras")
-            reloaded = keras.models.load_model(tmp_path / f"{side}-{name}.keras", compile=False,
-                                               safe_mode=True)
+            reloaded = keras.models.load_model(
+                tmp_path / f"{side}-{name}.keras", compile=False, safe_mode=True
+            )
             nets[f"{name}, reloaded"] = reloaded
             nets[f"{name}, reloaded and cloned"] = keras.models.clone_model(reloaded)
         nets["reloaded, then fused"] = fused_copy(nets["trained, reloaded"])

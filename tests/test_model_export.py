@@ -27,8 +27,16 @@ from .test_serving import assert_same, frame, post
 
 TEXTS = [t for t, _ in reviews(8, seed=7)] + ["", "great " * 100]  # an empty and a cut text
 # What loading and predicting must not import: the training stack, its config and tracking.
-FORBIDDEN = ("hydra", "omegaconf", "textclf.train", "textclf.pipeline", "textclf.tracking",
-             "textclf.cli", "textclf.sweep", "textclf.evaluate")
+FORBIDDEN = (
+    "hydra",
+    "omegaconf",
+    "textclf.train",
+    "textclf.pipeline",
+    "textclf.tracking",
+    "textclf.cli",
+    "textclf.sweep",
+    "textclf.evaluate",
+)
 
 # Run in another interpreter: load the model at argv[1], classify the JSON texts of argv[2],
 # print the answer and what was imported (textclf's modules with their files).
@@ -55,8 +63,9 @@ def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
     tokenize_cfg = TokenizeConfig(vocab_size=200, max_length=60)
     vectorizer = tokenize.adapt(texts, tokenize_cfg)
     tokens = tokenize.encode(vectorizer, texts, np.zeros(len(texts)), None).tokens
-    cfg = small_model(embedding_dim=8, units=8, bidirectional=True, ngram_branch=True,
-                      ngram_vocab=500)
+    cfg = small_model(
+        embedding_dim=8, units=8, bidirectional=True, ngram_branch=True, ngram_vocab=500
+    )
     keras.utils.set_random_seed(0)
     net = models.build(cfg, models.ModelInputs(vectorizer.vocabulary_size(), 2, "post", tokens))
     rng = np.random.default_rng(0)
@@ -64,24 +73,35 @@ def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
         if isinstance(layer, keras.layers.Dense):
             layer.kernel.assign(rng.normal(0, 0.01, layer.kernel.shape).astype("float32"))
     folder = RunFolder(root / "run")
-    inference.save(inference.export(vectorizer, tokenize_cfg, models.serving(net, cfg), "post"),
-                   ["neg", "pos"], folder.model, folder.classes)
+    inference.save(
+        inference.export(vectorizer, tokenize_cfg, models.serving(net, cfg), "post"),
+        ["neg", "pos"],
+        folder.model,
+        folder.classes,
+    )
     shutil.copyfile(empty_store, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client, experiment = tracking.connect(uri, "export")
     run = tracking.Run(client, client.create_run(experiment).info.run_id)
     model_uri = tracking.log_model(run, folder.model, folder.classes, None)
     mlflow.set_tracking_uri(uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                     dst_path=str(root / "download")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(root / "download"))
+    )
     expected = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"text": TEXTS}))
     assert expected["prob_pos"].nunique() > 5  # the answers depend on the text
     return SimpleNamespace(root=root, local=local, expected=expected)
 
 
 def load_elsewhere(python: str, model: Path, cwd: Path, env: dict[str, str] | None = None):
-    done = subprocess.run([python, "-c", LOAD_AND_PREDICT, str(model), json.dumps(TEXTS)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [python, "-c", LOAD_AND_PREDICT, str(model), json.dumps(TEXTS)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -93,13 +113,20 @@ def test_the_model_carries_only_the_inference_code_and_loading_it_imports_nothin
     carried = logged.local / "code" / "textclf"
     assert sorted(p.name for p in carried.iterdir()) == sorted(tracking.models.INFERENCE_CODE)
     found = load_elsewhere(sys.executable, logged.local, logged.root)
-    imported = [m for m in found["modules"]
-                if any(m == name or m.startswith(name + ".") for name in FORBIDDEN)]
+    imported = [
+        m
+        for m in found["modules"]
+        if any(m == name or m.startswith(name + ".") for name in FORBIDDEN)
+    ]
     assert imported == []
     assert {"textclf.inference", "textclf.models.fused", "textclf.models.bow"} <= set(
-        found["textclf"])
-    outside = {m: f for m, f in found["textclf"].items()
-               if f is None or not Path(f).is_relative_to(carried)}
+        found["textclf"]
+    )
+    outside = {
+        m: f
+        for m, f in found["textclf"].items()
+        if f is None or not Path(f).is_relative_to(carried)
+    }
     assert outside == {}  # every textclf module from the model's code
     assert_same(found, logged.expected)
 
@@ -131,17 +158,29 @@ def test_the_model_loads_and_serves_where_only_its_requirements_are_installed(lo
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    install = subprocess.run([uv(), "pip", "install", "--quiet", "--python", python,
-                              "-r", str(requirements)], capture_output=True, text=True,
-                             timeout=1200)
+    install = subprocess.run(
+        [uv(), "pip", "install", "--quiet", "--python", python, "-r", str(requirements)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "MLFLOW_TRACKING_URI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "MLFLOW_TRACKING_URI")
+    }
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    absent = subprocess.run([python, "-c", "import textclf"], cwd=elsewhere, env=env,
-                            capture_output=True, text=True, timeout=60)
+    absent = subprocess.run(
+        [python, "-c", "import textclf"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "No module named 'textclf'" in absent.stderr  # the project is not installed there
 
     found = load_elsewhere(python, logged.local, elsewhere, env)
@@ -149,10 +188,26 @@ def test_the_model_loads_and_serves_where_only_its_requirements_are_installed(lo
     assert all(Path(f).is_relative_to(logged.local) for f in found["textclf"].values())
 
     port = free_port()
-    server = Service([str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(logged.local),
-                      "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                     f"http://127.0.0.1:{port}", tmp_path / "serve.log", env=env,
-                     cwd=elsewhere, ready="/ping")
+    server = Service(
+        [
+            str(venv / "bin" / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(logged.local),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "serve.log",
+        env=env,
+        cwd=elsewhere,
+        ready="/ping",
+    )
     server.start()
     try:
         status, answer = post(server.url, frame(TEXTS))

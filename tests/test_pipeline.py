@@ -21,13 +21,21 @@ from textclf.run_folder import RunFolder
 
 from .conftest import compose_config, reviews, write_csv
 
-TINY = ["train.epochs=2", "train.learning_rate=0.01", "model.units=8", "model.embedding_dim=16",
-        "model.bidirectional=false", "tokenize.vocab_size=200", "batching.batch_size=16"]
+TINY = [
+    "train.epochs=2",
+    "train.learning_rate=0.01",
+    "model.units=8",
+    "model.embedding_dim=16",
+    "model.bidirectional=false",
+    "tokenize.vocab_size=200",
+    "batching.batch_size=16",
+]
 
 
 def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClient]:
-    cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
-                      *TINY, *overrides)
+    cfg = make_config(
+        "data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}", *TINY, *overrides
+    )
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
     return metrics, MlflowClient(cfg.tracking.uri)
 
@@ -38,9 +46,12 @@ def trained_once(tmp_path_factory, empty_store, *overrides: str) -> SimpleNamesp
     has some when tracking.system_metrics is on."""
     root = tmp_path_factory.mktemp("run")
     shutil.copyfile(empty_store, root / "mlflow.db")
-    cfg = to_object(compose_config(
-        ["data=csv", f"data.path={write_csv(root / 'r.csv', reviews(240))}", *TINY, *overrides],
-        root))
+    cfg = to_object(
+        compose_config(
+            ["data=csv", f"data.path={write_csv(root / 'r.csv', reviews(240))}", *TINY, *overrides],
+            root,
+        )
+    )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
         metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
@@ -52,30 +63,48 @@ def trained_once(tmp_path_factory, empty_store, *overrides: str) -> SimpleNamesp
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, empty_store) -> SimpleNamespace:
     """The defaults (the LSTM both ways, served with the fused kernel), shrunk."""
-    return trained_once(tmp_path_factory, empty_store, "model.bidirectional=true",
-                        "evaluate.served_limit=20")
+    return trained_once(
+        tmp_path_factory, empty_store, "model.bidirectional=true", "evaluate.served_limit=20"
+    )
 
 
 @pytest.fixture(scope="module")
 def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
     """Label smoothing, a warm-up + cosine schedule, and Keras' LSTM served as trained."""
-    return trained_once(tmp_path_factory, empty_store, "model.bidirectional=true",
-                        "model.serve_lstm=trained", "train.label_smoothing=0.1",
-                        "train.schedule=cosine", "train.warmup_steps=5", "train.max_steps=60",
-                        "evaluate.served_limit=20", "tracking.system_metrics=false")
+    return trained_once(
+        tmp_path_factory,
+        empty_store,
+        "model.bidirectional=true",
+        "model.serve_lstm=trained",
+        "train.label_smoothing=0.1",
+        "train.schedule=cosine",
+        "train.warmup_steps=5",
+        "train.max_steps=60",
+        "evaluate.served_limit=20",
+        "tracking.system_metrics=false",
+    )
 
 
 def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default_run):
     metrics, client, run = default_run.metrics, default_run.client, default_run.run
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
-    for name in ("test_accuracy", "test_f1", "test_auc", "padding_efficiency",
-                 "best_val_accuracy", "best_val_loss", "served_accuracy", "served_agreement",
-                 "served_max_abs_diff"):
+    for name in (
+        "test_accuracy",
+        "test_f1",
+        "test_auc",
+        "padding_efficiency",
+        "best_val_accuracy",
+        "best_val_loss",
+        "served_accuracy",
+        "served_agreement",
+        "served_max_abs_diff",
+    ):
         assert logged[name] == pytest.approx(metrics[name]), name
     assert logged["served_reviews"] == 20  # evaluate.served_limit, balanced over the classes
     assert metrics["best_val_loss"] == min(
-        m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        m.value for m in client.get_metric_history(run.info.run_id, "val_loss")
+    )
     assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
     out = default_run.out
     assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
@@ -88,8 +117,10 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     for split, per_class in report["splits"].items():  # rows per class, as trained on
         for name, n in per_class.items():
             assert n > 0 and logged[f"data_{split}_class_{name}"] == n
-    assert sum(report["splits"]["train"].values()) == logged["data_train_size"] \
-        - logged["data_no_tokens_dropped_train"]
+    assert (
+        sum(report["splits"]["train"].values())
+        == logged["data_train_size"] - logged["data_no_tokens_dropped_train"]
+    )
 
 
 def datasets(trained: SimpleNamespace) -> dict:
@@ -97,14 +128,16 @@ def datasets(trained: SimpleNamespace) -> dict:
     return {d.dataset.name: d for d in run.inputs.dataset_inputs}
 
 
-def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(default_run,
-                                                                              levers_run):
+def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(
+    default_run, levers_run
+):
     """Two runs on the same rows (each read from its own copy of the file) log equal digests;
     the digest follows the texts, the labels and their order, not the file's path."""
     first, second = datasets(default_run), datasets(levers_run)
     assert set(first) == set(second) == {"train", "val", "test"}
-    contexts = {n: {t.key: t.value for t in d.tags}["mlflow.data.context"]
-                for n, d in first.items()}
+    contexts = {
+        n: {t.key: t.value for t in d.tags}["mlflow.data.context"] for n, d in first.items()
+    }
     assert contexts == {"train": "training", "val": "validation", "test": "testing"}
     logged = default_run.run.data.metrics
     for name in ("train", "val", "test"):
@@ -115,24 +148,34 @@ def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(de
         assert one.digest == other.digest and len(one.digest) == 16
     assert len({first[n].dataset.digest for n in first}) == 3  # three different splits
     # what `make compare` reads back: the same records
-    read = tracking.datasets(default_run.client.tracking_uri, "textclf",
-                             [default_run.run.info.run_id])[default_run.run.info.run_id]
-    assert read["test"] == data.Lineage("test", str(default_run.root / "r.csv"),
-                                        logged["data_test_size"], first["test"].dataset.digest)
+    read = tracking.datasets(
+        default_run.client.tracking_uri, "textclf", [default_run.run.info.run_id]
+    )[default_run.run.info.run_id]
+    assert read["test"] == data.Lineage(
+        "test",
+        str(default_run.root / "r.csv"),
+        logged["data_test_size"],
+        first["test"].dataset.digest,
+    )
 
-    cfg = to_object(compose_config(["data=csv", f"data.path={default_run.root / 'r.csv'}"],
-                                   default_run.root))
+    cfg = to_object(
+        compose_config(["data=csv", f"data.path={default_run.root / 'r.csv'}"], default_run.root)
+    )
     loaded = data.load(cfg.data)
     train, names = loaded.train, loaded.class_names
     assert data.digest(train, names) == first["train"].dataset.digest
     flipped = train.labels.copy()
     flipped[0] = 1 - flipped[0]
     swapped = [train.texts[1], train.texts[0], *train.texts[2:]]
-    changed = [data.Split(train.texts, flipped), data.Split(swapped, train.labels),
-               data.Split([train.texts[0] + " ", *train.texts[1:]], train.labels),
-               data.Split([train.texts[0] + train.texts[1], "", *train.texts[2:]], train.labels)]
-    assert len({data.digest(part, names) for part in changed} - {data.digest(train, names)}) \
-        == len(changed)
+    changed = [
+        data.Split(train.texts, flipped),
+        data.Split(swapped, train.labels),
+        data.Split([train.texts[0] + " ", *train.texts[1:]], train.labels),
+        data.Split([train.texts[0] + train.texts[1], "", *train.texts[2:]], train.labels),
+    ]
+    assert len({data.digest(part, names) for part in changed} - {data.digest(train, names)}) == len(
+        changed
+    )
     assert data.digest(train, ["pos", "neg"]) != data.digest(train, names)  # labels renamed
 
 
@@ -144,28 +187,36 @@ def test_training_runs_log_system_metrics_unless_switched_off(default_run, lever
     assert "SystemMetricsMonitor" not in {t.name for t in threading.enumerate()}
 
 
-@pytest.mark.parametrize("trained, served_class", [("default_run", "FusedLSTM"),
-                                                   ("levers_run", "LSTM")])
+@pytest.mark.parametrize(
+    "trained, served_class", [("default_run", "FusedLSTM"), ("levers_run", "LSTM")]
+)
 def test_the_exported_model_runs_the_lstm_serve_lstm_names(request, trained, served_class):
     trained = request.getfixturevalue(trained)
     exported = inference.load_keras(trained.out / "model.keras")
     bilstm = exported.layers[-1].get_layer("bilstm")
-    assert {type(bilstm.forward_layer).__name__, type(bilstm.backward_layer).__name__} \
-        == {served_class}
+    assert {type(bilstm.forward_layer).__name__, type(bilstm.backward_layer).__name__} == {
+        served_class
+    }
     metrics = trained.metrics
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("masking", ["mask_zero", "masking_layer", "explicit", "none"])
-def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config, tmp_path,
-                                                                       masking):
+def test_served_answers_equal_batched_ones_only_when_the_model_masks(
+    make_config, tmp_path, masking
+):
     """Random batches padded to their longest review: a masked model's single-review answers
     are the batched ones up to float noise; an unmasked one's move with the padding. The
     exported model.keras keeps cuDNN off in both directions where the left-padded input is
     masked (cuDNN takes only right-padded masks)."""
-    metrics, _ = train_here(make_config, tmp_path, "batching=per_batch",
-                            "batching.padding_side=pre", f"model.masking={masking}",
-                            "model.bidirectional=true")
+    metrics, _ = train_here(
+        make_config,
+        tmp_path,
+        "batching=per_batch",
+        "batching.padding_side=pre",
+        f"model.masking={masking}",
+        "model.bidirectional=true",
+    )
     exported = inference.load_keras(tmp_path / "run" / "model.keras")
     layers = lstm_layers(exported.layers[-1])
     assert len(layers) == 2 and all(type(layer) is FusedLSTM for layer in layers)
@@ -182,8 +233,9 @@ def test_served_answers_equal_batched_ones_only_when_the_model_masks(make_config
 def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tmp_path):
     """`fixed` cuts reviews to batching.max_length; the exported model cuts them there too, so
     single reviews longer than that get the batched evaluation's answer."""
-    metrics, _ = train_here(make_config, tmp_path, "batching=fixed", "batching.max_length=3",
-                            "evaluate.served_limit=40")
+    metrics, _ = train_here(
+        make_config, tmp_path, "batching=fixed", "batching.max_length=3", "evaluate.served_limit=40"
+    )
 
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
     counts = served.token_counts([text for text, _ in reviews(40, seed=3)])
@@ -224,11 +276,16 @@ def toy_model():
 
 
 def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
-        make_config, tmp_path, toy_model):
+    make_config, tmp_path, toy_model
+):
     """Registered here alone: no edit of pipeline, tracking or compare, and it trains, logs,
     exports and serves like the project's own models."""
-    cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
-                      "train.epochs=2", "evaluate.served_limit=20")
+    cfg = make_config(
+        "data=csv",
+        f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
+        "train.epochs=2",
+        "evaluate.served_limit=20",
+    )
     cfg = replace(cfg, model=toy_model(embedding_dim=4))
     metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
     client = MlflowClient(cfg.tracking.uri)
@@ -248,11 +305,15 @@ def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_
     logged = MlflowClient(other).get_run(run_id)
     assert run_id != original.info.run_id and logged.info.status == "FINISHED"
     assert logged.info.run_name == original.info.run_name == "bucket-post-mask_zero+ngrams"
-    kept = {k: v for k, v in original.data.tags.items()
-            if not k.startswith("mlflow.") and k not in ("model_uri", "logged_model_id")}
+    kept = {
+        k: v
+        for k, v in original.data.tags.items()
+        if not k.startswith("mlflow.") and k not in ("model_uri", "logged_model_id")
+    }
     assert {"model", "batching", "masking", "bucket_boundaries"} <= kept.keys()
     assert {k: logged.data.tags.get(k) for k in kept} == kept
     # the params the command line logs: the run's config without train.resume (how it ran)
-    assert logged.data.params == {k: v for k, v in original.data.params.items()
-                                  if k != "train.resume"}
+    assert logged.data.params == {
+        k: v for k, v in original.data.params.items() if k != "train.resume"
+    }
     assert logged.data.metrics["test_accuracy"] == original.data.metrics["test_accuracy"]

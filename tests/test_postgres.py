@@ -27,8 +27,10 @@ JOBS = ["per_batch", "exact"]
 
 def pg_bin() -> Path | None:
     """The newest PostgreSQL server binaries: Debian keeps them off PATH, in a versioned folder."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     initdb = found[-1] if found else shutil.which("initdb")
     return Path(initdb).parent if initdb else None
 
@@ -55,8 +57,9 @@ class Postgres:
         self.env = {**os.environ, "PGPASSWORD": self.password}
 
     def run(self, *command: str) -> None:
-        done = subprocess.run([*self.as_user, *command], capture_output=True, text=True,
-                              env=self.env, timeout=120)
+        done = subprocess.run(
+            [*self.as_user, *command], capture_output=True, text=True, env=self.env, timeout=120
+        )
         assert done.returncode == 0, f"{command[0]}: {done.stdout}{done.stderr}"
 
     def start(self) -> Postgres:
@@ -65,14 +68,42 @@ class Postgres:
         if self.as_user:
             shutil.chown(self.folder, "postgres")
             shutil.chown(password_file, "postgres")
-        self.run(str(self.bin / "initdb"), "-D", str(self.folder / "data"), "-U", self.user,
-                 f"--pwfile={password_file}", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self.run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.folder / "data"),
+            "-U",
+            self.user,
+            f"--pwfile={password_file}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         password_file.unlink()
-        self.run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-w", "-t", "120",
-                 "-l", str(self.folder / "postgres.log"), "start", "-o",
-                 f"-h 127.0.0.1 -p {self.port} -k {self.folder}")
-        self.run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                 "-U", self.user, "mlflow")
+        self.run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.folder / "data"),
+            "-w",
+            "-t",
+            "120",
+            "-l",
+            str(self.folder / "postgres.log"),
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.folder}",
+        )
+        self.run(
+            str(self.bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            "mlflow",
+        )
         return self
 
     @property
@@ -83,14 +114,26 @@ class Postgres:
     def query(self, sql: str) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user,
-                             password=self.password, dbname="mlflow") as connection:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="mlflow",
+        ) as connection:
             return connection.execute(sql).fetchall()
 
     def stop(self) -> None:
         if (self.folder / "data" / "postmaster.pid").exists():
-            self.run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast",
-                     "-w", "stop")
+            self.run(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.folder / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -109,15 +152,23 @@ def postgres() -> Iterator[Postgres]:
 
 
 def make_env(**settings: str) -> dict[str, str]:
-    return {k: v for k, v in venv_env(**settings).items()
-            if not k.startswith(("MAKE", "MFLAGS", "MLFLOW_TRACKING_"))} | settings
+    return {
+        k: v
+        for k, v in venv_env(**settings).items()
+        if not k.startswith(("MAKE", "MFLAGS", "MLFLOW_TRACKING_"))
+    } | settings
 
 
 @pytest.mark.e2e
 def test_make_server_takes_its_database_from_the_command_line_only():
     def planned(*args: str, **env: str) -> str:
-        done = subprocess.run(["make", "-n", "-C", str(ROOT), "server", *args],
-                              env=make_env(**env), capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), "server", *args],
+            env=make_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -132,20 +183,42 @@ def test_make_server_takes_its_database_from_the_command_line_only():
 @pytest.mark.e2e
 def test_a_parallel_sweep_lands_whole_in_a_postgresql_backed_server(tmp_path, postgres):
     port, artifacts = free_port(), tmp_path / "artifacts"
-    server = Service(["make", "-C", str(ROOT), "server", f"DB={postgres.uri}", f"PORT={port}",
-                      f"SERVER_DIR={tmp_path / 'server'}", f"ARTIFACTS={artifacts}",
-                      "ARGS=--workers 1"],
-                     f"http://127.0.0.1:{port}", tmp_path / "server.log",
-                     env=make_env(PGPASSWORD=postgres.password), cwd=ROOT)
+    server = Service(
+        [
+            "make",
+            "-C",
+            str(ROOT),
+            "server",
+            f"DB={postgres.uri}",
+            f"PORT={port}",
+            f"SERVER_DIR={tmp_path / 'server'}",
+            f"ARTIFACTS={artifacts}",
+            "ARGS=--workers 1",
+        ],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "server.log",
+        env=make_env(PGPASSWORD=postgres.password),
+        cwd=ROOT,
+    )
     server.start()
     try:
         assert f"Uvicorn running on http://127.0.0.1:{port}" in server.log.read_text()
         data = write_csv(tmp_path / "reviews.csv", reviews(160))
-        done = textclf("train", "--multirun", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                       "data=csv", f"data.path={data}", f"batching={','.join(JOBS)}",
-                       f"hydra.sweep.dir={tmp_path / 'sweep'}", *quick(tmp_path),
-                       "train.epochs=2", "train.patience=2", f"tracking.uri={server.url}",
-                       cwd=tmp_path)
+        done = textclf(
+            "train",
+            "--multirun",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            "data=csv",
+            f"data.path={data}",
+            f"batching={','.join(JOBS)}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *quick(tmp_path),
+            "train.epochs=2",
+            "train.patience=2",
+            f"tracking.uri={server.url}",
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 
         client = MlflowClient(server.url)
@@ -178,8 +251,7 @@ def test_a_parallel_sweep_lands_whole_in_a_postgresql_backed_server(tmp_path, po
 
 
 @pytest.mark.slow
-def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(postgres,
-                                                                            monkeypatch):
+def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(postgres, monkeypatch):
     """`make tune` on a team's PostgreSQL: the study in a database of its own, continued from
     there; MLflow's database on the same server is refused."""
     if importlib.util.find_spec("optuna") is None:
@@ -188,8 +260,16 @@ def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(pos
     from textclf.tune import distributions, open_study
 
     monkeypatch.setenv("PGPASSWORD", postgres.password)  # as a user passes it: not in the URI
-    postgres.run(str(postgres.bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres.port),
-                 "-U", postgres.user, "optuna")
+    postgres.run(
+        str(postgres.bin / "createdb"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(postgres.port),
+        "-U",
+        postgres.user,
+        "optuna",
+    )
     server = f"postgresql+psycopg://{postgres.user}@127.0.0.1:{postgres.port}"
     mlflow_uri = f"{server}/mlflow"
     MlflowClient(mlflow_uri).search_experiments()  # MLflow's tables, as a team server makes
@@ -210,5 +290,8 @@ def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(pos
     assert {"studies", "trials", "alembic_version"} <= tables["optuna"]
     assert "studies" not in tables["mlflow"] and "experiments" not in tables["optuna"]
     with pytest.raises(ConfigError, match="holds MLflow's tracking store"):
-        open_study(TuneConfig(storage=mlflow_uri, space=cfg.space), "val_accuracy",
-                   "http://mlflow.example.org:5000")
+        open_study(
+            TuneConfig(storage=mlflow_uri, space=cfg.space),
+            "val_accuracy",
+            "http://mlflow.example.org:5000",
+        )

@@ -277,11 +277,26 @@ def test_served_model_answers_like_the_pyfunc(trained):
     # served by its alias, as docs/serving.md does
     tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED, "served")
     port = free_port()
-    server = Service([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                      f"models:/{REGISTERED}@served", "--env-manager", "local", "-h",
-                      "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}",
-                     trained.root / "serve.log", env=venv_env(MLFLOW_TRACKING_URI=trained.uri),
-                     cwd=trained.root, ready="/ping")
+    server = Service(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{REGISTERED}@served",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}",
+        trained.root / "serve.log",
+        env=venv_env(MLFLOW_TRACKING_URI=trained.uri),
+        cwd=trained.root,
+        ready="/ping",
+    )
     server.start(timeout=120)
     try:
         body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
@@ -303,23 +318,30 @@ def test_served_model_answers_like_the_pyfunc(trained):
     assert served["error"].tolist()[2] == inference.EMPTY
 
 
-
 def evaluate_cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:
     return textclf("evaluate", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
 
 
 def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
     other = write_csv(trained.root / "other.csv", reviews(60, seed=7))
-    by_run = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
-                          f"run_id={trained.binary}")
+    by_run = evaluate_cli(
+        trained, "data=csv", f"data.path={other}", "split=all", f"run_id={trained.binary}"
+    )
     assert by_run.returncode == 0, by_run.stderr[-3000:]
-    by_path = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
-                           f"model_path={trained.root / 'binary' / 'model.keras'}")
+    by_path = evaluate_cli(
+        trained,
+        "data=csv",
+        f"data.path={other}",
+        "split=all",
+        f"model_path={trained.root / 'binary' / 'model.keras'}",
+    )
     assert by_path.returncode == 0, by_path.stderr[-3000:]
 
     client = MlflowClient(trained.uri)
-    runs = client.search_runs([client.get_experiment_by_name("evaluate").experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("evaluate").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     first, second = runs
     assert first.data.tags["source_run_id"] == trained.binary
@@ -339,12 +361,17 @@ def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
         assert json.loads(item.dataset.source) == {"uri": str(other)}
         assert {t.key: t.value for t in item.tags}["mlflow.data.context"] == "evaluation"
     assert {d.dataset.digest for d in second.inputs.dataset_inputs} == {
-        d.dataset.digest for d in scored.values()}
+        d.dataset.digest for d in scored.values()
+    }
 
 
 def test_evaluate_refuses_data_with_labels_the_model_does_not_know(trained):
-    done = evaluate_cli(trained, "data=csv", f"data.path={trained.root / 'topics.jsonl'}",
-                        f"run_id={trained.binary}")
+    done = evaluate_cli(
+        trained,
+        "data=csv",
+        f"data.path={trained.root / 'topics.jsonl'}",
+        f"run_id={trained.binary}",
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "are not classes of the model" in output
     assert "Traceback" not in output
@@ -354,8 +381,14 @@ def test_an_alias_set_by_register_names_the_model_for_predict_and_evaluate(train
     """`make register` points an alias at the run's registered version (no new version), and
     `model_uri=models:/<name>@<alias>` loads that model in `make predict` and `make evaluate`."""
     champion = f"models:/{REGISTERED}@champion"
-    done = textclf("register", f"tracking.uri={trained.uri}", f"run_id={trained.binary}",
-                   f"name={REGISTERED}", "alias=champion", cwd=trained.root)
+    done = textclf(
+        "register",
+        f"tracking.uri={trained.uri}",
+        f"run_id={trained.binary}",
+        f"name={REGISTERED}",
+        "alias=champion",
+        cwd=trained.root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(trained.uri)
     assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == trained.binary
@@ -367,18 +400,30 @@ def test_an_alias_set_by_register_names_the_model_for_predict_and_evaluate(train
     assert [r.split()[3] for r in predicted.stdout.strip().splitlines()[-2:]] == ["pos", "neg"]
 
     other = write_csv(trained.root / "aliased.csv", reviews(40, seed=9))
-    evaluated = evaluate_cli(trained, "data=csv", f"data.path={other}", "split=all",
-                             f"model_uri={champion}", "evaluate_experiment=by_alias")
+    evaluated = evaluate_cli(
+        trained,
+        "data=csv",
+        f"data.path={other}",
+        "split=all",
+        f"model_uri={champion}",
+        "evaluate_experiment=by_alias",
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     [run] = client.search_runs([client.get_experiment_by_name("by_alias").experiment_id])
     assert run.data.tags["model_uri"] == champion
     assert run.data.tags["source_run_id"] == trained.binary
 
     # A model not registered under the name yet becomes its next version; an alias moves.
-    assert tracking.register_model(trained.uri, f"runs:/{trained.topics}/model", "topics",
-                                   "champion") == "1"
-    assert tracking.register_model(trained.uri, f"runs:/{trained.topics}/model", REGISTERED,
-                                   "champion") == "1"
+    assert (
+        tracking.register_model(trained.uri, f"runs:/{trained.topics}/model", "topics", "champion")
+        == "1"
+    )
+    assert (
+        tracking.register_model(
+            trained.uri, f"runs:/{trained.topics}/model", REGISTERED, "champion"
+        )
+        == "1"
+    )
     assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == trained.topics
 
 
@@ -390,16 +435,16 @@ def test_an_unknown_alias_or_name_is_one_clear_error_naming_the_fix(trained):
     assert f"registered model '{REGISTERED}' has no alias 'nope'" in output
     assert "stable (version 2)" in output
     assert f"make register RUN=<run id> NAME={REGISTERED} ALIAS=nope" in output
-    with pytest.raises(tracking.TrackingError, match="has no registered model 'nope'.*"
-                       f"registered: .*{REGISTERED}"):
+    with pytest.raises(
+        tracking.TrackingError, match=f"has no registered model 'nope'.*registered: .*{REGISTERED}"
+    ):
         tracking.load_model(trained.uri, "models:/nope@champion")
     with pytest.raises(tracking.TrackingError, match="has no alias 'nope'"):
         tracking.model_files(trained.uri, f"models:/{REGISTERED}@nope", trained.root)
     with pytest.raises(tracking.TrackingError, match="has no registered model 'nope'"):
         tracking.model_files(trained.uri, "models:/nope/1", trained.root)
     with pytest.raises(tracking.TrackingError, match="reserved"):
-        tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED,
-                                "latest")
+        tracking.register_model(trained.uri, f"runs:/{trained.binary}/model", REGISTERED, "latest")
     with pytest.raises(ConfigError, match="model_uri: must start with models:/ or runs:/"):
         PredictConfig(text="x", model_uri=f"{REGISTERED}@champion")
     with pytest.raises(ConfigError, match="name: give the registered model's name"):

@@ -35,15 +35,25 @@ def assert_all_finished(uri: str, variants: list[str]) -> None:
     parent, children = parent_and_children(uri)
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "0"
     assert sorted(r.data.tags["batching"] for r in children) == sorted(variants)
-    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics
-               for r in children), [(r.data.tags["batching"], r.info.status) for r in children]
+    assert all(
+        r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in children
+    ), [(r.data.tags["batching"], r.info.status) for r in children]
 
 
 def sweep(tmp_path: Path, *args: str, variants: list[str] = VARIANTS, data: str | None = None):
     data = data or str(write_csv(tmp_path / "r.csv", reviews(120)))
-    return textclf("train", "--multirun", "data=csv", f"data.path={data}",
-                   f"batching={','.join(variants)}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   *quick(tmp_path), "train.epochs=1", *args, cwd=tmp_path)
+    return textclf(
+        "train",
+        "--multirun",
+        "data=csv",
+        f"data.path={data}",
+        f"batching={','.join(variants)}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *quick(tmp_path),
+        "train.epochs=1",
+        *args,
+        cwd=tmp_path,
+    )
 
 
 def session_processes(sid: int) -> list[int]:
@@ -74,16 +84,34 @@ def ray_head(monkeypatch):
     # there by another cluster makes the driver's connection fail with InvalidAuthToken
     monkeypatch.setenv("HOME", str(temp_dir))
     log = temp_dir / "head.log"
-    ports = {"--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-             "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-             "--metrics-export-port": free_port()}
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-               "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-               *(f"{k}={v}" for k, v in ports.items())]
+    ports = {
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+    }
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        *(f"{k}={v}" for k, v in ports.items()),
+    ]
     with log.open("w") as sink:
-        head = subprocess.Popen(command, env=venv_env(RAY_USAGE_STATS_ENABLED="0"), stdout=sink,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            command,
+            env=venv_env(RAY_USAGE_STATS_ENABLED="0"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in log.read_text(errors="replace"):
@@ -109,12 +137,14 @@ def ray_head(monkeypatch):
 
 
 def test_ray_sweep_on_a_local_head_is_one_parent_with_finished_children(tmp_path, ray_head):
-    done = sweep(tmp_path, "hydra/launcher=ray",
-                 f"hydra.launcher.ray.init.address=127.0.0.1:{ray_head}")
+    done = sweep(
+        tmp_path, "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{ray_head}"
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert re.search(rf"Connecting to existing Ray cluster at address: [\d.]+:{ray_head}\b",
-                     output), output[-3000:]  # the test's head, not a private cluster
+    assert re.search(
+        rf"Connecting to existing Ray cluster at address: [\d.]+:{ray_head}\b", output
+    ), output[-3000:]  # the test's head, not a private cluster
     assert_all_finished(f"sqlite:///{tmp_path / 'mlflow.db'}", VARIANTS)
 
 
@@ -129,8 +159,12 @@ def test_submitit_local_sweep_is_one_parent_with_finished_children(tmp_path):
 
 def test_a_failed_submitit_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     good = write_csv(tmp_path / "good.csv", reviews(120))
-    done = sweep(tmp_path, "hydra/launcher=submitit_local", variants=["exact"],
-                 data=f"{good},{tmp_path / 'gone.csv'}")
+    done = sweep(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        variants=["exact"],
+        data=f"{good},{tmp_path / 'gone.csv'}",
+    )
     assert done.returncode != 0  # the sweep reports its failed job after running all of them
     parent, children = parent_and_children(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "1"
@@ -149,9 +183,21 @@ def test_a_killed_sweep_resumes_its_unfinished_jobs_under_the_same_parent(tmp_pa
     data = write_csv(tmp_path / "r.csv", reviews(240))
     sweep_dir = tmp_path / "sweep"
     first = signalled_at_epoch(
-        1, signal.SIGKILL, "train", "--multirun", "data=csv", f"data.path={data}",
-        f"batching={','.join(variants)}", f"hydra.sweep.dir={sweep_dir}", *quick(tmp_path),
-        "train.epochs=3", "train.patience=3", cwd=tmp_path, job=1, log=tmp_path / "first.log")
+        1,
+        signal.SIGKILL,
+        "train",
+        "--multirun",
+        "data=csv",
+        f"data.path={data}",
+        f"batching={','.join(variants)}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *quick(tmp_path),
+        "train.epochs=3",
+        "train.patience=3",
+        cwd=tmp_path,
+        job=1,
+        log=tmp_path / "first.log",
+    )
     first.wait(timeout=600)
     assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
     assert list(sweep_dir.glob("1_*/checkpoint.npz"))  # the second job's first epoch

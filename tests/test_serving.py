@@ -55,8 +55,9 @@ def load_requests(seed: int = 0) -> list[list[str]]:
 def post(url: str, body: bytes | dict, timeout: float = 300) -> tuple[int, object]:
     """POST to /invocations; the status and the decoded JSON answer (or its text)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/invocations", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             status, payload = answer.status, answer.read()
@@ -85,8 +86,9 @@ def assert_same(answer: object, expected: pd.DataFrame) -> None:
     assert got["label"].tolist() == expected["label"].tolist()
     assert missing_as_none(got["error"]) == missing_as_none(expected["error"])
     probs = [c for c in expected.columns if c.startswith("prob_")]
-    np.testing.assert_allclose(got[probs].to_numpy(dtype=float), expected[probs].to_numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        got[probs].to_numpy(dtype=float), expected[probs].to_numpy(), atol=1e-5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,26 +98,51 @@ def served(request, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("serving")
     model = request.config.getoption("--serve-model")
     if model:
-        uri = os.environ.get("MLFLOW_TRACKING_URI",
-                             f"sqlite:///{ROOT / 'outputs' / 'mlflow.db'}")
+        uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'outputs' / 'mlflow.db'}")
         keras_file, classes, _ = tracking.model_files(uri, model, root / "model")
     else:
         uri = f"sqlite:///{root / 'mlflow.db'}"
         data = write_csv(root / "reviews.csv", reviews(240))
-        done = textclf("train", "data=csv", f"data.path={data}", f"hydra.run.dir={root / 'run'}",
-                       *quick(root), cwd=root)
+        done = textclf(
+            "train",
+            "data=csv",
+            f"data.path={data}",
+            f"hydra.run.dir={root / 'run'}",
+            *quick(root),
+            cwd=root,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         model = f"runs:/{(root / 'run' / 'mlflow_run_id').read_text().strip()}/model"
         keras_file, classes = root / "run" / "model.keras", root / "run" / "classes.json"
     port = free_port()
-    server = Service([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model,
-                      "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                     f"http://127.0.0.1:{port}", root / "serve.log",
-                     env=venv_env(MLFLOW_TRACKING_URI=uri), cwd=root, ready="/ping")
+    server = Service(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}",
+        root / "serve.log",
+        env=venv_env(MLFLOW_TRACKING_URI=uri),
+        cwd=root,
+        ready="/ping",
+    )
     server.start()
     try:
-        yield SimpleNamespace(url=server.url, server=server, model=model,
-                              classifier=inference.Classifier.from_files(keras_file, classes))
+        yield SimpleNamespace(
+            url=server.url,
+            server=server,
+            model=model,
+            classifier=inference.Classifier.from_files(keras_file, classes),
+        )
     finally:
         server.stop()
 
@@ -129,7 +156,7 @@ def test_load_from_concurrent_clients_answers_every_request_like_the_model_in_pr
         return status, time.perf_counter() - start, answer
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        list(pool.map(send, load_requests(seed=1)[-2 * CLIENTS:]))  # warm-up, not measured
+        list(pool.map(send, load_requests(seed=1)[-2 * CLIENTS :]))  # warm-up, not measured
         start = time.perf_counter()
         results = list(pool.map(send, batches))
     seconds = time.perf_counter() - start
@@ -139,15 +166,22 @@ def test_load_from_concurrent_clients_answers_every_request_like_the_model_in_pr
     for texts, (_, _, answer) in zip(batches, results, strict=True):
         assert_same(answer, served.classifier.predict(texts))
 
-    latency = {size: np.array([t for b, (_, t, _) in zip(batches, results, strict=True)
-                               if len(b) == size]) * 1000 for size in (1, BATCH)}
+    latency = {
+        size: np.array([t for b, (_, t, _) in zip(batches, results, strict=True) if len(b) == size])
+        * 1000
+        for size in (1, BATCH)
+    }
     texts = sum(len(b) for b in batches)
-    print(f"\nload on {served.model}: {len(batches)} requests ({len(latency[1])} of 1 review, "
-          f"{len(latency[BATCH])} of {BATCH}; reviews of 1-2,000 tokens) from {CLIENTS} clients "
-          f"in {seconds:.1f} s: {len(batches) / seconds:.1f} requests/s, "
-          f"{texts / seconds:.0f} reviews/s; latency p50/p99: " + ", ".join(
-              f"{size} review(s) {np.percentile(ms, 50):.0f}/{np.percentile(ms, 99):.0f} ms"
-              for size, ms in latency.items()))
+    print(
+        f"\nload on {served.model}: {len(batches)} requests ({len(latency[1])} of 1 review, "
+        f"{len(latency[BATCH])} of {BATCH}; reviews of 1-2,000 tokens) from {CLIENTS} clients "
+        f"in {seconds:.1f} s: {len(batches) / seconds:.1f} requests/s, "
+        f"{texts / seconds:.0f} reviews/s; latency p50/p99: "
+        + ", ".join(
+            f"{size} review(s) {np.percentile(ms, 50):.0f}/{np.percentile(ms, 99):.0f} ms"
+            for size, ms in latency.items()
+        )
+    )
 
 
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(served):

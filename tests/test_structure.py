@@ -24,14 +24,18 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py")
-           if module_name(p)}
+MODULES = {module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py") if module_name(p)}
 PACKAGES = {module_name(p) for p in SRC.rglob("__init__.py") if module_name(p)}
 ENTRY_POINTS = {"cli", "sweep"}  # what Hydra calls: the app and its callbacks
-GROUP_SCHEMA = {"data": config.DataConfig, "tokenize": config.TokenizeConfig,
-                "batching": config.BatchingConfig, "model": None,  # per option: models/
-                "train": config.TrainConfig, "evaluate": config.EvaluateConfig,
-                "tracking": config.TrackingConfig}
+GROUP_SCHEMA = {
+    "data": config.DataConfig,
+    "tokenize": config.TokenizeConfig,
+    "batching": config.BatchingConfig,
+    "model": None,  # per option: models/
+    "train": config.TrainConfig,
+    "evaluate": config.EvaluateConfig,
+    "tracking": config.TrackingConfig,
+}
 SELECTOR = {"data": "source", "batching": "strategy"}  # the key an option file chooses
 
 
@@ -47,8 +51,11 @@ def imported(name: str) -> set[str]:
             if node.level:  # relative: textclf's own modules
                 base = package[: len(package) - node.level + 1]
                 stem = ".".join([*base, *([node.module] if node.module else [])])
-                names |= ({stem} if node.module else
-                          {".".join([*base, alias.name]) for alias in node.names})
+                names |= (
+                    {stem}
+                    if node.module
+                    else {".".join([*base, alias.name]) for alias in node.names}
+                )
             else:
                 names.add((node.module or "").removeprefix("textclf."))
     return names
@@ -86,15 +93,22 @@ def test_only_tracking_imports_mlflow_and_only_entry_points_see_hydra_configs():
     mlflow_users = {n for n in MODULES if any(i.startswith("mlflow") for i in imported(n))}
     # the tracking package, and the model file MLflow loads by path
     assert {n.split(".")[0] for n in mlflow_users} == {"tracking", "mlflow_model"}
-    dictconfig_users = {n for n, t in MODULES.items()
-                        if "DictConfig" in {getattr(x, "id", None) for x in ast.walk(t)}}
+    dictconfig_users = {
+        n
+        for n, t in MODULES.items()
+        if "DictConfig" in {getattr(x, "id", None) for x in ast.walk(t)}
+    }
     assert dictconfig_users <= ENTRY_POINTS | {"config"}  # config turns it into dataclasses
 
 
 def carried_modules() -> set[str]:
     """The modules of `INFERENCE_CODE`, the package's part the logged MLflow model carries."""
-    return {n for n in MODULES for part in INFERENCE_CODE
-            if n == part.removesuffix(".py") or n.startswith(part + ".")}
+    return {
+        n
+        for n in MODULES
+        for part in INFERENCE_CODE
+        if n == part.removesuffix(".py") or n.startswith(part + ".")
+    }
 
 
 def test_the_code_the_logged_model_carries_imports_only_itself():
@@ -129,28 +143,37 @@ def leaves(node: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-OPTIONS = [(group, path) for group in GROUP_SCHEMA
-           for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+OPTIONS = [
+    (group, path) for group in GROUP_SCHEMA for path in sorted((CONF_DIR / group).glob("*.yaml"))
+]
 
 
 @pytest.mark.parametrize("group,path", OPTIONS, ids=[f"{g}/{p.stem}" for g, p in OPTIONS])
 def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, path):
     """Defaults live in config.py alone: an option file that repeats one would drift from it."""
-    schema = {f.name: f for f in dataclasses.fields(
-        GROUP_SCHEMA[group] or models.REGISTRY[path.stem].config)}
+    schema = {
+        f.name: f
+        for f in dataclasses.fields(GROUP_SCHEMA[group] or models.REGISTRY[path.stem].config)
+    }
     values = leaves(OmegaConf.to_container(OmegaConf.load(path)) or {})
     if group == "model":  # starts from the model's own schema, registered under its name
         assert values.pop("defaults", None) == [f"{path.stem}_schema", "_self_"], path.name
     for key, value in values.items():
         assert key in schema, f"{path.name}: {key} is not a {group} setting"
         field = schema[key]
-        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
-                   else field.default)
-        assert value != default, (f"{path.name}: {group}.{key}: {value!r} repeats the default in "
-                                  "config.py; delete it from the YAML")
+        default = (
+            field.default_factory()
+            if field.default_factory is not dataclasses.MISSING
+            else field.default
+        )
+        assert value != default, (
+            f"{path.name}: {group}.{key}: {value!r} repeats the default in "
+            "config.py; delete it from the YAML"
+        )
     if group in SELECTOR:
         assert values.get(SELECTOR[group]) == path.stem, (
-            f"{path.name} must set {group}.{SELECTOR[group]}: {path.stem}")
+            f"{path.name} must set {group}.{SELECTOR[group]}: {path.stem}"
+        )
 
 
 def test_every_schema_default_is_a_plain_value_or_missing():
@@ -158,8 +181,11 @@ def test_every_schema_default_is_a_plain_value_or_missing():
     schemas = [s for s in GROUP_SCHEMA.values() if s] + [m.config for m in models.REGISTRY.values()]
     for schema in schemas:
         for field in dataclasses.fields(schema):
-            value = (field.default_factory() if field.default_factory is not dataclasses.MISSING
-                     else field.default)
+            value = (
+                field.default_factory()
+                if field.default_factory is not dataclasses.MISSING
+                else field.default
+            )
             assert value is not dataclasses.MISSING, f"{schema.__name__}.{field.name}"
 
 
@@ -177,14 +203,20 @@ def test_the_lock_pins_every_requirement_within_its_range():
     [extras] = re.findall(r"^LOCK_EXTRAS := (.+)$", (root / "Makefile").read_text(), re.MULTILINE)
     locked = extras.split(",")
     assert set(metadata("textclf").get_all("Provides-Extra")) - set(locked) == {"cuda"}
-    pins = {canonicalize_name(name): version for name, version in re.findall(
-        r"^([A-Za-z0-9._-]+)==(\S+)", (root / "requirements-lock.txt").read_text(), re.MULTILINE)}
+    pins = {
+        canonicalize_name(name): version
+        for name, version in re.findall(
+            r"^([A-Za-z0-9._-]+)==(\S+)", (root / "requirements-lock.txt").read_text(), re.MULTILINE
+        )
+    }
     for line in metadata("textclf").get_all("Requires-Dist"):
         requirement = Requirement(line)
-        if requirement.marker and not any(requirement.marker.evaluate({"extra": e})
-                                          for e in locked):
+        if requirement.marker and not any(
+            requirement.marker.evaluate({"extra": e}) for e in locked
+        ):
             continue  # the cuda extra
         version = pins.get(canonicalize_name(requirement.name))
         assert version is not None, f"{requirement.name} is not in the lock: run make lock"
         assert requirement.specifier.contains(version, prereleases=True), (
-            f"the lock pins {requirement.name}=={version}, outside {requirement}: run make lock")
+            f"the lock pins {requirement.name}=={version}, outside {requirement}: run make lock"
+        )

@@ -27,10 +27,20 @@ def sweep_children(uri: str) -> list:
 
 def parallel_sweep(tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
     data = write_csv(tmp_path / "r.csv", reviews(160))
-    return textclf("train", "--multirun", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                   "data=csv", f"data.path={data}", f"batching={','.join(STRATEGIES)}",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", *quick(tmp_path), "train.epochs=1",
-                   f"tracking.uri={uri}", cwd=tmp_path)
+    return textclf(
+        "train",
+        "--multirun",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "data=csv",
+        f"data.path={data}",
+        f"batching={','.join(STRATEGIES)}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *quick(tmp_path),
+        "train.epochs=1",
+        f"tracking.uri={uri}",
+        cwd=tmp_path,
+    )
 
 
 def test_parallel_sweep_on_sqlite_loses_no_run(tmp_path):
@@ -57,8 +67,15 @@ def test_parallel_sweep_against_a_tracking_server(tmp_path, mlflow_server):
 
 def test_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, tiny_csv):
     uri = f"http://127.0.0.1:{free_port()}"
-    done = textclf("train", "data=csv", f"data.path={tiny_csv}", f"hydra.run.dir={tmp_path / 'r'}",
-                   *quick(tmp_path), f"tracking.uri={uri}", cwd=tmp_path)
+    done = textclf(
+        "train",
+        "data=csv",
+        f"data.path={tiny_csv}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        *quick(tmp_path),
+        f"tracking.uri={uri}",
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2 and uri in output and "Traceback" not in output
     assert "Epoch" not in output  # it stopped before training, not after MLflow's retries
@@ -102,19 +119,42 @@ def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
     comparison over them has the five variants, each with its seeds, and a per-run CSV."""
     data = write_csv(tmp_path / "r.csv", reviews(160))
     settings = [s for s in quick(tmp_path) if not s.startswith("tracking.uri")]
-    args = " ".join([*settings, "train.epochs=1", "train.seed=0,1", "evaluate.served_limit=10",
-                     "evaluate.plots=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    args = " ".join(
+        [
+            *settings,
+            "train.epochs=1",
+            "train.seed=0,1",
+            "evaluate.served_limit=10",
+            "evaluate.plots=false",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ]
+    )
     out = tmp_path / "evidence"
     done = subprocess.run(
-        ["make", "-C", str(ROOT), "evidence", f"DATA=data=csv data.path={data}",
-         f"TRACKING=tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"EVIDENCE_DIR={out}",
-         f"ARGS={args}"],
+        [
+            "make",
+            "-C",
+            str(ROOT),
+            "evidence",
+            f"DATA=data=csv data.path={data}",
+            f"TRACKING=tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"EVIDENCE_DIR={out}",
+            f"ARGS={args}",
+        ],
         env={k: v for k, v in venv_env().items() if not k.startswith(("MAKE", "MFLAGS"))},
-        capture_output=True, text=True, timeout=900)
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     table = pd.read_csv(out / "comparison.csv").set_index("variant")
-    assert sorted(table.index) == ["bucket/mask_zero", "exact/mask_zero", "fixed/mask_zero",
-                                   "per_batch/mask_zero", "per_batch/none"]
+    assert sorted(table.index) == [
+        "bucket/mask_zero",
+        "exact/mask_zero",
+        "fixed/mask_zero",
+        "per_batch/mask_zero",
+        "per_batch/none",
+    ]
     assert set(table["n"]) == {2}
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 10 and sorted(set(runs["seed"])) == [0, 1]

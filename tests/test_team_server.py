@@ -30,8 +30,12 @@ from textclf.run_folder import RunFolder
 from .conftest import Service, free_port, quick, reviews, tracking_server, venv_env, write_csv
 
 EPOCHS = 6
-RETRY_SETTINGS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+RETRY_SETTINGS = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 
 
 class Training:
@@ -41,11 +45,28 @@ class Training:
         data = write_csv(tmp / "reviews.csv", reviews(800))
         self.folder = tmp / "run"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "textclf.cli", "train", "data=csv", f"data.path={data}",
-             f"hydra.run.dir={self.folder}", *quick(tmp), f"tracking.uri={uri}",
-             f"train.epochs={EPOCHS}", f"train.patience={EPOCHS}", "train.verbose=2", *extra],
-            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "textclf.cli",
+                "train",
+                "data=csv",
+                f"data.path={data}",
+                f"hydra.run.dir={self.folder}",
+                *quick(tmp),
+                f"tracking.uri={uri}",
+                f"train.epochs={EPOCHS}",
+                f"train.patience={EPOCHS}",
+                "train.verbose=2",
+                *extra,
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -71,8 +92,10 @@ class Training:
         with self._changed:
             while sum(bool(found.search(line)) for line in self.lines) < count:
                 if not self._reader.is_alive() or time.monotonic() > deadline:
-                    pytest.fail(f"no line matching {pattern!r} in the training output:\n"
-                                f"{self.output[-4000:]}")
+                    pytest.fail(
+                        f"no line matching {pattern!r} in the training output:\n"
+                        f"{self.output[-4000:]}"
+                    )
                 self._changed.wait(timeout=1)
 
     def wait(self, timeout: float = 600) -> int:
@@ -87,8 +110,9 @@ class Training:
 
 def env_with(**settings: str) -> dict[str, str]:
     """The venv's environment with MLflow's HTTP retry settings at their defaults unless given."""
-    return {k: v for k, v in venv_env(**settings).items()
-            if k not in RETRY_SETTINGS or k in settings}
+    return {
+        k: v for k, v in venv_env(**settings).items() if k not in RETRY_SETTINGS or k in settings
+    }
 
 
 def the_run(uri: str):
@@ -106,11 +130,13 @@ def assert_complete(uri: str, run_id: str) -> None:
     assert steps == list(range(1, EPOCHS + 1))
     assert {"test_accuracy", "served_agreement"} <= run.data.metrics.keys()
     assert {"model.keras", "classes.json", "metrics.json"} <= {
-        a.path for a in client.list_artifacts(run_id)}
+        a.path for a in client.list_artifacts(run_id)
+    }
     assert run.data.tags[tracking.MODEL_TAG] == f"runs:/{run_id}/model"
     mlflow.set_tracking_uri(uri)
     got = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(
-        pd.DataFrame({"text": ["a wonderful film, i loved every minute of it"]}))
+        pd.DataFrame({"text": ["a wonderful film, i loved every minute of it"]})
+    )
     assert got["label"].tolist() == ["pos"]
 
 
@@ -137,8 +163,12 @@ def test_a_run_survives_a_restart_of_its_tracking_server(tmp_path):
 @pytest.mark.e2e
 def test_a_server_away_past_the_retries_costs_no_trained_model(tmp_path):
     # MLflow's retries cut to about a second, so that "past the limit" is short.
-    env = env_with(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-                   MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    env = env_with(
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+        MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="10",
+    )
     server = tracking_server(tmp_path).start()
     try:
         training = Training(tmp_path, server.url, env=env)
@@ -156,17 +186,27 @@ def test_a_server_away_past_the_retries_costs_no_trained_model(tmp_path):
         assert not (folder / "checkpoint.npz").exists()
 
         server.start()
-        logged = subprocess.run([sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
-                                cwd=tmp_path, env=env_with(), capture_output=True, text=True,
-                                timeout=600)
+        logged = subprocess.run(
+            [sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
+            cwd=tmp_path,
+            env=env_with(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert logged.returncode == 0, (logged.stdout + logged.stderr)[-4000:]
         client, run = the_run(server.url)  # the same run, not a second one
         assert run.info.run_id == (folder / "mlflow_run_id").read_text().strip()
         assert_complete(server.url, run.info.run_id)
         assert not (folder / RunFolder.PENDING).exists()
-        again = subprocess.run([sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
-                               cwd=tmp_path, env=env_with(), capture_output=True, text=True,
-                               timeout=600)
+        again = subprocess.run(
+            [sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
+            cwd=tmp_path,
+            env=env_with(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert again.returncode == 0 and "nothing to log" in again.stdout + again.stderr
     finally:
         server.stop()
@@ -247,9 +287,11 @@ def test_epoch_metrics_wait_out_a_lost_server_and_go_out_once_it_is_back(tmp_pat
 
 
 def make_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in venv_env(**settings).items()
-           if not k.startswith(("MAKE", "MFLAGS", "MLFLOW_AUTH_ADMIN_PASSWORD",
-                                "MLFLOW_TRACKING_"))}
+    env = {
+        k: v
+        for k, v in venv_env(**settings).items()
+        if not k.startswith(("MAKE", "MFLAGS", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_"))
+    }
     return env | settings
 
 
@@ -268,15 +310,21 @@ def get(url: str, user: str | None = None, password: str | None = None) -> int:
 @pytest.mark.e2e
 def test_make_server_auth_needs_a_password_and_binds_to_loopback(tmp_path):
     base = ["make", "-s", "-C", str(ROOT), "server", f"SERVER_DIR={tmp_path / 'server'}"]
-    refused = subprocess.run([*base, "AUTH=1"], env=make_env(), capture_output=True, text=True,
-                             timeout=60)
+    refused = subprocess.run(
+        [*base, "AUTH=1"], env=make_env(), capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode != 0
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr
     assert not (tmp_path / "server" / "mlflow.db").exists()  # no server was started
 
     def planned(*args: str, **env: str) -> str:
-        done = subprocess.run(["make", "-n", "-C", str(ROOT), "server", *args],
-                              env=make_env(**env), capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), "server", *args],
+            env=make_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -293,10 +341,22 @@ def test_the_auth_server_lets_in_only_its_users(tmp_path, monkeypatch):
     secret.write_text(password + "\n")
     secret.chmod(0o600)
     port, folder = free_port(), tmp_path / "server"
-    server = Service(["make", "-C", str(ROOT), "server", "AUTH=1", f"PORT={port}",
-                      f"SERVER_DIR={folder}", "ARGS=--workers 1"],
-                     f"http://127.0.0.1:{port}", tmp_path / "server.log",
-                     env=make_env(MLFLOW_AUTH_ADMIN_PASSWORD_FILE=str(secret)), cwd=ROOT)
+    server = Service(
+        [
+            "make",
+            "-C",
+            str(ROOT),
+            "server",
+            "AUTH=1",
+            f"PORT={port}",
+            f"SERVER_DIR={folder}",
+            "ARGS=--workers 1",
+        ],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "server.log",
+        env=make_env(MLFLOW_AUTH_ADMIN_PASSWORD_FILE=str(secret)),
+        cwd=ROOT,
+    )
     server.start()
     url = server.url
     try:
@@ -311,10 +371,23 @@ def test_the_auth_server_lets_in_only_its_users(tmp_path, monkeypatch):
 
         data = write_csv(tmp_path / "reviews.csv", reviews(240))
         trained = subprocess.run(
-            [sys.executable, "-m", "textclf.cli", "train", "data=csv", f"data.path={data}",
-             f"hydra.run.dir={tmp_path / 'run'}", *quick(tmp_path), f"tracking.uri={url}"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=600,
-            env=env_with(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password))
+            [
+                sys.executable,
+                "-m",
+                "textclf.cli",
+                "train",
+                "data=csv",
+                f"data.path={data}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+                *quick(tmp_path),
+                f"tracking.uri={url}",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env_with(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password),
+        )
         assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
 
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -331,8 +404,10 @@ def test_the_auth_server_lets_in_only_its_users(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", reader_password)
         reader = MlflowClient(url)
         assert reader.get_run(run.info.run_id).data.metrics == run.data.metrics
-        for write in (lambda: reader.log_metric(run.info.run_id, "sneaky", 1.0),
-                      lambda: reader.create_run(experiment_id)):
+        for write in (
+            lambda: reader.log_metric(run.info.run_id, "sneaky", 1.0),
+            lambda: reader.create_run(experiment_id),
+        ):
             with pytest.raises(MlflowException) as refused:
                 write()
             assert refused.value.get_http_status_code() == 403

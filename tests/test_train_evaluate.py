@@ -63,8 +63,11 @@ def shuffled(epoch) -> tf.data.Dataset:
 
 def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
-                              TrainConfig(optimizer="adam", learning_rate=0.05))
+    net = train.compile_model(
+        build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"),
+        2,
+        TrainConfig(optimizer="adam", learning_rate=0.05),
+    )
     val = dataset(seed=1, noise=0.25)  # confident predictions get punished: val loss turns up
     fitted = train.fit(net, lambda e: dataset(), val, 4, quiet_training(epochs=40, patience=2))
     epochs = len(fitted.history["loss"])
@@ -81,8 +84,11 @@ def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
 
 def test_a_diverging_loss_stops_training_with_an_error():
     keras.utils.set_random_seed(0)
-    net = train.compile_model(build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"), 2,
-                              TrainConfig(optimizer="sgd", learning_rate=float("inf")))
+    net = train.compile_model(
+        build_lstm(5, 2, small_model(embedding_dim=4, units=4), "post"),
+        2,
+        TrainConfig(optimizer="sgd", learning_rate=float("inf")),
+    )
     with pytest.raises(train.TrainingDiverged, match="learning_rate"):
         train.fit(net, lambda e: dataset(), dataset(seed=1), 4, quiet_training(epochs=5))
 
@@ -105,8 +111,9 @@ class StopAt(keras.callbacks.Callback):
 def fresh_model() -> keras.Model:
     keras.utils.set_random_seed(0)
     # dropout: the RNG state matters
-    net = build_lstm(20, 2, small_model(embedding_dim=8, units=8, bidirectional=True,
-                                         dropout=0.5), "post")
+    net = build_lstm(
+        20, 2, small_model(embedding_dim=8, units=8, bidirectional=True, dropout=0.5), "post"
+    )
     return train.compile_model(net, 2, TrainConfig(optimizer="adam", learning_rate=0.01))
 
 
@@ -114,8 +121,9 @@ def fresh_model() -> keras.Model:
 def uninterrupted() -> tuple[keras.Model, train.Fit]:
     """Five epochs in one go: what every resumed fit must end as."""
     whole = fresh_model()
-    return whole, train.fit(whole, shuffled, dataset(seed=1, noise=0.2), 4,
-                            quiet_training(epochs=5, patience=5))
+    return whole, train.fit(
+        whole, shuffled, dataset(seed=1, noise=0.2), 4, quiet_training(epochs=5, patience=5)
+    )
 
 
 # 5: all epochs done, the best not restored
@@ -129,13 +137,21 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
 
     path = tmp_path / "checkpoint.npz"
     with pytest.raises(KeyboardInterrupt):
-        train.fit(build(), shuffled, val, 4, quiet_training(epochs=5, patience=5),
-                  callbacks=[StopAt(stop_at)], checkpoint=path)
+        train.fit(
+            build(),
+            shuffled,
+            val,
+            4,
+            quiet_training(epochs=5, patience=5),
+            callbacks=[StopAt(stop_at)],
+            checkpoint=path,
+        )
     assert train.Checkpoint(path, train.EarlyStopping(2, 0.0), train.Timer()).epoch == stop_at
 
     resumed = build()  # a new process would rebuild the model just so
-    got = train.fit(resumed, shuffled, val, 4, quiet_training(epochs=5, patience=5),
-                    checkpoint=path)
+    got = train.fit(
+        resumed, shuffled, val, 4, quiet_training(epochs=5, patience=5), checkpoint=path
+    )
     assert got.history.keys() == expected.history.keys()
     for key, values in expected.history.items():
         np.testing.assert_allclose(got.history[key], values, rtol=1e-5, err_msg=key)
@@ -144,8 +160,9 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
     finished = build()  # resuming a finished fit trains no more: it restores the result
-    again = train.fit(finished, shuffled, val, 4, quiet_training(epochs=5, patience=5),
-                      checkpoint=path)
+    again = train.fit(
+        finished, shuffled, val, 4, quiet_training(epochs=5, patience=5), checkpoint=path
+    )
     assert again.history == got.history
     for a, b in zip(finished.get_weights(), whole.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -153,13 +170,14 @@ def test_an_interrupted_fit_resumed_from_its_checkpoint_ends_as_an_uninterrupted
 
 def test_a_checkpoint_from_another_model_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "checkpoint.npz"
-    train.fit(fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=1),
-              checkpoint=path)
+    train.fit(
+        fresh_model(), shuffled, dataset(seed=1), 4, quiet_training(epochs=1), checkpoint=path
+    )
     other = train.compile_model(
-        build_lstm(20, 2, small_model(embedding_dim=8, units=16), "post"), 2, TrainConfig())
+        build_lstm(20, 2, small_model(embedding_dim=8, units=16), "post"), 2, TrainConfig()
+    )
     with pytest.raises(train.CheckpointMismatch, match="configuration that wrote it"):
-        train.fit(other, shuffled, dataset(seed=1), 4, quiet_training(epochs=2),
-                  checkpoint=path)
+        train.fit(other, shuffled, dataset(seed=1), 4, quiet_training(epochs=2), checkpoint=path)
 
 
 def test_a_stop_request_ends_training_even_when_the_signal_exception_was_lost():
@@ -176,14 +194,16 @@ def test_weight_decay_and_clipnorm_reach_the_optimizer():
     plain = train.compile_model(net, 2, quiet_training()).optimizer
     assert plain.weight_decay is None and plain.global_clipnorm is None
     tuned = train.compile_model(
-        net, 2, quiet_training(optimizer="adamw", weight_decay=0.01, clipnorm=1.0)).optimizer
+        net, 2, quiet_training(optimizer="adamw", weight_decay=0.01, clipnorm=1.0)
+    ).optimizer
     assert isinstance(tuned, keras.optimizers.AdamW)
     assert tuned.weight_decay == pytest.approx(0.01) and tuned.global_clipnorm == 1.0
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    rate = train.learning_rate(quiet_training(learning_rate=1e-3, schedule="cosine",
-                                              warmup_steps=10, max_steps=110))
+    rate = train.learning_rate(
+        quiet_training(learning_rate=1e-3, schedule="cosine", warmup_steps=10, max_steps=110)
+    )
     at = [float(rate(step)) for step in (0, 5, 10, 60, 110)]
     assert at[0] < at[1] < at[2] == pytest.approx(1e-3)  # linear warm-up to the peak
     assert at[3] == pytest.approx(5e-4, rel=1e-3)  # half-way from step 10 to step 110
@@ -191,11 +211,14 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert train.learning_rate(quiet_training(learning_rate=1e-3)) == 1e-3
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"warmup_steps": 5}, "need train.schedule=cosine"),
-    ({"schedule": "cosine", "max_steps": None}, "train.decay_steps"),
-    ({"label_smoothing": 1.0}, "train.label_smoothing"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"warmup_steps": 5}, "need train.schedule=cosine"),
+        ({"schedule": "cosine", "max_steps": None}, "train.decay_steps"),
+        ({"label_smoothing": 1.0}, "train.label_smoothing"),
+    ],
+)
 def test_impossible_schedules_and_smoothing_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         quiet_training(**overrides)
@@ -217,8 +240,11 @@ def test_label_smoothing_pulls_targets_towards_uniform(classes):
 
 
 def test_a_smoothed_multiclass_model_saves_and_loads(tmp_path):
-    net = train.compile_model(build_lstm(20, 3, small_model(embedding_dim=4, units=2), "post"),
-                              3, quiet_training(label_smoothing=0.1))
+    net = train.compile_model(
+        build_lstm(20, 3, small_model(embedding_dim=4, units=2), "post"),
+        3,
+        quiet_training(label_smoothing=0.1),
+    )
     net.fit(np.ones((4, 3), np.int32), np.array([0, 1, 2, 1]), verbose=0)
     net.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")

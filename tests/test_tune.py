@@ -40,9 +40,15 @@ def test_the_space_in_hydra_sweep_syntax_becomes_optuna_distributions():
 
     from textclf.tune import distributions
 
-    found = distributions({"model.units": "choice(32, 64)", "batching": "choice(bucket,exact)",
-                           "train.patience": "range(1, 4)", "model.dropout": "interval(0, 0.5)",
-                           "train.learning_rate": "tag(log, interval(0.0001, 0.003))"})
+    found = distributions(
+        {
+            "model.units": "choice(32, 64)",
+            "batching": "choice(bucket,exact)",
+            "train.patience": "range(1, 4)",
+            "model.dropout": "interval(0, 0.5)",
+            "train.learning_rate": "tag(log, interval(0.0001, 0.003))",
+        }
+    )
     assert found == {
         "model.units": CategoricalDistribution([32, 64]),
         "batching": CategoricalDistribution(["bucket", "exact"]),
@@ -52,22 +58,28 @@ def test_the_space_in_hydra_sweep_syntax_becomes_optuna_distributions():
     }
     with pytest.raises(ConfigError, match=r"tune.space.model.units: '64' is not a range"):
         distributions({"model.units": "64"})
-    with pytest.raises(ConfigError, match=r"tune.space.model.dropout: 'interval\(0.5, 0.1\)' "
-                                          "needs low < high"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tune.space.model.dropout: 'interval\(0.5, 0.1\)' "
+        "needs low < high",
+    ):
         distributions({"model.dropout": "interval(0.5, 0.1)"})
     with pytest.raises(ConfigError, match="tune.space.model.units: cannot read"):
         distributions({"model.units": "choice(4,"})
 
 
-@pytest.mark.parametrize("kw,pruned", [
-    ({"pruner": "median", "prune_startup_trials": 1}, True),
-    ({"pruner": "median", "prune_startup_trials": 2}, False),  # one finished trial is too few
-    ({"pruner": "median", "prune_startup_trials": 1, "prune_from_epoch": 2}, False),
-    ({"pruner": "halving"}, True),
-    ({"pruner": "threshold", "prune_threshold": 0.6}, True),
-    ({"pruner": "threshold", "prune_threshold": 0.4}, False),
-    ({"pruner": "none"}, False),
-])
+@pytest.mark.parametrize(
+    "kw,pruned",
+    [
+        ({"pruner": "median", "prune_startup_trials": 1}, True),
+        ({"pruner": "median", "prune_startup_trials": 2}, False),  # one finished trial is too few
+        ({"pruner": "median", "prune_startup_trials": 1, "prune_from_epoch": 2}, False),
+        ({"pruner": "halving"}, True),
+        ({"pruner": "threshold", "prune_threshold": 0.6}, True),
+        ({"pruner": "threshold", "prune_threshold": 0.4}, False),
+        ({"pruner": "none"}, False),
+    ],
+)
 def test_each_pruner_prunes_a_trial_behind_the_finished_one(kw, pruned):
     """A finished trial had val_accuracy 0.9 after epoch 1; a new one reports 0.5."""
     import optuna
@@ -89,8 +101,12 @@ def test_each_pruner_prunes_a_trial_behind_the_finished_one(kw, pruned):
 def test_a_reopened_study_continues_without_drawing_its_trials_again(tmp_path):
     from textclf.tune import RUN_ID, distributions, open_study
 
-    cfg = search(storage=f"sqlite:///{tmp_path / 'optuna.db'}", seed=3, startup_trials=10,
-                 space={"model.dropout": "interval(0, 0.5)"})
+    cfg = search(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        seed=3,
+        startup_trials=10,
+        space={"model.dropout": "interval(0, 0.5)"},
+    )
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = open_study(cfg, "val_accuracy", mlflow_uri)
     trial = first.ask(distributions(cfg.space))
@@ -99,7 +115,8 @@ def test_a_reopened_study_continues_without_drawing_its_trials_again(tmp_path):
 
     again = open_study(cfg, "val_accuracy", mlflow_uri)
     assert [(t.number, t.value, t.user_attrs) for t in again.trials] == [
-        (0, 0.7, {RUN_ID: "run-0"})]
+        (0, 0.7, {RUN_ID: "run-0"})
+    ]
     drawn = again.ask(distributions(cfg.space))
     assert drawn.number == 1 and drawn.params != trial.params  # a fixed seed would repeat it
     with pytest.raises(ConfigError, match="searches val_accuracy, not optimized_metric=val_loss"):
@@ -110,24 +127,33 @@ def test_the_study_refuses_mlflows_database(tmp_path, empty_store):
     from textclf.tune import open_study
 
     mlflow_uri = f"sqlite:///{empty_store}"
-    for storage in (mlflow_uri, f"sqlite:///{empty_store.parent}/../{empty_store.parent.name}/"
-                                f"{empty_store.name}"):
-        with pytest.raises(ConfigError, match="holds MLflow's tracking store; give Optuna a "
-                                              "database of its own"):
+    for storage in (
+        mlflow_uri,
+        f"sqlite:///{empty_store.parent}/../{empty_store.parent.name}/{empty_store.name}",
+    ):
+        with pytest.raises(
+            ConfigError, match="holds MLflow's tracking store; give Optuna a database of its own"
+        ):
             open_study(search(storage=storage), "val_accuracy", mlflow_uri)
     with pytest.raises(ConfigError, match="tune.storage: cannot open postgresql"):
-        open_study(search(storage="postgresql+psycopg://nobody@127.0.0.1:1/optuna"),
-                   "val_accuracy", mlflow_uri)
+        open_study(
+            search(storage="postgresql+psycopg://nobody@127.0.0.1:1/optuna"),
+            "val_accuracy",
+            mlflow_uri,
+        )
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"space": {}}, "tune.space: is empty"),
-    ({"n_trials": 0}, "tune.n_trials: must be > 0"),
-    ({"pruner": "hyperband"}, "tune.pruner: 'hyperband' is not one of"),
-    ({"pruner": "threshold"}, "tune.prune_threshold: is set with tune.pruner=threshold"),
-    ({"prune_threshold": 0.5}, "tune.prune_threshold: is set with tune.pruner=threshold"),
-    ({"prune_from_epoch": 0}, "tune.prune_from_epoch: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"space": {}}, "tune.space: is empty"),
+        ({"n_trials": 0}, "tune.n_trials: must be > 0"),
+        ({"pruner": "hyperband"}, "tune.pruner: 'hyperband' is not one of"),
+        ({"pruner": "threshold"}, "tune.prune_threshold: is set with tune.pruner=threshold"),
+        ({"prune_threshold": 0.5}, "tune.prune_threshold: is set with tune.pruner=threshold"),
+        ({"prune_from_epoch": 0}, "tune.prune_from_epoch: must be >= 1"),
+    ],
+)
 def test_a_search_setting_that_cannot_work_is_named(kw, message):
     with pytest.raises(ConfigError, match=message):
         search(**kw)
@@ -152,12 +178,23 @@ cli.main()
 
 
 def tiny_search(tmp_path: Path, data: Path) -> list[str]:
-    return ["tune", "data=csv", f"data.path={data}", f"hydra.run.dir={tmp_path / 'search'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}", "tune.n_trials=3",
-            "model.units=choice(4,8)", "tokenize.vocab_size=choice(100,200)",
-            "model.embedding_dim=16", "batching.batch_size=16", "train.epochs=2",
-            "train.verbose=0", "evaluate.served_limit=20", "evaluate.plots=false"]
+    return [
+        "tune",
+        "data=csv",
+        f"data.path={data}",
+        f"hydra.run.dir={tmp_path / 'search'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        "tune.n_trials=3",
+        "model.units=choice(4,8)",
+        "tokenize.vocab_size=choice(100,200)",
+        "model.embedding_dim=16",
+        "batching.batch_size=16",
+        "train.epochs=2",
+        "train.verbose=0",
+        "evaluate.served_limit=20",
+        "evaluate.plots=false",
+    ]
 
 
 @pytest.mark.slow
@@ -169,8 +206,13 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
     from textclf.tune import HISTORY, IMPORTANCE, PARENT_RUN_ID, RUN_ID, TRIALS
 
     args = tiny_search(tmp_path, write_csv(tmp_path / "reviews.csv", reviews(160)))
-    stopped = subprocess.run([sys.executable, "-c", SIGNAL_AT_TRAINING, "1", *args],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT_TRAINING, "1", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 130, output[-4000:]
     assert "`make tune` (textclf tune) again continues the study" in output
@@ -188,7 +230,11 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     study = optuna.load_study(study_name="imdb_optuna", storage=storage)
     assert [t.state for t in study.trials] == [
-        TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.PRUNED]
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.PRUNED,
+        TrialState.PRUNED,
+    ]
     assert study.best_trial.number == best.number and study.best_value == best.value
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # none drawn twice
     for trial in study.trials[2:]:
@@ -198,11 +244,16 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
     runs = {t.number: client.get_run(t.user_attrs[RUN_ID]) for t in study.trials}
     assert {r.data.tags[tracking.PARENT_TAG] for r in runs.values()} == {parent_id}
     assert {n: r.info.status for n, r in runs.items()} == {
-        0: "FINISHED", 1: "KILLED", 2: "KILLED", 3: "KILLED"}
+        0: "FINISHED",
+        1: "KILLED",
+        2: "KILLED",
+        3: "KILLED",
+    }
     for number in (2, 3):
         assert runs[number].data.tags["stopped"].startswith("pruned by Optuna after epoch 1")
-        steps = [m.step for m in client.get_metric_history(runs[number].info.run_id,
-                                                           "val_accuracy")]
+        steps = [
+            m.step for m in client.get_metric_history(runs[number].info.run_id, "val_accuracy")
+        ]
         assert steps == [1]
     assert runs[0].data.tags["optuna.trial"] == "0"
     assert runs[0].data.metrics["best_val_accuracy"] == best.value
@@ -215,7 +266,10 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
     assert parent.data.tags["search.model.dropout"] == "interval(0.0, 0.5)"
     assert parent.data.metrics["best_val_accuracy"] == best.value
     assert {k: parent.data.metrics[f"trials_{k}"] for k in ("complete", "pruned", "fail")} == {
-        "complete": 1, "pruned": 2, "fail": 1}
+        "complete": 1,
+        "pruned": 2,
+        "fail": 1,
+    }
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {HISTORY, TRIALS} <= artifacts and IMPORTANCE not in artifacts  # one complete trial
     assert "no parameter importance plot yet: it needs 2 completed trials" in done.stdout
@@ -234,8 +288,9 @@ def test_failed_trials_are_failed_runs_and_the_search_says_so(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-4000:]
     assert "2 trials failed; their runs hold the error" in output
-    study = optuna.load_study(study_name="imdb_optuna",
-                              storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name="imdb_optuna", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for trial in study.trials:
@@ -248,8 +303,9 @@ def test_failed_trials_are_failed_runs_and_the_search_says_so(tmp_path):
 
 @pytest.mark.e2e
 def test_textclf_train_refuses_a_search_config(tmp_path):
-    done = textclf("train", "hparams_search=imdb_optuna", f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path)
+    done = textclf(
+        "train", "hparams_search=imdb_optuna", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]
     assert "a search runs with `textclf tune` (make tune)" in output

@@ -19,8 +19,16 @@ from .conftest import quick, reviews, textclf, write_csv
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "outputs" / "e2e"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -38,10 +46,18 @@ def browser(tmp_path):
 
 def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server, browser):
     data = write_csv(tmp_path / "r.csv", reviews(120))
-    done = textclf("train", "--multirun", "data=csv", f"data.path={data}",
-                   "batching=per_batch,bucket", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   *quick(tmp_path), "train.epochs=1", f"tracking.uri={mlflow_server}",
-                   cwd=tmp_path)
+    done = textclf(
+        "train",
+        "--multirun",
+        "data=csv",
+        f"data.path={data}",
+        "batching=per_batch,bucket",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *quick(tmp_path),
+        "train.epochs=1",
+        f"tracking.uri={mlflow_server}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("textclf").experiment_id
@@ -55,7 +71,8 @@ def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server
     page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
     # Child runs sit under their parent run: expand it, then show accuracy and variant tags.
     page.locator("[role=row]", has_text=parent).locator(
-        'button[data-component-id*="runnamecellrenderer"]').first.click()
+        'button[data-component-id*="runnamecellrenderer"]'
+    ).first.click()
     for column in ("test_accuracy", "batching", "padding_side", "masking"):
         page.get_by_role("button", name="Columns").click()
         page.keyboard.type(column)
@@ -84,8 +101,10 @@ def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server
         page.screenshot(path=str(SHOTS / f"run_{run.data.tags['batching']}.png"), full_page=True)
 
     ids = urllib.parse.quote(json.dumps([r.info.run_id for r in children]))
-    page.goto(f"{mlflow_server}/#/compare-runs?runs={ids}&experiments="
-              f"{urllib.parse.quote(json.dumps([experiment]))}")
+    page.goto(
+        f"{mlflow_server}/#/compare-runs?runs={ids}&experiments="
+        f"{urllib.parse.quote(json.dumps([experiment]))}"
+    )
     for run in children:
         page.get_by_text(run.info.run_name).first.wait_for(timeout=60_000)
     page.get_by_text(f"Comparing {len(children)} Runs").first.wait_for(timeout=60_000)

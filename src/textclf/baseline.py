@@ -37,8 +37,9 @@ SPLITS = ("train", "val", "test")
 REFERENCE = "reference"  # the run's `model` tag and name; tag `reference=true` marks it
 
 
-def same_rows(dataset: data.Dataset, cfg: TokenizeConfig) -> tuple[dict[str, data.Split],
-                                                                   np.ndarray, dict[str, int]]:
+def same_rows(
+    dataset: data.Dataset, cfg: TokenizeConfig
+) -> tuple[dict[str, data.Split], np.ndarray, dict[str, int]]:
     """Each split less the rows a training run drops (no token after its tokenizer), the test
     reviews' token counts as that run counts them, and how many rows were dropped."""
     vectorizer = tokenize.adapt(dataset.train.texts, cfg)
@@ -46,18 +47,21 @@ def same_rows(dataset: data.Dataset, cfg: TokenizeConfig) -> tuple[dict[str, dat
     for name in SPLITS:
         part: data.Split = getattr(dataset, name)
         encoded, keep = tokenize.drop_empty(
-            tokenize.encode(vectorizer, part.texts, part.labels, cfg.max_length))
+            tokenize.encode(vectorizer, part.texts, part.labels, cfg.max_length)
+        )
         if not keep.any():
             raise data.DataError(f"no {name} review has a token left after tokenization.")
-        splits[name] = data.Split([t for t, k in zip(part.texts, keep, strict=True) if k],
-                                  part.labels[keep])
+        splits[name] = data.Split(
+            [t for t, k in zip(part.texts, keep, strict=True) if k], part.labels[keep]
+        )
         counts[f"no_tokens_dropped_{name}"] = int((~keep).sum())
         lengths[name] = encoded.lengths
     return splits, lengths["test"], counts
 
 
-def choose_c(train: data.Split, val: data.Split, cfg: BaselineConfig
-             ) -> tuple[TfidfVectorizer, LogisticRegression, dict[float, float]]:
+def choose_c(
+    train: data.Split, val: data.Split, cfg: BaselineConfig
+) -> tuple[TfidfVectorizer, LogisticRegression, dict[float, float]]:
     """The vectorizer (fitted on train) and the model of the C with the best validation
     accuracy (ties: the smaller C), with every C's validation accuracy."""
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
@@ -87,8 +91,11 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
     metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
     metrics |= {f"data_{k}": v for k, v in (dataset.stats | counts).items()}
     metrics |= {f"val_accuracy_C_{c:g}": acc for c, acc in val_accuracy.items()}
-    metrics |= {"best_val_accuracy": val_accuracy[model.C],
-                "n_features": len(vectorizer.vocabulary_), "fit_seconds": seconds}
+    metrics |= {
+        "best_val_accuracy": val_accuracy[model.C],
+        "n_features": len(vectorizer.vocabulary_),
+        "fit_seconds": seconds,
+    }
     log.info("reference: C=%g, test accuracy %.4f", model.C, metrics["test_accuracy"])
 
     out = RunFolder(Path(cfg.output_dir))
@@ -96,10 +103,16 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
     if cfg.evaluate.plots:
         matrix = evaluate.confusion(predictions, len(dataset.class_names))
         artifacts.append(evaluate.plot_confusion(matrix, dataset.class_names, out.plots))
-    tags = {**(tags or {}), "model": REFERENCE, REFERENCE: "true", "data": cfg.data.source,
-            "output_dir": cfg.output_dir}
-    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment,
-                            cfg.tracking.run_name or REFERENCE, tags) as mlrun:
+    tags = {
+        **(tags or {}),
+        "model": REFERENCE,
+        REFERENCE: "true",
+        "data": cfg.data.source,
+        "output_dir": cfg.output_dir,
+    }
+    with tracking.start_run(
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or REFERENCE, tags
+    ) as mlrun:
         mlrun.log_datasets(data.lineage(dataset, cfg.data))  # as a training run's
         mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"})
         mlrun.log_metrics(metrics)

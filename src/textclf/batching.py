@@ -29,17 +29,19 @@ def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
     return sorted({int(q) + 1 for q in quantiles if q >= 1})
 
 
-def bucket_batch_sizes(boundaries: list[int], batch_size: int,
-                       token_budget: int | None, max_rows: int | None = None) -> list[int]:
+def bucket_batch_sizes(
+    boundaries: list[int], batch_size: int, token_budget: int | None, max_rows: int | None = None
+) -> list[int]:
     """One batch size per bucket: `batch_size`, or with a token budget, as many reviews as fit
     in `token_budget` padded tokens, at most `max_rows` (but never fewer than `batch_size`).
     On a CPU an LSTM time step costs nearly as much for 64 rows as for 256, so short reviews in
     wide batches are cheaper; the cap keeps enough optimizer steps per epoch for short texts."""
     sizes = [batch_size] * (len(boundaries) + 1)  # the last bucket has no upper bound
     if token_budget:
-        sizes[:-1] = [max(batch_size, min(max_rows or sys.maxsize,
-                                          token_budget // max(1, upper - 1)))
-                      for upper in boundaries]
+        sizes[:-1] = [
+            max(batch_size, min(max_rows or sys.maxsize, token_budget // max(1, upper - 1)))
+            for upper in boundaries
+        ]
     return sizes
 
 
@@ -83,8 +85,9 @@ def make_dataset(
         ds = ds.bucket_by_sequence_length(
             lambda x, y: tf.shape(x)[0],
             list(boundaries or []),
-            bucket_batch_sizes(list(boundaries or []), size, spec.token_budget,
-                               spec.max_batch_rows),
+            bucket_batch_sizes(
+                list(boundaries or []), size, spec.token_budget, spec.max_batch_rows
+            ),
             pad_to_bucket_boundary=False,
         )
     elif spec.strategy == "exact":

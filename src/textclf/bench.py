@@ -39,9 +39,14 @@ def machine() -> dict[str, str | int]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _sample_batches(batches: list, steps: int, seed: int) -> list:
@@ -72,10 +77,13 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     """
     b = cfg.bench
     if not isinstance(cfg.model, LstmConfig):
-        raise ConfigError(f"model: make bench times the LSTM's batching; got model="
-                          f"{cfg.model.name}: use model=lstm")
+        raise ConfigError(
+            f"model: make bench times the LSTM's batching; got model="
+            f"{cfg.model.name}: use model=lstm"
+        )
     steps, repeats, inference_reviews, latency_calls = (
-        (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls))
+        (10, 1, 200, 20) if b.quick else (b.steps, b.repeats, b.inference_reviews, b.latency_calls)
+    )
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     dataset = data.load(replace(cfg.data, limit=cfg.data.limit or 2000) if b.quick else cfg.data)
     start = time.perf_counter()
@@ -86,23 +94,31 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     if cfg.batching not in specs.values():
         specs["default"] = cfg.batching
     default = next(name for name, spec in specs.items() if spec == cfg.batching)
-    setups = {name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
-              for name, spec in specs.items()}
+    setups = {
+        name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
+        for name, spec in specs.items()
+    }
     # the n-gram branch's cost (on by default in training; off in this reference model)
     if not cfg.model.ngram_branch:
         wide = replace(cfg, model=replace(cfg.model, ngram_branch=True))
-        setups[f"{default}/ngram-branch"] = _setup(wide, cfg.batching, tokens,
-                                              len(dataset.class_names), steps + 1)
+        setups[f"{default}/ngram-branch"] = _setup(
+            wide, cfg.batching, tokens, len(dataset.class_names), steps + 1
+        )
     results = {name: setup["result"] for name, setup in setups.items()}
     _time_training(setups, repeats)
     _summarise(results)
-    matmul = _matmul_flops(cfg.batching.batch_size, cfg.model.embedding_dim + cfg.model.units,
-                           4 * cfg.model.units, 20 if b.quick else 200)
+    matmul = _matmul_flops(
+        cfg.batching.batch_size,
+        cfg.model.embedding_dim + cfg.model.units,
+        4 * cfg.model.units,
+        20 if b.quick else 200,
+    )
     _utilisation(results, cfg.model, matmul)
 
     net = setups[default]["net"]
-    step_cost = _step_cost(net, tokens.vocab_size, [(64, 256), (128, 256), (256, 256), (64, 64)],
-                           2 if b.quick else 5)
+    step_cost = _step_cost(
+        net, tokens.vocab_size, [(64, 256), (128, 256), (256, 256), (64, 64)], 2 if b.quick else 5
+    )
     # the exported model with each serve_lstm option, the configured one first; measured in
     # turns (A B B A), so neither gains from going second on a drifting machine
     classifiers = {}
@@ -110,24 +126,37 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         export_cfg = replace(cfg, model=replace(cfg.model, serve_lstm=serve))
         folder = RunFolder(Path(cfg.output_dir) / "bench" / serve)
         classifiers[serve] = inference.Classifier.from_files(
-            pipeline.export(tokens, net, dataset.class_names, export_cfg, folder), batch_size=256)
+            pipeline.export(tokens, net, dataset.class_names, export_cfg, folder), batch_size=256
+        )
     turns: dict[str, list[dict]] = {serve: [] for serve in classifiers}
     for serve in [*classifiers, *reversed(classifiers)]:
-        turns[serve].append(_inference(classifiers[serve], tokens.texts["train"],
-                                       inference_reviews, latency_calls))
-    served = {serve: {key: float(np.median([t[key] for t in runs])) for key in runs[0]}
-              for serve, runs in turns.items()}
+        turns[serve].append(
+            _inference(classifiers[serve], tokens.texts["train"], inference_reviews, latency_calls)
+        )
+    served = {
+        serve: {key: float(np.median([t[key] for t in runs])) for key in runs[0]}
+        for serve, runs in turns.items()
+    }
     reviews = sum(len(t) for t in tokens.texts.values())
     report = {
         "machine": machine(),
-        "config": {"train_reviews": len(tokens.splits["train"]), "vocab_size": tokens.vocab_size,
-                   "steps": steps, "repeats": repeats, "batch_size": cfg.batching.batch_size,
-                   "max_length": cfg.tokenize.max_length, "default": default,
-                   "fixed_length": strategies["fixed"].max_length,
-                   "serve_lstm": cfg.model.serve_lstm,
-                   "embedding_dim": cfg.model.embedding_dim, "units": cfg.model.units},
-        "tokenize": {"vectorize_seconds": vectorize_seconds,
-                     "encode_reviews_per_s": reviews / vectorize_seconds},
+        "config": {
+            "train_reviews": len(tokens.splits["train"]),
+            "vocab_size": tokens.vocab_size,
+            "steps": steps,
+            "repeats": repeats,
+            "batch_size": cfg.batching.batch_size,
+            "max_length": cfg.tokenize.max_length,
+            "default": default,
+            "fixed_length": strategies["fixed"].max_length,
+            "serve_lstm": cfg.model.serve_lstm,
+            "embedding_dim": cfg.model.embedding_dim,
+            "units": cfg.model.units,
+        },
+        "tokenize": {
+            "vectorize_seconds": vectorize_seconds,
+            "encode_reviews_per_s": reviews / vectorize_seconds,
+        },
         "strategies": results,
         "matmul_gflops": matmul / 1e9,
         "step_cost": step_cost,
@@ -138,8 +167,9 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     return report
 
 
-def _setup(cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_classes: int,
-           steps: int) -> dict:
+def _setup(
+    cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_classes: int, steps: int
+) -> dict:
     """One strategy's epoch of batches (the input pipeline timed alone), its model, and the
     batches its training steps will be timed on."""
     batches = pipeline.batch(tokens, spec, cfg.train.seed)
@@ -149,10 +179,16 @@ def _setup(cfg: Config, spec: BatchingConfig, tokens: pipeline.Vectorized, num_c
     stats = batching.padding_stats(epoch)
     keras.utils.set_random_seed(cfg.train.seed)
     net = pipeline.build(replace(cfg, batching=spec), tokens, num_classes)
-    result = {"padding_efficiency": stats.efficiency, "batches_per_epoch": stats.batches,
-              "reviews_per_epoch": stats.reviews, "real_tokens_per_epoch": stats.real_tokens,
-              "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
-              "runs_reviews_per_s": [], "runs_tokens_per_s": [], "peak_rss_mb": 0.0}
+    result = {
+        "padding_efficiency": stats.efficiency,
+        "batches_per_epoch": stats.batches,
+        "reviews_per_epoch": stats.reviews,
+        "real_tokens_per_epoch": stats.real_tokens,
+        "pipeline_reviews_per_s": stats.reviews / pipe_seconds,
+        "runs_reviews_per_s": [],
+        "runs_tokens_per_s": [],
+        "peak_rss_mb": 0.0,
+    }
     return {"net": net, "sample": _sample_batches(epoch, steps, cfg.train.seed), "result": result}
 
 
@@ -160,12 +196,13 @@ def _time_training(setups: dict[str, dict], repeats: int) -> None:
     """Strategies take turns, in rotated order, so machine drift hits them all alike."""
     names = list(setups)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             res = setups[name]["result"]
             train.reset_peak_rss()
             # an epoch's reviews (tokens) over its estimated time: batches × seconds per step
             epoch_seconds = res["batches_per_epoch"] * _seconds_per_step(
-                setups[name]["net"], setups[name]["sample"])
+                setups[name]["net"], setups[name]["sample"]
+            )
             res["runs_reviews_per_s"].append(res["reviews_per_epoch"] / epoch_seconds)
             res["runs_tokens_per_s"].append(res["real_tokens_per_epoch"] / epoch_seconds)
             res["peak_rss_mb"] = max(res["peak_rss_mb"], train.peak_rss_mb())
@@ -219,8 +256,9 @@ def _summarise(results: dict[str, dict]) -> None:
         res["pipeline_vs_training"] = res["pipeline_reviews_per_s"] / res["reviews_per_s"]
 
 
-def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
-               calls: int) -> dict[str, float]:
+def _step_cost(
+    net: keras.Model, vocab: int, shapes: list[tuple[int, int]], calls: int
+) -> dict[str, float]:
     """Milliseconds per training step for [batch, time] shapes of random ids: how much of a
     step is per-time-step overhead (what wider batches spread over more reviews)."""
     rng = np.random.default_rng(0)
@@ -236,8 +274,9 @@ def _step_cost(net: keras.Model, vocab: int, shapes: list[tuple[int, int]],
     return cost
 
 
-def _inference(classifier: inference.Classifier, texts: list[str], n: int,
-               calls: int) -> dict[str, float]:
+def _inference(
+    classifier: inference.Classifier, texts: list[str], n: int, calls: int
+) -> dict[str, float]:
     """Raw strings → probabilities on the saved, reloaded model: `inference.Classifier` (texts
     sorted by token count, length-grouped batches) beside the whole model on batches of 256 in
     the caller's order, and the latency of one review through `Classifier.predict`."""
@@ -247,7 +286,7 @@ def _inference(classifier: inference.Classifier, texts: list[str], n: int,
 
     def unsorted() -> None:
         for start in range(0, n, 256):
-            whole(tf.constant(sample[start:start + 256])).numpy()
+            whole(tf.constant(sample[start : start + 256])).numpy()
 
     rates = {}
     for name, job in (("unsorted", unsorted), ("batch", lambda: classifier.predict(sample))):
@@ -262,48 +301,67 @@ def _inference(classifier: inference.Classifier, texts: list[str], n: int,
         start = time.perf_counter()
         classifier.predict([text])
         latencies.append((time.perf_counter() - start) * 1000)
-    return {**rates, "latency_p50_ms": float(np.percentile(latencies, 50)),
-            "latency_p95_ms": float(np.percentile(latencies, 95)),
-            "peak_rss_mb": train.peak_rss_mb()}
+    return {
+        **rates,
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p95_ms": float(np.percentile(latencies, 95)),
+        "peak_rss_mb": train.peak_rss_mb(),
+    }
 
 
 def markdown(report: dict) -> str:
     m, c = report["machine"], report["config"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
-             f"Keras {m['keras']}. {c['train_reviews']} training reviews, batch {c['batch_size']}, "
-             f"{c['steps']} steps × {c['repeats']} repeats, medians; `fixed` pads to "
-             f"{c['fixed_length']} tokens.", "",
-             "| strategy | reviews/s | real tokens/s | × fixed | × per_batch | padding eff. "
-             "| model GFLOP/s | utilisation | pipeline reviews/s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
+        f"Keras {m['keras']}. {c['train_reviews']} training reviews, batch {c['batch_size']}, "
+        f"{c['steps']} steps × {c['repeats']} repeats, medians; `fixed` pads to "
+        f"{c['fixed_length']} tokens.",
+        "",
+        "| strategy | reviews/s | real tokens/s | × fixed | × per_batch | padding eff. "
+        "| model GFLOP/s | utilisation | pipeline reviews/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["strategies"].items():
-        lines.append(f"| {name} | {r['reviews_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
-                     f"{r['ratio_to_fixed']:.2f} | {r['ratio_to_per_batch']:.2f} | "
-                     f"{r['padding_efficiency']:.3f} | {r['model_gflops']:.1f} | "
-                     f"{r['utilisation']:.0%} | {r['pipeline_reviews_per_s']:,.0f} | "
-                     f"{r['peak_rss_mb']:,.0f} |")
-    lines += ["", f"Model GFLOP/s: training FLOPs per LSTM row-step (forward + backward, from the "
-              f"gate shapes) × padded row-steps per second; utilisation: their share of this "
-              f"machine's {report['matmul_gflops']:.1f} GFLOP/s on one step's gate matmul "
-              f"[{c['batch_size']} × {c['embedding_dim'] + c['units']}] · "
-              f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run."]
+        lines.append(
+            f"| {name} | {r['reviews_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
+            f"{r['ratio_to_fixed']:.2f} | {r['ratio_to_per_batch']:.2f} | "
+            f"{r['padding_efficiency']:.3f} | {r['model_gflops']:.1f} | "
+            f"{r['utilisation']:.0%} | {r['pipeline_reviews_per_s']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Model GFLOP/s: training FLOPs per LSTM row-step (forward + backward, from the "
+        f"gate shapes) × padded row-steps per second; utilisation: their share of this "
+        f"machine's {report['matmul_gflops']:.1f} GFLOP/s on one step's gate matmul "
+        f"[{c['batch_size']} × {c['embedding_dim'] + c['units']}] · "
+        f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run.",
+    ]
     strategies, default = report["strategies"], c["default"]
     base = strategies[default]["reviews_per_s"]
     if f"{default}/ngram-branch" in strategies:
         wide = strategies[f"{default}/ngram-branch"]["reviews_per_s"] / base
-        lines += ["", f"The n-gram branch (`model.ngram_branch=true`, the training default) "
-                  f"beside this LSTM: {wide:.2f}× its reviews/s (its GFLOP/s column counts the "
-                  f"LSTM's FLOPs only)."]
+        lines += [
+            "",
+            f"The n-gram branch (`model.ngram_branch=true`, the training default) "
+            f"beside this LSTM: {wide:.2f}× its reviews/s (its GFLOP/s column counts the "
+            f"LSTM's FLOPs only).",
+        ]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
-    lines += ["", f"Inference from raw strings through the saved `{c['default']}` model "
-              f"(`inference.Classifier`), per `model.serve_lstm` (configured: "
-              f"`{c['serve_lstm']}`; medians of two turns each, taken A B B A):"]
+    lines += [
+        "",
+        f"Inference from raw strings through the saved `{c['default']}` model "
+        f"(`inference.Classifier`), per `model.serve_lstm` (configured: "
+        f"`{c['serve_lstm']}`; medians of two turns each, taken A B B A):",
+    ]
     for serve, inf in report["inference_by_serve_lstm"].items():
-        lines.append(f"- `{serve}`: {inf['batch_reviews_per_s']:,.0f} reviews/s sorted by token "
-                     f"count in length-grouped batches, {inf['unsorted_reviews_per_s']:,.0f} "
-                     f"reviews/s unsorted in batches of 256; single review p50 "
-                     f"{inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms.")
+        lines.append(
+            f"- `{serve}`: {inf['batch_reviews_per_s']:,.0f} reviews/s sorted by token "
+            f"count in length-grouped batches, {inf['unsorted_reviews_per_s']:,.0f} "
+            f"reviews/s unsorted in batches of 256; single review p50 "
+            f"{inf['latency_p50_ms']:.1f} ms, p95 {inf['latency_p95_ms']:.1f} ms."
+        )
     lines += ["", f"Tokenization: {report['tokenize']['encode_reviews_per_s']:,.0f} reviews/s."]
     return "\n".join(lines) + "\n"
 
@@ -313,15 +371,26 @@ def _write(report: dict, out_dir: Path, cfg: Config) -> None:
     (out_dir / "latest.json").write_text(json.dumps(report, indent=2))
     (out_dir / "latest.md").write_text(markdown(report))
     print(markdown(report))
-    flat = {f"{name}_{key}": value for name, res in report["strategies"].items()
-            for key, value in res.items() if isinstance(value, float | int)}
+    flat = {
+        f"{name}_{key}": value
+        for name, res in report["strategies"].items()
+        for key, value in res.items()
+        if isinstance(value, float | int)
+    }
     flat.update({f"inference_{k}": v for k, v in report["inference"].items()})
-    flat.update({f"inference_{serve}_{k}": v
-                 for serve, res in report["inference_by_serve_lstm"].items()
-                 for k, v in res.items()})
-    with tracking.start_run(cfg.tracking.uri, "bench", run_name=f"bench {cfg.data.source}",
-                            tags={"git_commit": tracking.git_commit(), **report["machine"]}) as run:
+    flat.update(
+        {
+            f"inference_{serve}_{k}": v
+            for serve, res in report["inference_by_serve_lstm"].items()
+            for k, v in res.items()
+        }
+    )
+    with tracking.start_run(
+        cfg.tracking.uri,
+        "bench",
+        run_name=f"bench {cfg.data.source}",
+        tags={"git_commit": tracking.git_commit(), **report["machine"]},
+    ) as run:
         run.log_metrics(flat)
         run.log_artifact(out_dir / "latest.json")
         run.log_artifact(out_dir / "latest.md")
-

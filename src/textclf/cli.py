@@ -66,7 +66,7 @@ def short_name(name: str) -> str:
     if len(name.encode()) <= SHORT_NAME:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-    return name.encode()[:SHORT_NAME - 11].decode(errors="ignore") + "~" + digest
+    return name.encode()[: SHORT_NAME - 11].decode(errors="ignore") + "~" + digest
 
 
 OmegaConf.register_new_resolver("short", short_name, replace=True)
@@ -100,7 +100,8 @@ register_schemas()
 _PROBE_NOISE = re.compile(
     r"absl::InitializeLog|cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit"
     r"|oneDNN custom operations are on|cpu_feature_guard|^To enable the following instructions"
-    r"|oneDNN supports DT_BOOL only on platforms with AVX-512")
+    r"|oneDNN supports DT_BOOL only on platforms with AVX-512"
+)
 
 
 def _quiet_cuda_probe() -> None:
@@ -186,8 +187,9 @@ def train(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _interrupt)
     hydra_cfg = HydraConfig.get()
     if cfg.get("tune") is not None:
-        raise ConfigError("hparams_search: a search runs with `textclf tune` (make tune), "
-                          "not `textclf train`")
+        raise ConfigError(
+            "hparams_search: a search runs with `textclf tune` (make tune), not `textclf train`"
+        )
     try:
         return _train(cfg, hydra_cfg)
     except Exception as error:
@@ -202,15 +204,21 @@ def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
     and the commit it ran."""
     from . import tracking
 
-    tags = {f"choice.{k}": v for k, v in hydra_cfg.runtime.choices.items()
-            if not k.startswith("hydra") and v is not None}
+    tags = {
+        f"choice.{k}": v
+        for k, v in hydra_cfg.runtime.choices.items()
+        if not k.startswith("hydra") and v is not None
+    }
     return tags | {"git_commit": tracking.git_commit(ROOT)}
 
 
 def _params(cfg: DictConfig) -> dict[str, str]:
     """A training run's MLflow params: what is trained, not how (bench, tune, resume)."""
-    return {k: v for k, v in flatten(cfg).items()
-            if k.split(".")[0] not in ("bench", "tune") and k != "train.resume"}
+    return {
+        k: v
+        for k, v in flatten(cfg).items()
+        if k.split(".")[0] not in ("bench", "tune") and k != "train.resume"
+    }
 
 
 def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
@@ -240,14 +248,18 @@ def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
         signal.signal(signal.SIGTERM, _interrupt)
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.get("tune") is None:
-            raise ConfigError("tune: hparams_search=none has no search space; name a file of "
-                              "conf/hparams_search/")
+            raise ConfigError(
+                "tune: hparams_search=none has no search space; name a file of conf/hparams_search/"
+            )
         fixed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
         cfg.tune.space = {k: v for k, v in cfg.tune.space.items() if k not in fixed} | space
 
         def compose_trial(values: list[str], output_dir: str):
-            trial = compose("config", overrides=[*overrides, *values, f"output_dir={output_dir}"],
-                            return_hydra_config=True)
+            trial = compose(
+                "config",
+                overrides=[*overrides, *values, f"output_dir={output_dir}"],
+                return_hydra_config=True,
+            )
             tags = _choice_tags(trial.hydra)
             with open_dict(trial):
                 del trial["hydra"]
@@ -288,8 +300,14 @@ def compare(cfg: DictConfig) -> None:
     from . import compare as report
 
     config = OmegaConf.to_object(cfg)  # validates alpha
-    report.main(config.tracking.uri, config.tracking.experiment, config.sweep,
-                Path(config.out_dir), config.alpha, config.mixed_data)
+    report.main(
+        config.tracking.uri,
+        config.tracking.experiment,
+        config.sweep,
+        Path(config.out_dir),
+        config.alpha,
+        config.mixed_data,
+    )
 
 
 @task_wrapper
@@ -299,14 +317,21 @@ def bench(cfg: DictConfig) -> None:
     from . import bench as benchmark
 
     config = to_object(cfg)
-    same = [f"batching.batch_size={config.batching.batch_size}",
-            f"batching.padding_side={config.batching.padding_side}"]
+    same = [
+        f"batching.batch_size={config.batching.batch_size}",
+        f"batching.padding_side={config.batching.padding_side}",
+    ]
     length = config.bench.fixed_length
     fixed = [f"batching.max_length={length}"] if length else []
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
-    strategies = {name: OmegaConf.to_object(compose("bench", overrides=[
-        f"batching={name}", *same, *(fixed if name == "fixed" else [])]).batching)
-        for name in names}
+    strategies = {
+        name: OmegaConf.to_object(
+            compose(
+                "bench", overrides=[f"batching={name}", *same, *(fixed if name == "fixed" else [])]
+            ).batching
+        )
+        for name in names
+    }
     benchmark.run(config, strategies)
 
 
@@ -364,17 +389,21 @@ def log_model(args: list[str]) -> None:
     from . import tracking
     from .run_folder import RunFolder
 
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
-                        "%(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
     uris = [a.removeprefix("tracking.uri=") for a in args[1:] if a.startswith("tracking.uri=")]
     if not args or "=" in args[0] or len(uris) != len(args) - 1:
         raise SystemExit("usage: textclf log-model <run folder> [tracking.uri=<uri>]")
     folder = RunFolder(Path(args[0]).resolve())
-    missing = folder.missing(RunFolder.CONFIG, RunFolder.IDENTITY, RunFolder.METRICS,
-                             RunFolder.MODEL, RunFolder.CLASSES)
+    missing = folder.missing(
+        RunFolder.CONFIG, RunFolder.IDENTITY, RunFolder.METRICS, RunFolder.MODEL, RunFolder.CLASSES
+    )
     if missing:
-        raise SystemExit(f"textclf log-model: {folder.path} holds no trained run (no "
-                         f"{', '.join(missing)}); only a run that finished training can be logged.")
+        raise SystemExit(
+            f"textclf log-model: {folder.path} holds no trained run (no "
+            f"{', '.join(missing)}); only a run that finished training can be logged."
+        )
     try:
         run_id = tracking.log_run_folder(folder, uris[-1] if uris else None)
     except tracking.TrackingError as error:
@@ -397,18 +426,24 @@ def _check_output_folders(overrides: list[str]) -> None:
     """Hydra creates the run or sweep folder before any of our code runs, and a folder it
     cannot create ends in its own traceback: check the folders named on the command line (or
     the default outputs/) first, and say which one and what to do."""
-    named = [a.split("=", 1)[1] for a in overrides
-             if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    named = [
+        a.split("=", 1)[1]
+        for a in overrides
+        if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+    ]
     for folder in map(Path, named or [str(ROOT / "outputs")]):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as error:
-            log.error("textclf: cannot create or write the output folder %s (%s); give one "
-                      "you can write: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for a "
-                      "sweep), or TEXTCLF_ROOT=<project folder>", folder,
-                      error.strerror or error)
+            log.error(
+                "textclf: cannot create or write the output folder %s (%s); give one "
+                "you can write: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for a "
+                "sweep), or TEXTCLF_ROOT=<project folder>",
+                folder,
+                error.strerror or error,
+            )
             raise SystemExit(2) from None
 
 
@@ -435,8 +470,10 @@ def main() -> None:
     if args[0] == "resume":
         rest = resume.arguments(rest, ROOT / "outputs")
     if args[0] in ("train", "resume") and any(a.startswith("hparams_search=") for a in rest):
-        _usage_error(f"hparams_search: a search runs with `textclf tune` (make tune), not "
-                     f"`textclf {args[0]}`")
+        _usage_error(
+            f"hparams_search: a search runs with `textclf tune` (make tune), not "
+            f"`textclf {args[0]}`"
+        )
     if args[0] == "tune":
         if importlib.util.find_spec("optuna") is None:
             _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
@@ -454,11 +491,17 @@ def main() -> None:
     try:
         hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a message, not a traceback
-        then = (" Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
-                " last completed epoch." if config_name == "config" else "")
+        then = (
+            " Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
+            " last completed epoch."
+            if config_name == "config"
+            else ""
+        )
         if args[0] == "tune":
-            then = (" The trial it trained is FAIL in the study and its run KILLED; `make tune`"
-                    " (textclf tune) again continues the study.")
+            then = (
+                " The trial it trained is FAIL in the study and its run KILLED; `make tune`"
+                " (textclf tune) again continues the study."
+            )
         print(f"textclf {args[0]}: interrupted ({stop or 'Ctrl-C'}).{then}", file=sys.stderr)
         raise SystemExit(130) from None
 

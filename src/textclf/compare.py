@@ -34,8 +34,16 @@ from . import tracking
 log = logging.getLogger(__name__)
 SEED = "train.seed"
 # Params that differ between runs without changing what is trained.
-IGNORED = {SEED, "output_dir", "train.verbose", "evaluate.plots", "tracking.uri",
-           "tracking.experiment", "tracking.run_name", "tracking.registered_model"}
+IGNORED = {
+    SEED,
+    "output_dir",
+    "train.verbose",
+    "evaluate.plots",
+    "tracking.uri",
+    "tracking.experiment",
+    "tracking.run_name",
+    "tracking.registered_model",
+}
 VARIANT_TAGS = ["batching", "padding_side", "masking"]  # for runs logged without params
 METRICS = {
     "test_accuracy": "test acc",
@@ -48,9 +56,15 @@ METRICS = {
 # Also in the per-run CSV: which epoch was kept, and how long training went on.
 RUN_METRICS = ["served_agreement", "best_epoch", "epochs_run", "best_val_loss", "test_loss"]
 FORMATS = {"served_max_abs_diff": "{:.1e}", "train_reviews_per_s": "{:,.0f}"}
-CSV_COLUMNS = ["variant", "n",
-               *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci95")),
-               "p_vs_best", "test", "vs_best", "note"]
+CSV_COLUMNS = [
+    "variant",
+    "n",
+    *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "ci95")),
+    "p_vs_best",
+    "test",
+    "vs_best",
+    "note",
+]
 SINGLE = "single run: no interval"
 PAIRED, WELCH, ONE_SAMPLE = "paired t-test", "Welch's t-test", "one-sample t-test"
 REFERENCE = "reference"  # the variant name of a `make baseline` run
@@ -111,8 +125,11 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
     still counts). Read from the trained runs alone: the reference has none of their params."""
     runs = runs[~is_reference(runs)]
     choices = sorted(c for c in runs.columns if c.startswith("tags.choice."))
-    params = sorted(c for c in runs.columns
-                    if c.startswith("params.") and c.removeprefix("params.") not in IGNORED)
+    params = sorted(
+        c
+        for c in runs.columns
+        if c.startswith("params.") and c.removeprefix("params.") not in IGNORED
+    )
     values = runs[choices + params].astype(str)
     keys = [c for c in choices + params if values[c].nunique() > 1]
     for col in [k for k in keys if k.startswith("params.")]:
@@ -128,15 +145,17 @@ def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
     if not keys or runs.empty:
         names = pd.Series("all runs", index=runs.index, dtype=object)
     else:
-        names = (runs.reindex(columns=keys).astype(object).fillna("-").astype(str)
-                 .agg("/".join, axis=1))
+        names = (
+            runs.reindex(columns=keys).astype(object).fillna("-").astype(str).agg("/".join, axis=1)
+        )
     return names.mask(is_reference(runs), REFERENCE)
 
 
 def key_names(keys: list[str]) -> list[str]:
     """Short column names: `masking` for params.model.masking, unless two keys share one."""
-    full = [k.removeprefix("tags.choice.").removeprefix("params.").removeprefix("tags.")
-            for k in keys]
+    full = [
+        k.removeprefix("tags.choice.").removeprefix("params.").removeprefix("tags.") for k in keys
+    ]
     short = [f.rsplit(".", 1)[-1] for f in full]
     return [s if short.count(s) == 1 else f for s, f in zip(short, full, strict=True)]
 
@@ -160,8 +179,12 @@ def versus(best: pd.Series, other: pd.Series) -> tuple[float, str]:
     best, other = best.dropna(), other.dropna()
     if len(best) < 2 or len(other) < 2:
         return math.nan, ""
-    same_seeds = (best.index.notna().all() and best.index.is_unique and other.index.is_unique
-                  and set(best.index) == set(other.index))
+    same_seeds = (
+        best.index.notna().all()
+        and best.index.is_unique
+        and other.index.is_unique
+        and set(best.index) == set(other.index)
+    )
     if same_seeds:
         diff = best - other.reindex(best.index)
         if np.ptp(diff.to_numpy()) == 0:  # no spread at all: t is 0 or infinite
@@ -190,9 +213,14 @@ def other_data(runs: pd.DataFrame) -> list[str]:
     if reference.empty:
         return []
     own = reference.iloc[-1]
-    return [f"{c.removeprefix('params.')}={own[c]}" for c in finished.columns
-            if c.startswith("params.data.") and pd.notna(own[c]) and trained[c].notna().any()
-            and own[c] not in set(trained[c].dropna())]
+    return [
+        f"{c.removeprefix('params.')}={own[c]}"
+        for c in finished.columns
+        if c.startswith("params.data.")
+        and pd.notna(own[c])
+        and trained[c].notna().any()
+        and own[c] not in set(trained[c].dropna())
+    ]
 
 
 def data_groups(runs: pd.DataFrame, logged: dict[str, dict]) -> dict[tuple, list[str]]:
@@ -214,16 +242,22 @@ def same_data(runs: pd.DataFrame, logged: dict[str, dict], mixed_data: bool) -> 
     finished = runs.loc[runs["status"] == "FINISHED", "run_id"]
     unchecked = [r for r in finished if r not in logged]
     if unchecked and groups:
-        log.warning("%d finished run(s) logged no datasets (older runs), so whether they saw "
-                    "the same data cannot be checked: %s", len(unchecked),
-                    ", ".join(r[:8] for r in unchecked[:5]))
+        log.warning(
+            "%d finished run(s) logged no datasets (older runs), so whether they saw "
+            "the same data cannot be checked: %s",
+            len(unchecked),
+            ", ".join(r[:8] for r in unchecked[:5]),
+        )
     if len(groups) < 2:
         return ""
 
     def named(ids: list[str]) -> str:
         splits = logged[ids[0]]
-        seen = ", ".join(f"{n} {splits[n].digest[:8]} ({splits[n].rows} rows of "
-                         f"{splits[n].source})" for n in ("train", "val", "test") if n in splits)
+        seen = ", ".join(
+            f"{n} {splits[n].digest[:8]} ({splits[n].rows} rows of {splits[n].source})"
+            for n in ("train", "val", "test")
+            if n in splits
+        )
         shown = ", ".join(r[:8] for r in ids[:5]) + (", ..." if len(ids) > 5 else "")
         return f"{len(ids)} run(s) on {seen}: {shown}"
 
@@ -233,7 +267,8 @@ def same_data(runs: pd.DataFrame, logged: dict[str, dict], mixed_data: bool) -> 
         raise CompareError(
             f"these runs were trained on different data ({len(groups)} groups by dataset "
             f"digest): {described}. Compare one group (sweep=<parent run id>, or another "
-            "tracking.experiment), or pass mixed_data=true to compare them in one table anyway.")
+            "tracking.experiment), or pass mixed_data=true to compare them in one table anyway."
+        )
     log.warning("comparing runs trained on different data (mixed_data=true): %s", described)
     return f"Runs trained on different data (mixed_data=true): {described}."
 
@@ -254,8 +289,7 @@ def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     frame["seed"] = pd.to_numeric(finished.get(f"params.{SEED}", missing), errors="coerce")
     frame["run_id"] = finished["run_id"]
     for metric in [*METRICS, *RUN_METRICS]:
-        frame[metric] = pd.to_numeric(finished.get(f"metrics.{metric}", missing),
-                                      errors="coerce")
+        frame[metric] = pd.to_numeric(finished.get(f"metrics.{metric}", missing), errors="coerce")
     return frame, keys
 
 
@@ -276,9 +310,13 @@ def summarize(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         row["unfinished"] = int((unfinished == variant).sum())
         rows.append(row)
         accuracy[variant] = group.set_index("seed")["test_accuracy"]
-    summary = pd.DataFrame(rows).sort_values(
-        ["test_accuracy_mean", "train_reviews_per_s_mean"], ascending=False, na_position="last"
-    ).reset_index(drop=True)
+    summary = (
+        pd.DataFrame(rows)
+        .sort_values(
+            ["test_accuracy_mean", "train_reviews_per_s_mean"], ascending=False, na_position="last"
+        )
+        .reset_index(drop=True)
+    )
 
     trained = summary[summary["variant"] != REFERENCE]
     best = (trained if len(trained) else summary)["variant"].iloc[0]  # the reference is not
@@ -336,12 +374,14 @@ def markdown(summary: pd.DataFrame) -> str:
         frozenset({PAIRED}): f"{PAIRED} (the variants ran the same seeds)",
         frozenset({WELCH}): f"{WELCH} (unequal variances; the seed sets differ)",
         frozenset({PAIRED, WELCH}): f"{PAIRED} where both variants ran the same seeds, "
-                                    f"{WELCH} otherwise",
+        f"{WELCH} otherwise",
     }.get(frozenset(tests), "no test (fewer than two runs)")
     if ONE_SAMPLE in set(summary["test"]):
-        test += (f"; `{REFERENCE}` (TF-IDF + logistic regression, `make baseline`: one "
-                 f"deterministic fit on the same split) by a {ONE_SAMPLE} of the best's runs "
-                 "against its value")
+        test += (
+            f"; `{REFERENCE}` (TF-IDF + logistic regression, `make baseline`: one "
+            f"deterministic fit on the same split) by a {ONE_SAMPLE} of the best's runs "
+            "against its value"
+        )
     seeds = summary.attrs["seeds"]
     best = summary.loc[summary["vs_best"] == "best", "variant"].iloc[0]
     lines = [
@@ -363,8 +403,13 @@ def markdown(summary: pd.DataFrame) -> str:
             mark = "≈ " if row["vs_best"] == "not significant" else ""
             test = {PAIRED: "paired", WELCH: "Welch", ONE_SAMPLE: "one-sample"}[row["test"]]
             verdict = f"{mark}p = {row['p_vs_best']:.3f} ({test})"
-        cells = [*(str(row[n]) for n in names), str(row["n"]),
-                 *(_cell(row, m) for m in METRICS), verdict, row["note"]]
+        cells = [
+            *(str(row[n]) for n in names),
+            str(row["n"]),
+            *(_cell(row, m) for m in METRICS),
+            verdict,
+            row["note"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -405,30 +450,61 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    shown = [m for m in ("test_accuracy", "served_accuracy", "train_reviews_per_s",
-                         "padding_efficiency") if summary[f"{m}_mean"].notna().any()]
+    shown = [
+        m
+        for m in ("test_accuracy", "served_accuracy", "train_reviews_per_s", "padding_efficiency")
+        if summary[f"{m}_mean"].notna().any()
+    ]
     order = summary.iloc[::-1]  # best at the top
     y = np.arange(len(order))
-    status = {"best": "tab:red", "not significant": "tab:orange", "significant": "tab:gray",
-              "untested": "tab:blue"}
+    status = {
+        "best": "tab:red",
+        "not significant": "tab:orange",
+        "significant": "tab:gray",
+        "untested": "tab:blue",
+    }
     # Not textclf.evaluate's save_figure: that module imports TensorFlow (seconds) for nothing.
-    fig, axes = plt.subplots(1, len(shown), sharey=True, squeeze=False, layout="constrained",
-                             figsize=(3.6 * len(shown) + 4, 2 + 0.3 * len(order)))
+    fig, axes = plt.subplots(
+        1,
+        len(shown),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+        figsize=(3.6 * len(shown) + 4, 2 + 0.3 * len(order)),
+    )
     for ax, metric in zip(axes[0], shown, strict=True):
-        ax.errorbar(order[f"{metric}_mean"], y, xerr=order[f"{metric}_ci95"].fillna(0),
-                    fmt="none", ecolor="black", elinewidth=1, capsize=3)
+        ax.errorbar(
+            order[f"{metric}_mean"],
+            y,
+            xerr=order[f"{metric}_ci95"].fillna(0),
+            fmt="none",
+            ecolor="black",
+            elinewidth=1,
+            capsize=3,
+        )
         ax.scatter(order[f"{metric}_mean"], y, c=[status[v] for v in order["vs_best"]], zorder=3)
         ax.set(xlabel=METRICS[metric] + " (mean ± 95% CI)")
         ax.grid(axis="x", alpha=0.3)
     best = summary[summary["vs_best"] == "best"].iloc[0]
     if not pd.isna(best["test_accuracy_ci95"]):
-        axes[0][0].axvspan(best["test_accuracy_mean"] - best["test_accuracy_ci95"],
-                           best["test_accuracy_mean"] + best["test_accuracy_ci95"],
-                           color="tab:red", alpha=0.1)
+        axes[0][0].axvspan(
+            best["test_accuracy_mean"] - best["test_accuracy_ci95"],
+            best["test_accuracy_mean"] + best["test_accuracy_ci95"],
+            color="tab:red",
+            alpha=0.1,
+        )
     axes[0][0].set_yticks(y, order["variant"], fontsize=8)
-    fig.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=s)
-                        for s, c in status.items() if s in set(summary["vs_best"])],
-               fontsize=8, title="test acc. vs best", title_fontsize=8, loc="outside right upper")
+    fig.legend(
+        handles=[
+            Line2D([], [], marker="o", ls="", color=c, label=s)
+            for s, c in status.items()
+            if s in set(summary["vs_best"])
+        ],
+        fontsize=8,
+        title="test acc. vs best",
+        title_fontsize=8,
+        loc="outside right upper",
+    )
     fig.suptitle("variants over seeds, best mean test accuracy at the top")
     fig.savefig(out_dir / "comparison.png", dpi=110)
     plt.close(fig)
@@ -441,25 +517,40 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     facets = (sorted(summary[facet].unique()) if facet else None) or [None]
     dashed = {"ls": "--", "color": "black", "lw": 1}
     colours = _palette(sorted(summary[colour].unique())) if colour else {}
-    markers = ({v: MARKERS[i % len(MARKERS)]
-                for i, v in enumerate(sorted(summary[marker].unique()))} if marker else {})
+    markers = (
+        {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(sorted(summary[marker].unique()))}
+        if marker
+        else {}
+    )
 
     def style(row) -> dict:
-        return {"color": colours.get(row[colour], "tab:blue") if colour else "tab:blue",
-                "marker": markers.get(row[marker], "o") if marker else "o"}
+        return {
+            "color": colours.get(row[colour], "tab:blue") if colour else "tab:blue",
+            "marker": markers.get(row[marker], "o") if marker else "o",
+        }
 
     def legend(fig) -> None:
-        handles = [Line2D([], [], marker="o", ls="", color=c, label=f"{colour}={v}")
-                   for v, c in colours.items()]
-        handles += [Line2D([], [], marker=m, ls="", color="black", label=f"{marker_name}={v}")
-                    for v, m in markers.items()]
+        handles = [
+            Line2D([], [], marker="o", ls="", color=c, label=f"{colour}={v}")
+            for v, c in colours.items()
+        ]
+        handles += [
+            Line2D([], [], marker=m, ls="", color="black", label=f"{marker_name}={v}")
+            for v, m in markers.items()
+        ]
         handles += [Line2D([], [], **dashed, label=REFERENCE)] if len(reference) else []
         if handles:
             fig.legend(handles=handles, loc="outside right upper", fontsize=8)
 
     def panels(title: str):
-        fig, axes = plt.subplots(1, len(facets), sharey=True, squeeze=False,
-                                 figsize=(5 * len(facets) + 2.5, 4.8), layout="constrained")
+        fig, axes = plt.subplots(
+            1,
+            len(facets),
+            sharey=True,
+            squeeze=False,
+            figsize=(5 * len(facets) + 2.5, 4.8),
+            layout="constrained",
+        )
         for ax, value in zip(axes[0], facets, strict=True):
             ax.set_title(f"{facet}={value}" if facet else title, fontsize=10)
             ax.grid(alpha=0.3)
@@ -478,10 +569,17 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     for ax, value in zip(axes, facets, strict=True):
         part = summary if facet is None else summary[summary[facet] == value]
         for _, row in part.iterrows():
-            ax.errorbar(row["train_reviews_per_s_mean"], row["test_accuracy_mean"],
-                        xerr=np.nan_to_num(row["train_reviews_per_s_ci95"]),
-                        yerr=np.nan_to_num(row["test_accuracy_ci95"]), ls="", capsize=2,
-                        markersize=7, alpha=0.8, **style(row))
+            ax.errorbar(
+                row["train_reviews_per_s_mean"],
+                row["test_accuracy_mean"],
+                xerr=np.nan_to_num(row["train_reviews_per_s_ci95"]),
+                yerr=np.nan_to_num(row["test_accuracy_ci95"]),
+                ls="",
+                capsize=2,
+                markersize=7,
+                alpha=0.8,
+                **style(row),
+            )
         for accuracy in reference["test_accuracy_mean"]:
             ax.axhline(accuracy, **dashed)
         ax.set(xlabel="training reviews / s (steady state)")
@@ -493,16 +591,24 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     )
     if length_cols:
         finished = runs[runs["status"] == "FINISHED"]
-        means = (finished[length_cols].astype(float)
-                 .groupby(labels(finished, variant_keys(finished))).mean())
+        means = (
+            finished[length_cols]
+            .astype(float)
+            .groupby(labels(finished, variant_keys(finished)))
+            .mean()
+        )
         names = [c.rsplit("_", 1)[1] for c in length_cols]
         fig, axes = panels("test accuracy by review length (mean over seeds)")
         for ax, value in zip(axes, facets, strict=True):
             part = summary if facet is None else summary[summary[facet] == value]
             for _, row in part.iterrows():
                 if row["variant"] in means.index:
-                    ax.plot(range(len(names)), means.loc[row["variant"]].to_numpy(), alpha=0.8,
-                            **style(row))
+                    ax.plot(
+                        range(len(names)),
+                        means.loc[row["variant"]].to_numpy(),
+                        alpha=0.8,
+                        **style(row),
+                    )
             if len(reference) and REFERENCE in means.index:
                 ax.plot(range(len(names)), means.loc[REFERENCE].to_numpy(), **dashed)
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
@@ -511,8 +617,14 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     return paths
 
 
-def main(uri: str, experiment: str, sweep: str, out_dir: Path,
-         alpha: float = 0.05, mixed_data: bool = False) -> pd.DataFrame:
+def main(
+    uri: str,
+    experiment: str,
+    sweep: str,
+    out_dir: Path,
+    alpha: float = 0.05,
+    mixed_data: bool = False,
+) -> pd.DataFrame:
     runs, parent = select_runs(uri, experiment, sweep)
     note = same_data(runs, tracking.datasets(uri, experiment, list(runs["run_id"])), mixed_data)
     summary = summarize(runs, alpha)
@@ -520,8 +632,7 @@ def main(uri: str, experiment: str, sweep: str, out_dir: Path,
     text = markdown(summary) + (f"\n{note}\n" if note else "")
     (out_dir / "comparison.md").write_text(text)
     summary[CSV_COLUMNS].to_csv(out_dir / "comparison.csv", index=False)
-    run_table(runs)[0].sort_values(["variant", "seed"]).to_csv(out_dir / "runs.csv",
-                                                               index=False)
+    run_table(runs)[0].sort_values(["variant", "seed"]).to_csv(out_dir / "runs.csv", index=False)
     paths = [
         out_dir / "comparison.md",
         out_dir / "comparison.csv",

@@ -67,7 +67,6 @@ class DataConfig:
     limit: int | None = None  # N: a class-balanced subset of N train and N test reviews
     seed: int = 42
 
-
     def __post_init__(self) -> None:
         one_of(self.source, "data.source", DATA_SOURCES)
         one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
@@ -148,10 +147,16 @@ class BatchingConfig:
         check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
         check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
         check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
-        check(self.token_budget is None or self.token_budget > 0, "batching.token_budget",
-               f"must be null or > 0 tokens per batch, got {self.token_budget}")
-        check(self.max_batch_rows is None or self.max_batch_rows > 0, "batching.max_batch_rows",
-               f"must be null or > 0 rows per batch, got {self.max_batch_rows}")
+        check(
+            self.token_budget is None or self.token_budget > 0,
+            "batching.token_budget",
+            f"must be null or > 0 tokens per batch, got {self.token_budget}",
+        )
+        check(
+            self.max_batch_rows is None or self.max_batch_rows > 0,
+            "batching.max_batch_rows",
+            f"must be null or > 0 rows per batch, got {self.max_batch_rows}",
+        )
         if self.strategy == "fixed":
             check(
                 self.max_length is not None and self.max_length > 0,
@@ -221,27 +226,47 @@ class TrainConfig:
             self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
         )
         check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        check(self.max_steps is None or self.max_steps > 0, "train.max_steps",
-               f"must be null or > 0, got {self.max_steps}")
-        check(self.weight_decay >= 0, "train.weight_decay",
-               f"must be >= 0, got {self.weight_decay}")
-        check(self.clipnorm is None or self.clipnorm > 0, "train.clipnorm",
-               f"must be null or > 0, got {self.clipnorm}")
+        check(
+            self.max_steps is None or self.max_steps > 0,
+            "train.max_steps",
+            f"must be null or > 0, got {self.max_steps}",
+        )
+        check(
+            self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}"
+        )
+        check(
+            self.clipnorm is None or self.clipnorm > 0,
+            "train.clipnorm",
+            f"must be null or > 0, got {self.clipnorm}",
+        )
         check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
-        check(0 <= self.min_delta < 1, "train.min_delta",
-              f"must be in [0, 1) (a fraction of the best val_loss), got {self.min_delta}")
+        check(
+            0 <= self.min_delta < 1,
+            "train.min_delta",
+            f"must be in [0, 1) (a fraction of the best val_loss), got {self.min_delta}",
+        )
         one_of(self.schedule, "train.schedule", ("constant", "cosine"))
-        check(self.warmup_steps >= 0, "train.warmup_steps",
-               f"must be >= 0, got {self.warmup_steps}")
-        check(self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
-               "train.warmup_steps", "warm-up and decay steps need train.schedule=cosine")
+        check(
+            self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
+        )
+        check(
+            self.schedule == "cosine" or not (self.warmup_steps or self.decay_steps),
+            "train.warmup_steps",
+            "warm-up and decay steps need train.schedule=cosine",
+        )
         if self.schedule == "cosine":
             decay = self.decay_steps or self.max_steps
-            check(decay is not None and decay > self.warmup_steps, "train.decay_steps",
-                   "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
-                   f"warmup_steps ({self.warmup_steps})")
-        check(0 <= self.label_smoothing < 1, "train.label_smoothing",
-               f"must be in [0, 1), got {self.label_smoothing}")
+            check(
+                decay is not None and decay > self.warmup_steps,
+                "train.decay_steps",
+                "train.schedule=cosine needs decay_steps (default: max_steps) greater than "
+                f"warmup_steps ({self.warmup_steps})",
+            )
+        check(
+            0 <= self.label_smoothing < 1,
+            "train.label_smoothing",
+            f"must be in [0, 1), got {self.label_smoothing}",
+        )
         check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,
             "train.steps_per_epoch",
@@ -259,8 +284,11 @@ class EvaluateConfig:
     served_limit: int | None = 2000
 
     def __post_init__(self) -> None:
-        check(self.served_limit is None or self.served_limit > 0, "evaluate.served_limit",
-               f"must be null or > 0, got {self.served_limit}")
+        check(
+            self.served_limit is None or self.served_limit > 0,
+            "evaluate.served_limit",
+            f"must be null or > 0, got {self.served_limit}",
+        )
         edges = list(self.length_edges)
         check(
             edges == sorted(set(edges)) and all(e > 0 for e in edges),
@@ -325,17 +353,33 @@ class TuneConfig:
     def __post_init__(self) -> None:
         check(bool(self.study.strip()), "tune.study", "must be a name")
         check(self.n_trials > 0, "tune.n_trials", f"must be > 0, got {self.n_trials}")
-        check(bool(self.space), "tune.space", "is empty: name what to search, e.g. "
-              "tune.space={model.units: 'choice(32, 64)'} or hparams_search=<file>")
-        check(self.startup_trials >= 0, "tune.startup_trials",
-              f"must be >= 0, got {self.startup_trials}")
+        check(
+            bool(self.space),
+            "tune.space",
+            "is empty: name what to search, e.g. "
+            "tune.space={model.units: 'choice(32, 64)'} or hparams_search=<file>",
+        )
+        check(
+            self.startup_trials >= 0,
+            "tune.startup_trials",
+            f"must be >= 0, got {self.startup_trials}",
+        )
         one_of(self.pruner, "tune.pruner", PRUNERS)
-        check(self.prune_from_epoch >= 1, "tune.prune_from_epoch",
-              f"must be >= 1, got {self.prune_from_epoch}")
-        check(self.prune_startup_trials >= 0, "tune.prune_startup_trials",
-              f"must be >= 0, got {self.prune_startup_trials}")
-        check((self.pruner == "threshold") == (self.prune_threshold is not None),
-              "tune.prune_threshold", "is set with tune.pruner=threshold, and only then")
+        check(
+            self.prune_from_epoch >= 1,
+            "tune.prune_from_epoch",
+            f"must be >= 1, got {self.prune_from_epoch}",
+        )
+        check(
+            self.prune_startup_trials >= 0,
+            "tune.prune_startup_trials",
+            f"must be >= 0, got {self.prune_startup_trials}",
+        )
+        check(
+            (self.pruner == "threshold") == (self.prune_threshold is not None),
+            "tune.prune_threshold",
+            "is set with tune.pruner=threshold, and only then",
+        )
 
 
 @dataclass
@@ -393,12 +437,16 @@ class ModelChoice:
     batch_size: int = 64  # texts per inference call
 
     def __post_init__(self) -> None:
-        sources = [k for k in ("run_id", "model_uri", "model_name", "model_path")
-                   if getattr(self, k)]
+        sources = [
+            k for k in ("run_id", "model_uri", "model_name", "model_path") if getattr(self, k)
+        ]
         check(len(sources) <= 1, "model", f"give at most one of {', '.join(sources)}")
-        check(self.model_uri is None or self.model_uri.startswith(("models:/", "runs:/")),
-              "model_uri", f"must start with models:/ or runs:/, got {self.model_uri!r}: "
-              "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/model")
+        check(
+            self.model_uri is None or self.model_uri.startswith(("models:/", "runs:/")),
+            "model_uri",
+            f"must start with models:/ or runs:/, got {self.model_uri!r}: "
+            "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/model",
+        )
         check(
             self.model_version is None or bool(self.model_name),
             "model_version",
@@ -460,10 +508,18 @@ class RegisterConfig:
     alias: str | None = None  # e.g. champion; moved from the version that had it
 
     def __post_init__(self) -> None:
-        check(bool(self.name), "name", "give the registered model's name: make register "
-              "NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)")
-        check(bool(self.alias), "alias", "give the alias to set: make register NAME=<model> "
-              "ALIAS=<alias> (textclf register name=<model> alias=<alias>)")
+        check(
+            bool(self.name),
+            "name",
+            "give the registered model's name: make register "
+            "NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
+        )
+        check(
+            bool(self.alias),
+            "alias",
+            "give the alias to set: make register NAME=<model> "
+            "ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
+        )
 
 
 @dataclass
@@ -482,8 +538,11 @@ class BaselineConfig:
     output_dir: str = MISSING
 
     def __post_init__(self) -> None:
-        check(len(self.C_grid) > 0 and all(c > 0 for c in self.C_grid), "C_grid",
-              f"must be one or more values > 0, got {list(self.C_grid)}")
+        check(
+            len(self.C_grid) > 0 and all(c > 0 for c in self.C_grid),
+            "C_grid",
+            f"must be one or more values > 0, got {list(self.C_grid)}",
+        )
         check(self.max_iter > 0, "max_iter", f"must be > 0, got {self.max_iter}")
 
 

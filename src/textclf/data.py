@@ -84,8 +84,11 @@ def _decode(raw: bytes, stats: dict[str, int]) -> str:
 
 def _warn_invalid_utf8(where: object, stats: dict[str, int]) -> None:
     if stats.get("invalid_utf8"):
-        log.warning("%s: %d text(s) held invalid UTF-8, replaced by U+FFFD (data_invalid_utf8)",
-                    where, stats["invalid_utf8"])
+        log.warning(
+            "%s: %d text(s) held invalid UTF-8, replaced by U+FFFD (data_invalid_utf8)",
+            where,
+            stats["invalid_utf8"],
+        )
 
 
 # --- aclImdb: the Stanford layout, as a folder or the .tar.gz itself ---------------------------
@@ -137,8 +140,9 @@ def load_aclimdb(path: str | Path, urls_path: str | Path | None = None) -> Raw:
         if url_polarity:
             urls[(split, url_polarity)] = raw.decode("utf-8", errors="replace").splitlines()
         else:
-            reviews[split].append((_decode(raw, stats), IMDB_CLASSES.index(polarity),
-                                   int(review_id)))
+            reviews[split].append(
+                (_decode(raw, stats), IMDB_CLASSES.index(polarity), int(review_id))
+            )
     for split in ("train", "test"):
         if not reviews[split]:
             raise DataError(
@@ -151,10 +155,12 @@ def load_aclimdb(path: str | Path, urls_path: str | Path | None = None) -> Raw:
     train, test = (reviews[s] for s in ("train", "test"))
     groups = _movies(train, urls) if urls else None
     _warn_invalid_utf8(path, stats)
-    return Raw(Split([t for t, _, _ in train], np.array([y for _, y, _ in train], np.int32),
-                     groups),
-               _split([t for t, _, _ in test], [y for _, y, _ in test]), list(IMDB_CLASSES),
-               stats)
+    return Raw(
+        Split([t for t, _, _ in train], np.array([y for _, y, _ in train], np.int32), groups),
+        _split([t for t, _, _ in test], [y for _, y, _ in test]),
+        list(IMDB_CLASSES),
+        stats,
+    )
 
 
 def _url_lists(folder: Path) -> dict[tuple[str, str], list[str]]:
@@ -163,8 +169,10 @@ def _url_lists(folder: Path) -> dict[tuple[str, str], list[str]]:
         for polarity in ("pos", "neg"):
             file = folder / split / f"urls_{polarity}.txt"
             if not file.is_file():
-                raise DataError(f"data.urls_path: {file} does not exist; point data.urls_path "
-                                "at the folder holding train/urls_pos.txt, train/urls_neg.txt, ...")
+                raise DataError(
+                    f"data.urls_path: {file} does not exist; point data.urls_path "
+                    "at the folder holding train/urls_pos.txt, train/urls_neg.txt, ..."
+                )
             lists[(split, polarity)] = file.read_text(encoding="utf-8").splitlines()
     return lists
 
@@ -176,8 +184,10 @@ def _movies(reviews: list[tuple[str, int, int]], urls: dict) -> np.ndarray:
         lines = urls.get(("train", IMDB_CLASSES[label]), [])
         found = _MOVIE.search(lines[review_id]) if review_id < len(lines) else None
         if not found:
-            raise DataError(f"the URL list train/urls_{IMDB_CLASSES[label]}.txt has no movie "
-                            f"for review {review_id}; check data.urls_path.")
+            raise DataError(
+                f"the URL list train/urls_{IMDB_CLASSES[label]}.txt has no movie "
+                f"for review {review_id}; check data.urls_path."
+            )
         movies.append(found.group(1))
     return np.array(movies)
 
@@ -208,8 +218,7 @@ class Table:
         return len(self.lines)
 
 
-def read_table(path: Path, columns: Sequence[str], fix: str,
-               delimiter: str | None = None) -> Table:
+def read_table(path: Path, columns: Sequence[str], fix: str, delimiter: str | None = None) -> Table:
     """`columns` of a CSV, TSV or JSON Lines file, chosen by its extension (`delimiter`
     overrides a delimited file's). Decoding is stated, never guessed: UTF-8, a leading byte-order
     mark dropped, invalid bytes replaced and counted (and logged). Errors name the file and the
@@ -218,14 +227,18 @@ def read_table(path: Path, columns: Sequence[str], fix: str,
         raise DataError(f"data file {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix not in TABLE_FORMATS:
-        raise DataError(f"{path}: {suffix or 'a file without an extension'} is not a supported "
-                        "format; use .csv, .tsv (or data.delimiter=<character> for another "
-                        "delimiter) or JSON Lines (.jsonl, .json, .ndjson).")
+        raise DataError(
+            f"{path}: {suffix or 'a file without an extension'} is not a supported "
+            "format; use .csv, .tsv (or data.delimiter=<character> for another "
+            "delimiter) or JSON Lines (.jsonl, .json, .ndjson)."
+        )
     lines, bad = _decoded_lines(path)
     if TABLE_FORMATS[suffix] is None:
         if delimiter:
-            raise DataError(f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
-                            "to .csv and .tsv files; leave it unset.")
+            raise DataError(
+                f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
+                "to .csv and .tsv files; leave it unset."
+            )
         names, records = _json_records(path, lines)
     else:
         names, records = _delimited_records(path, lines, delimiter or TABLE_FORMATS[suffix])
@@ -239,8 +252,12 @@ def read_table(path: Path, columns: Sequence[str], fix: str,
         for column in columns:
             table.columns[column].append(record.get(column))
     if table.invalid_utf8:
-        log.warning("%s: %d record(s) held invalid UTF-8, replaced by U+FFFD (first at line %d)",
-                    path, table.invalid_utf8, min(bad))
+        log.warning(
+            "%s: %d record(s) held invalid UTF-8, replaced by U+FFFD (first at line %d)",
+            path,
+            table.invalid_utf8,
+            min(bad),
+        )
     return table
 
 
@@ -276,22 +293,27 @@ def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[li
             if fields and (len(fields) > 1 or fields[0].strip()):
                 rows.append((first, end, fields))
     except csv.Error as error:
-        raise DataError(f"{path}, line {end + 1}: malformed {_format_name(delimiter)} ({error}); "
-                        "quote fields that hold the delimiter, quotes or line breaks.") from error
+        raise DataError(
+            f"{path}, line {end + 1}: malformed {_format_name(delimiter)} ({error}); "
+            "quote fields that hold the delimiter, quotes or line breaks."
+        ) from error
     if not rows:
         raise DataError(f"{path} is empty: it needs a header row naming its columns.")
     (_, _, header), *rows = rows
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
-        raise DataError(f"{path}: the header names column(s) {repeated} more than once; "
-                        "rename them so each column has its own name.")
+        raise DataError(
+            f"{path}: the header names column(s) {repeated} more than once; "
+            "rename them so each column has its own name."
+        )
     records = []
     for first, last, fields in rows:
         if len(fields) != len(header):
             raise DataError(
                 f"{path}, line {first}: {len(fields)} field(s) where the header has "
                 f"{len(header)}; quote fields that hold the delimiter {delimiter!r}, quotes or "
-                "line breaks.")
+                "line breaks."
+            )
         records.append((first, last, dict(zip(header, fields, strict=True))))
     return header, records
 
@@ -310,11 +332,15 @@ def _json_records(path: Path, lines: list[str]) -> tuple[list[str], Records]:
         try:
             record = json.loads(line, object_pairs_hook=_unique_keys)
         except ValueError as error:  # JSONDecodeError, or a repeated key
-            raise DataError(f"{path}, line {number}: cannot read it as JSON ({error}); JSON "
-                            "Lines holds one object per line.") from error
+            raise DataError(
+                f"{path}, line {number}: cannot read it as JSON ({error}); JSON "
+                "Lines holds one object per line."
+            ) from error
         if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: a JSON {type(record).__name__}, not an "
-                            "object; JSON Lines holds one object per line.")
+            raise DataError(
+                f"{path}, line {number}: a JSON {type(record).__name__}, not an "
+                "object; JSON Lines holds one object per line."
+            )
         names.update(dict.fromkeys(record))
         records.append((number, number, record))
     return list(names), records
@@ -362,19 +388,27 @@ def _as_text(value: object, stats: dict[str, int]) -> str:
     return text
 
 
-def _labelled_rows(path: Path, cfg: DataConfig, part: str,
-                   stats: dict[str, int]) -> list[tuple[str, str, int]]:
+def _labelled_rows(
+    path: Path, cfg: DataConfig, part: str, stats: dict[str, int]
+) -> list[tuple[str, str, int]]:
     """(text, canonical label, line) of each row of `path` that has a label. Rows without one
     are dropped and counted as `missing_label_dropped_<part>`, or refused with
     data.missing_labels=error."""
-    table = read_table(path, [cfg.text_column, cfg.label_column],
-                       "Set data.text_column / data.label_column.", cfg.delimiter)
+    table = read_table(
+        path,
+        [cfg.text_column, cfg.label_column],
+        "Set data.text_column / data.label_column.",
+        cfg.delimiter,
+    )
     rows, missing, spellings = [], [], {}
-    for line, text, value in zip(table.lines, table[cfg.text_column], table[cfg.label_column],
-                                 strict=True):
+    for line, text, value in zip(
+        table.lines, table[cfg.text_column], table[cfg.label_column], strict=True
+    ):
         if isinstance(value, list | dict):
-            raise DataError(f"{path}, line {line}: the label {value!r} is a JSON "
-                            f"{type(value).__name__}; a label is one string or number.")
+            raise DataError(
+                f"{path}, line {line}: the label {value!r} is a JSON "
+                f"{type(value).__name__}; a label is one string or number."
+            )
         label = canonical_label(value)
         if label is None:
             missing.append(line)
@@ -385,16 +419,22 @@ def _labelled_rows(path: Path, cfg: DataConfig, part: str,
     stats[f"rows_read_{part}"] = len(table)
     stats[f"missing_label_dropped_{part}"] = len(missing)
     if missing:
-        where = (f"{path}: {len(missing)} row(s) without a label in column {cfg.label_column!r} "
-                 f"(line {_first(missing)})")
+        where = (
+            f"{path}: {len(missing)} row(s) without a label in column {cfg.label_column!r} "
+            f"(line {_first(missing)})"
+        )
         if cfg.missing_labels == "error":
-            raise DataError(f"{where}; fill them in, or drop such rows with "
-                            "data.missing_labels=drop.")
+            raise DataError(
+                f"{where}; fill them in, or drop such rows with data.missing_labels=drop."
+            )
         log.warning("%s dropped; data.missing_labels=error refuses such a file instead", where)
     merged = {label: sorted(s) for label, s in spellings.items() if len(s) > 1}
     if merged:
-        log.info("%s: label spellings taken as one class: %s", path,
-                 "; ".join(f"{label!r} <- {', '.join(s[:5])}" for label, s in merged.items()))
+        log.info(
+            "%s: label spellings taken as one class: %s",
+            path,
+            "; ".join(f"{label!r} <- {', '.join(s[:5])}" for label, s in merged.items()),
+        )
     return rows
 
 
@@ -409,8 +449,10 @@ def _configured_classes(classes: Sequence) -> list[str]:
         raise ConfigError(f"data.classes: {list(classes)} holds an empty class; list only labels.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ConfigError(f"data.classes: {list(classes)} lists {repeated} more than once "
-                          "(labels are compared as canonical values: ' 1', 1.0 and 1 are one).")
+        raise ConfigError(
+            f"data.classes: {list(classes)} lists {repeated} more than once "
+            "(labels are compared as canonical values: ' 1', 1.0 and 1 are one)."
+        )
     return names
 
 
@@ -422,8 +464,10 @@ def _refuse_case_twins(labels: set[str], listed: set[str], path: Path) -> None:
         groups.setdefault(label.casefold(), set()).add(label)
     twins = [sorted(g) for g in groups.values() if len(g) > 1 and not g <= listed]
     if twins:
-        raise DataError(f"{path}: labels {twins[0]} differ only in case. Write each label one "
-                        "way, or, if they are different classes, list each in data.classes.")
+        raise DataError(
+            f"{path}: labels {twins[0]} differ only in case. Write each label one "
+            "way, or, if they are different classes, list each in data.classes."
+        )
 
 
 def _sort_classes(values: set[str]) -> list[str]:
@@ -437,16 +481,14 @@ def load_table(cfg: DataConfig) -> Raw:
     classes are data.classes, in its order, else the training file's labels, sorted."""
     stats: dict[str, int] = {}
     path = Path(cfg.path).expanduser()
-    files = {"train": path} | ({"test": Path(cfg.test_path).expanduser()} if cfg.test_path
-                               else {})
+    files = {"train": path} | ({"test": Path(cfg.test_path).expanduser()} if cfg.test_path else {})
     rows = {part: _labelled_rows(file, cfg, part, stats) for part, file in files.items()}
     if cfg.classes:
         class_names = _configured_classes(cfg.classes)
     else:
         class_names = _sort_classes({label for _, label, _ in rows["train"]})
     found = {label for part in rows.values() for _, label, _ in part}
-    _refuse_case_twins(found | set(class_names), set(class_names) if cfg.classes else set(),
-                       path)
+    _refuse_case_twins(found | set(class_names), set(class_names) if cfg.classes else set(), path)
     if len(class_names) < 2:
         raise DataError(
             f"{path} has {len(class_names)} distinct label(s) {class_names}; "
@@ -457,12 +499,18 @@ def load_table(cfg: DataConfig) -> Raw:
     def encode(part: str) -> Split:
         for _, label, line in rows[part]:
             if label not in index:
-                fix = ("add it to data.classes or fix the row" if cfg.classes else
-                       "the model could never predict it: fix the row, or add training rows")
-                raise DataError(f"{files[part]}, line {line}: label {label!r} is not one of "
-                                f"{class_names} ({fix}).")
-        return _split([text for text, _, _ in rows[part]],
-                      [index[label] for _, label, _ in rows[part]])
+                fix = (
+                    "add it to data.classes or fix the row"
+                    if cfg.classes
+                    else "the model could never predict it: fix the row, or add training rows"
+                )
+                raise DataError(
+                    f"{files[part]}, line {line}: label {label!r} is not one of "
+                    f"{class_names} ({fix})."
+                )
+        return _split(
+            [text for text, _, _ in rows[part]], [index[label] for _, label, _ in rows[part]]
+        )
 
     return Raw(encode("train"), encode("test") if cfg.test_path else None, class_names, stats)
 
@@ -571,8 +619,9 @@ def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
 
 
 def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
-    return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(),
-                    strict=True))
+    return dict(
+        zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)
+    )
 
 
 def require_rows(labels: np.ndarray, class_names: list[str], minimum: int, where: str) -> None:
@@ -583,17 +632,24 @@ def require_rows(labels: np.ndarray, class_names: list[str], minimum: int, where
         need = "one to learn from" + (" and one to validate or test on" if minimum > 1 else "")
         raise DataError(
             f"{where}: class(es) {shown} have fewer than {minimum} row(s); every class needs "
-            f"{need}. Add rows of them, or remove their rows (and them from data.classes).")
+            f"{need}. Add rows of them, or remove their rows (and them from data.classes)."
+        )
 
 
-def _note_missing_classes(part: Split, name: str, class_names: list[str],
-                          stats: dict[str, int]) -> None:
+def _note_missing_classes(
+    part: Split, name: str, class_names: list[str], stats: dict[str, int]
+) -> None:
     """Count, and say once, which classes a validation or test split has no row of."""
     absent = [c for c, n in class_counts(part.labels, class_names).items() if not n]
     stats[f"classes_without_{name}"] = len(absent)
     if absent:
-        log.warning("the %s split has no row of class(es) %s: too few rows of them to spare "
-                    "one; their %s scores are missing", name, absent[:10], name)
+        log.warning(
+            "the %s split has no row of class(es) %s: too few rows of them to spare "
+            "one; their %s scores are missing",
+            name,
+            absent[:10],
+            name,
+        )
 
 
 def split(raw: Raw, cfg: DataConfig) -> Dataset:
@@ -616,21 +672,30 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     if limit:
         before = len(train), len(test)
         train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
-        stats.update(limit_dropped_train=before[0] - len(train),
-                     limit_dropped_test=before[1] - len(test))
+        stats.update(
+            limit_dropped_train=before[0] - len(train), limit_dropped_test=before[1] - len(test)
+        )
     by_movie = cfg.val_split == "by_movie" or (cfg.val_split == "auto" and train.groups is not None)
     if by_movie and train.groups is None:
-        raise DataError("data.val_split=by_movie needs each review's movie: data=aclimdb with "
-                        "its URL lists (inside the archive, or data.urls_path=<folder>).")
+        raise DataError(
+            "data.val_split=by_movie needs each review's movie: data=aclimdb with "
+            "its URL lists (inside the archive, or data.urls_path=<folder>)."
+        )
     if cfg.val_split == "auto" and cfg.source == "aclimdb" and not by_movie:
-        log.warning("no aclImdb URL lists found (set data.urls_path): validation reviews are "
-                    "drawn at random, so reviews of one movie land on both sides")
-    is_val = (_by_group(train.groups, val_fraction, rng) if by_movie
-              else _stratified(train.labels, val_fraction, rng))
+        log.warning(
+            "no aclImdb URL lists found (set data.urls_path): validation reviews are "
+            "drawn at random, so reviews of one movie land on both sides"
+        )
+    is_val = (
+        _by_group(train.groups, val_fraction, rng)
+        if by_movie
+        else _stratified(train.labels, val_fraction, rng)
+    )
     val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
     if by_movie:
-        stats.update(val_movies=len(np.unique(val.groups)),
-                     train_movies=len(np.unique(train.groups)))
+        stats.update(
+            val_movies=len(np.unique(val.groups)), train_movies=len(np.unique(train.groups))
+        )
     for name, part in (("train", train), ("validation", val), ("test", test)):
         if not len(part):
             raise DataError(
@@ -681,9 +746,11 @@ def digest(part: Split, class_names: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def lineage(dataset: Dataset, cfg: DataConfig, names: Sequence[str] = ("train", "val", "test")
-            ) -> list[Lineage]:
+def lineage(
+    dataset: Dataset, cfg: DataConfig, names: Sequence[str] = ("train", "val", "test")
+) -> list[Lineage]:
     """The `names` splits of `dataset`, loaded as `cfg` says, as `Lineage` records."""
+
     def resolved(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
@@ -693,28 +760,38 @@ def lineage(dataset: Dataset, cfg: DataConfig, names: Sequence[str] = ("train", 
         sources = dict.fromkeys(names, resolved(cfg.path))
         if cfg.source == "csv" and cfg.test_path and "test" in sources:
             sources["test"] = resolved(cfg.test_path)
-    return [Lineage(name, sources[name], len(getattr(dataset, name)),
-                    digest(getattr(dataset, name), dataset.class_names)) for name in names]
+    return [
+        Lineage(
+            name,
+            sources[name],
+            len(getattr(dataset, name)),
+            digest(getattr(dataset, name), dataset.class_names),
+        )
+        for name in names
+    ]
 
 
 # --- the data report -------------------------------------------------------------------------
 
 
-def report(class_names: list[str], counts: dict[str, int],
-           labels: dict[str, np.ndarray]) -> dict:
+def report(class_names: list[str], counts: dict[str, int], labels: dict[str, np.ndarray]) -> dict:
     """What a run's data were (its `data_report.json`): rows read and dropped per reason (the
     `counts`: `rows_read_<file>`, `<reason>_dropped_<split>`, ...) and each split's rows per
     class. A class left without training rows (e.g. all its texts lost every token) is refused."""
     require_rows(labels["train"], class_names, 1, "the training split after tokenization")
-    return {"classes": list(class_names), "counts": dict(counts),
-            "splits": {name: class_counts(y, class_names) for name, y in labels.items()}}
+    return {
+        "classes": list(class_names),
+        "counts": dict(counts),
+        "splits": {name: class_counts(y, class_names) for name, y in labels.items()},
+    }
 
 
 def describe(data_report: dict) -> str:
     """The report as a few lines for the log."""
     counts = data_report["counts"]
-    read = {k.removeprefix("rows_read_"): n for k, n in counts.items()
-            if k.startswith("rows_read_")}
+    read = {
+        k.removeprefix("rows_read_"): n for k, n in counts.items() if k.startswith("rows_read_")
+    }
     dropped: dict[str, int] = {}
     for key, n in counts.items():
         reason, found, _ = key.rpartition("_dropped_")
@@ -723,8 +800,11 @@ def describe(data_report: dict) -> str:
     lines = [f"data: rows read {_listed(read)}; dropped {_listed(dropped) or 'none'}"]
     for name, per_class in data_report["splits"].items():
         lines.append(f"  {name}: {sum(per_class.values())} rows ({_listed(per_class)})")
-    notes = {k: counts[k] for k in ("invalid_utf8", "classes_without_val", "classes_without_test")
-             if counts.get(k)}
+    notes = {
+        k: counts[k]
+        for k in ("invalid_utf8", "classes_without_val", "classes_without_test")
+        if counts.get(k)
+    }
     if notes:
         lines.append(f"  to check: {_listed(notes)}")
     return "\n".join(lines)

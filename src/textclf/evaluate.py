@@ -63,8 +63,13 @@ def balanced_sample(labels: np.ndarray, limit: int | None, seed: int) -> np.ndar
     return np.sort(np.asarray(picked))
 
 
-def served_scores(classify: Callable[[list[str]], np.ndarray], texts: list[str],
-                  batched: Predictions, limit: int | None, seed: int) -> dict[str, float]:
+def served_scores(
+    classify: Callable[[list[str]], np.ndarray],
+    texts: list[str],
+    batched: Predictions,
+    limit: int | None,
+    seed: int,
+) -> dict[str, float]:
     """Ask `classify` (texts → [n, classes] probabilities, as the deployed model answers) about
     a class-balanced sample of `texts`, one text per call, and compare with `batched`."""
     rows = balanced_sample(batched.labels, limit, seed)

@@ -28,17 +28,21 @@ def load_classifier(cfg: EvaluateModelConfig, folder: Path) -> tuple[inference.C
     if cfg.model_path:
         path = Path(cfg.model_path).expanduser()
         return inference.Classifier.from_files(path, batch_size=cfg.batch_size), {
-            "model_path": str(path)}
-    uri = cfg.model_uri or tracking.model_uri(cfg.tracking.uri, cfg.tracking.experiment,
-                                              cfg.run_id, cfg.model_name, cfg.model_version)
+            "model_path": str(path)
+        }
+    uri = cfg.model_uri or tracking.model_uri(
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.run_id, cfg.model_name, cfg.model_version
+    )
     keras_path, classes_path, run_id = tracking.model_files(cfg.tracking.uri, uri, folder)
-    classifier = inference.Classifier.from_files(keras_path, classes_path,
-                                                 batch_size=cfg.batch_size)
+    classifier = inference.Classifier.from_files(
+        keras_path, classes_path, batch_size=cfg.batch_size
+    )
     return classifier, {"model_uri": uri, "source_run_id": run_id or ""}
 
 
-def labelled_texts(cfg: EvaluateModelConfig, classes: list[str]
-                   ) -> tuple[list[str], np.ndarray, list[data.Lineage]]:
+def labelled_texts(
+    cfg: EvaluateModelConfig, classes: list[str]
+) -> tuple[list[str], np.ndarray, list[data.Lineage]]:
     """The texts to score, their labels as indices into the model's `classes`, and the splits
     they came from."""
     dataset = data.load(cfg.data)
@@ -46,12 +50,17 @@ def labelled_texts(cfg: EvaluateModelConfig, classes: list[str]
     parts = [getattr(dataset, name) for name in names]
     unknown = sorted(set(dataset.class_names) - set(classes))
     if unknown:
-        raise data.DataError(f"the data's labels {unknown} are not classes of the model "
-                             f"({classes}); evaluate it on data with its labels.")
+        raise data.DataError(
+            f"the data's labels {unknown} are not classes of the model "
+            f"({classes}); evaluate it on data with its labels."
+        )
     index = np.array([classes.index(name) for name in dataset.class_names])
     texts = [t for part in parts for t in part.texts]
-    return (texts, np.concatenate([index[part.labels] for part in parts]),
-            data.lineage(dataset, cfg.data, names))
+    return (
+        texts,
+        np.concatenate([index[part.labels] for part in parts]),
+        data.lineage(dataset, cfg.data, names),
+    )
 
 
 def run(cfg: EvaluateModelConfig) -> dict[str, float]:
@@ -59,21 +68,28 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         classifier, source = load_classifier(cfg, Path(folder))
         texts, labels, splits = labelled_texts(cfg, classifier.classes)
-        log.info("scoring %d reviews (%s split of data=%s)", len(texts), cfg.split,
-                 cfg.data.source)
-        batched = evaluate.Predictions(labels, classifier.probabilities(texts),
-                                       classifier.token_counts(texts))
+        log.info("scoring %d reviews (%s split of data=%s)", len(texts), cfg.split, cfg.data.source)
+        batched = evaluate.Predictions(
+            labels, classifier.probabilities(texts), classifier.token_counts(texts)
+        )
         metrics = evaluate.score(batched, classifier.classes, cfg.evaluate.length_edges)
-        metrics |= evaluate.served_scores(classifier.class_probabilities, texts, batched,
-                                          cfg.evaluate.served_limit, cfg.data.seed)
+        metrics |= evaluate.served_scores(
+            classifier.class_probabilities, texts, batched, cfg.evaluate.served_limit, cfg.data.seed
+        )
     artifacts = [RunFolder(out).write_json(RunFolder.METRICS, metrics)]
     if cfg.evaluate.plots:
         matrix = evaluate.confusion(batched, len(classifier.classes))
         artifacts.append(evaluate.plot_confusion(matrix, classifier.classes, out / "plots"))
-    tags = {**source, "data": cfg.data.source, "data_path": cfg.data.path or "",
-            "split": cfg.split, "output_dir": str(out)}
-    with tracking.start_run(cfg.tracking.uri, cfg.evaluate_experiment,
-                            f"evaluate {cfg.data.source}", tags) as mlrun:
+    tags = {
+        **source,
+        "data": cfg.data.source,
+        "data_path": cfg.data.path or "",
+        "split": cfg.split,
+        "output_dir": str(out),
+    }
+    with tracking.start_run(
+        cfg.tracking.uri, cfg.evaluate_experiment, f"evaluate {cfg.data.source}", tags
+    ) as mlrun:
         mlrun.log_datasets(splits, context="evaluation")
         mlrun.log_metrics(metrics)
         for path in artifacts:

@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-SKIP = ("no GPU visible: skipping make gpu-check (tf.config.list_physical_devices('GPU') is "
-        "empty; on an NVIDIA GPU install the CUDA libraries: pip install -e '.[cuda]')")
+SKIP = (
+    "no GPU visible: skipping make gpu-check (tf.config.list_physical_devices('GPU') is "
+    "empty; on an NVIDIA GPU install the CUDA libraries: pip install -e '.[cuda]')"
+)
 VOCAB, ROWS, STEPS = 60, 128, 24
 TOLERANCE = 1e-4  # as the served-answers check (evaluate's served_max_abs_diff)
 # op types of the traced graph → the kernel they mean
-KERNELS = {"CudnnRNNV3": "cuDNN", "BlockLSTM": "fused BlockLSTM", "While": "Keras loop",
-           "StatelessWhile": "Keras loop"}
+KERNELS = {
+    "CudnnRNNV3": "cuDNN",
+    "BlockLSTM": "fused BlockLSTM",
+    "While": "Keras loop",
+    "StatelessWhile": "Keras loop",
+}
 
 
 @dataclass
@@ -40,8 +46,9 @@ class Result:
 
     def problems(self) -> list[str]:
         found = []
-        if self.side == "pre" and (self.use_cudnn != [False] * len(self.use_cudnn)
-                                   or "cuDNN" in self.kernels):
+        if self.side == "pre" and (
+            self.use_cudnn != [False] * len(self.use_cudnn) or "cuDNN" in self.kernels
+        ):
             found.append("a left-padded mask reaches cuDNN (it takes only right-padded masks)")
         if not self.max_diff <= TOLERANCE:
             found.append(f"GPU and CPU answers differ by up to {self.max_diff:.2g}")
@@ -49,10 +56,12 @@ class Result:
 
     def line(self) -> str:
         status = "; ".join(self.problems()) or "ok"
-        return (f"{self.side:>4} {self.copy:<7} use_cudnn={self.use_cudnn} kernels="
-                f"{', '.join(sorted(self.kernels)) or '?'} cuDNN ran: "
-                f"{'yes' if 'cuDNN' in self.kernels else 'no'}; GPU vs CPU max |diff| "
-                f"{self.max_diff:.2g}: {status}")
+        return (
+            f"{self.side:>4} {self.copy:<7} use_cudnn={self.use_cudnn} kernels="
+            f"{', '.join(sorted(self.kernels)) or '?'} cuDNN ran: "
+            f"{'yes' if 'cuDNN' in self.kernels else 'no'}; GPU vs CPU max |diff| "
+            f"{self.max_diff:.2g}: {status}"
+        )
 
 
 def tiny_data(side: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +71,7 @@ def tiny_data(side: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for row, length in zip(x, rng.integers(1, STEPS + 1, ROWS), strict=True):
         ids = rng.integers(1, VOCAB, length)
         if side == "pre":
-            row[STEPS - length:] = ids
+            row[STEPS - length :] = ids
         else:
             row[:length] = ids
     return x, (x == 7).any(axis=1).astype("float32")
@@ -72,8 +81,11 @@ def kernels(net) -> set[str]:
     """The LSTM kernels in `net`'s inference graph (nested loop bodies included)."""
     import tensorflow as tf
 
-    graph = tf.function(lambda ids: net(ids, training=False)).get_concrete_function(
-        tf.TensorSpec([None, None], tf.int32)).graph.as_graph_def()
+    graph = (
+        tf.function(lambda ids: net(ids, training=False))
+        .get_concrete_function(tf.TensorSpec([None, None], tf.int32))
+        .graph.as_graph_def()
+    )
     ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
     return {KERNELS[op] for op in ops if op in KERNELS}
 
@@ -93,8 +105,10 @@ def check(folder: Path) -> list[Result]:
         x, y = tiny_data(side)
         np.save(folder / f"{side}.npy", x)
         keras.utils.set_random_seed(0)
-        net = models.build(LstmConfig(embedding_dim=16, units=16, ngram_branch=False),
-                           models.ModelInputs(VOCAB, 2, side))
+        net = models.build(
+            LstmConfig(embedding_dim=16, units=16, ngram_branch=False),
+            models.ModelInputs(VOCAB, 2, side),
+        )
         net.compile(optimizer="adam", loss="binary_crossentropy")
         net.fit(x, y, batch_size=32, epochs=1, verbose=0)  # a few steps
         for copy, model in (("trained", net), ("fused", fused_copy(net))):
@@ -102,11 +116,17 @@ def check(folder: Path) -> list[Result]:
             model.save(path)
             loaded = keras.models.load_model(path, compile=False, safe_mode=True)
             np.save(folder / f"{side}-{copy}.gpu.npy", loaded.predict(x, verbose=0))
-            results.append(Result(side, copy, [layer.use_cudnn for layer in lstm_layers(loaded)],
-                                  kernels(loaded)))
+            results.append(
+                Result(
+                    side, copy, [layer.use_cudnn for layer in lstm_layers(loaded)], kernels(loaded)
+                )
+            )
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "-1"}
-    subprocess.run([sys.executable, "-m", "textclf.gpu_check", "--cpu-answers", str(folder)],
-                   env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "textclf.gpu_check", "--cpu-answers", str(folder)],
+        env=env,
+        check=True,
+    )
     for result in results:
         stem = f"{result.side}-{result.copy}"
         gpu, cpu = (np.load(folder / f"{stem}.{where}.npy") for where in ("gpu", "cpu"))
@@ -144,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(result.line())
     failed = [r for r in results if r.problems()]
-    print(f"gpu-check: {len(failed)} of {len(results)} models failed" if failed
-          else "gpu-check: every model ok")
+    print(
+        f"gpu-check: {len(failed)} of {len(results)} models failed"
+        if failed
+        else "gpu-check: every model ok"
+    )
     return 1 if failed else 0
 
 

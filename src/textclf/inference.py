@@ -52,8 +52,9 @@ def export(
     return keras.Model(text, classifier(ids), name="text_classifier")
 
 
-def save(exported: keras.Model, class_names: Sequence[str], model_path: Path,
-         classes_path: Path) -> Path:
+def save(
+    exported: keras.Model, class_names: Sequence[str], model_path: Path, classes_path: Path
+) -> Path:
     """The model and its class names, in output order; returns the model's path."""
     model_path.parent.mkdir(parents=True, exist_ok=True)
     exported.save(model_path)
@@ -97,8 +98,13 @@ def load_keras(path: str | Path) -> keras.Model:
 class Classifier:
     """A loaded text model and its class names: texts → label, prob_<class>, error."""
 
-    def __init__(self, net: keras.Model, classes: Sequence[str], batch_size: int = 64,
-                 token_budget: int = 32000):
+    def __init__(
+        self,
+        net: keras.Model,
+        classes: Sequence[str],
+        batch_size: int = 64,
+        token_budget: int = 32000,
+    ):
         if len(classes) != class_count(net):
             raise PredictError(
                 f"the model predicts {class_count(net)} classes but {len(classes)} class "
@@ -108,14 +114,16 @@ class Classifier:
         # A batch holds at least batch_size texts, more while rows × longest ≤ token_budget.
         self.batch_size, self.token_budget = batch_size, token_budget
         # The exported model's parts (see `export`): text → ids, then ids → probabilities.
-        vectorizer = next(layer for layer in net.layers
-                          if isinstance(layer, keras.layers.TextVectorization))
+        vectorizer = next(
+            layer for layer in net.layers if isinstance(layer, keras.layers.TextVectorization)
+        )
         repad, classifier = net.get_layer("repad"), net.layers[-1]
         # One traced graph per part for every batch (model.predict re-plans each call).
         self._call = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
         self._ids = tf.function(vectorizer, reduce_retracing=True)
-        self._classify = tf.function(lambda ids: classifier(repad(ids), training=False),
-                                     reduce_retracing=True)
+        self._classify = tf.function(
+            lambda ids: classifier(repad(ids), training=False), reduce_retracing=True
+        )
 
     @classmethod
     def from_files(
@@ -152,11 +160,16 @@ class Classifier:
 
     def token_ids(self, texts: Sequence[str]) -> np.ndarray:
         """[n, longest] token ids as the model reads them (truncated, padding after)."""
-        chunks = [self._ids(tf.constant(list(texts[i:i + 1024]))).numpy()
-                  for i in range(0, len(texts), 1024)]
+        chunks = [
+            self._ids(tf.constant(list(texts[i : i + 1024]))).numpy()
+            for i in range(0, len(texts), 1024)
+        ]
         width = max((c.shape[1] for c in chunks), default=1)
-        return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in chunks]) \
-            if chunks else np.zeros((0, 1), np.int64)
+        return (
+            np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in chunks])
+            if chunks
+            else np.zeros((0, 1), np.int64)
+        )
 
     def class_probabilities(self, texts: Sequence[Any]) -> np.ndarray:
         """[n, classes] through `predict` (the served path: cleaning included); NaN rows for
@@ -185,8 +198,9 @@ class Classifier:
         return frame
 
 
-def length_batches(sorted_lengths: np.ndarray, batch_size: int,
-                   token_budget: int) -> list[tuple[int, int]]:
+def length_batches(
+    sorted_lengths: np.ndarray, batch_size: int, token_budget: int
+) -> list[tuple[int, int]]:
     """[start, stop) ranges over ascending lengths: at least `batch_size` rows each, more while
     rows × the batch's longest length stay within `token_budget`."""
     ranges, start, n = [], 0, len(sorted_lengths)

@@ -56,13 +56,17 @@ class TextClassifierModel(PythonModel):
         if not texts:
             raise _bad("no text to classify: send at least one row in the `text` column")
         if len(texts) > MAX_TEXTS and os.environ.get(_SERVING) == "true":
-            raise _bad(f"{len(texts)} texts in one request; at most {MAX_TEXTS} are answered "
-                       "at once: split the request")
+            raise _bad(
+                f"{len(texts)} texts in one request; at most {MAX_TEXTS} are answered "
+                "at once: split the request"
+            )
         wrong = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
         if wrong:
             value = texts[wrong[0]]
-            raise _bad(f"`text` must hold strings: row {wrong[0]} holds {type(value).__name__} "
-                       f"{str(value)[:40]!r} ({len(wrong)} such row(s))")
+            raise _bad(
+                f"`text` must hold strings: row {wrong[0]} holds {type(value).__name__} "
+                f"{str(value)[:40]!r} ({len(wrong)} such row(s))"
+            )
         return self.classifier.predict(texts)
 
 

@@ -80,8 +80,11 @@ def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
 def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1) -> Batches:
     """Padded batches as `spec` says; each epoch's shuffle depends on (seed, epoch) alone."""
     train_split, test_split = tokens.splits["train"], tokens.splits["test"]
-    boundaries = (batching.bucket_boundaries(train_split.lengths, spec.num_buckets)
-                  if spec.strategy == "bucket" else None)
+    boundaries = (
+        batching.bucket_boundaries(train_split.lengths, spec.num_buckets)
+        if spec.strategy == "bucket"
+        else None
+    )
 
     def even(ds: tf.data.Dataset) -> tf.data.Dataset:
         # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras fits
@@ -93,30 +96,45 @@ def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1
     test_examples = batching.examples(test_split.tokens, np.arange(len(test_split), dtype=np.int32))
 
     def train_epoch(epoch: int) -> tf.data.Dataset:
-        return even(batching.make_dataset(train_examples, spec, boundaries, shuffle=True,
-                                          seed=seed, epoch=epoch))
+        return even(
+            batching.make_dataset(
+                train_examples, spec, boundaries, shuffle=True, seed=seed, epoch=epoch
+            )
+        )
 
     val = batching.counted(even(batching.make_dataset(val_examples, spec, boundaries)))
     test = batching.make_dataset(test_examples, spec, boundaries)
     return Batches(train_epoch, val, test, batching.padding_stats(train_epoch(0)), boundaries)
 
 
-def build(cfg: Config, tokens: Vectorized, num_classes: int,
-          strategy: tf.distribute.Strategy | None = None) -> keras.Model:
+def build(
+    cfg: Config,
+    tokens: Vectorized,
+    num_classes: int,
+    strategy: tf.distribute.Strategy | None = None,
+) -> keras.Model:
     """The compiled classifier `cfg.model` names (models/), its variables placed by the
     distribution `strategy`."""
-    inputs = models.ModelInputs(tokens.vocab_size, num_classes, cfg.batching.padding_side,
-                                tokens.splits["train"].tokens)
+    inputs = models.ModelInputs(
+        tokens.vocab_size, num_classes, cfg.batching.padding_side, tokens.splits["train"].tokens
+    )
     with (strategy or tf.distribute.get_strategy()).scope():
         return train.compile_model(models.build(cfg.model, inputs), num_classes, cfg.train)
 
 
-def fit(net: keras.Model, batches: Batches, cfg: Config, on_epoch_end: Callable,
-        checkpoint: Path, callbacks: Sequence[keras.callbacks.Callback] = ()) -> train.Fit:
+def fit(
+    net: keras.Model,
+    batches: Batches,
+    cfg: Config,
+    on_epoch_end: Callable,
+    checkpoint: Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> train.Fit:
     steps = cfg.train.steps_per_epoch or batches.padding.batches
     log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
-    return train.fit(net, batches.train_epoch, batches.val, steps, cfg.train,
-                     [log_epoch, *callbacks], checkpoint)
+    return train.fit(
+        net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch, *callbacks], checkpoint
+    )
 
 
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
@@ -135,19 +153,24 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
     }
 
 
-def export(tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config,
-           folder: RunFolder) -> Path:
+def export(
+    tokens: Vectorized, net: keras.Model, class_names: list[str], cfg: Config, folder: RunFolder
+) -> Path:
     """`model.keras` (raw strings in) and `classes.json` in the run folder. It reads reviews as
     training and evaluation did (up to `reading_length` tokens), through the network the model
     serves with (`models.serving`: the LSTM's fused kernel, same weights)."""
     served = replace(cfg.tokenize, max_length=reading_length(cfg))
-    exported = inference.export(tokens.vectorizer, served, models.serving(net, cfg.model),
-                                cfg.batching.padding_side)
+    exported = inference.export(
+        tokens.vectorizer, served, models.serving(net, cfg.model), cfg.batching.padding_side
+    )
     return inference.save(exported, class_names, folder.model, folder.classes)
 
 
 def run(
-    cfg: Config, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None,
+    cfg: Config,
+    params: dict[str, str],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, float]:
     """Train and evaluate once, logging to MLflow; returns the final metrics. `callbacks` see
@@ -165,8 +188,15 @@ def run(
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     name = run_folder.run_name(cfg)
     tags = {k: str(v) for k, v in (tags | run_folder.tags(cfg)).items()}
-    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
-                            parent_run_id, run_id, cfg.tracking.system_metrics) as mlrun:
+    with tracking.start_run(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        name,
+        tags,
+        parent_run_id,
+        run_id,
+        cfg.tracking.system_metrics,
+    ) as mlrun:
         folder.save_run_id(mlrun.run_id)
         folder.save_identity(name, tags)
         mlrun.log_params(params)
@@ -177,13 +207,17 @@ def run(
         dataset = data.load(cfg.data)
         mlrun.log_datasets(data.lineage(dataset, cfg.data))
         tokens = vectorize(dataset, cfg)
-        report = data.report(dataset.class_names, tokens.counts,
-                             {name: split.labels for name, split in tokens.splits.items()})
+        report = data.report(
+            dataset.class_names,
+            tokens.counts,
+            {name: split.labels for name, split in tokens.splits.items()},
+        )
         log.info("%s", data.describe(report))
         mlrun.log_metrics(data_metrics(report))
         folder.write_json(RunFolder.DATA_REPORT, report)
         (folder / RunFolder.VOCABULARY).write_text(
-            "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8")
+            "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8"
+        )
 
         strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
         batches = batch(tokens, cfg.batching, cfg.train.seed, strategy.num_replicas_in_sync)
@@ -191,16 +225,21 @@ def run(
             boundaries = {"bucket_boundaries": str(batches.boundaries)}
             mlrun.set_tags(boundaries)
             folder.add_tags(boundaries)
-        mlrun.log_metrics({"data_skipped_small_batch":
-                           len(tokens.splits["train"]) - batches.padding.reviews})
-        log.info("padding efficiency %.3f over %d batches", batches.padding.efficiency,
-                 batches.padding.batches)
+        mlrun.log_metrics(
+            {"data_skipped_small_batch": len(tokens.splits["train"]) - batches.padding.reviews}
+        )
+        log.info(
+            "padding efficiency %.3f over %d batches",
+            batches.padding.efficiency,
+            batches.padding.batches,
+        )
 
         class_names = dataset.class_names
         net = build(cfg, tokens, len(class_names), strategy)
         fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
-        log.info("training stopped after %d epochs: %s", len(fitted.epoch_seconds),
-                 fitted.stop_reason)
+        log.info(
+            "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason
+        )
         folder.add_tags({"stop_reason": fitted.stop_reason})  # to MLflow with the metrics
 
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
@@ -208,17 +247,31 @@ def run(
         metrics |= costs(fitted, batches.padding)
         # epochs_run below it: early stopping ended training, not the limit
         metrics["epoch_limit"] = train.epoch_limit(
-            cfg.train, cfg.train.steps_per_epoch or batches.padding.batches)
+            cfg.train, cfg.train.steps_per_epoch or batches.padding.batches
+        )
 
         export(tokens, net, class_names, cfg, folder)
         classifier = inference.Classifier.from_files(folder.model)  # as `make predict` loads it
-        metrics |= evaluate.served_scores(classifier.class_probabilities, tokens.texts["test"],
-                                          predictions, cfg.evaluate.served_limit, cfg.data.seed)
+        metrics |= evaluate.served_scores(
+            classifier.class_probabilities,
+            tokens.texts["test"],
+            predictions,
+            cfg.evaluate.served_limit,
+            cfg.data.seed,
+        )
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
         folder.write_json(RunFolder.METRICS, metrics)
-        plots = (evaluate.plot(fitted.history, evaluate.confusion(predictions, len(class_names)),
-                               class_names, tokens.splits["train"].lengths, folder.plots)
-                 if cfg.evaluate.plots else [])
+        plots = (
+            evaluate.plot(
+                fitted.history,
+                evaluate.confusion(predictions, len(class_names)),
+                class_names,
+                tokens.splits["train"].lengths,
+                folder.plots,
+            )
+            if cfg.evaluate.plots
+            else []
+        )
         folder.checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
 
         # Everything is saved in the folder first: with the tracking server unreachable from
@@ -239,8 +292,10 @@ def data_metrics(report: dict) -> dict[str, int]:
     (`data_train_class_pos`; characters a metric name cannot hold become `_`)."""
     metrics = {f"data_{key}": n for key, n in report["counts"].items()}
     for split, per_class in report["splits"].items():
-        metrics |= {f"data_{split}_class_{_METRIC_UNSAFE.sub('_', name)}"[:250]: n
-                    for name, n in per_class.items()}
+        metrics |= {
+            f"data_{split}_class_{_METRIC_UNSAFE.sub('_', name)}"[:250]: n
+            for name, n in per_class.items()
+        }
     return metrics
 
 
@@ -254,11 +309,14 @@ def _resumed_run_id(cfg: Config, folder: RunFolder) -> str | None:
         )
     before = flatten(folder.read_json(RunFolder.CONFIG))
     now = flatten(asdict(cfg))
-    changed = sorted(k for k in before.keys() | now.keys()
-                     if k != "train.resume" and before.get(k) != now.get(k))
+    changed = sorted(
+        k for k in before.keys() | now.keys() if k != "train.resume" and before.get(k) != now.get(k)
+    )
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed[:5])
-        raise ConfigError(f"train.resume: the configuration differs from the run in "
-                          f"{folder.path} ({shown}); resume with the same overrides (textclf "
-                          "resume <folder>).")
+        raise ConfigError(
+            f"train.resume: the configuration differs from the run in "
+            f"{folder.path} ({shown}); resume with the same overrides (textclf "
+            "resume <folder>)."
+        )
     return folder.run_id()

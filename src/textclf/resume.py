@@ -17,11 +17,15 @@ from .run_folder import PARENT_RUN_ID, RunFolder
 
 def latest_interrupted(outputs: Path) -> Path:
     """The newest run or sweep-job folder under `outputs` that still holds a checkpoint."""
-    found = [*outputs.glob(f"runs/*/{RunFolder.CHECKPOINT}"),
-             *outputs.glob(f"sweeps/*/*/{RunFolder.CHECKPOINT}")]
+    found = [
+        *outputs.glob(f"runs/*/{RunFolder.CHECKPOINT}"),
+        *outputs.glob(f"sweeps/*/*/{RunFolder.CHECKPOINT}"),
+    ]
     if not found:
-        raise SystemExit(f"textclf resume: no run under {outputs} holds a checkpoint (finished "
-                         "runs delete theirs); pass the run folder: textclf resume <folder>")
+        raise SystemExit(
+            f"textclf resume: no run under {outputs} holds a checkpoint (finished "
+            "runs delete theirs); pass the run folder: textclf resume <folder>"
+        )
     return max(found, key=lambda p: p.stat().st_mtime).parent
 
 
@@ -38,16 +42,22 @@ def arguments(args: list[str], outputs: Path) -> list[str]:
         raise SystemExit(f"textclf resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
     overrides = [o for o in OmegaConf.load(saved) if not o.startswith("train.resume=")]
     # hydra.output_subdir=null: the folder's .hydra/ keeps the original run's overrides.
-    return [*overrides, f"hydra.run.dir={folder}", "hydra.output_subdir=null",
-            "train.resume=true", *extra]
+    return [
+        *overrides,
+        f"hydra.run.dir={folder}",
+        "hydra.output_subdir=null",
+        "train.resume=true",
+        *extra,
+    ]
 
 
 def _sweep_arguments(folder: Path, extra: list[str]) -> list[str]:
     if not (folder / PARENT_RUN_ID).is_file():
-        raise SystemExit(f"textclf resume: {folder} holds no {PARENT_RUN_ID}: its sweep never "
-                         "opened an MLflow parent run; start the sweep again instead.")
+        raise SystemExit(
+            f"textclf resume: {folder} holds no {PARENT_RUN_ID}: its sweep never "
+            "opened an MLflow parent run; start the sweep again instead."
+        )
     saved = OmegaConf.load(folder / "multirun.yaml").hydra.overrides
     keep = [o for o in saved.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
     task = [o for o in saved.task if not o.startswith("train.resume=")]
-    return ["--multirun", *keep, *task, f"hydra.sweep.dir={folder}", "train.resume=true",
-            *extra]
+    return ["--multirun", *keep, *task, f"hydra.sweep.dir={folder}", "train.resume=true", *extra]

@@ -73,7 +73,8 @@ class RunFolder:
             raise ConfigError(
                 f"output_dir: cannot create or write {self.path} ({error.strerror or error}). "
                 "Give a folder you can write (hydra.run.dir=<folder>), or free or fix that "
-                "path.") from error
+                "path."
+            ) from error
 
     def logged(self) -> list[Path]:
         """The files of `LOGGED` the folder holds."""
@@ -118,6 +119,10 @@ def run_name(cfg: Config) -> str:
 
 def tags(cfg: Config) -> dict[str, str]:
     """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
-    return {**cfg.model.tags(), "batching": cfg.batching.strategy,
-            "padding_side": cfg.batching.padding_side, "data": cfg.data.source,
-            "output_dir": cfg.output_dir}
+    return {
+        **cfg.model.tags(),
+        "batching": cfg.batching.strategy,
+        "padding_side": cfg.batching.padding_side,
+        "data": cfg.data.source,
+        "output_dir": cfg.output_dir,
+    }

@@ -43,9 +43,10 @@ def finished_before(config: Config) -> dict[str, float] | None:
     parent, folder = parent_run_id(), RunFolder(Path(config.output_dir))
     if parent is None or folder.missing(RunFolder.METRICS):
         return None
-    done = any(run.info.status == "FINISHED"
-               and run.data.tags.get("output_dir") == config.output_dir
-               for run in tracking.children(config.tracking.uri, parent))
+    done = any(
+        run.info.status == "FINISHED" and run.data.tags.get("output_dir") == config.output_dir
+        for run in tracking.children(config.tracking.uri, parent)
+    )
     return folder.read_json(RunFolder.METRICS) if done else None
 
 

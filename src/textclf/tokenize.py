@@ -53,7 +53,9 @@ class Encoded:
 def adapt(texts: list[str], cfg: TokenizeConfig) -> keras.layers.TextVectorization:
     """A vectorizer whose vocabulary comes from `texts` (pass training texts only)."""
     vectorizer = keras.layers.TextVectorization(
-        max_tokens=cfg.vocab_size, standardize=_STANDARDIZE[cfg.standardize], output_mode="int",
+        max_tokens=cfg.vocab_size,
+        standardize=_STANDARDIZE[cfg.standardize],
+        output_mode="int",
         ragged=True,
     )
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))

@@ -151,8 +151,7 @@ def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> ker
     if cfg.clipnorm:
         settings["global_clipnorm"] = cfg.clipnorm
     opt = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
-    model.compile(optimizer=opt, loss=loss(num_classes, cfg.label_smoothing),
-                  metrics=["accuracy"])
+    model.compile(optimizer=opt, loss=loss(num_classes, cfg.label_smoothing), metrics=["accuracy"])
     return model
 
 
@@ -164,9 +163,11 @@ def learning_rate(cfg: TrainConfig) -> float | keras.optimizers.schedules.Learni
         return cfg.learning_rate
     start = cfg.learning_rate if not cfg.warmup_steps else cfg.learning_rate / cfg.warmup_steps
     return keras.optimizers.schedules.CosineDecay(
-        start, decay_steps=(cfg.decay_steps or cfg.max_steps) - cfg.warmup_steps,
+        start,
+        decay_steps=(cfg.decay_steps or cfg.max_steps) - cfg.warmup_steps,
         warmup_target=cfg.learning_rate if cfg.warmup_steps else None,
-        warmup_steps=cfg.warmup_steps)
+        warmup_steps=cfg.warmup_steps,
+    )
 
 
 def loss(num_classes: int, label_smoothing: float) -> keras.losses.Loss:
@@ -191,7 +192,8 @@ class SmoothedSparseCE(keras.losses.Loss):
         ids = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
         one_hot = keras.ops.one_hot(ids, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
         return keras.losses.categorical_crossentropy(
-            one_hot, y_pred, label_smoothing=self.label_smoothing)
+            one_hot, y_pred, label_smoothing=self.label_smoothing
+        )
 
     def get_config(self) -> dict:
         return super().get_config() | {"label_smoothing": self.label_smoothing}
@@ -277,14 +279,26 @@ class Checkpoint(keras.callbacks.Callback):
         if not self.path:
             return
         s, t = self.stopper, self.timer
-        meta = {"epoch": self.epoch, "done": self.done, "history": self.history,
-                "stopper": {"wait": s.wait, "best": None if s.best is None else float(s.best),
-                            "best_epoch": s.best_epoch},
-                "timer": {"epoch_seconds": t.epoch_seconds, "steady_seconds": t.steady_seconds,
-                          "steps": t.steps}}
+        meta = {
+            "epoch": self.epoch,
+            "done": self.done,
+            "history": self.history,
+            "stopper": {
+                "wait": s.wait,
+                "best": None if s.best is None else float(s.best),
+                "best_epoch": s.best_epoch,
+            },
+            "timer": {
+                "epoch_seconds": t.epoch_seconds,
+                "steady_seconds": t.steady_seconds,
+                "steps": t.steps,
+            },
+        }
         arrays = {"meta": np.array(json.dumps(meta))}
-        for prefix, variables in (("model", self.model.variables),
-                                  ("optimizer", self.model.optimizer.variables)):
+        for prefix, variables in (
+            ("model", self.model.variables),
+            ("optimizer", self.model.optimizer.variables),
+        ):
             arrays |= {f"{prefix}_{i}": v.numpy() for i, v in enumerate(variables)}
         arrays |= {f"best_{i}": w for i, w in enumerate(s.best_weights or [])}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +335,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointMismatch(
             f"the checkpoint {path} is damaged or no checkpoint ({type(error).__name__}: "
             f"{str(error)[:200]}). Start again: delete it (rm {path}), or run without "
-            "train.resume (a fresh run in the folder replaces it).") from error
+            "train.resume (a fresh run in the folder replaces it)."
+        ) from error
     return arrays, meta
 
 
@@ -367,12 +382,18 @@ def fit(
     state = Checkpoint(checkpoint, stopper, timer)
     state.restore_variables(model)
     if state.epoch:
-        log.info("resuming from %s after epoch %d%s", checkpoint, state.epoch,
-                 " (training had finished)" if state.done else "")
+        log.info(
+            "resuming from %s after epoch %d%s",
+            checkpoint,
+            state.epoch,
+            " (training had finished)" if state.done else "",
+        )
     if not state.done:
         first = state.epoch  # == epochs if stopped before the end: fit restores the best
-        parts = [train_epoch(e).repeat().take(steps_per_epoch)
-                 for e in range(first, max(epochs, first + 1))]
+        parts = [
+            train_epoch(e).repeat().take(steps_per_epoch)
+            for e in range(first, max(epochs, first + 1))
+        ]
         train_ds = functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
         model.fit(
             train_ds,
@@ -385,8 +406,14 @@ def fit(
             callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
     best = stopper.best_epoch
-    return Fit(state.history, timer.epoch_seconds, timer.steady_seconds, timer.steps, best,
-               stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch))
+    return Fit(
+        state.history,
+        timer.epoch_seconds,
+        timer.steady_seconds,
+        timer.steps,
+        best,
+        stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch),
+    )
 
 
 def stop_reason(epochs_run: int, best_epoch: int, cfg: TrainConfig, steps_per_epoch: int) -> str:
@@ -394,9 +421,11 @@ def stop_reason(epochs_run: int, best_epoch: int, cfg: TrainConfig, steps_per_ep
     limit: interruptions and divergence raise instead), `max_steps` or `epochs`."""
     limit = epoch_limit(cfg, steps_per_epoch)
     if epochs_run < limit:
-        return (f"early_stopping: val_loss fell by less than train.min_delta={cfg.min_delta:g} "
-                f"of its best for train.patience={cfg.patience} epochs after epoch "
-                f"{best_epoch + 1}")
+        return (
+            f"early_stopping: val_loss fell by less than train.min_delta={cfg.min_delta:g} "
+            f"of its best for train.patience={cfg.patience} epochs after epoch "
+            f"{best_epoch + 1}"
+        )
     if limit < cfg.epochs:
         return f"max_steps: train.max_steps={cfg.max_steps} optimizer steps ({limit} epochs)"
     return f"epochs: train.epochs={cfg.epochs}"

@@ -58,8 +58,9 @@ class Pruning(keras.callbacks.Callback):
             return
         self.trial.report(float(value), step=epoch + 1)
         if self.trial.should_prune():
-            raise Pruned(f"pruned by Optuna after epoch {epoch + 1}: {self.metric} "
-                         f"{float(value):.4f}")
+            raise Pruned(
+                f"pruned by Optuna after epoch {epoch + 1}: {self.metric} {float(value):.4f}"
+            )
 
 
 def distributions(space: dict[str, str]) -> dict[str, BaseDistribution]:
@@ -75,18 +76,21 @@ def distributions(space: dict[str, str]) -> dict[str, BaseDistribution]:
         value = override.value()
         if isinstance(value, ChoiceSweep | RangeSweep):
             found[key] = CategoricalDistribution(
-                list(override.sweep_iterator(transformer=Transformer.encode)))
+                list(override.sweep_iterator(transformer=Transformer.encode))
+            )
         elif isinstance(value, IntervalSweep):
             check = value.start < value.end and ("log" not in value.tags or value.start > 0)
             if not check:
-                raise ConfigError(f"{where}: {expression!r} needs low < high (and low > 0 on a "
-                                  "log scale)")
+                raise ConfigError(
+                    f"{where}: {expression!r} needs low < high (and low > 0 on a log scale)"
+                )
             found[key] = FloatDistribution(value.start, value.end, log="log" in value.tags)
         else:
             raise ConfigError(
                 f"{where}: {expression!r} is not a range to search: use choice(a, b), "
                 "range(start, stop), interval(low, high) or tag(log, interval(low, high)); fix "
-                f"a value with {key}=<value> on the command line instead")
+                f"a value with {key}=<value> on the command line instead"
+            )
     return found
 
 
@@ -100,14 +104,16 @@ def _override(key: str, value: object) -> str:
 def pruner(cfg: TuneConfig, direction: str) -> optuna.pruners.BasePruner:
     """The pruner `tune.pruner` names; trials report at steps 1, 2, ... (their epochs)."""
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_startup_trials,
-                                           n_warmup_steps=cfg.prune_from_epoch)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.prune_startup_trials, n_warmup_steps=cfg.prune_from_epoch
+        )
     if cfg.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.prune_from_epoch)
     if cfg.pruner == "threshold":
         side = "lower" if direction == "maximize" else "upper"
-        return optuna.pruners.ThresholdPruner(**{side: cfg.prune_threshold},
-                                              n_warmup_steps=cfg.prune_from_epoch)
+        return optuna.pruners.ThresholdPruner(
+            **{side: cfg.prune_threshold}, n_warmup_steps=cfg.prune_from_epoch
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -123,30 +129,37 @@ def _own_database(storage: str, tracking_uri: str) -> None:
         finally:
             engine.dispose()
     except Exception as error:  # SQLAlchemy and its drivers raise many types
-        raise ConfigError(f"tune.storage: cannot open {shown}: {type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:300]}") from None
+        raise ConfigError(
+            f"tune.storage: cannot open {shown}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}"
+        ) from None
     if storage == tracking_uri or {"experiments", "runs"} <= tables:
         raise ConfigError(
             f"tune.storage: {shown} holds MLflow's tracking store; give Optuna a database of "
             "its own (the default: sqlite:///<project>/outputs/optuna.db; on PostgreSQL "
-            "`createdb optuna`, or a schema: ...?options=-csearch_path%3Doptuna)")
+            "`createdb optuna`, or a schema: ...?options=-csearch_path%3Doptuna)"
+        )
 
 
 def open_study(cfg: TuneConfig, metric: str, tracking_uri: str) -> optuna.Study:
     """The study `cfg.study` in `cfg.storage`, created on first use and continued after."""
     _own_database(cfg.storage, tracking_uri)
     direction = DIRECTIONS[metric]
-    study = optuna.create_study(storage=cfg.storage, study_name=cfg.study, direction=direction,
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=cfg.storage, study_name=cfg.study, direction=direction, load_if_exists=True
+    )
     made_for = study.user_attrs.get(METRIC)
     if made_for is None:
         study.set_user_attr(METRIC, metric)
     elif made_for != metric:
-        raise ConfigError(f"tune.study: {cfg.study!r} searches {made_for}, not "
-                          f"optimized_metric={metric}: name another study (tune.study=...)")
+        raise ConfigError(
+            f"tune.study: {cfg.study!r} searches {made_for}, not "
+            f"optimized_metric={metric}: name another study (tune.study=...)"
+        )
     # a sampler seeded as before would draw the trials already in the study again
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials),
-                                               n_startup_trials=cfg.startup_trials)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=cfg.seed + len(study.trials), n_startup_trials=cfg.startup_trials
+    )
     study.pruner = pruner(cfg, direction)
     return study
 
@@ -165,14 +178,20 @@ def run(cfg: Config, compose: ComposeTrial) -> None:
     space = distributions(tune.space)
     study = open_study(tune, cfg.optimized_metric, uri)
     todo = tune.n_trials - finished(study)
-    log.info("study %r: %d finished trials, %d to run", study.study_name, finished(study),
-             max(todo, 0))
+    log.info(
+        "study %r: %d finished trials, %d to run", study.study_name, finished(study), max(todo, 0)
+    )
     parent_id = study.user_attrs.get(PARENT_RUN_ID)
     if parent_id and not tracking.run_exists(uri, parent_id):
         parent_id = None  # another tracking store than the one the study began in
     failed = 0
-    with tracking.start_run(uri, cfg.tracking.experiment, f"optuna {study.study_name}",
-                            {"optuna.study": study.study_name}, run_id=parent_id) as parent:
+    with tracking.start_run(
+        uri,
+        cfg.tracking.experiment,
+        f"optuna {study.study_name}",
+        {"optuna.study": study.study_name},
+        run_id=parent_id,
+    ) as parent:
         study.set_user_attr(PARENT_RUN_ID, parent.run_id)
         parent.set_tags({f"search.{k}": v for k, v in tune.space.items()})
         for _ in range(todo):
@@ -181,27 +200,38 @@ def run(cfg: Config, compose: ComposeTrial) -> None:
             failed += not _trial(study, space, cfg, compose, parent.run_id)
         report(study, cfg.optimized_metric, parent, Path(cfg.output_dir))
     if failed:
-        log.error("%d trials failed; their runs hold the error (tag `error`), and `make tune` "
-                  "again runs as many new ones", failed)
+        log.error(
+            "%d trials failed; their runs hold the error (tag `error`), and `make tune` "
+            "again runs as many new ones",
+            failed,
+        )
         raise SystemExit(1)
 
 
-def _trial(study: optuna.Study, space: dict[str, BaseDistribution], cfg: Config,
-           compose: ComposeTrial, parent_run_id: str) -> bool:
+def _trial(
+    study: optuna.Study,
+    space: dict[str, BaseDistribution],
+    cfg: Config,
+    compose: ComposeTrial,
+    parent_run_id: str,
+) -> bool:
     """Ask, train, tell: False when the trial failed."""
     trial = study.ask(space)
     folder = RunFolder(Path(cfg.output_dir) / f"trial_{trial.number}")
     (folder / RunFolder.RUN_ID).unlink(missing_ok=True)  # left by a study of the same name
     state, value = TrialState.FAIL, None
     try:
-        trial_cfg, params, tags = compose([_override(k, v) for k, v in trial.params.items()],
-                                          str(folder.path))
+        trial_cfg, params, tags = compose(
+            [_override(k, v) for k, v in trial.params.items()], str(folder.path)
+        )
         tags |= {"optuna.study": study.study_name, "optuna.trial": str(trial.number)}
-        metrics = pipeline.run(trial_cfg, params, tags, parent_run_id,
-                               [Pruning(trial, cfg.optimized_metric)])
+        metrics = pipeline.run(
+            trial_cfg, params, tags, parent_run_id, [Pruning(trial, cfg.optimized_metric)]
+        )
         state, value = TrialState.COMPLETE, metrics[f"best_{cfg.optimized_metric}"]
-        log.info("trial %d: %s %.4f with %s", trial.number, cfg.optimized_metric, value,
-                 trial.params)
+        log.info(
+            "trial %d: %s %.4f with %s", trial.number, cfg.optimized_metric, value, trial.params
+        )
     except Pruned as stop:
         state = TrialState.PRUNED
         folder.checkpoint.unlink(missing_ok=True)
@@ -219,19 +249,34 @@ def report(study: optuna.Study, metric: str, parent: tracking.Run, folder: Path)
     """On the parent run: the trial counts, the best trial (tags `best_trial`, `best_run_id`,
     `best.<key>`, metric `best_<metric>`), the trials as CSV and Optuna's plots."""
     trials = study.get_trials(deepcopy=False)
-    parent.log_metrics({f"trials_{state.name.lower()}": sum(t.state == state for t in trials)
-                        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)})
+    parent.log_metrics(
+        {
+            f"trials_{state.name.lower()}": sum(t.state == state for t in trials)
+            for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     study.trials_dataframe().to_csv(folder / TRIALS, index=False)
     paths = [folder / TRIALS]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
-        parent.set_tags({"best_trial": best.number, "best_run_id": best.user_attrs.get(RUN_ID),
-                         **{f"best.{k}": v for k, v in best.params.items()}})
+        parent.set_tags(
+            {
+                "best_trial": best.number,
+                "best_run_id": best.user_attrs.get(RUN_ID),
+                **{f"best.{k}": v for k, v in best.params.items()},
+            }
+        )
         parent.log_metrics({f"best_{metric}": best.value})
-        log.info("best trial %d: %s %.4f with %s (MLflow run %s)", best.number, metric,
-                 best.value, best.params, best.user_attrs.get(RUN_ID))
+        log.info(
+            "best trial %d: %s %.4f with %s (MLflow run %s)",
+            best.number,
+            metric,
+            best.value,
+            best.params,
+            best.user_attrs.get(RUN_ID),
+        )
         paths += plots(study, metric, len(complete), folder)
     for path in paths:
         parent.log_artifact(path)
@@ -255,12 +300,16 @@ def plots(study: optuna.Study, metric: str, complete: int, folder: Path) -> list
 
     with warnings.catch_warnings():  # the matplotlib figures are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        saved = [save(figures.plot_optimization_history(study, target_name=metric),
-                      folder / HISTORY)]
+        saved = [
+            save(figures.plot_optimization_history(study, target_name=metric), folder / HISTORY)
+        ]
         if complete >= 2:
-            saved.append(save(figures.plot_param_importances(study, target_name=metric),
-                              folder / IMPORTANCE))
+            saved.append(
+                save(figures.plot_param_importances(study, target_name=metric), folder / IMPORTANCE)
+            )
         else:
-            log.info("no parameter importance plot yet: it needs 2 completed trials, the study "
-                     "has %d", complete)
+            log.info(
+                "no parameter importance plot yet: it needs 2 completed trials, the study has %d",
+                complete,
+            )
     return saved

@@ -47,7 +47,9 @@ def register(config: type[ModelConfig], build: Callable, serving: Callable | Non
 def spec(cfg: ModelConfig) -> Model:
     found = REGISTRY.get(cfg.name)
     if found is None or not isinstance(cfg, found.config):
-        raise ConfigError(f"model: {type(cfg).__name__} is not a registered model config "
-                          f"(registered: {', '.join(REGISTRY)}); register it with "
-                          "textclf.models.register(<config class>, <build function>)")
+        raise ConfigError(
+            f"model: {type(cfg).__name__} is not a registered model config "
+            f"(registered: {', '.join(REGISTRY)}); register it with "
+            "textclf.models.register(<config class>, <build function>)"
+        )
     return found

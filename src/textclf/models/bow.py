@@ -71,8 +71,9 @@ class IdWords(layers.Layer):
 
 def words(ids: tf.RaggedTensor) -> tf.Tensor:
     """Ragged ids → "12 7 431 ..." per row."""
-    return tf.strings.reduce_join(tf.strings.as_string(tf.cast(ids, tf.int64)), axis=1,
-                                  separator=" ")
+    return tf.strings.reduce_join(
+        tf.strings.as_string(tf.cast(ids, tf.int64)), axis=1, separator=" "
+    )
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -89,20 +90,34 @@ class SparseTfIdf(layers.Layer):
     vocabulary and idf from training rows; model.keras saves both.
     """
 
-    def __init__(self, ngrams: int, max_tokens: int, size: int = 1, scale: float = SCALE,
-                 rate: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        ngrams: int,
+        max_tokens: int,
+        size: int = 1,
+        scale: float = SCALE,
+        rate: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.ngrams, self.max_tokens, self.size = ngrams, max_tokens, size
         self.scale, self.rate = scale, rate
         self.counts = layers.TextVectorization(
-            max_tokens=max_tokens, standardize=None, split="whitespace", ngrams=ngrams,
-            output_mode="count", sparse=True, name="ngram_counts")
+            max_tokens=max_tokens,
+            standardize=None,
+            split="whitespace",
+            ngrams=ngrams,
+            output_mode="count",
+            sparse=True,
+            name="ngram_counts",
+        )
         self.seed = keras.random.SeedGenerator()
         self._adapted_idf: np.ndarray | None = None
 
     def build(self, input_shape) -> None:
-        self.idf = self.add_weight(shape=(self.size,), initializer="ones", trainable=False,
-                                   name="idf")
+        self.idf = self.add_weight(
+            shape=(self.size,), initializer="ones", trainable=False, name="idf"
+        )
         if self._adapted_idf is not None:
             self.idf.assign(self._adapted_idf)
 
@@ -122,27 +137,30 @@ class SparseTfIdf(layers.Layer):
 
     def call(self, texts, training=False):
         counts = self.counts(texts)
-        values = ops.cast(counts.values, self.compute_dtype) * ops.take(self.idf,
-                                                                        counts.indices[:, 1])
+        values = ops.cast(counts.values, self.compute_dtype) * ops.take(
+            self.idf, counts.indices[:, 1]
+        )
         rows, present = counts.indices[:, 0], ops.ones_like(values)
         batch = ops.shape(texts)[0]
         squares = tf.math.unsorted_segment_sum(ops.square(values), rows, batch)
         count = tf.math.unsorted_segment_sum(present, rows, batch)
-        values = values * ops.take(self.scale * ops.sqrt(count / ops.maximum(squares, 1e-12)),
-                                   rows)
+        values = values * ops.take(self.scale * ops.sqrt(count / ops.maximum(squares, 1e-12)), rows)
         if training and self.rate:
             keep = keras.random.uniform(ops.shape(values), seed=self.seed) >= self.rate
             values = ops.where(keep, values / (1.0 - self.rate), ops.zeros_like(values))
         return tf.SparseTensor(counts.indices, values, counts.dense_shape)
 
     def compute_output_spec(self, texts, training=False):
-        return keras.KerasTensor((texts.shape[0], self.size), dtype=self.compute_dtype,
-                                 sparse=True)
+        return keras.KerasTensor((texts.shape[0], self.size), dtype=self.compute_dtype, sparse=True)
 
     def get_config(self) -> dict:
-        return super().get_config() | {"ngrams": self.ngrams, "max_tokens": self.max_tokens,
-                                       "size": self.size, "scale": self.scale,
-                                       "rate": self.rate}
+        return super().get_config() | {
+            "ngrams": self.ngrams,
+            "max_tokens": self.max_tokens,
+            "size": self.size,
+            "scale": self.scale,
+            "rate": self.rate,
+        }
 
 
 def ngram_features(train_tokens: tf.RaggedTensor, cfg: Ngrams, dropout: float) -> Callable:
@@ -151,8 +169,7 @@ def ngram_features(train_tokens: tf.RaggedTensor, cfg: Ngrams, dropout: float) -
     unpadded); for bow and the LSTM's n-gram branch."""
     if train_tokens is None:
         raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
-    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, rate=dropout, dtype="float32",
-                        name="ngrams")
+    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, rate=dropout, dtype="float32", name="ngrams")
     tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(train_tokens)).batch(1024))
     id_words = IdWords(name="id_words")
     return lambda tokens: tfidf(id_words(tokens))
@@ -171,9 +188,16 @@ def head(features: list, num_classes: int):
     sparse n-gram rows. Zero weights to start, as logistic regression does: random ones over
     scaled tf-idf rows give confident random answers (a starting loss of ~7 on tiny data)."""
     width, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    logits = [layers.Dense(width, kernel_initializer="zeros", use_bias=i == 0, dtype="float32",
-                           name="logits" if len(features) == 1 else f"logits_{i}")(x)
-              for i, x in enumerate(features)]
+    logits = [
+        layers.Dense(
+            width,
+            kernel_initializer="zeros",
+            use_bias=i == 0,
+            dtype="float32",
+            name="logits" if len(features) == 1 else f"logits_{i}",
+        )(x)
+        for i, x in enumerate(features)
+    ]
     if len(logits) > 1:
         logits = [layers.Add(name="logits", dtype="float32")(logits)]
     name = "probability" if num_classes == 2 else "probabilities"

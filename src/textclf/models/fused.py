@@ -84,8 +84,11 @@ def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_o
     first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)[:, tf.newaxis]
     inside = (time >= first) & (time < first + lengths[:, tf.newaxis])
     check = tf.debugging.assert_equal(
-        mask, inside, message="model.serve_lstm=fused needs each row's mask to be one unbroken "
-        "run of steps (padding on one side); export with model.serve_lstm=trained for others")
+        mask,
+        inside,
+        message="model.serve_lstm=fused needs each row's mask to be one unbroken "
+        "run of steps (padding on one side); export with model.serve_lstm=trained for others",
+    )
     with tf.control_dependencies([check]):
         aligned = tf.gather(x, tf.minimum(first + time, steps - 1), batch_dims=1)
     h0, c0 = (tf.cast(state, x.dtype) for state in initial_state)
@@ -98,10 +101,18 @@ def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_o
     peephole = tf.zeros([cell.units], x.dtype)
     _, carries, _, _, _, _, hidden = tf.raw_ops.BlockLSTM(
         seq_len_max=tf.cast(tf.reduce_max(lengths), tf.int64),
-        x=tf.transpose(aligned, [1, 0, 2]), cs_prev=c0, h_prev=h0,
-        w=tf.concat([i, c, f, o], axis=1), b=tf.concat([bias_i, bias_c, bias_f, bias_o], 0),
-        wci=peephole, wcf=peephole, wco=peephole, forget_bias=0.0, cell_clip=-1.0,
-        use_peephole=False)
+        x=tf.transpose(aligned, [1, 0, 2]),
+        cs_prev=c0,
+        h_prev=h0,
+        w=tf.concat([i, c, f, o], axis=1),
+        b=tf.concat([bias_i, bias_c, bias_f, bias_o], 0),
+        wci=peephole,
+        wcf=peephole,
+        wco=peephole,
+        forget_bias=0.0,
+        cell_clip=-1.0,
+        use_peephole=False,
+    )
     hidden = tf.transpose(hidden, [1, 0, 2])
     carries = tf.transpose(carries, [1, 0, 2])
     # back to Keras' places: step t shows the output of aligned step t - first, clipped to the
@@ -133,8 +144,9 @@ def fused_copy(net: keras.Model) -> keras.Model:
             forward, backward = fused(layer.forward_layer), fused(layer.backward_layer)
             if forward is layer.forward_layer:
                 return layer
-            return keras.layers.Bidirectional(forward, backward_layer=backward,
-                                              merge_mode=layer.merge_mode, name=layer.name)
+            return keras.layers.Bidirectional(
+                forward, backward_layer=backward, merge_mode=layer.merge_mode, name=layer.name
+            )
         return fused(layer) if isinstance(layer, keras.layers.LSTM) else layer
 
     copy = keras.models.clone_model(net, clone_function=swap)

@@ -50,10 +50,14 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
-        check(0 <= self.embedding_dropout < 1, "model.embedding_dropout",
-              f"must be in [0, 1), got {self.embedding_dropout}")
-        check(self.embedding_dim > 0, "model.embedding_dim",
-              f"must be > 0, got {self.embedding_dim}")
+        check(
+            0 <= self.embedding_dropout < 1,
+            "model.embedding_dropout",
+            f"must be in [0, 1), got {self.embedding_dropout}",
+        )
+        check(
+            self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
+        )
         check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
         check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         one_of(self.masking, "model.masking", MASKING)
@@ -142,8 +146,14 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
         mask = LengthMask(inputs.padding_side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
     use_cudnn = False if inputs.padding_side == "pre" and cfg.masking != "none" else "auto"
-    rnn = LSTM(cfg.units, dropout=cfg.dropout, return_sequences=cfg.pooling != "last",
-               return_state=cfg.pooling == "concat", use_cudnn=use_cudnn, name="lstm")
+    rnn = LSTM(
+        cfg.units,
+        dropout=cfg.dropout,
+        return_sequences=cfg.pooling != "last",
+        return_state=cfg.pooling == "concat",
+        use_cudnn=use_cudnn,
+        name="lstm",
+    )
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     x = rnn(x, mask=mask)
@@ -151,13 +161,17 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     if cfg.ngram_branch:  # wide and deep: one linear head over both
         ngrams = bow.ngram_features(inputs.train_tokens, cfg, cfg.dropout)
-        return keras.Model(tokens, bow.head([x, ngrams(tokens)], inputs.num_classes),
-                           name=f"lstm_ngrams_{cfg.masking}")
+        return keras.Model(
+            tokens,
+            bow.head([x, ngrams(tokens)], inputs.num_classes),
+            name=f"lstm_ngrams_{cfg.masking}",
+        )
     if inputs.num_classes == 2:
         outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:
-        outputs = layers.Dense(inputs.num_classes, activation="softmax", dtype="float32",
-                               name="probabilities")(x)
+        outputs = layers.Dense(
+            inputs.num_classes, activation="softmax", dtype="float32", name="probabilities"
+        )(x)
     return keras.Model(tokens, outputs, name=f"lstm_{cfg.masking}")
 
 
@@ -173,8 +187,9 @@ def _pool(outputs, cfg: LstmConfig, mask):
         return outputs
     if cfg.pooling == "concat":  # the sequence, then (h, c) per direction
         outputs, states = outputs[0], outputs[1:]
-        final = (layers.Concatenate(name="final_state")(states[0::2]) if cfg.bidirectional
-                 else states[0])
+        final = (
+            layers.Concatenate(name="final_state")(states[0::2]) if cfg.bidirectional else states[0]
+        )
     pools = []
     if cfg.pooling in ("mean", "concat"):
         pools.append(layers.GlobalAveragePooling1D(name="mean_pool")(outputs, mask=mask))

@@ -35,8 +35,16 @@ MODEL_CODE = PACKAGE / "mlflow_model.py"  # builds the pyfunc from artifacts
 # batching) and what those import; nothing of training, Hydra or tracking. Loading the model
 # imports only these (tests/test_model_export.py; tests/test_structure.py checks they import
 # nothing else of the package).
-INFERENCE_CODE = ("__init__.py", "batching.py", "config.py", "data.py", "inference.py",
-                  "models", "run_folder.py", "tokenize.py")
+INFERENCE_CODE = (
+    "__init__.py",
+    "batching.py",
+    "config.py",
+    "data.py",
+    "inference.py",
+    "models",
+    "run_folder.py",
+    "tokenize.py",
+)
 
 
 def _requirements() -> list[str]:
@@ -52,8 +60,9 @@ def _inference_package(folder: Path) -> Path:
     package.mkdir()
     for name in INFERENCE_CODE:
         if (PACKAGE / name).is_dir():
-            shutil.copytree(PACKAGE / name, package / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                PACKAGE / name, package / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(PACKAGE / name, package / name)
     return package
@@ -119,7 +128,8 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
         name, saved_tags = folder.identity()
         run_id = client.create_run(experiment_id, run_name=name, tags=saved_tags).info.run_id
         Run(client, run_id).log_params(
-            {k: v for k, v in flatten(config).items() if k != "train.resume"})
+            {k: v for k, v in flatten(config).items() if k != "train.resume"}
+        )
         folder.save_run_id(run_id)
     run = Run(client, run_id)
     pending = folder / RunFolder.PENDING
@@ -138,8 +148,10 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
     except Exception as error:
         if not is_unreachable(error):
             raise
-        raise Unreachable(f"the MLflow tracking server {uri} became unreachable again; "
-                          f"run textclf log-model {folder.path} once it is back.") from None
+        raise Unreachable(
+            f"the MLflow tracking server {uri} became unreachable again; "
+            f"run textclf log-model {folder.path} once it is back."
+        ) from None
     pending.unlink(missing_ok=True)
     return run_id
 
@@ -153,14 +165,26 @@ def register_model(uri: str, model: str, name: str, alias: str) -> str:
     mlflow.set_tracking_uri(uri)
     try:
         known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        version = (max(known, key=lambda v: int(v.version)) if known
-                   else mlflow.register_model(model, name)).version
+        version = (
+            max(known, key=lambda v: int(v.version))
+            if known
+            else mlflow.register_model(model, name)
+        ).version
         client.set_registered_model_alias(name, alias, version)
     except mlflow.exceptions.MlflowException as error:
-        raise TrackingError(f"cannot register {model} as {name}@{alias} in {uri}: "
-                            f"{str(error).strip().splitlines()[0][:300]}") from None
-    log.info("%s is version %s of %s; alias %s points to it: models:/%s@%s", model, version,
-             name, alias, name, alias)
+        raise TrackingError(
+            f"cannot register {model} as {name}@{alias} in {uri}: "
+            f"{str(error).strip().splitlines()[0][:300]}"
+        ) from None
+    log.info(
+        "%s is version %s of %s; alias %s points to it: models:/%s@%s",
+        model,
+        version,
+        name,
+        alias,
+        name,
+        alias,
+    )
     return str(version)
 
 
@@ -224,8 +248,10 @@ def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | N
     wanted = (RunFolder.MODEL, RunFolder.CLASSES)
     files = {p.name: p for p in local.rglob("*") if p.name in wanted}
     if len(files) != 2:
-        raise TrackingError(f"{model} in {uri} is not a textclf model (no {' and '.join(wanted)} "
-                            "among its artifacts).")
+        raise TrackingError(
+            f"{model} in {uri} is not a textclf model (no {' and '.join(wanted)} "
+            "among its artifacts)."
+        )
     return files[RunFolder.MODEL], files[RunFolder.CLASSES], Model.load(local).run_id
 
 
@@ -244,8 +270,9 @@ def _registered(client: MlflowClient, model: str) -> None:
     reference = model.removeprefix("models:/")
     if reference == model or not ("@" in reference or "/" in reference):
         return  # runs:/..., or models:/<logged model id>
-    name, _, alias = reference.partition("@") if "@" in reference else (
-        reference.split("/")[0], "", "")
+    name, _, alias = (
+        reference.partition("@") if "@" in reference else (reference.split("/")[0], "", "")
+    )
     fix = f"make register RUN=<run id> NAME={name} ALIAS={alias or '<alias>'}"
     try:
         found = client.get_registered_model(name)
@@ -255,9 +282,11 @@ def _registered(client: MlflowClient, model: str) -> None:
         names = [m.name for m in client.search_registered_models(max_results=20)]
         raise TrackingError(
             f"{model}: {client.tracking_uri} has no registered model {name!r} (registered: "
-            f"{', '.join(names) or 'none'}); register a run's model: {fix}") from None
+            f"{', '.join(names) or 'none'}); register a run's model: {fix}"
+        ) from None
     if alias and alias not in found.aliases:
         aliases = ", ".join(f"{a} (version {v})" for a, v in sorted(found.aliases.items()))
         raise TrackingError(
             f"{model}: registered model {name!r} has no alias {alias!r} (its aliases: "
-            f"{aliases or 'none'}); point it at a version: {fix}")
+            f"{aliases or 'none'}); point it at a version: {fix}"
+        )

@@ -45,8 +45,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     """A tracking server answers /health at once; MLflow's own client retries for minutes."""
     problem = server_problem(uri, timeout)
     if problem:
-        raise TrackingError(f"the MLflow tracking server {uri!r} is not reachable ({problem}). "
-                            "Start it (make server) or fix tracking.uri.")
+        raise TrackingError(
+            f"the MLflow tracking server {uri!r} is not reachable ({problem}). "
+            "Start it (make server) or fix tracking.uri."
+        )
 
 
 class Unreachable(TrackingError):
@@ -58,8 +60,11 @@ def is_unreachable(error: BaseException) -> bool:
     503s from a proxy) in an MlflowException whose context is the `requests` error."""
     import requests
 
-    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            requests.exceptions.RetryError)
+    lost = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+    )
     seen: BaseException | None = error
     for _ in range(5):
         if seen is None:
@@ -98,20 +103,25 @@ class KeepsMetrics:
         except Exception as error:
             if not is_unreachable(error):
                 raise
-            (folder / RunFolder.PENDING).write_text(json.dumps([m.to_dictionary()
-                                                           for m in self.pending]))
+            (folder / RunFolder.PENDING).write_text(
+                json.dumps([m.to_dictionary() for m in self.pending])
+            )
             reason = server_problem(self.client.tracking_uri) or str(error).splitlines()[0][:200]
             raise Unreachable(
                 f"the MLflow tracking server {self.client.tracking_uri} is unreachable "
                 f"({reason}). Training finished; the model and metrics are saved in {folder}. "
                 f"Once the server is back, log them to run {self.run_id}: "
-                f"textclf log-model {folder}") from None
+                f"textclf log-model {folder}"
+            ) from None
 
     def log_epoch(self, epoch: int, logs: dict | None) -> None:
         """Keras epoch logs (loss, accuracy, val_*) at step = epoch number from 1; kept for
         later, and training goes on, while the tracking server is unreachable."""
-        items = [Metric(k, float(v), now_ms(), epoch + 1)
-                 for k, v in (logs or {}).items() if _is_number(v)]
+        items = [
+            Metric(k, float(v), now_ms(), epoch + 1)
+            for k, v in (logs or {}).items()
+            if _is_number(v)
+        ]
         if self.pending and server_problem(self.client.tracking_uri):
             self.pending += items  # still away: no second wait for MLflow's retries
             return
@@ -121,15 +131,16 @@ class KeepsMetrics:
             if not is_unreachable(error):
                 raise
             if not self.pending:
-                log.warning("the MLflow tracking server %s is unreachable: training goes on, "
-                            "epoch metrics are kept and sent once it is back",
-                            self.client.tracking_uri)
+                log.warning(
+                    "the MLflow tracking server %s is unreachable: training goes on, "
+                    "epoch metrics are kept and sent once it is back",
+                    self.client.tracking_uri,
+                )
             self.pending += items
             return
         if self.pending:
             log.info("the tracking server is back: sent %d kept metrics", len(self.pending))
         self.pending = []
-
 
 
 def _is_number(value: Any) -> bool:

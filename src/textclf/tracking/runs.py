@@ -89,10 +89,18 @@ def git_commit(cwd: str | Path | None = None) -> str:
 def _dataset(split: Lineage) -> Dataset:
     """A split as an MLflow dataset entity: its source (as MLflow's local-file and code sources
     write theirs), name, digest and row count, not its rows."""
-    source_type, source = (("code", {"tags": {"tfds": split.source.removeprefix(TFDS)}})
-                           if split.source.startswith(TFDS) else ("local", {"uri": split.source}))
-    return Dataset(split.name, split.digest, source_type, json.dumps(source),
-                   profile=json.dumps({"num_rows": split.rows}))
+    source_type, source = (
+        ("code", {"tags": {"tfds": split.source.removeprefix(TFDS)}})
+        if split.source.startswith(TFDS)
+        else ("local", {"uri": split.source})
+    )
+    return Dataset(
+        split.name,
+        split.digest,
+        source_type,
+        json.dumps(source),
+        profile=json.dumps({"num_rows": split.rows}),
+    )
 
 
 class Stopped(Exception):
@@ -139,9 +147,12 @@ class Run(KeepsMetrics):
         it, so two jobs of a parallel sweep logging the same split at once can both miss it
         and one insert fails (a unique-key error, answered as a 400 the client does not
         retry). The second attempt finds the row the other job wrote."""
-        inputs = [DatasetInput(_dataset(split),
-                               [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])])
-                  for split in splits]
+        inputs = [
+            DatasetInput(
+                _dataset(split), [InputTag(MLFLOW_DATASET_CONTEXT, context or CONTEXTS[split.name])]
+            )
+            for split in splits
+        ]
         try:
             self.client.log_inputs(self.run_id, datasets=inputs)
         except mlflow.exceptions.MlflowException as error:
@@ -267,15 +278,17 @@ def datasets(uri: str, experiment: str, run_ids: list[str]) -> dict[str, dict[st
     logged: dict[str, dict[str, Lineage]] = {}
     for i in range(0, len(run_ids) if found else 0, _BATCH):
         ids = ", ".join(f"'{r}'" for r in run_ids[i : i + _BATCH])
-        for run in client.search_runs([found.experiment_id], f"attributes.run_id IN ({ids})",
-                                      max_results=_BATCH):
+        for run in client.search_runs(
+            [found.experiment_id], f"attributes.run_id IN ({ids})", max_results=_BATCH
+        ):
             splits = {}
             for item in run.inputs.dataset_inputs if run.inputs else []:
                 context = {t.key: t.value for t in item.tags}.get(MLFLOW_DATASET_CONTEXT)
                 if context in CONTEXTS.values():
                     data, source = item.dataset, json.loads(item.dataset.source)
-                    where = (TFDS + source["tags"]["tfds"] if "tags" in source
-                             else source.get("uri", ""))
+                    where = (
+                        TFDS + source["tags"]["tfds"] if "tags" in source else source.get("uri", "")
+                    )
                     rows = json.loads(data.profile or "{}").get("num_rows", -1)
                     splits[data.name] = Lineage(data.name, where, rows, data.digest)
             if splits:

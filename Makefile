@@ -12,7 +12,7 @@ LOCK_EXTRAS := dev,postgres,optuna,ray
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock train resume sweep evidence tune baseline compare register evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint clean
+.PHONY: help install lock train resume sweep evidence tune baseline compare register evaluate predict bench gpu-check ui server postgres browser test test-fast test-rest lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -147,8 +147,13 @@ test-fast: ## The inner loop: unit, property and in-process pipeline tests on ti
 test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
 	$(BIN)/pytest -m "slow or e2e" -n 2 --dist loadfile
 
-lint: ## ruff
+lint: ## ruff: lint and formatting (make format applies it; pre-commit install runs both on commit)
 	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: ## Apply ruff's formatting and its safe lint fixes
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
 
 clean: ## Remove run outputs (keeps the MLflow store)
 	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep ! -name 'mlflow.db' ! -name mlartifacts -exec rm -rf {} +

@@ -156,24 +156,33 @@ def test_an_ngram_branch_on_bow_is_refused(make_config):
         make_config("model=bow", "model.ngram_branch=true")
 
 
-def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
-    """SparseTfIdf gives Keras' dense TextVectorization(output_mode="tf_idf") rows (vocabulary,
-    idf, out-of-vocabulary weight), each scaled so its present values have a root mean square
-    of SCALE (the NumPy formula below), kept sparse; saved and loaded with its vocabulary and
-    idf."""
+@pytest.mark.parametrize("weighting", ["tfidf", "sublinear"])
+def test_sparse_tf_idf_rows_are_tf_idf_rows_scaled(weighting):
+    """SparseTfIdf's rows are count (or 1 + log count) x Keras' idf (TextVectorization's
+    vocabulary, idf and out-of-vocabulary weight), each scaled so its present values have a
+    root mean square of SCALE (the NumPy formula below), kept sparse; saved and loaded with
+    its vocabulary and idf."""
     train = tf.constant(["1 2 3", "2 3 4 5", "5 6 7 2", "1 2", "8 9 2 3 3"])
     dense = keras.layers.TextVectorization(
         max_tokens=12, standardize=None, split="whitespace", ngrams=2, output_mode="tf_idf"
     )
     dense.adapt(train)
-    sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, rate=0.5)
+    counted = keras.layers.TextVectorization(
+        max_tokens=12, standardize=None, split="whitespace", ngrams=2, output_mode="count"
+    )
+    counted.adapt(train)
+    sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, rate=0.5, weighting=weighting)
     sparse.adapt(tf.data.Dataset.from_tensor_slices(train).batch(2))
     assert sparse.counts.get_vocabulary() == dense.get_vocabulary()
     texts = tf.constant(["1 2 3 3 77", "5 6", "99"])
-    tf_idf = dense(texts).numpy()
-    present = (tf_idf != 0).sum(axis=1, keepdims=True)
-    rms = np.sqrt((tf_idf**2).sum(axis=1, keepdims=True) / present)
-    expected = tf_idf * bow.SCALE / rms
+    counts = counted(texts).numpy().astype("float64")
+    idf = np.divide(dense(texts).numpy(), counts, out=np.zeros_like(counts), where=counts > 0)
+    term = counts if weighting == "tfidf" else 1 + np.log(np.maximum(counts, 1))
+    weighted = np.where(counts > 0, term * idf, 0)
+    present = (counts > 0).sum(axis=1, keepdims=True)
+    rms = np.sqrt((weighted**2).sum(axis=1, keepdims=True) / present)
+    expected = weighted * bow.SCALE / rms
+    assert (counts.max(axis=1) > 1).any()  # a repeated n-gram: the two weightings differ
     rows = sparse(texts)
     assert isinstance(rows, tf.SparseTensor)
     np.testing.assert_allclose(tf.sparse.to_dense(rows).numpy(), expected, rtol=1e-5)
@@ -192,3 +201,83 @@ def test_sparse_tf_idf_rows_are_keras_tf_idf_rows_scaled():
         net.save(f"{folder}/m.keras")
         loaded = keras.models.load_model(f"{folder}/m.keras", compile=False, safe_mode=True)
     np.testing.assert_allclose(loaded(texts).numpy(), net(texts).numpy(), rtol=1e-6)
+
+
+def test_nb_rows_are_binary_ngrams_times_log_count_ratios_at_unit_length():
+    """NBSVM's features (Wang & Manning 2012): a present n-gram's value is its log-count
+    ratio log((p / |p|1) / (q / |q|1)), p and q one plus the class-1 and class-0 training
+    rows holding it; each row then has unit length, and a saved layer keeps the ratios."""
+    train = tf.constant(["1 2", "1 3", "2 3 3", "4 4"])
+    labels = np.array([1, 1, 0, 0])
+    layer = bow.SparseTfIdf(ngrams=1, max_tokens=10, weighting="nb", norm="l2", scale=1.0)
+    layer.adapt(tf.data.Dataset.from_tensor_slices(train).batch(3), labels)
+    vocabulary = layer.counts.get_vocabulary()  # "[UNK]" first, then by frequency
+    holds = {w: [w in t.split() for t in train.numpy().astype(str)] for w in vocabulary}
+    p = np.array(
+        [1 + sum(h for h, y in zip(holds[w], labels, strict=True) if y == 1) for w in vocabulary]
+    )
+    q = np.array(
+        [1 + sum(h for h, y in zip(holds[w], labels, strict=True) if y == 0) for w in vocabulary]
+    )
+    ratio = np.log((p / p.sum()) / (q / q.sum()))
+    texts = tf.constant(["1 1 2", "4 9"])
+    present = np.array([[w in t.split() for w in vocabulary] for t in ["1 1 2", "4 9"]])
+    present[1, 0] = True  # "9" is out of vocabulary: the [UNK] column
+    expected = np.where(present, ratio, 0.0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(tf.sparse.to_dense(layer(texts)).numpy(), expected, rtol=1e-5)
+    assert ratio[vocabulary.index("1")] > 0 > ratio[vocabulary.index("4")]
+
+    inputs = keras.Input(shape=(), dtype="string")
+    net = keras.Model(inputs, layer(inputs))
+    with tempfile.TemporaryDirectory() as folder:
+        net.save(f"{folder}/m.keras")
+        loaded = keras.models.load_model(f"{folder}/m.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(tf.sparse.to_dense(loaded(texts)).numpy(), expected, rtol=1e-5)
+
+
+def test_bow_is_scikit_learns_logistic_regression_with_c_chosen_on_validation(make_config):
+    """`fit` solves the model's own rows for each C and keeps the best validation accuracy:
+    the Keras model then answers as scikit-learn's logistic regression of that C does."""
+    from sklearn.linear_model import LogisticRegression
+
+    from textclf.tokenize import Encoded
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(2, 40, size=rng.integers(3, 12)).tolist() for _ in range(160)]
+    labels = np.array([int(sum(i < 20 for i in row) * 2 > len(row)) for row in ids])
+    tokens = tf.ragged.constant(ids, dtype=tf.int32)
+    train = Encoded(tokens[:120], labels[:120], 0)
+    val = Encoded(tokens[120:], labels[120:], 0)
+    cfg = make_config("model=bow", "model.C_grid=[0.01,1.0,100.0]").model
+    net = models.build(cfg, models.ModelInputs(40, 2, "post", train.tokens, train.labels))
+    seen = []
+    history, _, kept, reason = bow.fit(
+        net,
+        train,
+        val,
+        cfg,
+        [
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: seen.append((epoch, logs["val_accuracy"]))
+            )
+        ],
+    )
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert history["val_accuracy"] == [acc for _, acc in seen]
+    best = int(np.argmax(history["val_accuracy"]))  # the first of the best
+    assert kept == best and f"C={[0.01, 1.0, 100.0][best]:g}" in reason
+
+    x_train = bow._rows(net.get_layer("ngrams"), train.tokens)
+    x_val = bow._rows(net.get_layer("ngrams"), val.tokens)
+    reference = LogisticRegression(C=[0.01, 1.0, 100.0][best], max_iter=1000)
+    reference.fit(x_train, train.labels)
+    got, expected = net(val.tokens.to_tensor()).numpy()[:, 0], reference.predict_proba(x_val)[:, 1]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_nb_weighting_needs_two_classes(make_config):
+    tokens = tf.ragged.constant([[2, 3], [3, 4], [4, 5]], dtype=tf.int32)
+    cfg = make_config("model=bow", "model.weighting=nb").model
+    with pytest.raises(Exception, match="model.weighting.*two classes"):
+        models.build(cfg, models.ModelInputs(10, 3, "post", tokens, np.array([0, 1, 2])))

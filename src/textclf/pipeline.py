@@ -115,8 +115,13 @@ def build(
 ) -> keras.Model:
     """The compiled classifier `cfg.model` names (models/), its variables placed by the
     distribution `strategy`."""
+    train_split = tokens.splits["train"]
     inputs = models.ModelInputs(
-        tokens.vocab_size, num_classes, cfg.batching.padding_side, tokens.splits["train"].tokens
+        tokens.vocab_size,
+        num_classes,
+        cfg.batching.padding_side,
+        train_split.tokens,
+        train_split.labels,
     )
     with (strategy or tf.distribute.get_strategy()).scope():
         return train.compile_model(models.build(cfg.model, inputs), num_classes, cfg.train)
@@ -124,14 +129,23 @@ def build(
 
 def fit(
     net: keras.Model,
+    tokens: Vectorized,
     batches: Batches,
     cfg: Config,
     on_epoch_end: Callable,
     checkpoint: Path,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> train.Fit:
-    steps = cfg.train.steps_per_epoch or batches.padding.batches
+    """Keras' loop over the batches, or the model's own solver (bow) on the token ids."""
     log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    solve = models.spec(cfg.model).fit
+    if solve is not None:
+        splits = tokens.splits
+        history, seconds, best, reason = solve(
+            net, splits["train"], splits["val"], cfg.model, [log_epoch, *callbacks]
+        )  # no optimizer steps: no steady-state rate (train_reviews_per_s is NaN)
+        return train.Fit(history, seconds, [0.0] * len(seconds), [0] * len(seconds), best, reason)
+    steps = cfg.train.steps_per_epoch or batches.padding.batches
     return train.fit(
         net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch, *callbacks], checkpoint
     )
@@ -236,7 +250,7 @@ def run(
 
         class_names = dataset.class_names
         net = build(cfg, tokens, len(class_names), strategy)
-        fitted = fit(net, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
+        fitted = fit(net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason
         )
@@ -245,9 +259,12 @@ def run(
         predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
         metrics |= costs(fitted, batches.padding)
-        # epochs_run below it: early stopping ended training, not the limit
-        metrics["epoch_limit"] = train.epoch_limit(
-            cfg.train, cfg.train.steps_per_epoch or batches.padding.batches
+        # epochs_run below it: early stopping ended training, not the limit (a solved model's
+        # "epochs" are its C values, all of them tried)
+        metrics["epoch_limit"] = (
+            len(fitted.epoch_seconds)
+            if models.spec(cfg.model).fit
+            else train.epoch_limit(cfg.train, cfg.train.steps_per_epoch or batches.padding.batches)
         )
 
         export(tokens, net, class_names, cfg, folder)

@@ -1,6 +1,7 @@
 """The models, one module each, and the one registry line per model that makes it
-`model=<name>`: a config class (its defaults and checks), a build function and, if the served
-network differs from the trained one, a serving function. A new model is a module here, a
+`model=<name>`: a config class (its defaults and checks), a build function, if the served
+network differs from the trained one a serving function, and if it is not trained by Keras'
+loop a fit function. A new model is a module here, a
 `conf/model/<name>.yaml` and a line below."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from . import bow, lstm
 from .base import REGISTRY, ModelInputs, register, spec
 
 register(lstm.LstmConfig, lstm.build, lstm.serving)
-register(bow.BowConfig, bow.build)
+register(bow.BowConfig, bow.build, fit=bow.fit)
 
 
 def build(cfg: ModelConfig, inputs: ModelInputs) -> keras.Model:
@@ -25,4 +26,4 @@ def serving(net: keras.Model, cfg: ModelConfig) -> keras.Model:
     return spec(cfg).serving(net, cfg)
 
 
-__all__ = ["REGISTRY", "ModelInputs", "build", "register", "serving"]
+__all__ = ["REGISTRY", "ModelInputs", "build", "register", "serving", "spec"]

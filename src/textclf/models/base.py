@@ -2,8 +2,11 @@
 
 A model is a config class (a `ModelConfig` subclass with a `name`), a `build(cfg, inputs)`
 function returning an uncompiled Keras model from padded token ids [batch, time] to class
-probabilities, and optionally a `serving(net, cfg)` function turning the trained network into
-the one `model.keras` runs. `models/__init__.py` registers the project's own.
+probabilities, optionally a `serving(net, cfg)` function turning the trained network into
+the one `model.keras` runs, and optionally a `fit(net, train, val, cfg, callbacks)` function
+that fits it by its own solver instead of Keras' training loop (bow's logistic regression),
+returning (history, seconds per step of the solver, index of the kept step, stop reason).
+`models/__init__.py` registers the project's own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class ModelInputs:
     num_classes: int  # 2: one sigmoid output; more: a softmax over them
     padding_side: str  # post | pre: where the batches carry their padding
     train_tokens: Any = None  # tf.RaggedTensor of the training rows' ids (for adapted layers)
+    train_labels: Any = None  # np.ndarray of their class ids, in the same order
 
 
 @dataclass
@@ -32,16 +36,22 @@ class Model:
     config: type[ModelConfig]
     build: Callable[[Any, ModelInputs], keras.Model]
     serving: Callable[[keras.Model, Any], keras.Model] = lambda net, cfg: net
+    fit: Callable | None = None  # None: Keras' training loop (train.fit)
 
 
 REGISTRY: dict[str, Model] = {}
 
 
-def register(config: type[ModelConfig], build: Callable, serving: Callable | None = None) -> None:
+def register(
+    config: type[ModelConfig],
+    build: Callable,
+    serving: Callable | None = None,
+    fit: Callable | None = None,
+) -> None:
     """Make a model buildable by `build`; the entry point also gives Hydra its config as the
     `<name>_schema` of the `model` group, which `conf/model/<name>.yaml` starts from
     (`model=<name>` selects it)."""
-    REGISTRY[config.name] = Model(config, build, *([serving] if serving else []))
+    REGISTRY[config.name] = Model(config, build, serving or Model.serving, fit)
 
 
 def spec(cfg: ModelConfig) -> Model:

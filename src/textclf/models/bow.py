@@ -1,36 +1,49 @@
-"""The bag-of-n-grams baseline (`model=bow`): tf-idf weighted word n-grams → one Dense layer,
-and the same features for the LSTM's n-gram branch.
+"""The bag-of-n-grams model (`model=bow`): weighted word n-grams → one linear layer, fitted
+to convergence by scikit-learn's logistic regression; and the same features for the LSTM's
+n-gram branch, trained there with the LSTM.
 
 It reads the same padded token ids as the LSTM, so batching, evaluation, export (raw strings
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
-of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse tf-idf
-n-gram rows. Each row is rescaled as scikit-learn's `TfidfVectorizer` rescales to unit
-length, but to a scale at which the LSTM's learning rate trains it in a few epochs (`SCALE`).
-Words outside `tokenize.vocab_size` share the OOV id, and `tokenize.max_length` truncates, as
-for the LSTM.
+of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse n-gram
+rows: for bow, sublinear tf-idf (1 + log count, times idf), or for two classes NB-weighted
+binary n-grams (NBSVM's log-count ratios, Wang & Manning 2012). Words outside `tokenize.vocab_size`
+share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
+
+Why a solver and not Keras' loop: the model is convex, and a few Adam epochs with dropout
+stopped early reach less than the converged optimum with a regularisation strength chosen
+on validation (IMDB: 0.898 against 0.906 for the same kind of features in scikit-learn,
+docs/other_data.md). `fit` solves it for each C of `model.C_grid`, keeps the C with the best
+validation accuracy, and writes the weights into the Keras layer that is exported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from ..config import ModelConfig, check
+from ..config import ModelConfig, check, one_of
 from .base import ModelInputs
 
-# The root mean square of a row's present n-gram weights. The row's direction is kept (what
-# unit length gives), at a size that suits Adam at the template's learning rate: with unit
-# length a 300-n-gram review's values are ~0.06 and training takes tens of epochs on IMDB; with
-# an RMS of 8, 20 epochs (test accuracy 0.900); with 32, about 7 (docs/other_data.md). A logit
-# moves about SCALE times faster per step, as with a learning rate SCALE times larger, so
-# `train.learning_rate` stays one setting for every model.
+if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `fit`
+    import scipy.sparse
+    from sklearn.linear_model import LogisticRegression
+
+    from ..tokenize import Encoded
+
+# The LSTM's n-gram branch trains with Adam beside the LSTM: its rows are scaled so their
+# present values have this root mean square. The row's direction is kept (what unit length
+# gives), at a size that suits Adam at the template's learning rate: with unit length a
+# 300-n-gram review's values are ~0.06 and training takes tens of epochs on IMDB; with 32,
+# about 7 (docs/other_data.md). bow's rows have unit length, as scikit-learn's.
 SCALE = 32.0
+WEIGHTING = ("auto", "tfidf", "nb")
 
 
 @dataclass
@@ -38,7 +51,7 @@ class Ngrams:
     """The n-gram features' settings, shared by bow and the LSTM's n-gram branch."""
 
     ngrams: int = 2  # word n-grams up to this length
-    # the most frequent n-grams of the training texts kept (a sparse tf-idf row each)
+    # the most frequent n-grams of the training texts kept (a sparse row each)
     ngram_vocab: int = 100000
 
     def __post_init__(self) -> None:
@@ -48,14 +61,25 @@ class Ngrams:
 
 @dataclass
 class BowConfig(Ngrams, ModelConfig):
-    """`model=bow`: a linear classifier on tf-idf weighted word n-grams of the token ids."""
+    """`model=bow`: logistic (softmax) regression on weighted word n-grams of the token ids."""
 
     name: ClassVar[str] = "bow"
-    dropout: float = 0.3  # of each row's present n-grams, while training
+    # tfidf: sublinear tf-idf; nb: binary n-grams times NB log-count ratios (two classes);
+    # auto: nb for two classes, tfidf for more (docs/other_data.md has both measured)
+    weighting: str = "auto"
+    # scikit-learn's C (inverse L2 strength) tried; the best validation accuracy is kept
+    C_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    max_iter: int = 1000  # L-BFGS iterations per C
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        one_of(self.weighting, "model.weighting", WEIGHTING)
+        check(
+            len(self.C_grid) > 0 and all(c > 0 for c in self.C_grid),
+            "model.C_grid",
+            f"must be one or more values > 0, got {list(self.C_grid)}",
+        )
+        check(self.max_iter > 0, "model.max_iter", f"must be > 0, got {self.max_iter}")
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -78,16 +102,20 @@ def words(ids: tf.RaggedTensor) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="textclf")
 class SparseTfIdf(layers.Layer):
-    """Id-word strings → sparse [batch, n-grams] tf-idf rows, each scaled so its present
-    values have a root mean square of `scale`, with `rate` of them dropped while training.
+    """Id-word strings → sparse [batch, n-grams] weighted rows, each scaled to a size, with
+    `rate` of their present values dropped while training.
 
-    The values are those of `TextVectorization(output_mode="tf_idf")` (counts × Keras' idf,
-    `log(1 + documents / (1 + document count))`, the mean idf for out-of-vocabulary n-grams),
-    but sparse: a dense row is `ngram_vocab` floats, and building, scaling, dropping out and
-    multiplying 256 of them took ~8× the time of the sparse rows (docs/design.md). Keras'
-    own sparse tf_idf fails when called (a GatherNd on its idf weights), so this counts n-grams
-    with `output_mode="count", sparse=True` and weighs them itself. `adapt` sets the
-    vocabulary and idf from training rows; model.keras saves both.
+    A present n-gram's value is, with `weighting="tfidf"`, count × idf, Keras'
+    `log(1 + documents / (1 + document count))` (the mean idf for out-of-vocabulary n-grams;
+    the LSTM's n-gram branch, as measured); with `"sublinear"`, (1 + log count) × idf;
+    with `"nb"`, 1 × its NB log-count ratio `log((p / |p|₁) / (q / |q|₁))`, p and q the
+    training rows containing it of class 1 and class 0, plus 1 (NBSVM). Rows are then scaled
+    to length `scale` (`norm="l2"`, as scikit-learn's) or so that their present values have a
+    root mean square of `scale` (`norm="rms"`, for Adam: see SCALE). The rows stay sparse: a
+    dense row is `max_tokens` floats, and building and multiplying 256 of them took ~8× the
+    time (docs/design.md). Keras' own sparse tf_idf fails when called (a GatherNd on its idf
+    weights), so this counts n-grams with `output_mode="count", sparse=True` and weighs them
+    itself. `adapt` sets the vocabulary and weights from training rows; model.keras saves both.
     """
 
     def __init__(
@@ -97,11 +125,13 @@ class SparseTfIdf(layers.Layer):
         size: int = 1,
         scale: float = SCALE,
         rate: float = 0.0,
+        weighting: str = "tfidf",
+        norm: str = "rms",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.ngrams, self.max_tokens, self.size = ngrams, max_tokens, size
-        self.scale, self.rate = scale, rate
+        self.scale, self.rate, self.weighting, self.norm = scale, rate, weighting, norm
         self.counts = layers.TextVectorization(
             max_tokens=max_tokens,
             standardize=None,
@@ -112,39 +142,49 @@ class SparseTfIdf(layers.Layer):
             name="ngram_counts",
         )
         self.seed = keras.random.SeedGenerator()
-        self._adapted_idf: np.ndarray | None = None
+        self._adapted: np.ndarray | None = None
 
     def build(self, input_shape) -> None:
-        self.idf = self.add_weight(
+        self.weight = self.add_weight(
             shape=(self.size,), initializer="ones", trainable=False, name="idf"
         )
-        if self._adapted_idf is not None:
-            self.idf.assign(self._adapted_idf)
+        if self._adapted is not None:
+            self.weight.assign(self._adapted)
 
-    def adapt(self, texts: tf.data.Dataset) -> None:
-        """Vocabulary (the `max_tokens` most frequent n-grams) and idf from batches of texts;
-        a layer is adapted once, before it is called."""
+    def adapt(self, texts: tf.data.Dataset, labels: np.ndarray | None = None) -> None:
+        """Vocabulary (the `max_tokens` most frequent n-grams) and weights from batches of
+        texts (`labels`, 0 or 1 per text in order, for "nb"); adapted once, before a call."""
         self.counts.adapt(texts)
         size = self.counts.vocabulary_size()
-        documents, frequency = 0, np.zeros(size, np.int64)
+        documents, frequency, start = 0, np.zeros((2, size), np.int64), 0
         for batch in texts:
-            columns = self.counts(batch).indices[:, 1].numpy()  # one entry per (row, n-gram)
-            frequency += np.bincount(columns, minlength=size)
+            sparse = self.counts(batch)
+            rows, columns = sparse.indices[:, 0].numpy(), sparse.indices[:, 1].numpy()
+            group = np.zeros_like(rows) if labels is None else labels[start + rows]
+            np.add.at(frequency, (group, columns), 1)  # one per (row, n-gram)
             documents += int(batch.shape[0])
-        idf = np.log1p(documents / (1.0 + frequency[1:]))
+            start += int(batch.shape[0])
         self.size = size
-        self._adapted_idf = np.concatenate([[idf.mean() if len(idf) else 1.0], idf])
+        if self.weighting == "nb":
+            p, q = frequency[1] + 1.0, frequency[0] + 1.0
+            self._adapted = np.log((p / p.sum()) / (q / q.sum()))
+        else:
+            idf = np.log1p(documents / (1.0 + frequency.sum(axis=0)[1:]))
+            self._adapted = np.concatenate([[idf.mean() if len(idf) else 1.0], idf])
 
     def call(self, texts, training=False):
         counts = self.counts(texts)
-        values = ops.cast(counts.values, self.compute_dtype) * ops.take(
-            self.idf, counts.indices[:, 1]
-        )
-        rows, present = counts.indices[:, 0], ops.ones_like(values)
-        batch = ops.shape(texts)[0]
+        weight = ops.take(self.weight, counts.indices[:, 1])
+        count = ops.cast(counts.values, self.compute_dtype)
+        if self.weighting == "sublinear":
+            count = 1 + ops.log(count)
+        values = weight * (ops.ones_like(count) if self.weighting == "nb" else count)
+        rows, batch = counts.indices[:, 0], ops.shape(texts)[0]
         squares = tf.math.unsorted_segment_sum(ops.square(values), rows, batch)
-        count = tf.math.unsorted_segment_sum(present, rows, batch)
-        values = values * ops.take(self.scale * ops.sqrt(count / ops.maximum(squares, 1e-12)), rows)
+        size = squares
+        if self.norm == "rms":
+            size = squares / tf.math.unsorted_segment_sum(ops.ones_like(values), rows, batch)
+        values = values * ops.take(self.scale / ops.sqrt(ops.maximum(size, 1e-12)), rows)
         if training and self.rate:
             keep = keras.random.uniform(ops.shape(values), seed=self.seed) >= self.rate
             values = ops.where(keep, values / (1.0 - self.rate), ops.zeros_like(values))
@@ -160,26 +200,129 @@ class SparseTfIdf(layers.Layer):
             "size": self.size,
             "scale": self.scale,
             "rate": self.rate,
+            "weighting": self.weighting,
+            "norm": self.norm,
         }
 
 
-def ngram_features(train_tokens: tf.RaggedTensor, cfg: Ngrams, dropout: float) -> Callable:
-    """Padded ids → sparse scaled tf-idf n-gram rows (`dropout` of them in training), the
-    vocabulary and document frequencies adapted on `train_tokens` (the training rows' ids,
-    unpadded); for bow and the LSTM's n-gram branch."""
-    if train_tokens is None:
+def ngram_features(
+    inputs: ModelInputs,
+    cfg: Ngrams,
+    dropout: float = 0.0,
+    weighting: str = "tfidf",
+    norm: str = "rms",
+    scale: float = SCALE,
+) -> Callable:
+    """Padded ids → sparse weighted n-gram rows (`dropout` of them in training), the
+    vocabulary and weights adapted on the training rows' ids (and labels, for "nb"); for bow
+    and the LSTM's n-gram branch."""
+    if inputs.train_tokens is None:
         raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
-    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, rate=dropout, dtype="float32", name="ngrams")
-    tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(train_tokens)).batch(1024))
+    tfidf = SparseTfIdf(
+        cfg.ngrams,
+        cfg.ngram_vocab,
+        scale=scale,
+        rate=dropout,
+        weighting=weighting,
+        norm=norm,
+        dtype="float32",
+        name="ngrams",
+    )
+    labels = None if weighting != "nb" else np.asarray(inputs.train_labels)
+    tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(inputs.train_tokens)).batch(1024), labels)
     id_words = IdWords(name="id_words")
     return lambda tokens: tfidf(id_words(tokens))
 
 
+def weighting(cfg: BowConfig, num_classes: int) -> str:
+    """The layer's weighting `cfg.weighting` means for `num_classes` classes (bow's tf-idf is
+    sublinear: raw counts cost 8.5 points on long articles, docs/other_data.md)."""
+    if cfg.weighting == "auto":
+        return "nb" if num_classes == 2 else "sublinear"
+    check(
+        cfg.weighting != "nb" or num_classes == 2,
+        "model.weighting",
+        f"nb weighs n-grams by two classes' counts; this data has {num_classes}: use tfidf",
+    )
+    return "sublinear" if cfg.weighting == "tfidf" else cfg.weighting
+
+
 def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
-    """An uncompiled model from padded int ids to class probabilities (see `ngram_features`)."""
+    """An uncompiled model from padded int ids to class probabilities (see `ngram_features`);
+    its weights are set by `fit`."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    features = ngram_features(inputs.train_tokens, cfg, cfg.dropout)(tokens)
+    how = weighting(cfg, inputs.num_classes)
+    features = ngram_features(inputs, cfg, weighting=how, norm="l2", scale=1.0)(tokens)
     return keras.Model(tokens, head([features], inputs.num_classes), name="bow")
+
+
+def fit(
+    net: keras.Model,
+    train: Encoded,
+    val: Encoded,
+    cfg: BowConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[dict[str, list[float]], list[float], int, str]:
+    """Logistic (softmax) regression on the model's own n-gram rows, solved by scikit-learn's
+    L-BFGS for each C of `cfg.C_grid` (an "epoch" each in the history and MLflow's per-step
+    metrics); the C with the best validation accuracy (ties: the smaller) is written into the
+    model's linear layer. Returns the history, seconds per C, the kept C's index and why."""
+    from sklearn.linear_model import LogisticRegression
+
+    ngrams = net.get_layer("ngrams")
+    x_train, x_val = _rows(ngrams, train.tokens), _rows(ngrams, val.tokens)
+    history: dict[str, list[float]] = {}
+    seconds, kept, best = [], None, 0
+    for i, c in enumerate(sorted(cfg.C_grid)):
+        started = time.perf_counter()
+        model = LogisticRegression(C=c, max_iter=cfg.max_iter).fit(x_train, train.labels)
+        seconds.append(time.perf_counter() - started)
+        logs = _scores(model, x_train, train.labels) | {
+            f"val_{k}": v for k, v in _scores(model, x_val, val.labels).items()
+        }
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        for callback in callbacks:
+            callback.set_model(net)
+            callback.on_epoch_end(i, logs)
+        if kept is None or logs["val_accuracy"] > history["val_accuracy"][best]:
+            kept, best = (c, model.coef_.copy(), model.intercept_.copy()), i
+    if len(model.classes_) != net.output_shape[-1] and net.output_shape[-1] != 1:
+        raise ValueError(
+            f"bow: the training rows hold {len(model.classes_)} classes of "
+            f"{net.output_shape[-1]}; every class needs training rows"
+        )
+    c, coef, intercept = kept
+    net.get_layer("logits").set_weights([coef.T.astype("float32"), intercept.astype("float32")])
+    return history, seconds, best, f"solved: C={c:g} of model.C_grid, the best validation accuracy"
+
+
+def _rows(
+    ngrams: SparseTfIdf, tokens: tf.RaggedTensor, batch: int = 4096
+) -> scipy.sparse.csr_matrix:
+    """The n-gram rows of ragged ids, as scikit-learn reads them."""
+    import scipy.sparse
+
+    parts = []
+    for start in range(0, int(tokens.nrows()), batch):
+        rows = ngrams(words(tokens[start : start + batch]))
+        index = rows.indices.numpy()
+        parts.append(
+            scipy.sparse.csr_matrix(
+                (rows.values.numpy(), (index[:, 0], index[:, 1])), shape=rows.dense_shape.numpy()
+            )
+        )
+    return scipy.sparse.vstack(parts).tocsr()
+
+
+def _scores(model: LogisticRegression, x: scipy.sparse.csr_matrix, y: np.ndarray) -> dict:
+    from sklearn.metrics import log_loss
+
+    probabilities = model.predict_proba(x)
+    return {
+        "loss": float(log_loss(y, probabilities, labels=model.classes_)),
+        "accuracy": float((model.classes_[probabilities.argmax(axis=1)] == y).mean()),
+    }
 
 
 def head(features: list, num_classes: int):

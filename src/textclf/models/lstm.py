@@ -160,7 +160,7 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     x = _pool(x, cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     if cfg.ngram_branch:  # wide and deep: one linear head over both
-        ngrams = bow.ngram_features(inputs.train_tokens, cfg, cfg.dropout)
+        ngrams = bow.ngram_features(inputs, cfg, cfg.dropout)
         return keras.Model(
             tokens,
             bow.head([x, ngrams(tokens)], inputs.num_classes),

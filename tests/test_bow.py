@@ -28,7 +28,8 @@ from .conftest import compose_config, reviews, write_csv
 
 # (override, model tag, run name)
 MODELS = {
-    "bow": ("model=bow", "bow", "bow-bucket"),
+    "bow": ("model=bow", "bow", "bow-bucket"),  # two classes: NB weights (weighting=auto)
+    "bow-tfidf": ("model=bow model.weighting=tfidf", "bow", "bow-bucket"),
     "lstm+ngrams": (
         "model=lstm model.units=8 model.embedding_dim=16",
         "lstm+ngrams",
@@ -83,6 +84,20 @@ def test_the_ngram_branch_sits_beside_the_lstm(run):
     exported = names(inference.Classifier.from_files(run.out / "model.keras").model)
     assert {"ngrams", "id_words"} <= exported
     assert ("bilstm" in exported) == (run.tag == "lstm+ngrams")
+
+
+def test_each_model_weighs_its_ngrams_as_configured(run, request):
+    """bow on two classes: NB ratios (auto); asked for tf-idf: sublinear; the LSTM's branch:
+    raw counts, as it was measured."""
+    net = inference.Classifier.from_files(run.out / "model.keras").model
+    [ngrams] = [layer for layer in _layers(net) if layer.name == "ngrams"]
+    expected = {"bow": "nb", "bow-tfidf": "sublinear", "lstm+ngrams": "tfidf"}
+    assert ngrams.weighting == expected[request.node.callspec.params["run"]]
+    assert ngrams.norm == ("rms" if run.tag == "lstm+ngrams" else "l2")
+
+
+def _layers(layer) -> list:
+    return [layer, *(x for inner in getattr(layer, "layers", []) for x in _layers(inner))]
 
 
 def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifier(run):

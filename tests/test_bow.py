@@ -78,10 +78,8 @@ def test_single_reviews_served_answer_like_the_batched_evaluation(run):
 
 
 def test_the_ngram_branch_sits_beside_the_lstm(run):
-    def names(layer) -> set[str]:
-        return {layer.name}.union(*(names(inner) for inner in getattr(layer, "layers", [])))
-
-    exported = names(inference.Classifier.from_files(run.out / "model.keras").model)
+    net = inference.Classifier.from_files(run.out / "model.keras").model
+    exported = {layer.name for layer in _layers(net)}
     assert {"ngrams", "id_words"} <= exported
     assert ("bilstm" in exported) == (run.tag == "lstm+ngrams")
 

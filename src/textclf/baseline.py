@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from . import data, evaluate, tokenize, tracking
 from .config import BaselineConfig, TokenizeConfig, flatten
+from .models import bow
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,16 @@ def choose_c(
     accuracy (ties: the smaller C), with every C's validation accuracy."""
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     x_train, x_val = vectorizer.fit_transform(train.texts), vectorizer.transform(val.texts)
-    accuracy, best = {}, None
-    for c in sorted(cfg.C_grid):
-        model = LogisticRegression(C=c, max_iter=cfg.max_iter).fit(x_train, train.labels)
-        accuracy[c] = float((model.predict(x_val) == val.labels).mean())
-        log.info("C=%g: validation accuracy %.4f", c, accuracy[c])
-        if best is None or accuracy[c] > accuracy[best[0]]:
-            best = (c, model)
-    return vectorizer, best[1], accuracy
+    model, history, _, _ = bow.solve(
+        x_train,
+        train.labels,
+        x_val,
+        val.labels,
+        cfg.C_grid,
+        cfg.max_iter,
+        lambda i, c, logs: log.info("C=%g: validation accuracy %.4f", c, logs["val_accuracy"]),
+    )
+    return vectorizer, model, dict(zip(sorted(cfg.C_grid), history["val_accuracy"], strict=True))
 
 
 def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, float]:

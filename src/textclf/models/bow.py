@@ -31,7 +31,7 @@ from keras import layers, ops
 from ..config import ModelConfig, check, one_of
 from .base import ModelInputs
 
-if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `fit`
+if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `solve`
     import scipy.sparse
     from sklearn.linear_model import LogisticRegression
 
@@ -156,14 +156,13 @@ class SparseTfIdf(layers.Layer):
         texts (`labels`, 0 or 1 per text in order, for "nb"); adapted once, before a call."""
         self.counts.adapt(texts)
         size = self.counts.vocabulary_size()
-        documents, frequency, start = 0, np.zeros((2, size), np.int64), 0
+        documents, frequency = 0, np.zeros(2 * size, np.int64)  # rows holding it, per class
         for batch in texts:
-            sparse = self.counts(batch)
-            rows, columns = sparse.indices[:, 0].numpy(), sparse.indices[:, 1].numpy()
-            group = np.zeros_like(rows) if labels is None else labels[start + rows]
-            np.add.at(frequency, (group, columns), 1)  # one per (row, n-gram)
+            index = self.counts(batch).indices.numpy()  # one entry per (row, n-gram)
+            group = 0 if labels is None else labels[documents + index[:, 0]]
+            frequency += np.bincount(group * size + index[:, 1], minlength=2 * size)
             documents += int(batch.shape[0])
-            start += int(batch.shape[0])
+        frequency = frequency.reshape(2, size)
         self.size = size
         if self.weighting == "nb":
             p, q = frequency[1] + 1.0, frequency[0] + 1.0
@@ -178,7 +177,7 @@ class SparseTfIdf(layers.Layer):
         count = ops.cast(counts.values, self.compute_dtype)
         if self.weighting == "sublinear":
             count = 1 + ops.log(count)
-        values = weight * (ops.ones_like(count) if self.weighting == "nb" else count)
+        values = weight if self.weighting == "nb" else weight * count
         rows, batch = counts.indices[:, 0], ops.shape(texts)[0]
         squares = tf.math.unsorted_segment_sum(ops.square(values), rows, batch)
         size = squares
@@ -263,38 +262,65 @@ def fit(
     cfg: BowConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[dict[str, list[float]], list[float], int, str]:
-    """Logistic (softmax) regression on the model's own n-gram rows, solved by scikit-learn's
-    L-BFGS for each C of `cfg.C_grid` (an "epoch" each in the history and MLflow's per-step
-    metrics); the C with the best validation accuracy (ties: the smaller) is written into the
-    model's linear layer. Returns the history, seconds per C, the kept C's index and why."""
-    from sklearn.linear_model import LogisticRegression
-
+    """Logistic (softmax) regression on the model's own n-gram rows (`solve`; each C an
+    "epoch" in the history and MLflow's per-step metrics), the kept C's weights written into
+    the model's linear layer. Returns the history, seconds per C, the kept C's index and why."""
     ngrams = net.get_layer("ngrams")
-    x_train, x_val = _rows(ngrams, train.tokens), _rows(ngrams, val.tokens)
-    history: dict[str, list[float]] = {}
-    seconds, kept, best = [], None, 0
-    for i, c in enumerate(sorted(cfg.C_grid)):
-        started = time.perf_counter()
-        model = LogisticRegression(C=c, max_iter=cfg.max_iter).fit(x_train, train.labels)
-        seconds.append(time.perf_counter() - started)
-        logs = _scores(model, x_train, train.labels) | {
-            f"val_{k}": v for k, v in _scores(model, x_val, val.labels).items()
-        }
-        for key, value in logs.items():
-            history.setdefault(key, []).append(value)
+
+    def on_step(i: int, c: float, logs: dict[str, float]) -> None:
         for callback in callbacks:
             callback.set_model(net)
             callback.on_epoch_end(i, logs)
+
+    kept, history, seconds, best = solve(
+        _rows(ngrams, train.tokens),
+        train.labels,
+        _rows(ngrams, val.tokens),
+        val.labels,
+        cfg.C_grid,
+        cfg.max_iter,
+        on_step,
+    )
+    weights = [kept.coef_.T.astype("float32"), kept.intercept_.astype("float32")]
+    net.get_layer("logits").set_weights(weights)
+    return (
+        history,
+        seconds,
+        best,
+        f"solved: C={kept.C:g} of model.C_grid, the best validation accuracy",
+    )
+
+
+def solve(
+    x_train,
+    y_train: np.ndarray,
+    x_val,
+    y_val: np.ndarray,
+    grid: Sequence[float],
+    max_iter: int,
+    on_step: Callable[[int, float, dict[str, float]], None] | None = None,
+) -> tuple[LogisticRegression, dict[str, list[float]], list[float], int]:
+    """scikit-learn's L-BFGS logistic regression for each C of `grid`, rising; the model of
+    the best validation accuracy (ties: the smaller C), each C's training and validation loss
+    and accuracy, its seconds, and the kept C's index. bow and the reference both choose so."""
+    from sklearn.linear_model import LogisticRegression
+
+    history: dict[str, list[float]] = {}
+    seconds, kept, best = [], None, 0
+    for i, c in enumerate(sorted(grid)):
+        started = time.perf_counter()
+        model = LogisticRegression(C=c, max_iter=max_iter).fit(x_train, y_train)
+        seconds.append(time.perf_counter() - started)
+        logs = _scores(model, x_train, y_train) | {
+            f"val_{k}": v for k, v in _scores(model, x_val, y_val).items()
+        }
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        if on_step:
+            on_step(i, c, logs)
         if kept is None or logs["val_accuracy"] > history["val_accuracy"][best]:
-            kept, best = (c, model.coef_.copy(), model.intercept_.copy()), i
-    if len(model.classes_) != net.output_shape[-1] and net.output_shape[-1] != 1:
-        raise ValueError(
-            f"bow: the training rows hold {len(model.classes_)} classes of "
-            f"{net.output_shape[-1]}; every class needs training rows"
-        )
-    c, coef, intercept = kept
-    net.get_layer("logits").set_weights([coef.T.astype("float32"), intercept.astype("float32")])
-    return history, seconds, best, f"solved: C={c:g} of model.C_grid, the best validation accuracy"
+            kept, best = model, i
+    return kept, history, seconds, best
 
 
 def _rows(

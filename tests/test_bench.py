@@ -43,13 +43,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((out / "latest.json").read_text())
-    assert set(report["strategies"]) == {
-        "fixed",
-        "per_batch",
-        "bucket",
-        "exact",
-        "bucket/ngram-branch",
-    }
+    assert set(report["strategies"]) == {"fixed", "per_batch", "bucket", "exact"}
     for name, result in report["strategies"].items():
         for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s", "peak_rss_mb"):
             assert result[key] > 0, (name, key)
@@ -78,7 +72,6 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     table = (out / "latest.md").read_text()
     assert "| per_batch |" in table and "× fixed" in table and table in done.stdout
     assert "- `fused`: " in table and "- `trained`: " in table
-    assert "The n-gram branch (`model.ngram_branch=true`, the training default) beside" in table
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("bench").experiment_id])

@@ -1,5 +1,5 @@
-"""`model=bow`, the bag-of-n-grams baseline, and the LSTM with its n-gram branch
-(`model.ngram_branch=true`): each trains, exports, predicts and serves like the LSTM.
+"""`model=bow`, the bag-of-n-grams baseline, and the LSTM mixed with it (late fusion,
+`model.ngram_branch=true`): each trains, exports, predicts and serves like the LSTM.
 
 One in-process run per model on tiny separable reviews (tests/conftest.py) is shared by the
 tests."""
@@ -81,17 +81,30 @@ def test_the_ngram_branch_sits_beside_the_lstm(run):
     net = inference.Classifier.from_files(run.out / "model.keras").model
     exported = {layer.name for layer in _layers(net)}
     assert {"ngrams", "id_words"} <= exported
-    assert ("bilstm" in exported) == (run.tag == "lstm+ngrams")
+    assert ("bilstm" in exported) == ("mix" in exported) == (run.tag == "lstm+ngrams")
+
+
+def test_late_fusion_logs_what_its_halves_and_their_mix_scored_on_validation(run):
+    if run.tag != "lstm+ngrams":
+        assert "mix_lstm" not in run.metrics
+        return
+    for half in ("lstm", "ngrams", "mixed"):
+        assert 0.5 <= run.metrics[f"val_accuracy_{half}"] <= 1
+    assert run.metrics["ngrams_C"] in bow.BowConfig().C_grid
+    net = inference.Classifier.from_files(run.out / "model.keras").model
+    [mix] = [layer for layer in _layers(net) if layer.name == "mix"]
+    np.testing.assert_allclose(
+        mix.scales.numpy(), [run.metrics["mix_lstm"], run.metrics["mix_ngrams"]], rtol=1e-6
+    )
 
 
 def test_each_model_weighs_its_ngrams_as_configured(run, request):
-    """bow on two classes: NB ratios (auto); asked for tf-idf: sublinear; the LSTM's branch:
-    raw counts, as it was measured."""
+    """Two classes: NB ratios (auto, for bow and the LSTM's mix alike); asked for tf-idf:
+    sublinear tf-idf."""
     net = inference.Classifier.from_files(run.out / "model.keras").model
     [ngrams] = [layer for layer in _layers(net) if layer.name == "ngrams"]
-    expected = {"bow": "nb", "bow-tfidf": "sublinear", "lstm+ngrams": "tfidf"}
+    expected = {"bow": "nb", "bow-tfidf": "tfidf", "lstm+ngrams": "nb"}
     assert ngrams.weighting == expected[request.node.callspec.params["run"]]
-    assert ngrams.norm == ("rms" if run.tag == "lstm+ngrams" else "l2")
 
 
 def _layers(layer) -> list:
@@ -158,10 +171,9 @@ def test_ids_become_the_same_words_whatever_the_padding_side():
     assert bow.IdWords()(pre).numpy().tolist() == expected
 
 
-@pytest.mark.parametrize("override", ["model=bow", "model.ngram_branch=true"])
-def test_ngrams_outside_training_are_a_clear_error(make_config, override):
+def test_ngrams_outside_training_are_a_clear_error(make_config):
     with pytest.raises(ValueError, match="adapt on the training rows"):
-        models.build(make_config(override).model, models.ModelInputs(100, 2, "post"))
+        models.build(make_config("model=bow").model, models.ModelInputs(100, 2, "post"))
 
 
 def test_an_ngram_branch_on_bow_is_refused(make_config):
@@ -169,12 +181,10 @@ def test_an_ngram_branch_on_bow_is_refused(make_config):
         make_config("model=bow", "model.ngram_branch=true")
 
 
-@pytest.mark.parametrize("weighting", ["tfidf", "sublinear"])
-def test_sparse_tf_idf_rows_are_tf_idf_rows_scaled(weighting):
-    """SparseTfIdf's rows are count (or 1 + log count) x Keras' idf (TextVectorization's
-    vocabulary, idf and out-of-vocabulary weight), each scaled so its present values have a
-    root mean square of SCALE (the NumPy formula below), kept sparse; saved and loaded with
-    its vocabulary and idf."""
+def test_sparse_tf_idf_rows_are_sublinear_tf_idf_rows_of_unit_length():
+    """SparseTfIdf's rows are (1 + log count) x Keras' idf (TextVectorization's vocabulary,
+    idf and out-of-vocabulary weight), each of unit length (the NumPy formula below), kept
+    sparse; saved and loaded with its vocabulary and idf."""
     train = tf.constant(["1 2 3", "2 3 4 5", "5 6 7 2", "1 2", "8 9 2 3 3"])
     dense = keras.layers.TextVectorization(
         max_tokens=12, standardize=None, split="whitespace", ngrams=2, output_mode="tf_idf"
@@ -184,29 +194,21 @@ def test_sparse_tf_idf_rows_are_tf_idf_rows_scaled(weighting):
         max_tokens=12, standardize=None, split="whitespace", ngrams=2, output_mode="count"
     )
     counted.adapt(train)
-    sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, rate=0.5, weighting=weighting)
+    sparse = bow.SparseTfIdf(ngrams=2, max_tokens=12, weighting="tfidf")
     sparse.adapt(tf.data.Dataset.from_tensor_slices(train).batch(2))
     assert sparse.counts.get_vocabulary() == dense.get_vocabulary()
     texts = tf.constant(["1 2 3 3 77", "5 6", "99"])
     counts = counted(texts).numpy().astype("float64")
     idf = np.divide(dense(texts).numpy(), counts, out=np.zeros_like(counts), where=counts > 0)
-    term = counts if weighting == "tfidf" else 1 + np.log(np.maximum(counts, 1))
-    weighted = np.where(counts > 0, term * idf, 0)
-    present = (counts > 0).sum(axis=1, keepdims=True)
-    rms = np.sqrt((weighted**2).sum(axis=1, keepdims=True) / present)
-    expected = weighted * bow.SCALE / rms
-    assert (counts.max(axis=1) > 1).any()  # a repeated n-gram: the two weightings differ
+    weighted = np.where(counts > 0, (1 + np.log(np.maximum(counts, 1))) * idf, 0)
+    expected = weighted / np.linalg.norm(weighted, axis=1, keepdims=True)
+    assert (counts.max(axis=1) > 1).any()  # a repeated n-gram: sublinear differs from raw
     rows = sparse(texts)
     assert isinstance(rows, tf.SparseTensor)
     np.testing.assert_allclose(tf.sparse.to_dense(rows).numpy(), expected, rtol=1e-5)
-    # dropout while training: present n-grams only, the kept ones scaled by 1 / (1 - rate)
-    dropped = tf.sparse.to_dense(sparse(texts, training=True)).numpy()
-    kept = dropped != 0
-    assert kept.sum() < (expected != 0).sum() and not (kept & (expected == 0)).any()
-    np.testing.assert_allclose(dropped[kept], 2 * expected[kept], rtol=1e-5)
 
     inputs = keras.Input(shape=(), dtype="string")
-    net = keras.Model(inputs, bow.head([sparse(inputs)], 2))
+    net = keras.Model(inputs, bow.probabilities(bow.head_logits(sparse(inputs), 2), 2))
     net.get_layer("logits").set_weights(
         [np.arange(12, dtype="float32")[:, None] / 10, np.zeros(1, "float32")]
     )
@@ -222,7 +224,7 @@ def test_nb_rows_are_binary_ngrams_times_log_count_ratios_at_unit_length():
     rows holding it; each row then has unit length, and a saved layer keeps the ratios."""
     train = tf.constant(["1 2", "1 3", "2 3 3", "4 4"])
     labels = np.array([1, 1, 0, 0])
-    layer = bow.SparseTfIdf(ngrams=1, max_tokens=10, weighting="nb", norm="l2", scale=1.0)
+    layer = bow.SparseTfIdf(ngrams=1, max_tokens=10, weighting="nb")
     layer.adapt(tf.data.Dataset.from_tensor_slices(train).batch(3), labels)
     vocabulary = layer.counts.get_vocabulary()  # "[UNK]" first, then by frequency
     holds = {w: [w in t.split() for t in train.numpy().astype(str)] for w in vocabulary}
@@ -294,3 +296,33 @@ def test_nb_weighting_needs_two_classes(make_config):
     cfg = make_config("model=bow", "model.weighting=nb").model
     with pytest.raises(Exception, match="model.weighting.*two classes"):
         models.build(cfg, models.ModelInputs(10, 3, "post", tokens, np.array([0, 1, 2])))
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_mix_weights_fit_the_validation_labels_better_than_either_half(classes):
+    """Two noisy views of the same logits: the fitted mix's log loss is below the best of
+    either half alone (a or b fixed at 0), and it leans on the less noisy half."""
+    from scipy.special import log_softmax
+
+    from textclf.models.lstm import mix_weights
+
+    rng = np.random.default_rng(0)
+    width = 1 if classes == 2 else classes
+    truth = rng.normal(0, 2, (2000, width))
+    if classes == 2:
+        labels = (rng.random(2000) < 1 / (1 + np.exp(-truth[:, 0]))).astype(int)
+    else:
+        labels = np.array([rng.choice(classes, p=np.exp(log_softmax(t))) for t in truth])
+    sharp, blurred = truth + rng.normal(0, 0.5, truth.shape), truth + rng.normal(0, 2, truth.shape)
+
+    def loss(z):
+        if classes == 2:
+            return np.mean(np.logaddexp(0, z[:, 0]) - labels * z[:, 0])
+        return -np.mean(log_softmax(z, axis=1)[np.arange(len(z)), labels])
+
+    (a, b), c = mix_weights(sharp, blurred, labels)
+    mixed = loss(a * sharp + b * blurred + c)
+    (a1, _), c1 = mix_weights(sharp, np.zeros_like(blurred), labels)
+    (_, b2), c2 = mix_weights(np.zeros_like(sharp), blurred, labels)
+    assert mixed < min(loss(a1 * sharp + c1), loss(b2 * blurred + c2))
+    assert a > b > 0

@@ -55,7 +55,7 @@ def test_masking_modes_agree_for_identical_weights(models, ids, side):
     x = pad(ids, 5, side)
     for masking in MASKED[1:]:
         other = build(masking, side)
-        for name in ("embedding", "lstm", "probability"):
+        for name in ("embedding", "lstm", "lstm_logits"):
             other.get_layer(name).set_weights(reference.get_layer(name).get_weights())
         np.testing.assert_allclose(
             other.predict_on_batch(x), reference.predict_on_batch(x), atol=1e-6

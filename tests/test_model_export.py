@@ -20,6 +20,7 @@ import pytest
 
 from textclf import inference, models, tokenize, tracking
 from textclf.config import TokenizeConfig
+from textclf.models import bow, lstm
 from textclf.run_folder import RunFolder
 
 from .conftest import Service, free_port, reviews, small_model
@@ -55,23 +56,26 @@ print(json.dumps({"predictions": answer.to_dict(orient="records"), "modules": so
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
     """An untrained model of the default shape (both LSTM directions served by the fused
-    kernel, the tf-idf n-gram branch beside them: every custom layer the project saves), its
-    zero-initialised head given random weights so that answers differ per text, logged through
+    kernel, mixed with bow's NB-weighted n-gram model: every custom layer the project saves),
+    its heads given random weights so that answers differ per text, logged through
     `tracking.log_model` and downloaded as a deployment fetches it."""
     root = tmp_path_factory.mktemp("export")
     texts = [t for t, _ in reviews(200)]
     tokenize_cfg = TokenizeConfig(vocab_size=200, max_length=60)
     vectorizer = tokenize.adapt(texts, tokenize_cfg)
-    tokens = tokenize.encode(vectorizer, texts, np.zeros(len(texts)), None).tokens
-    cfg = small_model(
-        embedding_dim=8, units=8, bidirectional=True, ngram_branch=True, ngram_vocab=500
-    )
+    encoded = tokenize.encode(vectorizer, texts, np.arange(len(texts)) % 2, None)
+    cfg = small_model(embedding_dim=8, units=8, bidirectional=True, ngram_branch=True)
     keras.utils.set_random_seed(0)
-    net = models.build(cfg, models.ModelInputs(vectorizer.vocabulary_size(), 2, "post", tokens))
+    inputs = models.ModelInputs(
+        vectorizer.vocabulary_size(), 2, "post", encoded.tokens, encoded.labels
+    )
+    linear = bow.build(bow.BowConfig(ngram_vocab=500), inputs)
+    net = lstm.fuse(models.build(cfg, inputs), linear, 2)
     rng = np.random.default_rng(0)
     for layer in net.layers:
         if isinstance(layer, keras.layers.Dense):
             layer.kernel.assign(rng.normal(0, 0.01, layer.kernel.shape).astype("float32"))
+    net.get_layer("mix").set_weights([np.array([1.0, 20.0], "float32"), np.zeros(1, "float32")])
     folder = RunFolder(root / "run")
     inference.save(
         inference.export(vectorizer, tokenize_cfg, models.serving(net, cfg), "post"),

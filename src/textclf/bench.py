@@ -98,12 +98,6 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
         name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
         for name, spec in specs.items()
     }
-    # the n-gram branch's cost (on by default in training; off in this reference model)
-    if not cfg.model.ngram_branch:
-        wide = replace(cfg, model=replace(cfg.model, ngram_branch=True))
-        setups[f"{default}/ngram-branch"] = _setup(
-            wide, cfg.batching, tokens, len(dataset.class_names), steps + 1
-        )
     results = {name: setup["result"] for name, setup in setups.items()}
     _time_training(setups, repeats)
     _summarise(results)
@@ -178,7 +172,8 @@ def _setup(
     pipe_seconds = time.perf_counter() - start
     stats = batching.padding_stats(epoch)
     keras.utils.set_random_seed(cfg.train.seed)
-    net = pipeline.build(replace(cfg, batching=spec), tokens, num_classes)
+    spec_cfg = replace(cfg, batching=spec)
+    net = pipeline.build(spec_cfg, pipeline.model_inputs(tokens, num_classes, spec_cfg))
     result = {
         "padding_efficiency": stats.efficiency,
         "batches_per_epoch": stats.batches,
@@ -337,16 +332,6 @@ def markdown(report: dict) -> str:
         f"[{c['batch_size']} × {c['embedding_dim'] + c['units']}] · "
         f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run.",
     ]
-    strategies, default = report["strategies"], c["default"]
-    base = strategies[default]["reviews_per_s"]
-    if f"{default}/ngram-branch" in strategies:
-        wide = strategies[f"{default}/ngram-branch"]["reviews_per_s"] / base
-        lines += [
-            "",
-            f"The n-gram branch (`model.ngram_branch=true`, the training default) "
-            f"beside this LSTM: {wide:.2f}× its reviews/s (its GFLOP/s column counts the "
-            f"LSTM's FLOPs only).",
-        ]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]
     lines += [

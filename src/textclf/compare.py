@@ -53,8 +53,19 @@ METRICS = {
     "train_reviews_per_s": "reviews/s",
     "padding_efficiency": "padding eff.",
 }
-# Also in the per-run CSV: which epoch was kept, and how long training went on.
-RUN_METRICS = ["served_agreement", "best_epoch", "epochs_run", "best_val_loss", "test_loss"]
+# Also in the per-run CSV: which epoch was kept, how long training went on, and for a model
+# with a step after training (the LSTM's late fusion) the trained network's score alone and
+# the mix's weights.
+RUN_METRICS = [
+    "served_agreement",
+    "best_epoch",
+    "epochs_run",
+    "best_val_loss",
+    "test_loss",
+    "trained_test_accuracy",
+    "mix_lstm",
+    "mix_ngrams",
+]
 FORMATS = {"served_max_abs_diff": "{:.1e}", "train_reviews_per_s": "{:,.0f}"}
 CSV_COLUMNS = [
     "variant",

@@ -107,24 +107,28 @@ def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1
     return Batches(train_epoch, val, test, batching.padding_stats(train_epoch(0)), boundaries)
 
 
-def build(
-    cfg: Config,
-    tokens: Vectorized,
-    num_classes: int,
-    strategy: tf.distribute.Strategy | None = None,
-) -> keras.Model:
-    """The compiled classifier `cfg.model` names (models/), its variables placed by the
-    distribution `strategy`."""
+def model_inputs(tokens: Vectorized, num_classes: int, cfg: Config) -> models.ModelInputs:
+    """What the data tell the model before it is built (models.ModelInputs)."""
     train_split = tokens.splits["train"]
-    inputs = models.ModelInputs(
+    return models.ModelInputs(
         tokens.vocab_size,
         num_classes,
         cfg.batching.padding_side,
         train_split.tokens,
         train_split.labels,
     )
+
+
+def build(
+    cfg: Config, inputs: models.ModelInputs, strategy: tf.distribute.Strategy | None = None
+) -> keras.Model:
+    """The classifier `cfg.model` names (models/), compiled for Keras' loop unless the model
+    fits itself, its variables placed by the distribution `strategy`."""
     with (strategy or tf.distribute.get_strategy()).scope():
-        return train.compile_model(models.build(cfg.model, inputs), num_classes, cfg.train)
+        net = models.build(cfg.model, inputs)
+        if models.spec(cfg.model).fit:  # an optimizer never stepped would be saved with it
+            return net
+        return train.compile_model(net, inputs.num_classes, cfg.train)
 
 
 def fit(
@@ -149,6 +153,18 @@ def fit(
     return train.fit(
         net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch, *callbacks], checkpoint
     )
+
+
+def finish(
+    net: keras.Model, inputs: models.ModelInputs, tokens: Vectorized, batches: Batches, cfg: Config
+) -> tuple[keras.Model, dict[str, float]]:
+    """The model's step after training, if it has one (the LSTM's late fusion with bow's
+    model): the network to evaluate and export, and metrics about it."""
+    step = models.spec(cfg.model).finish
+    if step is None:
+        return net, {}
+    splits = tokens.splits
+    return step(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
 
 
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
@@ -249,16 +265,28 @@ def run(
         )
 
         class_names = dataset.class_names
-        net = build(cfg, tokens, len(class_names), strategy)
+        inputs = model_inputs(tokens, len(class_names), cfg)
+        net = build(cfg, inputs, strategy)
         fitted = fit(net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason
         )
         folder.add_tags({"stop_reason": fitted.stop_reason})  # to MLflow with the metrics
+        trained = net
+        net, finished = finish(net, inputs, tokens, batches, cfg)
 
-        predictions = evaluate.predict(net, batches.test, tokens.splits["test"].labels)
+        test_labels = tokens.splits["test"].labels
+        predictions = evaluate.predict(net, batches.test, test_labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
-        metrics |= costs(fitted, batches.padding)
+        if net is not trained:  # what the finish step added: the trained network scored alone
+            alone = evaluate.predict(trained, batches.test, test_labels)
+            finished |= {
+                f"trained_{k}": v
+                for k, v in evaluate.score(alone, class_names, []).items()
+                if k in ("test_accuracy", "test_f1")
+            }
+            log.info("after training: %s", {k: round(v, 4) for k, v in finished.items()})
+        metrics |= costs(fitted, batches.padding) | finished
         # epochs_run below it: early stopping ended training, not the limit (a solved model's
         # "epochs" are its C values, all of them tried)
         metrics["epoch_limit"] = (

@@ -3,9 +3,12 @@
 A model is a config class (a `ModelConfig` subclass with a `name`), a `build(cfg, inputs)`
 function returning an uncompiled Keras model from padded token ids [batch, time] to class
 probabilities, optionally a `serving(net, cfg)` function turning the trained network into
-the one `model.keras` runs, and optionally a `fit(net, train, val, cfg, callbacks)` function
+the one `model.keras` runs, optionally a `fit(net, train, val, cfg, callbacks)` function
 that fits it by its own solver instead of Keras' training loop (bow's logistic regression),
-returning (history, seconds per step of the solver, index of the kept step, stop reason).
+returning (history, seconds per step of the solver, index of the kept step, stop reason),
+and optionally a `finish(net, inputs, train, val, val_batches, cfg)` function run after
+training, returning the network to evaluate and export and metrics to log about it (the
+LSTM's late fusion with bow's model).
 `models/__init__.py` registers the project's own.
 """
 
@@ -37,6 +40,7 @@ class Model:
     build: Callable[[Any, ModelInputs], keras.Model]
     serving: Callable[[keras.Model, Any], keras.Model] = lambda net, cfg: net
     fit: Callable | None = None  # None: Keras' training loop (train.fit)
+    finish: Callable | None = None  # None: the trained network is the model
 
 
 REGISTRY: dict[str, Model] = {}
@@ -47,11 +51,12 @@ def register(
     build: Callable,
     serving: Callable | None = None,
     fit: Callable | None = None,
+    finish: Callable | None = None,
 ) -> None:
     """Make a model buildable by `build`; the entry point also gives Hydra its config as the
     `<name>_schema` of the `model` group, which `conf/model/<name>.yaml` starts from
     (`model=<name>` selects it)."""
-    REGISTRY[config.name] = Model(config, build, serving or Model.serving, fit)
+    REGISTRY[config.name] = Model(config, build, serving or Model.serving, fit, finish)
 
 
 def spec(cfg: ModelConfig) -> Model:

@@ -1,11 +1,11 @@
 """The bag-of-n-grams model (`model=bow`): weighted word n-grams → one linear layer, fitted
-to convergence by scikit-learn's logistic regression; and the same features for the LSTM's
-n-gram branch, trained there with the LSTM.
+to convergence by scikit-learn's logistic regression; also the n-gram half of the default
+model, which mixes it with the LSTM (models/lstm.py).
 
 It reads the same padded token ids as the LSTM, so batching, evaluation, export (raw strings
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
 of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse n-gram
-rows: for bow, sublinear tf-idf (1 + log count, times idf), or for two classes NB-weighted
+rows: sublinear tf-idf (1 + log count, times idf), or for two classes NB-weighted
 binary n-grams (NBSVM's log-count ratios, Wang & Manning 2012). Words outside `tokenize.vocab_size`
 share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
 
@@ -37,12 +37,6 @@ if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay
 
     from ..tokenize import Encoded
 
-# The LSTM's n-gram branch trains with Adam beside the LSTM: its rows are scaled so their
-# present values have this root mean square. The row's direction is kept (what unit length
-# gives), at a size that suits Adam at the template's learning rate: with unit length a
-# 300-n-gram review's values are ~0.06 and training takes tens of epochs on IMDB; with 32,
-# about 7 (docs/other_data.md). bow's rows have unit length, as scikit-learn's.
-SCALE = 32.0
 WEIGHTING = ("auto", "tfidf", "nb")
 
 
@@ -102,36 +96,29 @@ def words(ids: tf.RaggedTensor) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="textclf")
 class SparseTfIdf(layers.Layer):
-    """Id-word strings → sparse [batch, n-grams] weighted rows, each scaled to a size, with
-    `rate` of their present values dropped while training.
+    """Id-word strings → sparse [batch, n-grams] weighted rows of unit length.
 
-    A present n-gram's value is, with `weighting="tfidf"`, count × idf, Keras'
-    `log(1 + documents / (1 + document count))` (the mean idf for out-of-vocabulary n-grams;
-    the LSTM's n-gram branch, as measured); with `"sublinear"`, (1 + log count) × idf;
-    with `"nb"`, 1 × its NB log-count ratio `log((p / |p|₁) / (q / |q|₁))`, p and q the
-    training rows containing it of class 1 and class 0, plus 1 (NBSVM). Rows are then scaled
-    to length `scale` (`norm="l2"`, as scikit-learn's) or so that their present values have a
-    root mean square of `scale` (`norm="rms"`, for Adam: see SCALE). The rows stay sparse: a
-    dense row is `max_tokens` floats, and building and multiplying 256 of them took ~8× the
-    time (docs/design.md). Keras' own sparse tf_idf fails when called (a GatherNd on its idf
+    A present n-gram's value is, with `weighting="tfidf"`, (1 + log count) × idf, Keras'
+    `log(1 + documents / (1 + document count))` (the mean idf for out-of-vocabulary
+    n-grams); with `"nb"`, 1 × its NB log-count ratio `log((p / |p|₁) / (q / |q|₁))`, p and
+    q the training rows containing it of class 1 and class 0, plus 1 (NBSVM). Each row is
+    then scaled to unit length, as scikit-learn's. The rows stay sparse: a dense row is
+    `max_tokens` floats, and building and multiplying 256 of them took ~8× the time
+    (docs/design.md). Keras' own sparse tf_idf fails when called (a GatherNd on its idf
     weights), so this counts n-grams with `output_mode="count", sparse=True` and weighs them
     itself. `adapt` sets the vocabulary and weights from training rows; model.keras saves both.
     """
 
     def __init__(
-        self,
-        ngrams: int,
-        max_tokens: int,
-        size: int = 1,
-        scale: float = SCALE,
-        rate: float = 0.0,
-        weighting: str = "tfidf",
-        norm: str = "rms",
-        **kwargs,
+        self, ngrams: int, max_tokens: int, size: int = 1, weighting: str = "tfidf", **kwargs
     ):
         super().__init__(**kwargs)
-        self.ngrams, self.max_tokens, self.size = ngrams, max_tokens, size
-        self.scale, self.rate, self.weighting, self.norm = scale, rate, weighting, norm
+        self.ngrams, self.max_tokens, self.size, self.weighting = (
+            ngrams,
+            max_tokens,
+            size,
+            weighting,
+        )
         self.counts = layers.TextVectorization(
             max_tokens=max_tokens,
             standardize=None,
@@ -141,7 +128,6 @@ class SparseTfIdf(layers.Layer):
             sparse=True,
             name="ngram_counts",
         )
-        self.seed = keras.random.SeedGenerator()
         self._adapted: np.ndarray | None = None
 
     def build(self, input_shape) -> None:
@@ -171,25 +157,17 @@ class SparseTfIdf(layers.Layer):
             idf = np.log1p(documents / (1.0 + frequency.sum(axis=0)[1:]))
             self._adapted = np.concatenate([[idf.mean() if len(idf) else 1.0], idf])
 
-    def call(self, texts, training=False):
+    def call(self, texts):
         counts = self.counts(texts)
-        weight = ops.take(self.weight, counts.indices[:, 1])
-        count = ops.cast(counts.values, self.compute_dtype)
-        if self.weighting == "sublinear":
-            count = 1 + ops.log(count)
-        values = weight if self.weighting == "nb" else weight * count
+        values = ops.take(self.weight, counts.indices[:, 1])
+        if self.weighting == "tfidf":
+            values = values * (1 + ops.log(ops.cast(counts.values, self.compute_dtype)))
         rows, batch = counts.indices[:, 0], ops.shape(texts)[0]
         squares = tf.math.unsorted_segment_sum(ops.square(values), rows, batch)
-        size = squares
-        if self.norm == "rms":
-            size = squares / tf.math.unsorted_segment_sum(ops.ones_like(values), rows, batch)
-        values = values * ops.take(self.scale / ops.sqrt(ops.maximum(size, 1e-12)), rows)
-        if training and self.rate:
-            keep = keras.random.uniform(ops.shape(values), seed=self.seed) >= self.rate
-            values = ops.where(keep, values / (1.0 - self.rate), ops.zeros_like(values))
+        values = values * ops.take(ops.rsqrt(ops.maximum(squares, 1e-12)), rows)
         return tf.SparseTensor(counts.indices, values, counts.dense_shape)
 
-    def compute_output_spec(self, texts, training=False):
+    def compute_output_spec(self, texts):
         return keras.KerasTensor((texts.shape[0], self.size), dtype=self.compute_dtype, sparse=True)
 
     def get_config(self) -> dict:
@@ -197,62 +175,41 @@ class SparseTfIdf(layers.Layer):
             "ngrams": self.ngrams,
             "max_tokens": self.max_tokens,
             "size": self.size,
-            "scale": self.scale,
-            "rate": self.rate,
             "weighting": self.weighting,
-            "norm": self.norm,
         }
 
 
-def ngram_features(
-    inputs: ModelInputs,
-    cfg: Ngrams,
-    dropout: float = 0.0,
-    weighting: str = "tfidf",
-    norm: str = "rms",
-    scale: float = SCALE,
-) -> Callable:
-    """Padded ids → sparse weighted n-gram rows (`dropout` of them in training), the
-    vocabulary and weights adapted on the training rows' ids (and labels, for "nb"); for bow
-    and the LSTM's n-gram branch."""
+def ngram_features(inputs: ModelInputs, cfg: BowConfig) -> Callable:
+    """Padded ids → sparse weighted n-gram rows, the vocabulary and weights adapted on the
+    training rows' ids (and labels, for "nb")."""
     if inputs.train_tokens is None:
         raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
-    tfidf = SparseTfIdf(
-        cfg.ngrams,
-        cfg.ngram_vocab,
-        scale=scale,
-        rate=dropout,
-        weighting=weighting,
-        norm=norm,
-        dtype="float32",
-        name="ngrams",
-    )
-    labels = None if weighting != "nb" else np.asarray(inputs.train_labels)
+    how = weighting(cfg, inputs.num_classes)
+    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, weighting=how, dtype="float32", name="ngrams")
+    labels = None if how != "nb" else np.asarray(inputs.train_labels)
     tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(inputs.train_tokens)).batch(1024), labels)
     id_words = IdWords(name="id_words")
     return lambda tokens: tfidf(id_words(tokens))
 
 
 def weighting(cfg: BowConfig, num_classes: int) -> str:
-    """The layer's weighting `cfg.weighting` means for `num_classes` classes (bow's tf-idf is
-    sublinear: raw counts cost 8.5 points on long articles, docs/other_data.md)."""
+    """The layer's weighting `cfg.weighting` means for `num_classes` classes."""
     if cfg.weighting == "auto":
-        return "nb" if num_classes == 2 else "sublinear"
+        return "nb" if num_classes == 2 else "tfidf"
     check(
         cfg.weighting != "nb" or num_classes == 2,
         "model.weighting",
         f"nb weighs n-grams by two classes' counts; this data has {num_classes}: use tfidf",
     )
-    return "sublinear" if cfg.weighting == "tfidf" else cfg.weighting
+    return cfg.weighting
 
 
 def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
     """An uncompiled model from padded int ids to class probabilities (see `ngram_features`);
     its weights are set by `fit`."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    how = weighting(cfg, inputs.num_classes)
-    features = ngram_features(inputs, cfg, weighting=how, norm="l2", scale=1.0)(tokens)
-    return keras.Model(tokens, head([features], inputs.num_classes), name="bow")
+    logits = head_logits(ngram_features(inputs, cfg)(tokens), inputs.num_classes)
+    return keras.Model(tokens, probabilities(logits, inputs.num_classes), name="bow")
 
 
 def fit(
@@ -351,23 +308,14 @@ def _scores(model: LogisticRegression, x: scipy.sparse.csr_matrix, y: np.ndarray
     }
 
 
-def head(features: list, num_classes: int):
-    """Class probabilities from one or more feature tensors (dense or sparse): one linear
-    layer over all of them, as a Dense over their concatenation would be, without densifying
-    sparse n-gram rows. Zero weights to start, as logistic regression does: random ones over
-    scaled tf-idf rows give confident random answers (a starting loss of ~7 on tiny data)."""
-    width, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    logits = [
-        layers.Dense(
-            width,
-            kernel_initializer="zeros",
-            use_bias=i == 0,
-            dtype="float32",
-            name="logits" if len(features) == 1 else f"logits_{i}",
-        )(x)
-        for i, x in enumerate(features)
-    ]
-    if len(logits) > 1:
-        logits = [layers.Add(name="logits", dtype="float32")(logits)]
-    name = "probability" if num_classes == 2 else "probabilities"
-    return layers.Activation(activation, dtype="float32", name=name)(logits[0])
+def head_logits(features, num_classes: int, name: str = "logits"):
+    """One linear layer to the logits of `num_classes` classes (one for two: a sigmoid's)."""
+    width = 1 if num_classes == 2 else num_classes
+    return layers.Dense(width, dtype="float32", name=name)(features)
+
+
+def probabilities(logits, num_classes: int):
+    """Logits → class probabilities: a sigmoid's one for two classes, else a softmax."""
+    if num_classes == 2:
+        return layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)

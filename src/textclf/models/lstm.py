@@ -1,5 +1,12 @@
 """The LSTM classifier (`model=lstm`, the default): Embedding → (mask) → LSTM → pooling →
-head, with the masking mode as data, and by default bow's tf-idf n-grams beside it.
+head, with the masking mode as data, and by default bow's model beside it (late fusion).
+
+Late fusion (`model.ngram_branch=true`): Keras' loop trains the LSTM alone; then `finish`
+solves bow's n-gram model (models/bow.py) on the same training rows and mixes the two
+models' logits, `a · lstm + b · ngrams + c`, with a, b and c fit on the validation split's
+log loss. Trained apart, neither half starves the other: trained jointly (the former
+default), the n-gram weights memorised the training set within two epochs and left the
+LSTM almost nothing to learn (docs/results.md has both measured).
 
 Masking modes (`model.masking`):
 - `mask_zero`: the Embedding marks id 0 as padding and Keras carries the mask to the LSTM;
@@ -11,15 +18,19 @@ Masking modes (`model.masking`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from ..config import BatchingConfig, ModelConfig, check, one_of
 from . import bow
 from .base import ModelInputs
 from .fused import LSTM, fused_copy
+
+if TYPE_CHECKING:
+    from ..tokenize import Encoded
 
 MASKING = ("mask_zero", "masking_layer", "explicit", "none")
 
@@ -41,10 +52,9 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     # answers; one kernel call per review instead of a loop of small ops per step: single-review
     # latency 3.3x lower in make bench, docs/bench.md) | trained (Keras' LSTM, as trained)
     serve_lstm: str = "fused"
-    # also give the head bow's tf-idf n-gram features beside the LSTM's pooled vector (wide and
-    # deep: the n-grams' vocabulary is adapted on the training texts, like bow's). On by
-    # default: full IMDB 0.894 +- 0.013 over 3 seeds against 0.871 +- 0.017 without
-    # (docs/results.md); the padding and masking comparisons turn it off to study the LSTM.
+    # mix the LSTM with bow's n-gram model (BowConfig's weighting and C_grid, this config's
+    # ngrams and ngram_vocab), weights fit on validation (late fusion, docs/results.md); the
+    # padding and masking comparisons turn it off to study the LSTM alone
     ngram_branch: bool = True
 
     def __post_init__(self) -> None:
@@ -128,8 +138,7 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     `pooling="last"` classifies from the LSTM's final (last unmasked) state; `"mean"` from the
     average of its outputs over the unmasked steps, which keeps early words of long reviews;
     `"max"` from their maximum; `"concat"` from all three side by side. The explicit mask is
-    shaped for the side the batches are padded on. With `ngram_branch`, bow's n-gram features
-    join the pooled vector in one linear head (zero-initialised, as bow's).
+    shaped for the side the batches are padded on. The n-gram half joins in `finish`.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
@@ -159,20 +168,105 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     x = rnn(x, mask=mask)
     x = _pool(x, cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    if cfg.ngram_branch:  # wide and deep: one linear head over both
-        ngrams = bow.ngram_features(inputs, cfg, cfg.dropout)
-        return keras.Model(
-            tokens,
-            bow.head([x, ngrams(tokens)], inputs.num_classes),
-            name=f"lstm_ngrams_{cfg.masking}",
+    logits = bow.head_logits(x, inputs.num_classes, name="lstm_logits")
+    return keras.Model(tokens, bow.probabilities(logits, inputs.num_classes), name="lstm")
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class Mix(layers.Layer):
+    """Late fusion's logits: `a · lstm + b · ngrams + c`, (a, b) and c (one per logit) set by
+    `finish` on the validation split."""
+
+    def build(self, input_shape) -> None:
+        self.scales = self.add_weight(
+            shape=(2,), initializer="ones", trainable=False, name="scales"
         )
-    if inputs.num_classes == 2:
-        outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
-    else:
-        outputs = layers.Dense(
-            inputs.num_classes, activation="softmax", dtype="float32", name="probabilities"
-        )(x)
-    return keras.Model(tokens, outputs, name=f"lstm_{cfg.masking}")
+        self.bias = self.add_weight(
+            shape=(input_shape[0][-1],), initializer="zeros", trainable=False, name="bias"
+        )
+
+    def call(self, inputs):
+        lstm, ngrams = inputs
+        return self.scales[0] * lstm + self.scales[1] * ngrams + self.bias
+
+
+def finish(
+    net: keras.Model,
+    inputs: ModelInputs,
+    train: Encoded,
+    val: Encoded,
+    val_batches,
+    cfg: LstmConfig,
+) -> tuple[keras.Model, dict[str, float]]:
+    """After Keras' loop: with `ngram_branch`, bow's model solved on the training rows and
+    mixed with the trained LSTM (`Mix`, weights of the least validation log loss); the model
+    to evaluate and export, and what the mixing found."""
+    if not cfg.ngram_branch:
+        return net, {}
+    linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
+    linear = bow.build(linear_cfg, inputs)
+    _, _, kept, _ = bow.fit(linear, train, val, linear_cfg)
+    fused = fuse(net, linear, inputs.num_classes)
+    mix = fused.get_layer("mix")
+    both = keras.Model(fused.input, mix.input)
+    parts = [(both.predict_on_batch(x), y.numpy()) for x, y in val_batches]
+    lstm, ngrams = (np.concatenate([p[0][i] for p in parts]) for i in (0, 1))
+    labels = np.concatenate([p[1] for p in parts])
+    scales, bias = mix_weights(lstm, ngrams, labels)
+    mix.set_weights([scales, bias])
+    return fused, {
+        "val_accuracy_lstm": _accuracy(lstm, labels),
+        "val_accuracy_ngrams": _accuracy(ngrams, labels),
+        "val_accuracy_mixed": _accuracy(scales[0] * lstm + scales[1] * ngrams + bias, labels),
+        "mix_lstm": float(scales[0]),
+        "mix_ngrams": float(scales[1]),
+        "ngrams_C": float(sorted(linear_cfg.C_grid)[kept]),
+    }
+
+
+def fuse(net: keras.Model, linear: keras.Model, num_classes: int) -> keras.Model:
+    """One model of the LSTM `net` and bow's `linear` on the same token ids, their logits
+    mixed (`Mix`, layer "mix"): the layers are shared, not copied."""
+    tokens = net.input
+    ngrams = linear.get_layer("ngrams")(linear.get_layer("id_words")(tokens))
+    halves = [net.get_layer("lstm_logits").output, linear.get_layer("logits")(ngrams)]
+    mixed = Mix(name="mix", dtype="float32")(halves)
+    return keras.Model(tokens, bow.probabilities(mixed, num_classes), name="lstm_ngrams")
+
+
+def mix_weights(
+    lstm: np.ndarray, ngrams: np.ndarray, labels: np.ndarray, l2: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) and c of the least mean log loss of `a · lstm + b · ngrams + c` on `labels`
+    (logits [n, 1] of a sigmoid, or [n, classes] of a softmax), a small L2 on (a, b) keeping
+    them finite on separable data; L-BFGS from (1, 1, 0)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_softmax
+
+    n, width = lstm.shape
+    lstm, ngrams = lstm.astype("float64"), ngrams.astype("float64")
+    target = labels[:, None] if width == 1 else np.eye(width)[labels]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b, c = theta[0], theta[1], theta[2:]
+        z = a * lstm + b * ngrams + c
+        if width == 1:
+            value = np.mean(np.logaddexp(0, z) - target * z)
+            error = (expit(z) - target) / n
+        else:
+            logp = log_softmax(z, axis=1)
+            value = -np.mean(np.sum(target * logp, axis=1))
+            error = (np.exp(logp) - target) / n
+        grad = [np.sum(error * lstm) + l2 * a, np.sum(error * ngrams) + l2 * b, *error.sum(0)]
+        return value + l2 / 2 * (a * a + b * b), np.array(grad)
+
+    found = minimize(loss, np.r_[1.0, 1.0, np.zeros(width)], jac=True, method="L-BFGS-B").x
+    return found[:2].astype("float32"), found[2:].astype("float32")
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    guess = (logits[:, 0] > 0).astype(int) if logits.shape[1] == 1 else logits.argmax(axis=1)
+    return float((guess == labels).mean())
 
 
 def serving(net: keras.Model, cfg: LstmConfig) -> keras.Model:

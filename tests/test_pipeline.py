@@ -30,6 +30,8 @@ TINY = [
     "tokenize.vocab_size=200",
     "batching.batch_size=16",
 ]
+# for tests of the LSTM's own answers: no n-gram half mixed in, no plots (default_run has both)
+LSTM_ONLY = ["model.ngram_branch=false", "evaluate.plots=false"]
 
 
 def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClient]:
@@ -82,6 +84,7 @@ def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
         "train.max_steps=60",
         "evaluate.served_limit=20",
         "tracking.system_metrics=false",
+        *LSTM_ONLY,
     )
 
 
@@ -216,6 +219,7 @@ def test_served_answers_equal_batched_ones_only_when_the_model_masks(
         "batching.padding_side=pre",
         f"model.masking={masking}",
         "model.bidirectional=true",
+        *LSTM_ONLY,
     )
     exported = inference.load_keras(tmp_path / "run" / "model.keras")
     layers = lstm_layers(exported.layers[-1])
@@ -234,7 +238,12 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
     """`fixed` cuts reviews to batching.max_length; the exported model cuts them there too, so
     single reviews longer than that get the batched evaluation's answer."""
     metrics, _ = train_here(
-        make_config, tmp_path, "batching=fixed", "batching.max_length=3", "evaluate.served_limit=40"
+        make_config,
+        tmp_path,
+        "batching=fixed",
+        "batching.max_length=3",
+        "evaluate.served_limit=40",
+        *LSTM_ONLY,
     )
 
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 from ..config import BatchingConfig, ModelConfig, check, one_of
@@ -209,7 +210,9 @@ def finish(
     fused = fuse(net, linear, inputs.num_classes)
     mix = fused.get_layer("mix")
     both = keras.Model(fused.input, mix.input)
-    parts = [(both.predict_on_batch(x), y.numpy()) for x, y in val_batches]
+    # one graph for batches of every length (predict_on_batch would trace one per length)
+    halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+    parts = [([h.numpy() for h in halves(x)], y.numpy()) for x, y in val_batches]
     lstm, ngrams = (np.concatenate([p[0][i] for p in parts]) for i in (0, 1))
     labels = np.concatenate([p[1] for p in parts])
     scales, bias = mix_weights(lstm, ngrams, labels)

@@ -206,15 +206,22 @@ def signalled_at_epoch(
 
 
 def quick(tmp_path: Path) -> list[str]:
+    """`textclf train` overrides for the end-to-end tests: a small one-direction LSTM alone, no
+    plots and no system metrics. What those parts add is tested in-process (test_pipeline.py,
+    test_bow.py); a test that needs one of them turns it back on."""
     return [
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "train.epochs=3",
         "train.learning_rate=0.01",
         "model.units=8",
         "model.embedding_dim=16",
+        "model.bidirectional=false",
+        "model.ngram_branch=false",
         "tokenize.vocab_size=200",
         "batching.batch_size=16",
         "train.verbose=0",
+        "evaluate.plots=false",
+        "tracking.system_metrics=false",
     ]
 
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from textclf import inference, models, pipeline, tracking
-from textclf.config import flatten
+from textclf.config import flatten, to_object
 from textclf.models import bow
 
 from .conftest import compose_config, reviews, write_csv
@@ -39,12 +39,7 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
-def run(tmp_path_factory, request) -> SimpleNamespace:
-    from textclf.config import to_object
-
-    override, tag, name = MODELS[request.param]
-    root = tmp_path_factory.mktemp("bow")
+def train_model(root: Path, override: str) -> tuple[object, dict]:
     data = write_csv(root / "reviews.csv", reviews(400))
     cfg = to_object(
         compose_config(
@@ -58,8 +53,24 @@ def run(tmp_path_factory, request) -> SimpleNamespace:
             root,
         )
     )
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
-    return SimpleNamespace(cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag, name=name)
+    return cfg, pipeline.run(cfg, flatten(asdict(cfg)), {})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, SimpleNamespace]:
+    """Each model of MODELS trained once, for every test of the module."""
+    trained = {}
+    for key, (override, tag, name) in MODELS.items():
+        cfg, metrics = train_model(tmp_path_factory.mktemp("bow"), override)
+        trained[key] = SimpleNamespace(
+            cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag, name=name
+        )
+    return trained
+
+
+@pytest.fixture(params=list(MODELS))
+def run(runs, request) -> SimpleNamespace:
+    return runs[request.param]
 
 
 def test_it_trains_and_beats_chance_on_separable_reviews(run):
@@ -131,21 +142,23 @@ def test_the_exported_model_takes_raw_strings_and_predicts_through_the_classifie
     np.testing.assert_allclose(one_by_one, whole, atol=1e-6)
 
 
-def test_the_saved_model_loads_and_answers_in_a_fresh_process(run):
-    """Custom layers registered on import: nothing of the training process is needed."""
+def test_the_saved_models_load_and_answer_in_a_fresh_process(runs):
+    """Custom layers registered on import: nothing of the training process is needed. One
+    process loads every model: each process importing TensorFlow costs seconds."""
     code = (
-        "import sys; from textclf import inference; "
-        "c = inference.Classifier.from_files(sys.argv[1]); "
-        "print(c.predict(['a wonderful film', 'a terrible film'])['label'].tolist())"
+        "import sys; from textclf import inference\n"
+        "for path in sys.argv[1:]:\n"
+        "    c = inference.Classifier.from_files(path)\n"
+        "    print(c.predict(['a wonderful film', 'a terrible film'])['label'].tolist())"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(run.out / "model.keras")],
+        [sys.executable, "-c", code, *(str(run.out / "model.keras") for run in runs.values())],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "['pos', 'neg']" in done.stdout
+    assert done.stdout.splitlines() == ["['pos', 'neg']"] * len(runs)
 
 
 def test_the_mlflow_model_gives_the_same_probabilities(run):

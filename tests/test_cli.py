@@ -28,6 +28,7 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
         f"data.path={tiny_csv}",
         f"hydra.run.dir={run_dir}",
         *quick(tmp_path),
+        "evaluate.plots=true",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]

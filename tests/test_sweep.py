@@ -125,7 +125,6 @@ def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
             "train.epochs=1",
             "train.seed=0,1",
             "evaluate.served_limit=10",
-            "evaluate.plots=false",
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ]
     )

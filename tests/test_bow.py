@@ -39,29 +39,26 @@ MODELS = {
 }
 
 
-def train_model(root: Path, override: str) -> tuple[object, dict]:
-    data = write_csv(root / "reviews.csv", reviews(400))
-    cfg = to_object(
-        compose_config(
-            [
-                *override.split(),
-                "data=csv",
-                f"data.path={data}",
-                "evaluate.served_limit=20",
-                "evaluate.plots=false",
-            ],
-            root,
-        )
-    )
-    return cfg, pipeline.run(cfg, flatten(asdict(cfg)), {})
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, SimpleNamespace]:
     """Each model of MODELS trained once, for every test of the module."""
     trained = {}
     for key, (override, tag, name) in MODELS.items():
-        cfg, metrics = train_model(tmp_path_factory.mktemp("bow"), override)
+        root = tmp_path_factory.mktemp("bow")
+        data = write_csv(root / "reviews.csv", reviews(400))
+        cfg = to_object(
+            compose_config(
+                [
+                    *override.split(),
+                    "data=csv",
+                    f"data.path={data}",
+                    "evaluate.served_limit=20",
+                    "evaluate.plots=false",
+                ],
+                root,
+            )
+        )
+        metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
         trained[key] = SimpleNamespace(
             cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag, name=name
         )

@@ -146,6 +146,8 @@ def archive() -> Path:
 
 
 def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`textclf *args` in a fresh process: for what needs one (signals, determinism across
+    processes, the environment a process starts with)."""
     return subprocess.run(
         [sys.executable, "-m", "textclf.cli", *args],
         cwd=cwd,
@@ -153,6 +155,74 @@ def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
+
+
+def textclf_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`textclf *args` through the same `cli.main()` in this process, as if started in `cwd`:
+    its exit code and its Python-level stdout and stderr (logging included), without the
+    15-20 s a fresh process spends importing TensorFlow and MLflow. Hydra's, the signal
+    handlers', the working directory's and the logging state are put back afterwards."""
+    import contextlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from textclf import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = (sys.argv, cli.ROOT, os.getcwd(), os.environ.get("TEXTCLF_KEEP_STDERR"))
+    on_signal = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    root_logger = logging.getLogger()
+    logging_state = (root_logger.handlers[:], root_logger.level)
+    # Handlers already writing to this process's stdout/stderr (absl's, TensorFlow's) write to
+    # the captured streams meanwhile: Hydra's logging setup closes every handler, and absl's
+    # handler then closes its stream unless it is the sys.stderr of that moment.
+    streams = {id(sys.stdout): out, id(sys.stderr): err}
+    loggers = [root_logger, *logging.root.manager.loggerDict.values()]
+    handlers = [h for logger in loggers for h in getattr(logger, "handlers", ())]
+    if "absl.logging" in sys.modules:  # its stream handler sits inside a handler of its own
+        handlers.append(sys.modules["absl.logging"].get_absl_handler().python_handler)
+    moved = {
+        h: h.stream
+        for h in handlers
+        if isinstance(h, logging.StreamHandler) and id(h.stream) in streams
+    }
+    code = 0
+    GlobalHydra.instance().clear()
+    try:
+        for handler, stream in moved.items():
+            handler.setStream(streams[id(stream)])
+        root_logger.handlers[:] = []  # as in a fresh process: what logs before Hydra's setup
+        # reaches stderr through logging's last resort, not pytest's capture
+        os.chdir(cwd)
+        os.environ["TEXTCLF_KEEP_STDERR"] = "1"  # no fd-2 filter thread in the test process
+        cli.ROOT = cli.project_root()  # what a process started in `cwd` finds
+        sys.argv = ["textclf", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as stop:
+                if isinstance(stop.code, str):  # as the interpreter does: message, code 1
+                    print(stop.code, file=sys.stderr)
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv, cli.ROOT = saved[0], saved[1]
+        os.chdir(saved[2])
+        if saved[3] is None:
+            os.environ.pop("TEXTCLF_KEEP_STDERR", None)
+        else:
+            os.environ["TEXTCLF_KEEP_STDERR"] = saved[3]
+        for sig, handler in on_signal.items():
+            signal.signal(sig, handler)
+        for handler in root_logger.handlers:
+            if handler not in logging_state[0]:
+                handler.close()
+        root_logger.handlers[:], root_logger.level = logging_state
+        for handler, stream in moved.items():
+            handler.setStream(stream)
+    return subprocess.CompletedProcess(["textclf", *args], code, out.getvalue(), err.getvalue())
 
 
 # `textclf` with a signal sent to itself as epoch `epoch` (counted from 0) begins, so that the

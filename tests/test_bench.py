@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import reviews, textclf, write_csv
+from .conftest import reviews, textclf_here, write_csv
 
 
 def test_training_flops_are_counted_from_the_gate_shapes():
@@ -26,7 +26,7 @@ def test_training_flops_are_counted_from_the_gate_shapes():
 def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     data = write_csv(tmp_path / "reviews.csv", reviews(400))
     out = tmp_path / "bench"
-    done = textclf(
+    done = textclf_here(
         "bench",
         "--quick",
         "data=csv",

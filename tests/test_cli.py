@@ -1,5 +1,6 @@
-"""The real entry point, in subprocesses, on tiny data, read back from the MLflow store it wrote:
-output, exit codes, signals and resuming."""
+"""The real entry point on tiny data, read back from the MLflow store it wrote: output, exit
+codes, signals and resuming. In a fresh process where signals or determinism across processes
+are the point, else in this one (`textclf_here`)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import quick, reviews, signalled_at_epoch, textclf, write_csv
+from .conftest import quick, reviews, signalled_at_epoch, textclf, textclf_here, write_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, tiny_csv):
     run_dir = tmp_path / "run"
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=csv",
         f"data.path={tiny_csv}",
@@ -89,7 +90,7 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
 
 
 def test_bad_input_is_one_clear_message_not_a_traceback(tmp_path):
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=csv",
         f"data.path={tmp_path / 'missing.csv'}",
@@ -103,7 +104,7 @@ def test_bad_input_is_one_clear_message_not_a_traceback(tmp_path):
 
 
 def test_config_error_names_the_key_before_reading_data(tmp_path):
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=csv",
         f"data.path={tmp_path / 'missing.csv'}",
@@ -165,7 +166,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
     """The run the interrupted ones must end up equal to: its data file and final metrics."""
     tmp_path = tmp_path_factory.mktemp("whole")
     data = write_csv(tmp_path / "reviews.csv", reviews(800))
-    whole = textclf(
+    whole = textclf_here(
         "train",
         *quick(tmp_path),
         "data=csv",
@@ -199,9 +200,9 @@ def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_res
     assert killed.info.status == ("RUNNING" if how == signal.SIGKILL else "KILLED")
 
     if how == signal.SIGTERM:  # refusals do not depend on how the run ended: checked once
-        changed = textclf("resume", str(run_dir), "model.units=9", cwd=tmp_path)
+        changed = textclf_here("resume", str(run_dir), "model.units=9", cwd=tmp_path)
         assert changed.returncode == 2 and "model.units: 8 -> 9" in changed.stdout + changed.stderr
-        empty = textclf(
+        empty = textclf_here(
             "train",
             *quick(tmp_path),
             "train.resume=true",
@@ -210,7 +211,7 @@ def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_res
         )
         assert empty.returncode == 2 and "holds no earlier run" in empty.stdout + empty.stderr
 
-    resumed = textclf("resume", str(run_dir), cwd=tmp_path)
+    resumed = textclf_here("resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 2" in resumed.stdout + resumed.stderr
     [run] = client.search_runs([experiment])  # the same run, now complete
@@ -223,10 +224,11 @@ def test_an_interrupted_run_resumes_in_its_folder_and_mlflow_run_to_the_same_res
 
 
 def test_same_seed_data_and_config_give_the_same_metrics(tmp_path, tiny_csv):
+    """Once in a fresh process, once in this one: nothing but the seed decides."""
     results = []
-    for name in ("a", "b"):
+    for name, entry in (("a", textclf), ("b", textclf_here)):
         run_dir = tmp_path / name
-        done = textclf(
+        done = entry(
             "train",
             "data=csv",
             f"data.path={tiny_csv}",
@@ -303,7 +305,7 @@ def test_an_output_folder_that_cannot_be_made_is_named_before_hydra_starts(tmp_p
         f"{key}={blocker / 'run'}",
         *quick(tmp_path),
     ]
-    done = textclf(*args, cwd=tmp_path)
+    done = textclf_here(*args, cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]
     assert f"cannot create or write the output folder {blocker / 'run'}" in output

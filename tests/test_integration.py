@@ -6,19 +6,19 @@ import json
 
 import pytest
 
-from .conftest import textclf
+from .conftest import textclf_here
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_model_learns_on_a_subset_of_real_imdb(tmp_path, archive):
     run_dir = tmp_path / "run"
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=aclimdb",
         f"data.path={archive}",
-        "data.limit=2000",
-        "train.epochs=3",
+        "data.limit=1000",
+        "train.epochs=2",
         "evaluate.served_limit=200",  # served answers are tested on tiny data; spare 1,800 calls
         f"hydra.run.dir={run_dir}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",

@@ -1,6 +1,7 @@
 """Inference: the pyfunc model, `textclf predict` and `mlflow models serve` answer alike.
 
-Two tiny models are trained once for the module through the real entry point, into one SQLite
+Two tiny models are trained once for the module through the real entry point (in this process:
+`textclf_here`), into one SQLite
 store and one registered model: a 3-class topic model on JSONL (its own vocabulary, registered
 as version 1), then a binary review model on CSV (version 2, the newest run).
 """
@@ -28,7 +29,17 @@ from textclf import data, inference, predict, tracking
 from textclf.cli import CONF_DIR, _quote_text
 from textclf.config import ConfigError, PredictConfig, RegisterConfig
 
-from .conftest import GOOD, Service, free_port, quick, reviews, textclf, venv_env, write_csv
+from .conftest import (
+    GOOD,
+    Service,
+    free_port,
+    quick,
+    reviews,
+    textclf,
+    textclf_here,
+    venv_env,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +72,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def train(root: Path, name: str, data_path: Path, *extra: str) -> str:
     """Train through the CLI; the id of the run whose output_dir is `root / name`."""
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=csv",
         f"data.path={data_path}",
@@ -99,7 +110,7 @@ def trained(tmp_path_factory) -> SimpleNamespace:
 
 
 def cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:
-    return textclf("predict", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
+    return textclf_here("predict", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
 
 
 def pyfunc(trained: SimpleNamespace, run_id: str):
@@ -152,7 +163,8 @@ def test_input_files_read_lines_or_a_named_column_and_say_which_is_missing(tmp_p
 
 
 def test_predict_text_uses_the_newest_run_and_prints_a_table(trained):
-    done = cli(trained, f"text={POSITIVE}")  # as `make predict ARGS='text="..."'` passes it
+    # in a fresh process, as `make predict ARGS='text="..."'` runs and passes it
+    done = textclf("predict", f"tracking.uri={trained.uri}", f"text={POSITIVE}", cwd=trained.root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"runs:/{trained.binary}/model" in done.stdout + done.stderr
     header, row = done.stdout.strip().splitlines()[-2:]
@@ -258,7 +270,7 @@ def test_bad_requests_name_the_option(trained):
         done.returncode == 2
         and "cannot load the model runs:/nope/model" in done.stdout + done.stderr
     )
-    empty_store = textclf(
+    empty_store = textclf_here(
         "predict",
         'text="x"',
         f"tracking.uri=sqlite:///{trained.root / 'none.db'}",
@@ -319,7 +331,7 @@ def test_served_model_answers_like_the_pyfunc(trained):
 
 
 def evaluate_cli(trained: SimpleNamespace, *args: str) -> subprocess.CompletedProcess:
-    return textclf("evaluate", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
+    return textclf_here("evaluate", f"tracking.uri={trained.uri}", *args, cwd=trained.root)
 
 
 def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
@@ -381,7 +393,7 @@ def test_an_alias_set_by_register_names_the_model_for_predict_and_evaluate(train
     """`make register` points an alias at the run's registered version (no new version), and
     `model_uri=models:/<name>@<alias>` loads that model in `make predict` and `make evaluate`."""
     champion = f"models:/{REGISTERED}@champion"
-    done = textclf(
+    done = textclf_here(
         "register",
         f"tracking.uri={trained.uri}",
         f"run_id={trained.binary}",

@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import free_port, quick, reviews, signalled_at_epoch, textclf, venv_env, write_csv
+from .conftest import (
+    free_port,
+    quick,
+    reviews,
+    signalled_at_epoch,
+    textclf,
+    textclf_here,
+    venv_env,
+    write_csv,
+)
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["per_batch", "exact"]
@@ -40,9 +49,16 @@ def assert_all_finished(uri: str, variants: list[str]) -> None:
     ), [(r.data.tags["batching"], r.info.status) for r in children]
 
 
-def sweep(tmp_path: Path, *args: str, variants: list[str] = VARIANTS, data: str | None = None):
+def sweep(
+    tmp_path: Path,
+    *args: str,
+    variants: list[str] = VARIANTS,
+    data: str | None = None,
+    entry=textclf_here,
+):
+    """A tiny `--multirun` over `variants`, by default in this process (`textclf_here`)."""
     data = data or str(write_csv(tmp_path / "r.csv", reviews(120)))
-    return textclf(
+    return entry(
         "train",
         "--multirun",
         "data=csv",
@@ -137,8 +153,11 @@ def ray_head(monkeypatch):
 
 
 def test_ray_sweep_on_a_local_head_is_one_parent_with_finished_children(tmp_path, ray_head):
-    done = sweep(
-        tmp_path, "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{ray_head}"
+    done = sweep(  # in a fresh process: Ray's client stays connected in the one it starts in
+        tmp_path,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address=127.0.0.1:{ray_head}",
+        entry=textclf,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
@@ -207,7 +226,7 @@ def test_a_killed_sweep_resumes_its_unfinished_jobs_under_the_same_parent(tmp_pa
     [done_before] = [r.info.run_id for r in before if r.info.status == "FINISHED"]
     [killed] = [r.info.run_id for r in before if r.info.status == "RUNNING"]
 
-    resumed = textclf("resume", str(sweep_dir), cwd=tmp_path)
+    resumed = textclf_here("resume", str(sweep_dir), cwd=tmp_path)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     assert "skipped" in output and "resuming from" in output

@@ -29,7 +29,17 @@ import pytest
 from textclf import inference, tracking
 from textclf.cli import ROOT
 
-from .conftest import BAD, GOOD, Service, free_port, quick, reviews, textclf, venv_env, write_csv
+from .conftest import (
+    BAD,
+    GOOD,
+    Service,
+    free_port,
+    quick,
+    reviews,
+    textclf_here,
+    venv_env,
+    write_csv,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -103,7 +113,7 @@ def served(request, tmp_path_factory) -> SimpleNamespace:
     else:
         uri = f"sqlite:///{root / 'mlflow.db'}"
         data = write_csv(root / "reviews.csv", reviews(240))
-        done = textclf(
+        done = textclf_here(
             "train",
             "data=csv",
             f"data.path={data}",

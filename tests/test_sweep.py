@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from textclf.cli import ROOT
 
-from .conftest import free_port, quick, reviews, textclf, venv_env, write_csv
+from .conftest import free_port, quick, reviews, textclf_here, venv_env, write_csv
 
 pytestmark = pytest.mark.e2e
 STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
@@ -27,7 +27,7 @@ def sweep_children(uri: str) -> list:
 
 def parallel_sweep(tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
     data = write_csv(tmp_path / "r.csv", reviews(160))
-    return textclf(
+    return textclf_here(
         "train",
         "--multirun",
         "hydra/launcher=parallel",
@@ -67,7 +67,7 @@ def test_parallel_sweep_against_a_tracking_server(tmp_path, mlflow_server):
 
 def test_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, tiny_csv):
     uri = f"http://127.0.0.1:{free_port()}"
-    done = textclf(
+    done = textclf_here(
         "train",
         "data=csv",
         f"data.path={tiny_csv}",
@@ -83,7 +83,7 @@ def test_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_pat
 
 def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(tmp_path):
     good = write_csv(tmp_path / "good.csv", reviews(120))
-    done = textclf(
+    done = textclf_here(
         "train",
         "--multirun",
         "data=csv",

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from textclf import tracking
 from textclf.config import ConfigError, TuneConfig
 
-from .conftest import reviews, textclf, write_csv
+from .conftest import reviews, textclf_here, write_csv
 
 
 @pytest.fixture(autouse=True)
@@ -226,7 +226,7 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
 
     # again, now with a pruner no trial passes (val_accuracy never exceeds 1): the study goes
     # on from its two trials, the new ones stop after their first epoch
-    done = textclf(*args, "tune.pruner=threshold", "tune.prune_threshold=1.01", cwd=tmp_path)
+    done = textclf_here(*args, "tune.pruner=threshold", "tune.prune_threshold=1.01", cwd=tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     study = optuna.load_study(study_name="imdb_optuna", storage=storage)
     assert [t.state for t in study.trials] == [
@@ -284,7 +284,7 @@ def test_failed_trials_are_failed_runs_and_the_search_says_so(tmp_path):
     from textclf.tune import RUN_ID
 
     args = [*tiny_search(tmp_path, tmp_path / "gone.csv"), "tune.n_trials=2"]
-    done = textclf(*args, cwd=tmp_path)
+    done = textclf_here(*args, cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-4000:]
     assert "2 trials failed; their runs hold the error" in output
@@ -303,7 +303,7 @@ def test_failed_trials_are_failed_runs_and_the_search_says_so(tmp_path):
 
 @pytest.mark.e2e
 def test_textclf_train_refuses_a_search_config(tmp_path):
-    done = textclf(
+    done = textclf_here(
         "train", "hparams_search=imdb_optuna", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
     )
     output = done.stdout + done.stderr

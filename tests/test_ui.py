@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import quick, reviews, textclf, write_csv
+from .conftest import quick, reviews, textclf_here, write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,7 +46,7 @@ def browser(tmp_path):
 
 def test_ui_lists_every_sweep_run_with_tags_and_accuracy(tmp_path, mlflow_server, browser):
     data = write_csv(tmp_path / "r.csv", reviews(120))
-    done = textclf(
+    done = textclf_here(
         "train",
         "--multirun",
         "data=csv",

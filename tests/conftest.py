@@ -147,7 +147,9 @@ def archive() -> Path:
 
 def textclf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`textclf *args` in a fresh process: for what needs one (signals, determinism across
-    processes, the environment a process starts with)."""
+    processes, the environment a process starts with, and joblib's `parallel` launcher, whose
+    workers inherit the starting process's sys.path: in a test process that has loaded an
+    MLflow model, the model's copy of the package comes first, without textclf.sweep)."""
     return subprocess.run(
         [sys.executable, "-m", "textclf.cli", *args],
         cwd=cwd,
@@ -171,7 +173,7 @@ def textclf_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     from textclf import cli
 
     out, err = io.StringIO(), io.StringIO()
-    saved = (sys.argv, cli.ROOT, os.getcwd(), os.environ.get("TEXTCLF_KEEP_STDERR"))
+    saved = (sys.argv, cli.ROOT, os.getcwd(), os.environ.get("TEXTCLF_KEEP_STDERR"), sys.path[:])
     on_signal = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     root_logger = logging.getLogger()
     logging_state = (root_logger.handlers[:], root_logger.level)
@@ -208,7 +210,7 @@ def textclf_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                 code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     finally:
         GlobalHydra.instance().clear()
-        sys.argv, cli.ROOT = saved[0], saved[1]
+        sys.argv, cli.ROOT, sys.path[:] = saved[0], saved[1], saved[4]
         os.chdir(saved[2])
         if saved[3] is None:
             os.environ.pop("TEXTCLF_KEEP_STDERR", None)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from textclf import tracking
 from textclf.cli import ROOT
 
-from .conftest import Service, free_port, quick, reviews, textclf_here, venv_env, write_csv
+from .conftest import Service, free_port, quick, reviews, textclf, venv_env, write_csv
 
 JOBS = ["per_batch", "exact"]
 
@@ -204,7 +204,7 @@ def test_a_parallel_sweep_lands_whole_in_a_postgresql_backed_server(tmp_path, po
     try:
         assert f"Uvicorn running on http://127.0.0.1:{port}" in server.log.read_text()
         data = write_csv(tmp_path / "reviews.csv", reviews(160))
-        done = textclf_here(
+        done = textclf(  # a fresh process: see conftest.textclf
             "train",
             "--multirun",
             "hydra/launcher=parallel",

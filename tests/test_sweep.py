@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from textclf.cli import ROOT
 
-from .conftest import free_port, quick, reviews, textclf_here, venv_env, write_csv
+from .conftest import free_port, quick, reviews, textclf, textclf_here, venv_env, write_csv
 
 pytestmark = pytest.mark.e2e
 STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
@@ -27,7 +27,7 @@ def sweep_children(uri: str) -> list:
 
 def parallel_sweep(tmp_path: Path, uri: str) -> subprocess.CompletedProcess:
     data = write_csv(tmp_path / "r.csv", reviews(160))
-    return textclf_here(
+    return textclf(
         "train",
         "--multirun",
         "hydra/launcher=parallel",

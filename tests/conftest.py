@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -20,7 +22,7 @@ from omegaconf import OmegaConf
 
 from textclf import models
 from textclf.cli import CONF_DIR, ROOT, register_schemas
-from textclf.config import BaselineConfig, Config, TrainConfig, to_object
+from textclf.config import BaselineConfig, Config, TrainConfig, flatten, to_object
 from textclf.models.lstm import LstmConfig
 
 register_schemas(with_models=True)  # as `textclf train` does: conf/model/*.yaml start from them
@@ -102,6 +104,33 @@ def compose_config(overrides: list[str], tmp_path: Path) -> Config:
     return cfg
 
 
+def run_pipeline(cfg: Config) -> dict[str, float]:
+    """`pipeline.run` as the entry point calls it, with the config's own values as its params."""
+    from textclf import pipeline
+
+    return pipeline.run(cfg, flatten(asdict(cfg)), {})
+
+
+def trained_once(tmp_path_factory, empty_store: Path, *overrides: str, rows: int = 240):
+    """One run on `rows` tiny reviews, shared by a module's tests: its config, metrics, store,
+    folder and MLflow run. System metrics are sampled every second (MLflow's default is 10 s),
+    so that a run of seconds has some when tracking.system_metrics is on."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("run")
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    data = write_csv(root / "r.csv", reviews(rows))
+    cfg = to_object(compose_config(["data=csv", f"data.path={data}", *overrides], root))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        metrics = run_pipeline(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    return SimpleNamespace(
+        cfg=cfg, metrics=metrics, client=client, run=run, out=Path(cfg.output_dir), root=root
+    )
+
+
 def compose_baseline(overrides: list[str], tmp_path: Path) -> BaselineConfig:
     """`textclf baseline`'s real config: outputs and the MLflow store inside `tmp_path`."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -173,7 +202,6 @@ def textclf_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     from textclf import cli
 
     out, err = io.StringIO(), io.StringIO()
-    saved = (sys.argv, cli.ROOT, os.getcwd(), os.environ.get("TEXTCLF_KEEP_STDERR"), sys.path[:])
     on_signal = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     root_logger = logging.getLogger()
     logging_state = (root_logger.handlers[:], root_logger.level)
@@ -192,38 +220,34 @@ def textclf_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     }
     code = 0
     GlobalHydra.instance().clear()
-    try:
-        for handler, stream in moved.items():
-            handler.setStream(streams[id(stream)])
-        root_logger.handlers[:] = []  # as in a fresh process: what logs before Hydra's setup
-        # reaches stderr through logging's last resort, not pytest's capture
-        os.chdir(cwd)
-        os.environ["TEXTCLF_KEEP_STDERR"] = "1"  # no fd-2 filter thread in the test process
-        cli.ROOT = cli.project_root()  # what a process started in `cwd` finds
-        sys.argv = ["textclf", *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.main()
-            except SystemExit as stop:
-                if isinstance(stop.code, str):  # as the interpreter does: message, code 1
-                    print(stop.code, file=sys.stderr)
-                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-    finally:
-        GlobalHydra.instance().clear()
-        sys.argv, cli.ROOT, sys.path[:] = saved[0], saved[1], saved[4]
-        os.chdir(saved[2])
-        if saved[3] is None:
-            os.environ.pop("TEXTCLF_KEEP_STDERR", None)
-        else:
-            os.environ["TEXTCLF_KEEP_STDERR"] = saved[3]
-        for sig, handler in on_signal.items():
-            signal.signal(sig, handler)
-        for handler in root_logger.handlers:
-            if handler not in logging_state[0]:
-                handler.close()
-        root_logger.handlers[:], root_logger.level = logging_state
-        for handler, stream in moved.items():
-            handler.setStream(stream)
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            for handler, stream in moved.items():
+                handler.setStream(streams[id(stream)])
+            root_logger.handlers[:] = []  # as in a fresh process: what logs before Hydra's
+            # setup reaches stderr through logging's last resort, not pytest's capture
+            patch.chdir(cwd)
+            patch.setenv("TEXTCLF_KEEP_STDERR", "1")  # no fd-2 filter thread in this process
+            patch.setattr(sys, "path", sys.path[:])  # a loaded MLflow model prepends its code
+            patch.setattr(sys, "argv", ["textclf", *args])
+            patch.setattr(cli, "ROOT", cli.project_root())  # what a process in `cwd` finds
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    cli.main()
+                except SystemExit as stop:
+                    if isinstance(stop.code, str):  # as the interpreter does: message, code 1
+                        print(stop.code, file=sys.stderr)
+                    code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        finally:
+            GlobalHydra.instance().clear()
+            for sig, handler in on_signal.items():
+                signal.signal(sig, handler)
+            for handler in root_logger.handlers:
+                if handler not in logging_state[0]:
+                    handler.close()
+            root_logger.handlers[:], root_logger.level = logging_state
+            for handler, stream in moved.items():
+                handler.setStream(stream)
     return subprocess.CompletedProcess(["textclf", *args], code, out.getvalue(), err.getvalue())
 
 

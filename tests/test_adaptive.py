@@ -10,17 +10,16 @@ training budget are the real defaults.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textclf import batching, pipeline, train
-from textclf.config import BatchingConfig, TrainConfig, flatten
+from textclf import batching, train
+from textclf.config import BatchingConfig, TrainConfig
 
-from .conftest import write_csv
+from .conftest import run_pipeline, write_csv
 
 FILLER = [f"word{i}" for i in range(400)]
 SMALL = [
@@ -51,7 +50,7 @@ def texts(
 def train_defaults(make_config, tmp_path: Path, rows: list[tuple[str, str]]) -> dict:
     """One run with the default config on `rows`: its metrics and per-epoch val_loss."""
     cfg = make_config("data=csv", f"data.path={write_csv(tmp_path / 'data.csv', rows)}", *SMALL)
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     history = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
@@ -106,7 +105,7 @@ def memorisable(n: int, seed: int) -> list[tuple[str, str]]:
 def test_training_stops_soon_after_the_training_set_is_memorised(make_config, tmp_path):
     data = write_csv(tmp_path / "data.csv", memorisable(900, seed=0))
     cfg = make_config("data=csv", f"data.path={data}", *SMALL, "train.learning_rate=0.005")
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     history = {

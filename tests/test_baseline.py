@@ -4,7 +4,7 @@ names, picks C on validation, and `make compare` shows it beside the trained run
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,9 +15,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from textclf import baseline, compare, data, evaluate, pipeline, tracking
-from textclf.config import flatten, to_object
+from textclf.config import to_object
 
-from .conftest import compose_baseline, compose_config, reviews, write_csv
+from .conftest import compose_baseline, compose_config, reviews, run_pipeline, write_csv
 
 EXPERIMENT = "beside"
 TINY = [
@@ -65,7 +65,7 @@ def beside(tmp_path_factory, empty_store) -> SimpleNamespace:
         f"tracking.experiment={EXPERIMENT}",
     ]
     keras_cfg = to_object(compose_config([*same, *TINY], root))
-    keras_metrics = pipeline.run(keras_cfg, flatten(asdict(keras_cfg)), {})
+    keras_metrics = run_pipeline(keras_cfg)
     cfg = compose_baseline(same, root)
     fits, scores = [], []
     with pytest.MonkeyPatch.context() as patch:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import keras
@@ -20,11 +18,10 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from textclf import inference, models, pipeline, tracking
-from textclf.config import flatten, to_object
+from textclf import inference, models, tracking
 from textclf.models import bow
 
-from .conftest import compose_config, reviews, write_csv
+from .conftest import reviews, trained_once
 
 # (override, model tag, run name)
 MODELS = {
@@ -40,29 +37,25 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, SimpleNamespace]:
+def runs(tmp_path_factory, empty_store) -> dict[str, SimpleNamespace]:
     """Each model of MODELS trained once, for every test of the module."""
-    trained = {}
-    for key, (override, tag, name) in MODELS.items():
-        root = tmp_path_factory.mktemp("bow")
-        data = write_csv(root / "reviews.csv", reviews(400))
-        cfg = to_object(
-            compose_config(
-                [
+    return {
+        key: SimpleNamespace(
+            **vars(
+                trained_once(
+                    tmp_path_factory,
+                    empty_store,
                     *override.split(),
-                    "data=csv",
-                    f"data.path={data}",
                     "evaluate.served_limit=20",
                     "evaluate.plots=false",
-                ],
-                root,
-            )
+                    rows=400,
+                )
+            ),
+            tag=tag,
+            name=name,
         )
-        metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
-        trained[key] = SimpleNamespace(
-            cfg=cfg, metrics=metrics, out=Path(cfg.output_dir), tag=tag, name=name
-        )
-    return trained
+        for key, (override, tag, name) in MODELS.items()
+    }
 
 
 @pytest.fixture(params=list(MODELS))

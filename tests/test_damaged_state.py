@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from textclf import data, pipeline, train
+from textclf import data, train
 from textclf.cli import CONF_DIR
-from textclf.config import ConfigError, EvaluateModelConfig, flatten
+from textclf.config import ConfigError, EvaluateModelConfig
 from textclf.run_folder import RunFolder
 
-from .conftest import reviews, write_csv
+from .conftest import reviews, run_pipeline, write_csv
 
 TINY = ["train.epochs=1", "model.units=4", "model.embedding_dim=4", "tokenize.vocab_size=50"]
 
@@ -71,7 +71,7 @@ def test_resuming_from_a_damaged_checkpoint_fails_before_the_data_and_the_run_is
     DAMAGES["truncated"](folder.checkpoint)
     fail_if_data_is_read(monkeypatch)
     with pytest.raises(train.CheckpointMismatch, match="is damaged"):
-        pipeline.run(cfg, flatten(asdict(cfg)), {})
+        run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FAILED"
@@ -88,7 +88,7 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_anything_runs(
     cfg = resumable_config(make_config, tmp_path, f"output_dir={out}")
     fail_if_data_is_read(monkeypatch)
     with pytest.raises(ConfigError, match=f"output_dir: cannot create or write {out} "):
-        pipeline.run(cfg, flatten(asdict(cfg)), {})
+        run_pipeline(cfg)
     assert MlflowClient(cfg.tracking.uri).get_experiment_by_name("textclf") is None  # no run
 
 

@@ -4,9 +4,8 @@ one review at a time."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -14,12 +13,12 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textclf import data, inference, models, pipeline, tracking
-from textclf.config import ModelConfig, flatten, to_object
+from textclf import data, inference, models, tracking
+from textclf.config import ModelConfig, to_object
 from textclf.models.fused import FusedLSTM, lstm_layers
 from textclf.run_folder import RunFolder
 
-from .conftest import compose_config, reviews, write_csv
+from .conftest import compose_config, reviews, run_pipeline, trained_once, write_csv
 
 TINY = [
     "train.epochs=2",
@@ -38,35 +37,15 @@ def train_here(make_config, tmp_path, *overrides: str) -> tuple[dict, MlflowClie
     cfg = make_config(
         "data=csv", f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}", *TINY, *overrides
     )
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    metrics = run_pipeline(cfg)
     return metrics, MlflowClient(cfg.tracking.uri)
-
-
-def trained_once(tmp_path_factory, empty_store, *overrides: str) -> SimpleNamespace:
-    """One run shared by a module's tests: its metrics, store, folder and MLflow run. System
-    metrics are sampled every second (MLflow's default is 10 s), so that a run of seconds
-    has some when tracking.system_metrics is on."""
-    root = tmp_path_factory.mktemp("run")
-    shutil.copyfile(empty_store, root / "mlflow.db")
-    cfg = to_object(
-        compose_config(
-            ["data=csv", f"data.path={write_csv(root / 'r.csv', reviews(240))}", *TINY, *overrides],
-            root,
-        )
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-        metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
-    client = MlflowClient(cfg.tracking.uri)
-    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    return SimpleNamespace(metrics=metrics, client=client, run=run, out=root / "run", root=root)
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, empty_store) -> SimpleNamespace:
     """The defaults (the LSTM both ways, served with the fused kernel), shrunk."""
     return trained_once(
-        tmp_path_factory, empty_store, "model.bidirectional=true", "evaluate.served_limit=20"
+        tmp_path_factory, empty_store, *TINY, "model.bidirectional=true", "evaluate.served_limit=20"
     )
 
 
@@ -76,6 +55,7 @@ def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
     return trained_once(
         tmp_path_factory,
         empty_store,
+        *TINY,
         "model.bidirectional=true",
         "model.serve_lstm=trained",
         "train.label_smoothing=0.1",
@@ -296,7 +276,7 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
         "evaluate.served_limit=20",
     )
     cfg = replace(cfg, model=toy_model(embedding_dim=4))
-    metrics = pipeline.run(cfg, flatten(asdict(cfg)), {})
+    metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "toy-bucket"

@@ -27,7 +27,16 @@ from textclf import tracking
 from textclf.cli import ROOT
 from textclf.run_folder import RunFolder
 
-from .conftest import Service, free_port, quick, reviews, tracking_server, venv_env, write_csv
+from .conftest import (
+    Service,
+    free_port,
+    quick,
+    reviews,
+    textclf_here,
+    tracking_server,
+    venv_env,
+    write_csv,
+)
 
 EPOCHS = 6
 RETRY_SETTINGS = (
@@ -186,27 +195,13 @@ def test_a_server_away_past_the_retries_costs_no_trained_model(tmp_path):
         assert not (folder / "checkpoint.npz").exists()
 
         server.start()
-        logged = subprocess.run(
-            [sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
-            cwd=tmp_path,
-            env=env_with(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        logged = textclf_here("log-model", str(folder), cwd=tmp_path)
         assert logged.returncode == 0, (logged.stdout + logged.stderr)[-4000:]
         client, run = the_run(server.url)  # the same run, not a second one
         assert run.info.run_id == (folder / "mlflow_run_id").read_text().strip()
         assert_complete(server.url, run.info.run_id)
         assert not (folder / RunFolder.PENDING).exists()
-        again = subprocess.run(
-            [sys.executable, "-m", "textclf.cli", "log-model", str(folder)],
-            cwd=tmp_path,
-            env=env_with(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        again = textclf_here("log-model", str(folder), cwd=tmp_path)
         assert again.returncode == 0 and "nothing to log" in again.stdout + again.stderr
     finally:
         server.stop()
@@ -370,28 +365,19 @@ def test_the_auth_server_lets_in_only_its_users(tmp_path, monkeypatch):
         assert get(api, "admin", password) == 200
 
         data = write_csv(tmp_path / "reviews.csv", reviews(240))
-        trained = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "textclf.cli",
-                "train",
-                "data=csv",
-                f"data.path={data}",
-                f"hydra.run.dir={tmp_path / 'run'}",
-                *quick(tmp_path),
-                f"tracking.uri={url}",
-            ],
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        trained = textclf_here(
+            "train",
+            "data=csv",
+            f"data.path={data}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *quick(tmp_path),
+            f"tracking.uri={url}",
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env_with(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password),
         )
         assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
 
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client, run = the_run(url)
         assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
         assert "model.keras" in {a.path for a in client.list_artifacts(run.info.run_id)}

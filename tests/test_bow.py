@@ -39,23 +39,19 @@ MODELS = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, empty_store) -> dict[str, SimpleNamespace]:
     """Each model of MODELS trained once, for every test of the module."""
-    return {
-        key: SimpleNamespace(
-            **vars(
-                trained_once(
-                    tmp_path_factory,
-                    empty_store,
-                    *override.split(),
-                    "evaluate.served_limit=20",
-                    "evaluate.plots=false",
-                    rows=400,
-                )
-            ),
-            tag=tag,
-            name=name,
+    trained = {}
+    for key, (override, tag, name) in MODELS.items():
+        run = trained_once(
+            tmp_path_factory,
+            empty_store,
+            *override.split(),
+            "evaluate.served_limit=20",
+            "evaluate.plots=false",
+            rows=400,
         )
-        for key, (override, tag, name) in MODELS.items()
-    }
+        run.tag, run.name = tag, name
+        trained[key] = run
+    return trained
 
 
 @pytest.fixture(params=list(MODELS))

@@ -11,10 +11,9 @@ from textclf.cli import ROOT
 
 from .conftest import quick, reviews, venv_env, write_csv
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-@pytest.mark.slow
 def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
     """Two sweeps (four strategies masked, per_batch unmasked) land in one experiment, and the
     comparison over them has the five variants, each with its seeds, and a per-run CSV."""

@@ -111,28 +111,6 @@ def test_max_pooling_takes_the_largest_unmasked_step():
     np.testing.assert_allclose(pooled, [[-2.0, 1.0]])
 
 
-def test_embedding_dropout_drops_whole_channels_when_training_only():
-    net = build("mask_zero", embedding_dropout=0.5)
-    layer = net.get_layer("embedding_dropout")
-    x = np.ones((1, 6, 8), dtype="float32")
-    dropped = np.asarray(layer(x, training=True))[0]
-    assert ((dropped == 0).all(axis=0) | (dropped != 0).all(axis=0)).all()  # per channel
-    assert (dropped == 0).any()
-    np.testing.assert_allclose(layer(x, training=False), x)
-
-
-def test_word_dropout_drops_whole_tokens_when_training_only_and_keeps_the_mask():
-    net = build("mask_zero", word_dropout=0.5)
-    layer = net.get_layer("word_dropout")
-    x = np.ones((1, 40, 8), dtype="float32")
-    dropped = np.asarray(layer(x, training=True))[0]
-    assert ((dropped == 0).all(axis=1) | (dropped != 0).all(axis=1)).all()  # per token
-    assert (dropped == 0).any() and (dropped != 0).any()
-    np.testing.assert_allclose(layer(x, training=False), x)
-    mask = net.get_layer("embedding").compute_mask(pad([3, 14], 2, "post"))
-    assert layer.compute_mask(x, mask) is mask
-
-
 def test_concat_pooling_survives_save_and_load(tmp_path):
     net = build("mask_zero", pooling="concat", bidirectional=True)
     net.save(tmp_path / "model.keras")

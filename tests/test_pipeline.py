@@ -51,15 +51,13 @@ def default_run(tmp_path_factory, empty_store) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
-    """Label smoothing, a warm-up + cosine schedule, word dropout, and Keras' LSTM served as
-    trained."""
+    """Label smoothing, a warm-up + cosine schedule, and Keras' LSTM served as trained."""
     return trained_once(
         tmp_path_factory,
         empty_store,
         *TINY,
         "model.bidirectional=true",
         "model.serve_lstm=trained",
-        "model.word_dropout=0.1",
         "train.label_smoothing=0.1",
         "train.schedule=cosine",
         "train.warmup_steps=5",
@@ -235,13 +233,12 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
 
 
 def test_the_training_levers_run_through_the_pipeline(levers_run):
-    """Label smoothing, a warm-up + cosine schedule and word dropout together: a run that logs
-    them, finishes and serves as it evaluated."""
+    """Label smoothing and a warm-up + cosine schedule together: a run that logs them, finishes
+    and serves as it evaluated."""
     metrics, run = levers_run.metrics, levers_run.run
     assert run.info.status == "FINISHED"
     assert run.data.params["train.label_smoothing"] == "0.1"
     assert run.data.params["train.schedule"] == "cosine"
-    assert run.data.params["model.word_dropout"] == "0.1"
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["test_accuracy"] > 0.5
 
 

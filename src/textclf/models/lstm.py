@@ -47,10 +47,6 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     # mean: masked average of the LSTM outputs | last: final state | max: masked maximum |
     # concat: mean, max and final state side by side
     pooling: str = "mean"
-    # whole embedding channels dropped for a review (SpatialDropout1D) while training
-    embedding_dropout: float = 0.0
-    # whole tokens dropped while training (word dropout: a token's vector zeroed, its mask kept)
-    word_dropout: float = 0.0
     # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
     # answers; one kernel call per review instead of a loop of small ops per step: single-review
     # latency 3.3x lower in make bench, docs/bench.md) | trained (Keras' LSTM, as trained)
@@ -63,16 +59,6 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
-        check(
-            0 <= self.embedding_dropout < 1,
-            "model.embedding_dropout",
-            f"must be in [0, 1), got {self.embedding_dropout}",
-        )
-        check(
-            0 <= self.word_dropout < 1,
-            "model.word_dropout",
-            f"must be in [0, 1), got {self.word_dropout}",
-        )
         check(
             self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
         )
@@ -153,10 +139,6 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
         inputs.vocab_size, cfg.embedding_dim, mask_zero=cfg.masking == "mask_zero", name="embedding"
     )(tokens)
     mask = None
-    if cfg.embedding_dropout:
-        x = layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
-    if cfg.word_dropout:
-        x = layers.Dropout(cfg.word_dropout, noise_shape=(None, None, 1), name="word_dropout")(x)
     if cfg.masking == "masking_layer":
         x = layers.Masking(mask_value=0.0, name="masking")(
             ZeroPadding(name="zero_padding")([x, tokens])

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from textclf import batching
 from textclf.config import BatchingConfig
 
-STRATEGIES = ["fixed", "per_batch", "bucket", "exact"]
+STRATEGIES = ["fixed", "per_batch", "bucket", "exact", "pooled"]
 
 
 def ragged(lengths: list[int]) -> tf.RaggedTensor:
@@ -127,3 +127,53 @@ def test_repad_trims_guards_empty_rows_and_moves_padding():
     ids = tf.constant([[5, 6, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=tf.int64)
     assert batching.Repad("post")(ids).numpy().tolist() == [[5, 6], [1, 0]]
     assert batching.Repad("pre")(ids).numpy().tolist() == [[5, 6], [0, 1]]
+
+
+def batch_rows(ds: tf.data.Dataset) -> list[list[int]]:
+    """Each batch as the row numbers it holds (row i's first id is i*1000 + 1)."""
+    return [sorted(int(ids[ids > 0][0]) // 1000 for ids in x.numpy()) for x, _ in ds]
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=60), pool=st.integers(1, 5))
+def test_pooled_batches_are_full_sorted_within_their_pool_and_fixed_by_seed_and_epoch(
+    lengths, pool
+):
+    tokens, labels = ragged(lengths), np.zeros(len(lengths), np.int32)
+    s = spec("pooled", pool_batches=pool)
+    epoch = [batch_rows(batches(tokens, labels, s, shuffle=True, seed=3, epoch=e)) for e in (0, 1)]
+    assert epoch[0] == batch_rows(batches(tokens, labels, s, shuffle=True, seed=3, epoch=0))
+    assert sorted(r for b in epoch[0] for r in b) == list(range(len(lengths)))
+    sizes = sorted(len(b) for b in epoch[0])
+    assert sizes[1:] == [s.batch_size] * (len(sizes) - 1)  # one short batch at most
+    # Unshuffled, pools are consecutive rows: each batch's lengths follow the sorted pool's.
+    plain = batch_rows(batches(tokens, labels, s))
+    per_pool = s.batch_size * pool
+    for start in range(0, len(lengths), per_pool):
+        ordered = sorted(range(start, min(start + per_pool, len(lengths))), key=lengths.__getitem__)
+        cut = [sorted(ordered[i : i + s.batch_size]) for i in range(0, len(ordered), s.batch_size)]
+        assert plain[: len(cut)] == cut
+        plain = plain[len(cut) :]
+
+
+def test_pooled_with_one_batch_per_pool_is_per_batch_and_with_all_is_sorted():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4]
+    tokens, labels = ragged(lengths), np.zeros(8, np.int32)
+    one = batch_rows(batches(tokens, labels, spec("pooled", pool_batches=1)))
+    assert one == batch_rows(batches(tokens, labels, spec("per_batch")))
+    every = batching.padding_stats(batches(tokens, labels, spec("pooled", pool_batches=2)))
+    assert every.padded_tokens == 4 * 4 + 4 * 9  # [1 2 3 4] padded to 4, [5 7 8 9] to 9
+
+
+def test_random_bucket_keys_keep_the_bucket_sizes_and_ignore_length():
+    lengths = [2] * 40 + [20] * 40
+    tokens, labels = ragged(lengths), np.zeros(80, np.int32)
+    bounds = batching.bucket_boundaries(np.array(lengths), 2)
+    got = {}
+    for keys in ("length", "random"):
+        s = spec("bucket", bucket_keys=keys, batch_size=8)
+        ds = batches(tokens, labels, s, bounds, shuffle=True, seed=0, epoch=0)
+        got[keys] = [(len(b), {lengths[r] for r in b}) for b in batch_rows(ds)]
+    assert all(len(lens) == 1 for _, lens in got["length"])  # one length per batch
+    assert sum(len(lens) == 2 for _, lens in got["random"]) >= 5  # most batches mix them
+    assert sorted(n for n, _ in got["random"]) == sorted(n for n, _ in got["length"])

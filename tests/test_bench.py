@@ -7,6 +7,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from textclf.config import BATCHING as STRATEGIES
+
 from .conftest import reviews, textclf_here, write_csv
 
 
@@ -37,13 +39,20 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
         "model.embedding_dim=16",
         "tokenize.vocab_size=200",
         "bench.fixed_length=40",
+        "batching.num_buckets=2",  # buckets of many reviews: the budget widens their batches
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((out / "latest.json").read_text())
-    assert set(report["strategies"]) == {"fixed", "per_batch", "bucket", "exact"}
+    assert set(report["strategies"]) == {*STRATEGIES, "bucket-budget"}
+    # every strategy at the same rows per batch; the token budget is timed as its own lever
+    rows = report["config"]["train_reviews"] / report["config"]["batch_size"]
+    by_name = report["strategies"]
+    assert all(by_name[name]["batches_per_epoch"] >= rows for name in STRATEGIES)
+    assert by_name["bucket-budget"]["batches_per_epoch"] < by_name["bucket"]["batches_per_epoch"]
+    assert "the budget's own gain" in done.stdout
     for name, result in report["strategies"].items():
         for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s", "peak_rss_mb"):
             assert result[key] > 0, (name, key)
@@ -58,7 +67,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
         report["strategies"]["exact"]["padding_efficiency"]
         > (report["strategies"]["per_batch"]["padding_efficiency"])
     )
-    assert report["config"]["default"] == "bucket"
+    assert report["config"]["default"] == "bucket-budget"
     assert report["config"]["fixed_length"] == 40 and "pads to 40 tokens" in done.stdout
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
     inference = report["inference"]

@@ -155,3 +155,34 @@ def test_a_left_padded_masked_model_keeps_cudnn_off_when_cloned_fused_and_reload
             layers = lstm_layers(net)
             assert len(layers) == (2 if bidirectional else 1), (side, name)
             assert [layer.use_cudnn for layer in layers] == [expected] * len(layers), (side, name)
+
+
+@pytest.mark.parametrize("side", ["post", "pre"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_segmented_answers_ignore_padding_and_batch_mates_at_every_length(side, bidirectional):
+    """Reviews shorter than, equal to and longer than a window (4), in one batch and alone,
+    through the trained model and its fused serving copy."""
+    net = build("mask_zero", side, segment=4, bidirectional=bidirectional)
+    served = fused_copy(net)
+    rng = np.random.default_rng(0)
+    reviews = [list(rng.integers(1, VOCAB, n)) for n in (1, 3, 4, 5, 8, 11)]
+    longest = max(map(len, reviews)) + 2
+    batch = np.concatenate([pad(r, longest - len(r), side) for r in reviews])
+    together = net.predict_on_batch(batch)
+    alone = np.concatenate([served.predict_on_batch(pad(r, 0, side)) for r in reviews])
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    # the window matters: a review longer than it is not read as one sequence
+    whole = build("mask_zero", side, bidirectional=bidirectional)
+    for name in ("embedding", "lstm_logits"):
+        whole.get_layer(name).set_weights(net.get_layer(name).get_weights())
+    rnn = "bilstm" if bidirectional else "lstm"
+    whole.get_layer(rnn).set_weights(net.get_layer(rnn).get_weights())
+    np.testing.assert_allclose(whole.predict_on_batch(batch)[:2], together[:2], atol=1e-5)
+    assert np.abs(whole.predict_on_batch(batch)[4:] - together[4:]).max() > 1e-4
+
+
+def test_segments_need_mean_pooling_and_a_mask():
+    with pytest.raises(Exception, match="model.segment"):
+        small_model(segment=4, pooling="last")
+    with pytest.raises(Exception, match="model.segment"):
+        small_model(segment=4, masking="none")

@@ -4,7 +4,9 @@ Four strategies, each a `conf/batching/*.yaml` option:
 - `fixed`: pad or truncate every review to `max_length` (the classic `pad_sequences` way);
 - `per_batch`: random batches padded to their own longest review;
 - `bucket`: `bucket_by_sequence_length` with boundaries from the training-length quantiles;
-- `exact`: `group_by_window` on the (rounded) length, so a batch holds reviews of one length.
+- `exact`: `group_by_window` on the (rounded) length, so a batch holds reviews of one length;
+- `pooled`: shuffled pools of `pool_batches` batches, each sorted by length and cut into
+  batches (Hugging Face's `group_by_length`): every batch full, its members drawn from one pool.
 Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad.
 """
 
@@ -51,6 +53,30 @@ def _pre_pad(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.reverse(tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0), axis=[1]), y
 
 
+def _trim(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Drop the columns that are padding in every row of a right-padded batch."""
+    return x[:, : tf.reduce_max(tf.math.count_nonzero(x, axis=1, dtype=tf.int32))], y
+
+
+def _sorted_pools(ds: tf.data.Dataset, size: int, pool_batches: int) -> tf.data.Dataset:
+    """Pools of `pool_batches * size` consecutive reviews, each sorted by length and cut into
+    batches of `size`: padding as in a sorted epoch, members as random as one pool allows."""
+
+    def cut(x: tf.RaggedTensor, y: tf.Tensor) -> tf.data.Dataset:
+        order = tf.argsort(x.row_lengths(), stable=True)
+        rows = (tf.gather(x, order).to_tensor(), tf.gather(y, order))
+        return tf.data.Dataset.from_tensor_slices(rows).batch(size).map(_trim)
+
+    return ds.ragged_batch(size * pool_batches).flat_map(cut)
+
+
+def _random_keys(ds: tf.data.Dataset, base: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Each review paired with the length of a random other review (`base` shuffled apart):
+    `bucket` then builds batches of its usual sizes with members that ignore their length."""
+    keys = base.shuffle(base.cardinality(), seed=seed).map(lambda x, y: tf.shape(x)[0])
+    return tf.data.Dataset.zip(ds, keys)
+
+
 def examples(tokens: tf.RaggedTensor, labels: np.ndarray) -> tf.data.Dataset:
     """(ids, label) pairs, one dense row per review. Build it once per split and batch it for
     every epoch: each `from_tensor_slices` of a ragged tensor holds its own copy of the ids."""
@@ -73,6 +99,7 @@ def make_dataset(
     run, so a run resumed at epoch e sees the batches an uninterrupted run saw.
     """
     order = seed * 1_000_003 + epoch  # one shuffle seed per (seed, epoch)
+    base = ds
     if shuffle:
         ds = ds.shuffle(spec.shuffle_buffer, seed=order)
     size = spec.batch_size
@@ -82,14 +109,23 @@ def make_dataset(
     elif spec.strategy == "per_batch":
         ds = ds.padded_batch(size)
     elif spec.strategy == "bucket":
-        ds = ds.bucket_by_sequence_length(
-            lambda x, y: tf.shape(x)[0],
-            list(boundaries or []),
-            bucket_batch_sizes(
-                list(boundaries or []), size, spec.token_budget, spec.max_batch_rows
-            ),
-            pad_to_bucket_boundary=False,
+        sizes = bucket_batch_sizes(
+            list(boundaries or []), size, spec.token_budget, spec.max_batch_rows
         )
+        if spec.bucket_keys == "random" and shuffle:
+            ds = _random_keys(ds, base, order + 2).bucket_by_sequence_length(
+                lambda e, key: key, list(boundaries or []), sizes, pad_to_bucket_boundary=False
+            )
+            ds = ds.map(lambda e, key: e)
+        else:
+            ds = ds.bucket_by_sequence_length(
+                lambda x, y: tf.shape(x)[0],
+                list(boundaries or []),
+                sizes,
+                pad_to_bucket_boundary=False,
+            )
+    elif spec.strategy == "pooled":
+        ds = _sorted_pools(ds, size, spec.pool_batches)
     elif spec.strategy == "exact":
         step = spec.round_to
         ds = ds.group_by_window(
@@ -99,7 +135,7 @@ def make_dataset(
         )
     else:
         raise ValueError(f"unknown batching strategy {spec.strategy!r}")
-    if shuffle and spec.strategy in ("bucket", "exact"):
+    if shuffle and spec.strategy in ("bucket", "exact", "pooled"):
         # Grouping emits batches in length order at the end of an epoch; mix them again.
         ds = ds.shuffle(1024, seed=order + 1)
     if spec.padding_side == "pre":

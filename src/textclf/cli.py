@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import resume
 from .config import (
     BaselineConfig,
+    BatchingConfig,
     CompareConfig,
     Config,
     ConfigError,
@@ -317,10 +319,10 @@ def bench(cfg: DictConfig) -> None:
     from . import bench as benchmark
 
     config = to_object(cfg)
-    same = [
-        f"batching.batch_size={config.batching.batch_size}",
-        f"batching.padding_side={config.batching.padding_side}",
-    ]
+    # the command line's batching settings for every strategy, all at the same rows per
+    # batch: each ratio then says what padding saves
+    same = [o for o in HydraConfig.get().overrides.task if o.startswith("batching.")]
+    same.append("batching.token_budget=null")
     length = config.bench.fixed_length
     fixed = [f"batching.max_length={length}"] if length else []
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
@@ -332,6 +334,9 @@ def bench(cfg: DictConfig) -> None:
         )
         for name in names
     }
+    # the token budget as its own lever: what wider batches of short texts add to bucket
+    budget = config.batching.token_budget or BatchingConfig.token_budget
+    strategies["bucket-budget"] = replace(strategies["bucket"], token_budget=budget)
     benchmark.run(config, strategies)
 
 

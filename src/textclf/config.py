@@ -24,7 +24,7 @@ MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fa
 
 DATA_SOURCES = ("imdb", "aclimdb", "csv")
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
-BATCHING = ("fixed", "per_batch", "bucket", "exact")
+BATCHING = ("fixed", "per_batch", "bucket", "exact", "pooled")
 PADDING_SIDES = ("post", "pre")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
@@ -137,6 +137,10 @@ class BatchingConfig:
     # larger). Without it 10-token texts came in batches of ~3,000 rows, few steps per epoch;
     # IMDB: its shortest ~20% of reviews (under 125 tokens) in more batches, 196 for 190
     max_batch_rows: int | None = 256
+    # bucket, a control for the padding study: `random` groups training reviews by the length
+    # of a random other review (bucket's batch sizes, members of any length)
+    bucket_keys: str = "length"
+    pool_batches: int = 8  # pooled: batches per length-sorted pool (1: per_batch; all: sorted)
     round_to: int = 4  # exact: lengths rounded up to a multiple share batches (≤ 3 pads each)
     shuffle_buffer: int = 25000
 
@@ -145,6 +149,8 @@ class BatchingConfig:
         one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
         check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
         check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
+        one_of(self.bucket_keys, "batching.bucket_keys", ("length", "random"))
+        check(self.pool_batches > 0, "batching.pool_batches", "must be > 0 batches per pool")
         check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
         check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
         check(

@@ -55,9 +55,20 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     # ngrams and ngram_vocab), weights fit on validation (late fusion, docs/results.md); the
     # padding and masking comparisons turn it off to study the LSTM alone
     ngram_branch: bool = True
+    # segments: the LSTM reads each review in windows of this many tokens, all windows of a
+    # batch side by side (short loops, wide matmuls), and mean-pools each review over its own
+    # windows' steps; null: one pass over the whole review
+    segment: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.segment is not None:
+            check(self.segment > 0, "model.segment", f"must be null or > 0, got {self.segment}")
+            check(
+                self.pooling == "mean" and self.masking != "none",
+                "model.segment",
+                "windows are pooled by their mask: use model.pooling=mean and a masking mode",
+            )
         one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
         check(
             self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
@@ -75,6 +86,7 @@ class LstmConfig(bow.Ngrams, ModelConfig):
 
     def run_name(self, batching: BatchingConfig) -> str:
         name = f"{batching.strategy}-{batching.padding_side}-{self.masking}"
+        name += f"-seg{self.segment}" if self.segment else ""
         return name + "+ngrams" if self.ngram_branch else name
 
 
@@ -105,6 +117,50 @@ class LengthMask(layers.Layer):
 
     def get_config(self) -> dict:
         return super().get_config() | {"padding_side": self.padding_side}
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class Segments(layers.Layer):
+    """[batch, time, dim] vectors → [batch · windows, window, dim] and their token mask.
+
+    Time is padded to whole windows on the padding side, so windows start at a review's first
+    token (`post`) or end at its last (`pre`) whatever its batch: served alone, a review is cut
+    where it was cut in training."""
+
+    def __init__(self, window: int, padding_side: str = "post", **kwargs):
+        super().__init__(**kwargs)
+        self.window, self.padding_side = window, padding_side
+
+    def call(self, inputs):
+        vectors, tokens = inputs
+        extra = -ops.shape(tokens)[1] % self.window
+        pad = [extra, 0] if self.padding_side == "pre" else [0, extra]
+        tokens = ops.pad(tokens, [[0, 0], pad])
+        vectors = ops.pad(vectors, [[0, 0], pad, [0, 0]])
+        dim = ops.shape(vectors)[-1]
+        windows = ops.reshape(vectors, (-1, self.window, dim))
+        return windows, ops.reshape(ops.not_equal(tokens, 0), (-1, self.window))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"window": self.window, "padding_side": self.padding_side}
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class WindowMean(layers.Layer):
+    """The mean of the LSTM's outputs over a review's real tokens, across all its windows."""
+
+    def call(self, inputs):
+        outputs, mask, tokens = inputs
+        rows = ops.shape(tokens)[0]
+        outputs = ops.reshape(outputs, (rows, -1, ops.shape(outputs)[-1]))
+        keep = ops.cast(ops.reshape(mask, (rows, -1, 1)), outputs.dtype)
+        return ops.sum(outputs * keep, axis=1) / ops.maximum(ops.sum(keep, axis=1), 1.0)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -157,8 +213,13 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     )
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
-    x = rnn(x, mask=mask)
-    x = _pool(x, cfg, mask)
+    if cfg.segment:
+        windows, window_mask = Segments(cfg.segment, inputs.padding_side, name="segments")(
+            [x, tokens]
+        )
+        x = WindowMean(name="mean_pool")([rnn(windows, mask=window_mask), window_mask, tokens])
+    else:
+        x = _pool(rnn(x, mask=mask), cfg, mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     logits = bow.head_logits(x, inputs.num_classes, name="lstm_logits")
     return keras.Model(tokens, bow.probabilities(logits, inputs.num_classes), name="lstm")

@@ -177,3 +177,15 @@ def test_random_bucket_keys_keep_the_bucket_sizes_and_ignore_length():
     assert all(len(lens) == 1 for _, lens in got["length"])  # one length per batch
     assert sum(len(lens) == 2 for _, lens in got["random"]) >= 5  # most batches mix them
     assert sorted(n for n, _ in got["random"]) == sorted(n for n, _ in got["length"])
+
+
+def test_label_skew_is_zero_for_batches_that_mirror_the_data_and_grows_with_grouping():
+    mirrored = [np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0])]
+    assert batching.label_skew(mirrored) == 0.0
+    assert batching.label_skew([np.array([0, 0]), np.array([1, 1])]) == 0.5
+    # by length, where the long reviews are the positive ones
+    tokens, labels = ragged([2] * 8 + [9] * 8), np.array([0] * 8 + [1] * 8, np.int32)
+    bounds = batching.bucket_boundaries(np.array([2] * 8 + [9] * 8), 2)
+    grouped = batching.padding_stats(batches(tokens, labels, spec("bucket"), bounds))
+    shuffled = batching.padding_stats(batches(tokens, labels, spec("per_batch"), shuffle=True))
+    assert grouped.label_skew == 0.5 and shuffled.label_skew < 0.5

@@ -149,6 +149,10 @@ class PaddingStats:
     real_tokens: int
     padded_tokens: int
     batches: int
+    # mean total-variation distance between a batch's label mix and the whole pass's: 0 when
+    # every batch mirrors the data; length-grouped batches raise it where length and label go
+    # together (a cause the padding study measures)
+    label_skew: float = 0.0
 
     @property
     def efficiency(self) -> float:
@@ -159,12 +163,26 @@ class PaddingStats:
 def padding_stats(ds: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> PaddingStats:
     """One pass over `ds` (a dataset or a list of batches) counting real and padded tokens."""
     reviews = real = total = batches = 0
-    for x, _ in ds:
+    labels = []
+    for x, y in ds:
         reviews += int(x.shape[0])
         real += int(tf.math.count_nonzero(x))
         total += int(tf.size(x))
         batches += 1
-    return PaddingStats(reviews, real, total, batches)
+        labels.append(np.asarray(y))
+    return PaddingStats(reviews, real, total, batches, label_skew(labels))
+
+
+def label_skew(batches: list[np.ndarray]) -> float:
+    """Mean over `batches` (label arrays) of the total-variation distance between a batch's
+    label frequencies and those of all batches together."""
+    if not batches:
+        return 0.0
+    classes = int(max(b.max(initial=0) for b in batches)) + 1
+    counts = np.stack([np.bincount(b, minlength=classes) for b in batches]).astype(float)
+    whole = counts.sum(0) / counts.sum()
+    mixes = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    return float(0.5 * np.abs(mixes - whole).sum(1).mean())
 
 
 def counted(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import socket
 import tarfile
 from pathlib import Path
@@ -385,6 +387,54 @@ def test_tsv_by_extension_or_data_delimiter(tmp_path):
         assert raw.train.texts == [t for t, _ in rows]
     with pytest.raises(ConfigError, match="data.delimiter"):
         csv_config(tabbed_csv, delimiter=";;")
+
+
+def write_delimited(path: Path, rows: list[tuple[str, str]], delimiter: str) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter=delimiter).writerows([("text", "label"), *rows])
+    return path
+
+
+@pytest.mark.parametrize(
+    "rows, delimiter, refusal",
+    [  # a European-locale export (quoted texts); a tab-separated file named .csv
+        ("quoted", ";", r"line \d+: malformed CSV \(',' expected after '\"'\)"),
+        ("quoted", "\t", r"line \d+: malformed CSV"),
+        ("plain", ";", r"no column\(s\) \['text', 'label'\]; it has \['text;label'\]"),
+        ("commas", "\t", r"line 2: 2 field\(s\) where the header has 1"),
+    ],
+)
+def test_a_file_that_reads_with_another_delimiter_says_which_and_how_to_set_it(
+    tmp_path, rows, delimiter, refusal
+):
+    texts = {
+        "quoted": [(f'"{t}", she said; fine', y) for t, y in plain(12)],
+        "plain": plain(12),
+        "commas": [(f"{t}, with a comma", y) for t, y in plain(12)],
+    }[rows]
+    path = write_delimited(tmp_path / "r.csv", texts, delimiter)
+    named = "TSV" if delimiter == "\t" else f"'{delimiter}'-delimited text"
+    setting = re.escape(f"set data.delimiter={delimiter!r}.")
+    with pytest.raises(data.DataError, match=rf"{refusal}.*read cleanly as {named}.*{setting}$"):
+        data.load_table(csv_config(path))
+    assert data.load_table(csv_config(path, delimiter=delimiter)).train.texts == [
+        t for t, _ in texts
+    ]
+
+
+def test_a_malformed_file_no_other_delimiter_reads_keeps_the_quoting_advice(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('text,label\nan "inner" quote,pos\n"an unclosed" quote,neg\n')
+    with pytest.raises(data.DataError, match="malformed CSV") as refused:
+        data.load_table(csv_config(path))
+    assert "quote fields" in str(refused.value) and "data.delimiter" not in str(refused.value)
+
+
+def test_a_folder_as_a_data_file_is_named_a_folder_with_the_option_that_reads_one(tmp_path):
+    folder = write_acl_folder(tmp_path)
+    with pytest.raises(data.DataError, match=r"is a folder, not a file.*data=aclimdb"):
+        data.load_table(csv_config(folder))
+    assert len(data.load_aclimdb(folder).train) == 12
 
 
 def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -197,6 +198,9 @@ def _movies(reviews: list[tuple[str, int, int]], urls: dict) -> np.ndarray:
 # The format follows the extension: a delimiter for delimited text, None for JSON Lines.
 TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".ndjson": None}
 TABLE_SUFFIXES = tuple(TABLE_FORMATS)
+# Tried when a delimited file does not read with its delimiter, on its header and first rows.
+SNIFFED_DELIMITERS = (",", ";", "\t", "|")
+SNIFFED_ROWS = 20
 MIN_CLASS_ROWS = 2  # of each class in the training data: one to learn from, one to score on
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -218,11 +222,24 @@ class Table:
         return len(self.lines)
 
 
-def read_table(path: Path, columns: Sequence[str], fix: str, delimiter: str | None = None) -> Table:
+def read_table(
+    path: Path,
+    columns: Sequence[str],
+    fix: str,
+    delimiter: str | None = None,
+    delimiter_key: str | None = "data.delimiter",
+) -> Table:
     """`columns` of a CSV, TSV or JSON Lines file, chosen by its extension (`delimiter`
     overrides a delimited file's). Decoding is stated, never guessed: UTF-8, a leading byte-order
     mark dropped, invalid bytes replaced and counted (and logged). Errors name the file and the
-    line; `fix` says which setting names the columns."""
+    line; `fix` says which setting names the columns, `delimiter_key` which sets the delimiter
+    (None: the caller has no such setting)."""
+    if path.is_dir():
+        raise DataError(
+            f"data file {path} is a folder, not a file: data=csv reads one .csv, .tsv or "
+            ".jsonl file (data.path=<file>); a folder in the aclImdb layout (train/{pos,neg}, "
+            "test/{pos,neg}) is read by data=aclimdb data.path=<folder>."
+        )
     if not path.is_file():
         raise DataError(f"data file {path} does not exist.")
     suffix = path.suffix.lower()
@@ -241,10 +258,13 @@ def read_table(path: Path, columns: Sequence[str], fix: str, delimiter: str | No
             )
         names, records = _json_records(path, lines)
     else:
-        names, records = _delimited_records(path, lines, delimiter or TABLE_FORMATS[suffix])
+        names, records = _delimited_records(
+            path, lines, delimiter or TABLE_FORMATS[suffix], delimiter_key
+        )
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path} has no column(s) {missing}; it has {names}. {fix}")
+        hint = _delimiter_hint(lines, delimiter or TABLE_FORMATS[suffix], delimiter_key, columns)
+        raise DataError(f"{path} has no column(s) {missing}; it has {names}; {hint or fix}")
     table = Table({c: [] for c in columns}, [])
     for first, last, record in records:
         table.lines.append(first)
@@ -281,7 +301,9 @@ def _decoded_lines(path: Path) -> tuple[list[str], set[int]]:
 Records = list[tuple[int, int, dict]]  # (first line, last line, {column: value}) per record
 
 
-def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[list[str], Records]:
+def _delimited_records(
+    path: Path, lines: list[str], delimiter: str, key: str | None
+) -> tuple[list[str], Records]:
     """A header, then one record per row; blank lines are skipped. Malformed quoting and rows
     whose field count differs from the header's are refused (never shifted into columns)."""
     csv.field_size_limit(2**31 - 1)  # one review may exceed the default 128 KB cell
@@ -295,7 +317,10 @@ def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[li
     except csv.Error as error:
         raise DataError(
             f"{path}, line {end + 1}: malformed {_format_name(delimiter)} ({error}); "
-            "quote fields that hold the delimiter, quotes or line breaks."
+            + (
+                _delimiter_hint(lines, delimiter, key)
+                or "quote fields that hold the delimiter, quotes or line breaks."
+            )
         ) from error
     if not rows:
         raise DataError(f"{path} is empty: it needs a header row naming its columns.")
@@ -311,11 +336,55 @@ def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[li
         if len(fields) != len(header):
             raise DataError(
                 f"{path}, line {first}: {len(fields)} field(s) where the header has "
-                f"{len(header)}; quote fields that hold the delimiter {delimiter!r}, quotes or "
-                "line breaks."
+                f"{len(header)}; "
+                + (
+                    _delimiter_hint(lines, delimiter, key)
+                    or f"quote fields that hold the delimiter {delimiter!r}, quotes or line breaks."
+                )
             )
         records.append((first, last, dict(zip(header, fields, strict=True))))
     return header, records
+
+
+def _delimiter_hint(
+    lines: list[str], delimiter: str | None, key: str | None, columns: Sequence[str] = ()
+) -> str:
+    """When the header and first rows read cleanly with another common delimiter (a `;` export
+    of a European-locale spreadsheet, a tab-separated file named .csv), which one and the
+    setting `key` that reads with it; else "". One whose header holds `columns` comes first."""
+    if delimiter is None:  # JSON Lines
+        return ""
+    fits = [d for d in SNIFFED_DELIMITERS if d != delimiter and _reads_cleanly(lines, d)]
+    fits.sort(key=lambda d: not set(columns) <= set(_header(lines, d)))
+    if not fits:
+        return ""
+    how = f"set {key}={fits[0]!r}" if key else "save it comma-separated (or as .tsv for tabs)"
+    return (
+        f"its header and first rows read cleanly as {_format_name(fits[0])} "
+        f"(columns {_header(lines, fits[0])}): {how}."
+    )
+
+
+def _records(lines: list[str], delimiter: str) -> Iterator[list[str]]:
+    """The non-blank records, read lazily and strictly with `delimiter`."""
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    return (fields for fields in reader if fields and (len(fields) > 1 or fields[0].strip()))
+
+
+def _header(lines: list[str], delimiter: str) -> list[str]:
+    try:
+        return next(_records(lines, delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _reads_cleanly(lines: list[str], delimiter: str) -> bool:
+    """A header of 2+ fields, and up to SNIFFED_ROWS rows of as many, with no quoting error."""
+    try:
+        header, *rows = itertools.islice(_records(lines, delimiter), SNIFFED_ROWS + 1)
+    except (csv.Error, ValueError):  # malformed, or no record at all
+        return False
+    return len(header) > 1 and bool(rows) and all(len(r) == len(header) for r in rows)
 
 
 def _format_name(delimiter: str) -> str:

@@ -28,11 +28,14 @@ def read_texts(text: Any, file: str | None, column: str = "text") -> list[str]:
     if text is not None:
         return [as_text(t) for t in text] if isinstance(text, list | tuple) else [as_text(text)]
     path = Path(str(file)).expanduser()
+    if path.is_dir():
+        raise PredictError(f"input file {path} is a folder; pass file=<.txt/.csv/.jsonl file>.")
     if not path.is_file():
         raise PredictError(f"input file {path} does not exist.")
     if path.suffix.lower() not in data.TABLE_SUFFIXES:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return [as_text(v) for v in data.read_table(path, [column], "Set column=<name>.")[column]]
+    table = data.read_table(path, [column], "Set column=<name>.", delimiter_key=None)
+    return [as_text(v) for v in table[column]]
 
 
 def write(frame: pd.DataFrame, out: Path) -> None:

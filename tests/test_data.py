@@ -484,3 +484,65 @@ def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(t
     assert f"train: {len(ds.train)} rows (neg " in text and "test: " in text
     with pytest.raises(data.DataError, match=r"after tokenization: class\(es\) 'pos' \(0\)"):
         data.report(ds.class_names, ds.stats, {"train": np.zeros(5, np.int32)})
+
+
+# --- duplicates, conflicting labels and leakage ----------------------------------------------
+
+
+def test_test_rows_copied_from_training_are_counted_said_dropped_or_refused(tmp_path, caplog):
+    from textclf.pipeline import data_metrics
+
+    rows = reviews(200)
+    train = write_csv(tmp_path / "train.csv", rows[:140])
+    test = write_csv(tmp_path / "test.csv", rows[100:140] + rows[140:160])  # 40 of 60 leak
+    ds = data.load(csv_config(train, test_path=str(test)))
+    assert ds.stats["overlap_train_test"] == 40 and len(ds.test) == 60
+    assert "40 test rows whose text is in the training data (overlap_train_test)" in caplog.text
+    report = data.report(ds.class_names, ds.stats, {"train": ds.train.labels})
+    assert "overlap_train_test 40" in data.describe(report)
+    assert data_metrics(report)["data_overlap_train_test"] == 40
+    with pytest.raises(data.DataError, match=r"train.csv: 40 test rows .* data.duplicates=drop"):
+        data.load(csv_config(train, test_path=str(test), duplicates="refuse"))
+    dropped = data.load(csv_config(train, test_path=str(test), duplicates="drop"))
+    assert dropped.stats["overlap_dropped_train"] == 40 and len(dropped.test) == 60
+    assert dropped.stats["overlap_train_test"] == 0
+    assert len(dropped.train) + len(dropped.val) == 100
+
+
+def test_repeated_rows_are_counted_within_and_across_splits_and_drop_keeps_one(tmp_path):
+    rows = reviews(100)
+    path = write_csv(tmp_path / "r.csv", rows + rows)  # every text twice, same label
+    ds = data.load(csv_config(path))
+    stats = ds.stats
+    assert stats["overlap_train_val"] > 0 and stats["overlap_train_test"] > 0
+    assert stats["duplicates_train"] > 0 and stats["conflicts_train"] == 0
+    assert stats["overlap_train_val"] == sum(t in set(ds.train.texts) for t in ds.val.texts)
+    assert stats["overlap_train_test"] == sum(
+        t in set(ds.train.texts + ds.val.texts) for t in ds.test.texts
+    )
+    dropped = data.load(csv_config(path, duplicates="drop"))
+    assert dropped.stats["duplicate_dropped_train"] == 100
+    assert len(dropped.train) + len(dropped.val) + len(dropped.test) == 100
+    assert not any(dropped.stats[k] for k in data.REPEATS)
+
+
+def test_texts_given_conflicting_labels_are_refused_by_default_dropped_or_kept(tmp_path):
+    rows = reviews(100)
+    flipped = [(t, "neg" if y == "pos" else "pos") for t, y in rows]
+    path = write_csv(tmp_path / "r.csv", rows + flipped)  # the coin-flip set
+    with pytest.raises(
+        data.DataError, match=r"training rows \(\d+\.\d%\) carry a text .* data.duplicates=drop"
+    ):
+        data.load(csv_config(path))
+    with pytest.raises(data.DataError, match=r"deduplicated\): class\(es\) 'neg' \(0\)"):
+        data.load(csv_config(path, duplicates="drop"))
+    kept = data.load(csv_config(path, max_conflicts=1))
+    assert kept.stats["conflicts_train"] > 0.5 * len(kept.train)
+    some = write_csv(tmp_path / "s.csv", reviews(300) + flipped[:1])  # one text, two labels
+    few = data.load(csv_config(some))  # under data.max_conflicts: warned, kept
+    assert len(few.train) + len(few.val) + len(few.test) == 301
+    dropped = data.load(csv_config(some, duplicates="drop"))
+    assert dropped.stats["conflict_dropped_train"] == 2
+    assert len(dropped.train) + len(dropped.val) + len(dropped.test) == 299
+    with pytest.raises(ConfigError, match="data.duplicates"):
+        csv_config(duplicates="warn")

@@ -202,6 +202,17 @@ TABLE_SUFFIXES = tuple(TABLE_FORMATS)
 SNIFFED_DELIMITERS = (",", ";", "\t", "|")
 SNIFFED_ROWS = 20
 MIN_CLASS_ROWS = 2  # of each class in the training data: one to learn from, one to score on
+# What `repeats` counts, in words: leakage first, then repeats and conflicting labels per split.
+REPEATS = {
+    "overlap_train_test": "test rows whose text is in the training data",
+    "overlap_train_val": "validation rows whose text is in training",
+    "duplicates_train": "training rows repeating a training text",
+    "duplicates_val": "validation rows repeating a validation text",
+    "duplicates_test": "test rows repeating a test text",
+    "conflicts_train": "training rows whose text another training row labels otherwise",
+    "conflicts_val": "validation rows whose text another one labels otherwise",
+    "conflicts_test": "test rows whose text another test row labels otherwise",
+}
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -731,13 +742,20 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     where = cfg.path or cfg.source
     stats.setdefault("rows_read_train", len(raw.train))
     train = _drop_empty(raw.train, "train", stats)
-    require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} (with text)")
+    kept = "with text" + (", deduplicated" if cfg.duplicates == "drop" else "")
+    if cfg.duplicates == "drop":
+        train = _dedupe(train, "train", stats)
+    require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
     if raw.test is None:
         is_test = _stratified(train.labels, test_fraction, rng)
         train, test = _take(train, np.flatnonzero(~is_test)), _take(train, np.flatnonzero(is_test))
     else:
         stats.setdefault("rows_read_test", len(raw.test))
         test = _drop_empty(raw.test, "test", stats)
+        if cfg.duplicates == "drop":
+            test = _dedupe(test, "test", stats)
+            train = _drop_seen(train, set(test.texts), stats)
+            require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
     if limit:
         before = len(train), len(test)
         train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
@@ -774,8 +792,93 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     require_rows(train.labels, raw.class_names, 1, "the training split")
     _note_missing_classes(val, "val", raw.class_names, stats)
     _note_missing_classes(test, "test", raw.class_names, stats)
+    stats.update(repeats(train, val, test))
+    _judge_repeats(stats, len(train), cfg, where)
     stats.update(train_size=len(train), val_size=len(val), test_size=len(test))
     return Dataset(train, val, test, raw.class_names, stats)
+
+
+# --- duplicates, conflicting labels and leakage ----------------------------------------------
+
+
+def _labels_by_text(part: Split) -> dict[str, set[int]]:
+    labels: dict[str, set[int]] = {}
+    for text, label in zip(part.texts, part.labels.tolist(), strict=True):
+        labels.setdefault(text, set()).add(label)
+    return labels
+
+
+def repeats(train: Split, val: Split, test: Split) -> dict[str, int]:
+    """What inflates or blurs a score, compared on the cleaned texts the model reads: rows
+    repeating an earlier row's text in their split (`duplicates_<split>`), rows whose text
+    another row of their split labels otherwise (`conflicts_<split>`), validation rows whose
+    text is a training row's (`overlap_train_val`) and test rows whose text is in the training
+    data, training or validation rows (`overlap_train_test`)."""
+    counts = {}
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        labels = _labels_by_text(part)
+        counts[f"duplicates_{name}"] = len(part) - len(labels)
+        counts[f"conflicts_{name}"] = sum(len(labels[t]) > 1 for t in part.texts)
+    seen = set(train.texts)
+    counts["overlap_train_val"] = sum(t in seen for t in val.texts)
+    seen.update(val.texts)
+    counts["overlap_train_test"] = sum(t in seen for t in test.texts)
+    return counts
+
+
+def _dedupe(part: Split, name: str, stats: dict[str, int]) -> Split:
+    """Each text once (its first row), and no row of a text given two labels: which label is
+    right cannot be known. Counted as `duplicate_dropped_<name>`, `conflict_dropped_<name>`."""
+    labels, seen, keep = _labels_by_text(part), set(), []
+    for i, text in enumerate(part.texts):
+        if len(labels[text]) == 1 and text not in seen:
+            keep.append(i)
+        seen.add(text)
+    conflicts = sum(len(labels[t]) > 1 for t in part.texts)
+    stats[f"conflict_dropped_{name}"] = conflicts
+    stats[f"duplicate_dropped_{name}"] = len(part) - len(keep) - conflicts
+    return _take(part, np.asarray(keep, dtype=np.int64))
+
+
+def _drop_seen(train: Split, test_texts: set[str], stats: dict[str, int]) -> Split:
+    """Training rows whose text is in the test file go (the test file stays the benchmark)."""
+    keep = np.array([t not in test_texts for t in train.texts], dtype=bool)
+    stats["overlap_dropped_train"] = int((~keep).sum())
+    return _take(train, np.flatnonzero(keep))
+
+
+def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, where: str) -> None:
+    """Say what `repeats` found; refuse it with data.duplicates=refuse, and with `keep` when
+    conflicting labels exceed data.max_conflicts of the training rows."""
+    found = _repeats_found(counts)
+    if not found:
+        return
+    if cfg.duplicates == "refuse":
+        raise DataError(
+            f"{where}: {found}. Repeated rows overstate accuracy and conflicting labels blur "
+            "it: remove them from the data, or set data.duplicates=drop (one row per text, "
+            "none with two labels, none of the test file in training) or data.duplicates=keep."
+        )
+    share = counts["conflicts_train"] / max(train_rows, 1)
+    if share > cfg.max_conflicts:
+        raise DataError(
+            f"{where}: {counts['conflicts_train']} of {train_rows} training rows ({share:.1%}) "
+            "carry a text that another row labels otherwise, more than data.max_conflicts="
+            f"{cfg.max_conflicts:g}: a model cannot learn which label is right. Fix the "
+            "labels, drop those rows with data.duplicates=drop, or keep them with "
+            "data.max_conflicts=1."
+        )
+    log.warning(
+        "%s: %s; scores on repeated rows overstate accuracy (data.duplicates=drop drops "
+        "them, data.duplicates=refuse refuses such data)",
+        where,
+        found,
+    )
+
+
+def _repeats_found(counts: dict[str, int]) -> str:
+    """The non-zero counts of `repeats`, in words, or ""."""
+    return "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
 
 
 def load(config: DataConfig) -> Dataset:
@@ -871,7 +974,7 @@ def describe(data_report: dict) -> str:
         lines.append(f"  {name}: {sum(per_class.values())} rows ({_listed(per_class)})")
     notes = {
         k: counts[k]
-        for k in ("invalid_utf8", "classes_without_val", "classes_without_test")
+        for k in ("invalid_utf8", "classes_without_val", "classes_without_test", *REPEATS)
         if counts.get(k)
     }
     if notes:

@@ -282,6 +282,37 @@ def test_bad_requests_name_the_option(trained):
     assert not (trained.root / "none.db").exists()
 
 
+@pytest.mark.parametrize(
+    "command, where, refusal",
+    [
+        ("predict", "out={blocker}/out.csv", "out: cannot write {blocker}/out.csv"),
+        ("predict", "out={folder}", "out: cannot write {folder} (it is a folder)"),
+        ("evaluate", "output_dir={blocker}/run", "output_dir: cannot create or write"),
+        ("evaluate", "hydra.run.dir={blocker}/run", "cannot create or write the output folder"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_one_error_before_any_model_loads(
+    tmp_path, command, where, refusal
+):
+    blocker, folder = tmp_path / "a-file", tmp_path / "a-folder.csv"
+    blocker.write_text("not a folder")
+    folder.mkdir()
+    places = {"blocker": blocker, "folder": folder}
+    given = ['text="a fine film"'] if command == "predict" else ["data=csv", "data.path=r.csv"]
+    done = textclf_here(
+        command,
+        *given,
+        where.format(**places),
+        f"model_path={tmp_path / 'never-loaded.keras'}",  # the output place fails first
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert refusal.format(**places) in output and "Traceback" not in output
+    assert "never-loaded" not in output and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.slow
 def test_served_model_answers_like_the_pyfunc(trained):
     texts = [POSITIVE, NEGATIVE, "", *(t for t, _ in reviews(5, seed=3))]

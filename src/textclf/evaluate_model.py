@@ -65,6 +65,7 @@ def labelled_texts(
 
 def run(cfg: EvaluateModelConfig) -> dict[str, float]:
     out = Path(cfg.output_dir)
+    RunFolder(out).prepare()  # a folder that cannot take the metrics fails before scoring
     with tempfile.TemporaryDirectory() as folder:
         classifier, source = load_classifier(cfg, Path(folder))
         texts, labels, splits = labelled_texts(cfg, classifier.classes)

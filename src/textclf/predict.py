@@ -10,6 +10,7 @@ answers.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,22 @@ def read_texts(text: Any, file: str | None, column: str = "text") -> list[str]:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
     table = data.read_table(path, [column], "Set column=<name>.", delimiter_key=None)
     return [as_text(v) for v in table[column]]
+
+
+def check_out(out: Path) -> None:
+    """Prove that `out` can be written before the model loads and the texts are classified:
+    its folder is created (as training creates its run folder) and takes a file."""
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise PredictError(
+            f"out: cannot write {out} ({error.strerror or error}). Give a .csv or .jsonl path "
+            "in a folder you can write, or leave `out` unset to print the table."
+        ) from error
 
 
 def write(frame: pd.DataFrame, out: Path) -> None:
@@ -75,6 +92,8 @@ def run(cfg: PredictConfig) -> pd.DataFrame:
     texts = read_texts(cfg.text, cfg.file, cfg.column)
     if not texts:
         raise PredictError(f"{cfg.file} holds no text to classify.")
+    if cfg.out:
+        check_out(Path(cfg.out).expanduser())
     predict, source = model_source(cfg)
     log.info("model: %s", source)
     frame = pd.concat([pd.DataFrame({"text": texts}), predict(texts)], axis=1)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import data, tracking
 from .config import PredictConfig
-from .inference import Classifier, PredictError, as_text
+from .inference import NO_KNOWN_WORD, Classifier, PredictError, as_text
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +105,13 @@ def run(cfg: PredictConfig) -> pd.DataFrame:
         print(show(frame))
     if errors:
         log.warning("%d of %d rows were not classified (see the error column)", errors, len(frame))
+    guessed = int((frame[NO_KNOWN_WORD] & frame["error"].isna()).sum())
+    if guessed:
+        log.warning(
+            "%d of %d rows hold no word the model knows (only punctuation or words outside its "
+            "vocabulary): their labels are guesses (see the %s column)",
+            guessed,
+            len(frame),
+            NO_KNOWN_WORD,
+        )
     return frame

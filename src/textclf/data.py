@@ -4,7 +4,9 @@ Every loader returns plain Python lists; `split` then carves validation (and, wh
 has none, test) data with a fixed seed, so test data never reaches vocabulary or early stopping.
 Nothing about a user's data is guessed: decoding is stated and counted, a missing label is no
 class, spellings of one label are one class, and every class is in the training split; what
-was dropped, and why, is counted (`report`).
+was dropped, and why, is counted (`report`), and so are repeated texts, texts given two labels
+and test or validation rows repeating training ones (`repeats`; `data.duplicates` keeps,
+drops or refuses them).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import socket
 import tarfile
 from pathlib import Path
@@ -387,6 +389,54 @@ def test_tsv_by_extension_or_data_delimiter(tmp_path):
         csv_config(tabbed_csv, delimiter=";;")
 
 
+def write_delimited(path: Path, rows: list[tuple[str, str]], delimiter: str) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter=delimiter).writerows([("text", "label"), *rows])
+    return path
+
+
+@pytest.mark.parametrize(
+    "rows, delimiter, refusal",
+    [  # a European-locale export (quoted texts); a tab-separated file named .csv
+        ("quoted", ";", r"line \d+: malformed CSV \(',' expected after '\"'\)"),
+        ("quoted", "\t", r"line \d+: malformed CSV"),
+        ("plain", ";", r"no column\(s\) \['text', 'label'\]; it has \['text;label'\]"),
+        ("commas", "\t", r"line 2: 2 field\(s\) where the header has 1"),
+    ],
+)
+def test_a_file_that_reads_with_another_delimiter_says_which_and_how_to_set_it(
+    tmp_path, rows, delimiter, refusal
+):
+    texts = {
+        "quoted": [(f'"{t}", she said; fine', y) for t, y in plain(12)],
+        "plain": plain(12),
+        "commas": [(f"{t}, with a comma", y) for t, y in plain(12)],
+    }[rows]
+    path = write_delimited(tmp_path / "r.csv", texts, delimiter)
+    named = "TSV" if delimiter == "\t" else f"'{delimiter}'-delimited text"
+    setting = re.escape(f"set data.delimiter={delimiter!r}.")
+    with pytest.raises(data.DataError, match=rf"{refusal}.*read cleanly as {named}.*{setting}$"):
+        data.load_table(csv_config(path))
+    assert data.load_table(csv_config(path, delimiter=delimiter)).train.texts == [
+        t for t, _ in texts
+    ]
+
+
+def test_a_malformed_file_no_other_delimiter_reads_keeps_the_quoting_advice(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('text,label\nan "inner" quote,pos\n"an unclosed" quote,neg\n')
+    with pytest.raises(data.DataError, match="malformed CSV") as refused:
+        data.load_table(csv_config(path))
+    assert "quote fields" in str(refused.value) and "data.delimiter" not in str(refused.value)
+
+
+def test_a_folder_as_a_data_file_is_named_a_folder_with_the_option_that_reads_one(tmp_path):
+    folder = write_acl_folder(tmp_path)
+    with pytest.raises(data.DataError, match=r"is a folder, not a file.*data=aclimdb"):
+        data.load_table(csv_config(folder))
+    assert len(data.load_aclimdb(folder).train) == 12
+
+
 def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):
     for name in ("r.txt", "r.xlsx", "r"):
         (tmp_path / name).write_text("text,label\na,pos\n")
@@ -434,3 +484,65 @@ def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(t
     assert f"train: {len(ds.train)} rows (neg " in text and "test: " in text
     with pytest.raises(data.DataError, match=r"after tokenization: class\(es\) 'pos' \(0\)"):
         data.report(ds.class_names, ds.stats, {"train": np.zeros(5, np.int32)})
+
+
+# --- duplicates, conflicting labels and leakage ----------------------------------------------
+
+
+def test_test_rows_copied_from_training_are_counted_said_dropped_or_refused(tmp_path, caplog):
+    from textclf.pipeline import data_metrics
+
+    rows = reviews(200)
+    train = write_csv(tmp_path / "train.csv", rows[:140])
+    test = write_csv(tmp_path / "test.csv", rows[100:140] + rows[140:160])  # 40 of 60 leak
+    ds = data.load(csv_config(train, test_path=str(test)))
+    assert ds.stats["overlap_train_test"] == 40 and len(ds.test) == 60
+    assert "40 test rows whose text is in the training data (overlap_train_test)" in caplog.text
+    report = data.report(ds.class_names, ds.stats, {"train": ds.train.labels})
+    assert "overlap_train_test 40" in data.describe(report)
+    assert data_metrics(report)["data_overlap_train_test"] == 40
+    with pytest.raises(data.DataError, match=r"train.csv: 40 test rows .* data.duplicates=drop"):
+        data.load(csv_config(train, test_path=str(test), duplicates="refuse"))
+    dropped = data.load(csv_config(train, test_path=str(test), duplicates="drop"))
+    assert dropped.stats["overlap_dropped_train"] == 40 and len(dropped.test) == 60
+    assert dropped.stats["overlap_train_test"] == 0
+    assert len(dropped.train) + len(dropped.val) == 100
+
+
+def test_repeated_rows_are_counted_within_and_across_splits_and_drop_keeps_one(tmp_path):
+    rows = reviews(100)
+    path = write_csv(tmp_path / "r.csv", rows + rows)  # every text twice, same label
+    ds = data.load(csv_config(path))
+    stats = ds.stats
+    assert stats["overlap_train_val"] > 0 and stats["overlap_train_test"] > 0
+    assert stats["duplicates_train"] > 0 and stats["conflicts_train"] == 0
+    assert stats["overlap_train_val"] == sum(t in set(ds.train.texts) for t in ds.val.texts)
+    assert stats["overlap_train_test"] == sum(
+        t in set(ds.train.texts + ds.val.texts) for t in ds.test.texts
+    )
+    dropped = data.load(csv_config(path, duplicates="drop"))
+    assert dropped.stats["duplicate_dropped_train"] == 100
+    assert len(dropped.train) + len(dropped.val) + len(dropped.test) == 100
+    assert not any(dropped.stats[k] for k in data.REPEATS)
+
+
+def test_texts_given_conflicting_labels_are_refused_by_default_dropped_or_kept(tmp_path):
+    rows = reviews(100)
+    flipped = [(t, "neg" if y == "pos" else "pos") for t, y in rows]
+    path = write_csv(tmp_path / "r.csv", rows + flipped)  # the coin-flip set
+    with pytest.raises(
+        data.DataError, match=r"training rows \(\d+\.\d%\) carry a text .* data.duplicates=drop"
+    ):
+        data.load(csv_config(path))
+    with pytest.raises(data.DataError, match=r"deduplicated\): class\(es\) 'neg' \(0\)"):
+        data.load(csv_config(path, duplicates="drop"))
+    kept = data.load(csv_config(path, max_conflicts=1))
+    assert kept.stats["conflicts_train"] > 0.5 * len(kept.train)
+    some = write_csv(tmp_path / "s.csv", reviews(300) + flipped[:1])  # one text, two labels
+    few = data.load(csv_config(some))  # under data.max_conflicts: warned, kept
+    assert len(few.train) + len(few.val) + len(few.test) == 301
+    dropped = data.load(csv_config(some, duplicates="drop"))
+    assert dropped.stats["conflict_dropped_train"] == 2
+    assert len(dropped.train) + len(dropped.val) + len(dropped.test) == 299
+    with pytest.raises(ConfigError, match="data.duplicates"):
+        csv_config(duplicates="warn")

@@ -45,6 +45,19 @@ def test_sorted_batches_answer_like_one_text_per_call_in_the_callers_order(class
     assert classifier.token_counts(texts)[-1] == 60  # read as trained: cut at max_length
 
 
+def test_texts_with_no_known_word_are_classified_and_flagged(classifier):
+    texts = ["a wonderful film", "?!... ---", "zyzzyva quux", "wonderful quux", "   "]
+    for batch in (texts, *([t] for t in texts)):  # batched, and one text per call
+        frame = classifier.predict(batch)
+        expected = [t in ("?!... ---", "zyzzyva quux", "   ") for t in batch]
+        assert frame[inference.NO_KNOWN_WORD].tolist() == expected
+    frame = classifier.predict(texts)
+    assert frame["label"][:4].notna().all() and frame["error"][:4].isna().all()
+    assert frame["error"][4] == inference.EMPTY  # empty: an error, as before
+    ids = classifier.token_ids(texts[:4])
+    assert inference.no_known_word(ids).tolist() == [False, True, True, False]
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),

@@ -127,7 +127,7 @@ def test_pyfunc_has_a_signature_and_matches_the_keras_model(trained):
 
     texts = [POSITIVE, NEGATIVE, "great acting and a lovely story"]
     got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
-    assert list(got.columns) == ["label", "prob_neg", "prob_pos", "error"]
+    assert list(got.columns) == ["label", "prob_neg", "prob_pos", "error", "no_known_word"]
     net = keras.models.load_model(trained.root / "binary" / "model.keras")
     expected = inference.class_probabilities(net.predict(tf.constant(texts), verbose=0))
     np.testing.assert_allclose(got[["prob_neg", "prob_pos"]].to_numpy(), expected, atol=1e-5)
@@ -168,8 +168,8 @@ def test_predict_text_uses_the_newest_run_and_prints_a_table(trained):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"runs:/{trained.binary}/model" in done.stdout + done.stderr
     header, row = done.stdout.strip().splitlines()[-2:]
-    assert header.split() == ["text", "label", "prob_neg", "prob_pos", "error"]
-    assert " pos " in row and float(row.split()[-1]) > 0.5
+    assert header.split() == ["text", "label", "prob_neg", "prob_pos", "error", "no_known_word"]
+    assert " pos " in row and float(row.split()[-2]) > 0.5 and row.split()[-1] == "False"
 
 
 def test_predict_a_text_file_with_empty_lines_to_csv(trained):
@@ -282,6 +282,37 @@ def test_bad_requests_name_the_option(trained):
     assert not (trained.root / "none.db").exists()
 
 
+@pytest.mark.parametrize(
+    "command, where, refusal",
+    [
+        ("predict", "out={blocker}/out.csv", "out: cannot write {blocker}/out.csv"),
+        ("predict", "out={folder}", "out: cannot write {folder} (it is a folder)"),
+        ("evaluate", "output_dir={blocker}/run", "output_dir: cannot create or write"),
+        ("evaluate", "hydra.run.dir={blocker}/run", "cannot create or write the output folder"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_one_error_before_any_model_loads(
+    tmp_path, command, where, refusal
+):
+    blocker, folder = tmp_path / "a-file", tmp_path / "a-folder.csv"
+    blocker.write_text("not a folder")
+    folder.mkdir()
+    places = {"blocker": blocker, "folder": folder}
+    given = ['text="a fine film"'] if command == "predict" else ["data=csv", "data.path=r.csv"]
+    done = textclf_here(
+        command,
+        *given,
+        where.format(**places),
+        f"model_path={tmp_path / 'never-loaded.keras'}",  # the output place fails first
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert refusal.format(**places) in output and "Traceback" not in output
+    assert "never-loaded" not in output and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.slow
 def test_served_model_answers_like_the_pyfunc(trained):
     texts = [POSITIVE, NEGATIVE, "", *(t for t, _ in reviews(5, seed=3))]
@@ -360,6 +391,7 @@ def test_evaluate_scores_a_saved_model_on_a_csv_it_did_not_train_on(trained):
     assert first.data.tags["model_uri"] == f"runs:/{trained.binary}/model"
     metrics = first.data.metrics
     assert metrics["served_reviews"] == 60 and metrics["test_accuracy"] > 0.7
+    assert metrics["test_no_known_word"] == 0
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
     for name in ("test_f1", "test_auc", "test_loss", "test_accuracy_len_1-128"):
         assert name in metrics
@@ -387,6 +419,24 @@ def test_evaluate_refuses_data_with_labels_the_model_does_not_know(trained):
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "are not classes of the model" in output
     assert "Traceback" not in output
+
+
+def test_evaluate_counts_the_texts_with_no_word_the_model_knows(trained):
+    unknown = [("qwxz vbnm plugh", "pos"), ("?!? ... --", "neg"), ("xyzzy", "neg")]
+    path = write_csv(trained.root / "unknown.csv", reviews(40, seed=8) + unknown)
+    done = evaluate_cli(
+        trained,
+        "data=csv",
+        f"data.path={path}",
+        "split=all",
+        f"run_id={trained.binary}",
+        "evaluate_experiment=unknown_words",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 of 43 texts hold no word the model knows" in done.stdout + done.stderr
+    client = MlflowClient(trained.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("unknown_words").experiment_id])
+    assert run.data.metrics["test_no_known_word"] == 3
 
 
 def test_an_alias_set_by_register_names_the_model_for_predict_and_evaluate(trained):

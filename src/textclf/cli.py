@@ -491,6 +491,7 @@ def main() -> None:
         task = tune(space)
     if config_name in ("config", "bench"):
         register_schemas(with_models=True)
+    if config_name in ("config", "bench", "evaluate_model"):
         _check_output_folders(rest)
     sys.argv = [f"textclf-{args[0]}", *rest]
     try:

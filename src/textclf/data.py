@@ -4,13 +4,16 @@ Every loader returns plain Python lists; `split` then carves validation (and, wh
 has none, test) data with a fixed seed, so test data never reaches vocabulary or early stopping.
 Nothing about a user's data is guessed: decoding is stated and counted, a missing label is no
 class, spellings of one label are one class, and every class is in the training split; what
-was dropped, and why, is counted (`report`).
+was dropped, and why, is counted (`report`), and so are repeated texts, texts given two labels
+and test or validation rows repeating training ones (`repeats`; `data.duplicates` keeps,
+drops or refuses them).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -197,7 +200,21 @@ def _movies(reviews: list[tuple[str, int, int]], urls: dict) -> np.ndarray:
 # The format follows the extension: a delimiter for delimited text, None for JSON Lines.
 TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".ndjson": None}
 TABLE_SUFFIXES = tuple(TABLE_FORMATS)
+# Tried when a delimited file does not read with its delimiter, on its header and first rows.
+SNIFFED_DELIMITERS = (",", ";", "\t", "|")
+SNIFFED_ROWS = 20
 MIN_CLASS_ROWS = 2  # of each class in the training data: one to learn from, one to score on
+# What `repeats` counts, in words: leakage first, then repeats and conflicting labels per split.
+REPEATS = {
+    "overlap_train_test": "test rows whose text is in the training data",
+    "overlap_train_val": "validation rows whose text is in training",
+    "duplicates_train": "training rows repeating a training text",
+    "duplicates_val": "validation rows repeating a validation text",
+    "duplicates_test": "test rows repeating a test text",
+    "conflicts_train": "training rows whose text another training row labels otherwise",
+    "conflicts_val": "validation rows whose text another one labels otherwise",
+    "conflicts_test": "test rows whose text another test row labels otherwise",
+}
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -218,11 +235,24 @@ class Table:
         return len(self.lines)
 
 
-def read_table(path: Path, columns: Sequence[str], fix: str, delimiter: str | None = None) -> Table:
+def read_table(
+    path: Path,
+    columns: Sequence[str],
+    fix: str,
+    delimiter: str | None = None,
+    delimiter_key: str | None = "data.delimiter",
+) -> Table:
     """`columns` of a CSV, TSV or JSON Lines file, chosen by its extension (`delimiter`
     overrides a delimited file's). Decoding is stated, never guessed: UTF-8, a leading byte-order
     mark dropped, invalid bytes replaced and counted (and logged). Errors name the file and the
-    line; `fix` says which setting names the columns."""
+    line; `fix` says which setting names the columns, `delimiter_key` which sets the delimiter
+    (None: the caller has no such setting)."""
+    if path.is_dir():
+        raise DataError(
+            f"data file {path} is a folder, not a file: data=csv reads one .csv, .tsv or "
+            ".jsonl file (data.path=<file>); a folder in the aclImdb layout (train/{pos,neg}, "
+            "test/{pos,neg}) is read by data=aclimdb data.path=<folder>."
+        )
     if not path.is_file():
         raise DataError(f"data file {path} does not exist.")
     suffix = path.suffix.lower()
@@ -241,10 +271,13 @@ def read_table(path: Path, columns: Sequence[str], fix: str, delimiter: str | No
             )
         names, records = _json_records(path, lines)
     else:
-        names, records = _delimited_records(path, lines, delimiter or TABLE_FORMATS[suffix])
+        names, records = _delimited_records(
+            path, lines, delimiter or TABLE_FORMATS[suffix], delimiter_key
+        )
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path} has no column(s) {missing}; it has {names}. {fix}")
+        hint = _delimiter_hint(lines, delimiter or TABLE_FORMATS[suffix], delimiter_key, columns)
+        raise DataError(f"{path} has no column(s) {missing}; it has {names}; {hint or fix}")
     table = Table({c: [] for c in columns}, [])
     for first, last, record in records:
         table.lines.append(first)
@@ -281,7 +314,9 @@ def _decoded_lines(path: Path) -> tuple[list[str], set[int]]:
 Records = list[tuple[int, int, dict]]  # (first line, last line, {column: value}) per record
 
 
-def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[list[str], Records]:
+def _delimited_records(
+    path: Path, lines: list[str], delimiter: str, key: str | None
+) -> tuple[list[str], Records]:
     """A header, then one record per row; blank lines are skipped. Malformed quoting and rows
     whose field count differs from the header's are refused (never shifted into columns)."""
     csv.field_size_limit(2**31 - 1)  # one review may exceed the default 128 KB cell
@@ -295,7 +330,10 @@ def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[li
     except csv.Error as error:
         raise DataError(
             f"{path}, line {end + 1}: malformed {_format_name(delimiter)} ({error}); "
-            "quote fields that hold the delimiter, quotes or line breaks."
+            + (
+                _delimiter_hint(lines, delimiter, key)
+                or "quote fields that hold the delimiter, quotes or line breaks."
+            )
         ) from error
     if not rows:
         raise DataError(f"{path} is empty: it needs a header row naming its columns.")
@@ -311,11 +349,55 @@ def _delimited_records(path: Path, lines: list[str], delimiter: str) -> tuple[li
         if len(fields) != len(header):
             raise DataError(
                 f"{path}, line {first}: {len(fields)} field(s) where the header has "
-                f"{len(header)}; quote fields that hold the delimiter {delimiter!r}, quotes or "
-                "line breaks."
+                f"{len(header)}; "
+                + (
+                    _delimiter_hint(lines, delimiter, key)
+                    or f"quote fields that hold the delimiter {delimiter!r}, quotes or line breaks."
+                )
             )
         records.append((first, last, dict(zip(header, fields, strict=True))))
     return header, records
+
+
+def _delimiter_hint(
+    lines: list[str], delimiter: str | None, key: str | None, columns: Sequence[str] = ()
+) -> str:
+    """When the header and first rows read cleanly with another common delimiter (a `;` export
+    of a European-locale spreadsheet, a tab-separated file named .csv), which one and the
+    setting `key` that reads with it; else "". One whose header holds `columns` comes first."""
+    if delimiter is None:  # JSON Lines
+        return ""
+    fits = [d for d in SNIFFED_DELIMITERS if d != delimiter and _reads_cleanly(lines, d)]
+    fits.sort(key=lambda d: not set(columns) <= set(_header(lines, d)))
+    if not fits:
+        return ""
+    how = f"set {key}={fits[0]!r}" if key else "save it comma-separated (or as .tsv for tabs)"
+    return (
+        f"its header and first rows read cleanly as {_format_name(fits[0])} "
+        f"(columns {_header(lines, fits[0])}): {how}."
+    )
+
+
+def _records(lines: list[str], delimiter: str) -> Iterator[list[str]]:
+    """The non-blank records, read lazily and strictly with `delimiter`."""
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    return (fields for fields in reader if fields and (len(fields) > 1 or fields[0].strip()))
+
+
+def _header(lines: list[str], delimiter: str) -> list[str]:
+    try:
+        return next(_records(lines, delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _reads_cleanly(lines: list[str], delimiter: str) -> bool:
+    """A header of 2+ fields, and up to SNIFFED_ROWS rows of as many, with no quoting error."""
+    try:
+        header, *rows = itertools.islice(_records(lines, delimiter), SNIFFED_ROWS + 1)
+    except (csv.Error, ValueError):  # malformed, or no record at all
+        return False
+    return len(header) > 1 and bool(rows) and all(len(r) == len(header) for r in rows)
 
 
 def _format_name(delimiter: str) -> str:
@@ -662,13 +744,20 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     where = cfg.path or cfg.source
     stats.setdefault("rows_read_train", len(raw.train))
     train = _drop_empty(raw.train, "train", stats)
-    require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} (with text)")
+    kept = "with text" + (", deduplicated" if cfg.duplicates == "drop" else "")
+    if cfg.duplicates == "drop":
+        train = _dedupe(train, "train", stats)
+    require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
     if raw.test is None:
         is_test = _stratified(train.labels, test_fraction, rng)
         train, test = _take(train, np.flatnonzero(~is_test)), _take(train, np.flatnonzero(is_test))
     else:
         stats.setdefault("rows_read_test", len(raw.test))
         test = _drop_empty(raw.test, "test", stats)
+        if cfg.duplicates == "drop":
+            test = _dedupe(test, "test", stats)
+            train = _drop_seen(train, set(test.texts), stats)
+            require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
     if limit:
         before = len(train), len(test)
         train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
@@ -705,8 +794,93 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     require_rows(train.labels, raw.class_names, 1, "the training split")
     _note_missing_classes(val, "val", raw.class_names, stats)
     _note_missing_classes(test, "test", raw.class_names, stats)
+    stats.update(repeats(train, val, test))
+    _judge_repeats(stats, len(train), cfg, where)
     stats.update(train_size=len(train), val_size=len(val), test_size=len(test))
     return Dataset(train, val, test, raw.class_names, stats)
+
+
+# --- duplicates, conflicting labels and leakage ----------------------------------------------
+
+
+def _labels_by_text(part: Split) -> dict[str, set[int]]:
+    labels: dict[str, set[int]] = {}
+    for text, label in zip(part.texts, part.labels.tolist(), strict=True):
+        labels.setdefault(text, set()).add(label)
+    return labels
+
+
+def repeats(train: Split, val: Split, test: Split) -> dict[str, int]:
+    """What inflates or blurs a score, compared on the cleaned texts the model reads: rows
+    repeating an earlier row's text in their split (`duplicates_<split>`), rows whose text
+    another row of their split labels otherwise (`conflicts_<split>`), validation rows whose
+    text is a training row's (`overlap_train_val`) and test rows whose text is in the training
+    data, training or validation rows (`overlap_train_test`)."""
+    counts = {}
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        labels = _labels_by_text(part)
+        counts[f"duplicates_{name}"] = len(part) - len(labels)
+        counts[f"conflicts_{name}"] = sum(len(labels[t]) > 1 for t in part.texts)
+    seen = set(train.texts)
+    counts["overlap_train_val"] = sum(t in seen for t in val.texts)
+    seen.update(val.texts)
+    counts["overlap_train_test"] = sum(t in seen for t in test.texts)
+    return counts
+
+
+def _dedupe(part: Split, name: str, stats: dict[str, int]) -> Split:
+    """Each text once (its first row), and no row of a text given two labels: which label is
+    right cannot be known. Counted as `duplicate_dropped_<name>`, `conflict_dropped_<name>`."""
+    labels, seen, keep = _labels_by_text(part), set(), []
+    for i, text in enumerate(part.texts):
+        if len(labels[text]) == 1 and text not in seen:
+            keep.append(i)
+        seen.add(text)
+    conflicts = sum(len(labels[t]) > 1 for t in part.texts)
+    stats[f"conflict_dropped_{name}"] = conflicts
+    stats[f"duplicate_dropped_{name}"] = len(part) - len(keep) - conflicts
+    return _take(part, np.asarray(keep, dtype=np.int64))
+
+
+def _drop_seen(train: Split, test_texts: set[str], stats: dict[str, int]) -> Split:
+    """Training rows whose text is in the test file go (the test file stays the benchmark)."""
+    keep = np.array([t not in test_texts for t in train.texts], dtype=bool)
+    stats["overlap_dropped_train"] = int((~keep).sum())
+    return _take(train, np.flatnonzero(keep))
+
+
+def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, where: str) -> None:
+    """Say what `repeats` found; refuse it with data.duplicates=refuse, and with `keep` when
+    conflicting labels exceed data.max_conflicts of the training rows."""
+    found = _repeats_found(counts)
+    if not found:
+        return
+    if cfg.duplicates == "refuse":
+        raise DataError(
+            f"{where}: {found}. Repeated rows overstate accuracy and conflicting labels blur "
+            "it: remove them from the data, or set data.duplicates=drop (one row per text, "
+            "none with two labels, none of the test file in training) or data.duplicates=keep."
+        )
+    share = counts["conflicts_train"] / max(train_rows, 1)
+    if share > cfg.max_conflicts:
+        raise DataError(
+            f"{where}: {counts['conflicts_train']} of {train_rows} training rows ({share:.1%}) "
+            "carry a text that another row labels otherwise, more than data.max_conflicts="
+            f"{cfg.max_conflicts:g}: a model cannot learn which label is right. Fix the "
+            "labels, drop those rows with data.duplicates=drop, or keep them with "
+            "data.max_conflicts=1."
+        )
+    log.warning(
+        "%s: %s; scores on repeated rows overstate accuracy (data.duplicates=drop drops "
+        "them, data.duplicates=refuse refuses such data)",
+        where,
+        found,
+    )
+
+
+def _repeats_found(counts: dict[str, int]) -> str:
+    """The non-zero counts of `repeats`, in words, or ""."""
+    return "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
 
 
 def load(config: DataConfig) -> Dataset:
@@ -802,7 +976,7 @@ def describe(data_report: dict) -> str:
         lines.append(f"  {name}: {sum(per_class.values())} rows ({_listed(per_class)})")
     notes = {
         k: counts[k]
-        for k in ("invalid_utf8", "classes_without_val", "classes_without_test")
+        for k in ("invalid_utf8", "classes_without_val", "classes_without_test", *REPEATS)
         if counts.get(k)
     }
     if notes:

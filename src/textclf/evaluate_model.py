@@ -63,16 +63,32 @@ def labelled_texts(
     )
 
 
+def unknown_only(ids: np.ndarray) -> int:
+    """Scored texts with no word the model knows (labelled by a guess), counted and said."""
+    count = int(inference.no_known_word(ids).sum())
+    if count:
+        log.warning(
+            "%d of %d texts hold no word the model knows (only punctuation or words outside "
+            "its vocabulary): their labels are guesses (test_no_known_word)",
+            count,
+            len(ids),
+        )
+    return count
+
+
 def run(cfg: EvaluateModelConfig) -> dict[str, float]:
     out = Path(cfg.output_dir)
+    RunFolder(out).prepare()  # a folder that cannot take the metrics fails before scoring
     with tempfile.TemporaryDirectory() as folder:
         classifier, source = load_classifier(cfg, Path(folder))
         texts, labels, splits = labelled_texts(cfg, classifier.classes)
         log.info("scoring %d reviews (%s split of data=%s)", len(texts), cfg.split, cfg.data.source)
+        ids = classifier.token_ids(texts)
         batched = evaluate.Predictions(
-            labels, classifier.probabilities(texts), classifier.token_counts(texts)
+            labels, classifier.probabilities(texts, ids), np.count_nonzero(ids, axis=1)
         )
         metrics = evaluate.score(batched, classifier.classes, cfg.evaluate.length_edges)
+        metrics["test_no_known_word"] = unknown_only(ids)
         metrics |= evaluate.served_scores(
             classifier.class_probabilities, texts, batched, cfg.evaluate.served_limit, cfg.data.seed
         )

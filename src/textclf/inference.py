@@ -33,6 +33,10 @@ from .run_folder import RunFolder
 log = logging.getLogger(__name__)
 
 EMPTY = "empty text: nothing to classify"
+# True where the model reads no word it knows (punctuation only, or out-of-vocabulary words
+# only): the row is classified, but its label is a guess; empty texts are flagged too.
+NO_KNOWN_WORD = "no_known_word"
+OOV_ID = 1  # TextVectorization's id for a word outside the vocabulary (0 is padding)
 
 
 class PredictError(ValueError):
@@ -139,8 +143,9 @@ class Classifier:
             log.warning("no %s beside %s: labels are class indices", RunFolder.CLASSES, keras_path)
         return cls(net, classes, **options)
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """[n, classes] for cleaned, non-empty texts, in the caller's order.
+    def probabilities(self, texts: Sequence[str], ids: np.ndarray | None = None) -> np.ndarray:
+        """[n, classes] for cleaned, non-empty texts, in the caller's order (`ids`: their
+        `token_ids`, when the caller has them already).
 
         One text goes through the whole model in one call. Several are vectorized first, sorted
         by token count and classified in batches of similar length (short texts in wide
@@ -148,7 +153,7 @@ class Classifier:
         """
         if len(texts) == 1:
             return class_probabilities(self._call(tf.constant(list(texts))).numpy())
-        ids = self.token_ids(texts)
+        ids = self.token_ids(texts) if ids is None else ids
         lengths = np.count_nonzero(ids, axis=1)
         order = np.argsort(lengths, kind="stable")
         outputs = np.empty((len(texts), len(self.classes)))
@@ -181,13 +186,17 @@ class Classifier:
         return np.count_nonzero(self.token_ids(texts), axis=1)
 
     def predict(self, texts: Sequence[Any]) -> pd.DataFrame:
-        """One row per text; an empty text gets an `error` instead of failing the batch."""
+        """One row per text; an empty text gets an `error` instead of failing the batch, and a
+        text with no word the model knows is classified and flagged (`NO_KNOWN_WORD`)."""
         cleaned = [data.clean(as_text(t)) for t in texts]
         ok = np.array([bool(t) for t in cleaned], dtype=bool)
         probabilities = np.full((len(cleaned), len(self.classes)), np.nan)
+        unknown = np.ones(len(cleaned), dtype=bool)
         if ok.any():
             kept = [t for t, keep in zip(cleaned, ok, strict=True) if keep]
-            probabilities[ok] = self.probabilities(kept)
+            ids = self.token_ids(kept)
+            probabilities[ok] = self.probabilities(kept, ids)
+            unknown[ok] = no_known_word(ids)
         best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
         frame = pd.DataFrame(
             {"label": [self.classes[i] if keep else None for i, keep in zip(best, ok, strict=True)]}
@@ -195,7 +204,13 @@ class Classifier:
         for i, name in enumerate(self.classes):
             frame[f"prob_{name}"] = probabilities[:, i]
         frame["error"] = [None if keep else EMPTY for keep in ok]
+        frame[NO_KNOWN_WORD] = unknown
         return frame
+
+
+def no_known_word(ids: np.ndarray) -> np.ndarray:
+    """Per row of `token_ids`: True when the model reads no word of its vocabulary."""
+    return ~(ids > OOV_ID).any(axis=1)
 
 
 def length_batches(

@@ -5,8 +5,9 @@ It loads the run's `model.keras` (Keras safe mode) and `classes.json` through
 as `make predict` does. Nothing is pickled: moving the code never breaks a logged model. The
 model carries the package's inference side as its code (`tracking.models.INFERENCE_CODE`), so
 `textclf.inference` imports where textclf is not installed.
-Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class and
-`error` (set, with no label, for an empty or missing text, as `make predict` does).
+Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class,
+`error` (set, with no label, for an empty or missing text, as `make predict` does) and
+`no_known_word` (true where the model knows no word of the text: its label is a guess).
 
 A request it cannot answer raises `MlflowException(INVALID_PARAMETER_VALUE)`, which
 `mlflow models serve` returns as HTTP 400 with this message (another exception would also get a

@@ -10,6 +10,7 @@ answers.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pandas as pd
 
 from . import data, tracking
 from .config import PredictConfig
-from .inference import Classifier, PredictError, as_text
+from .inference import NO_KNOWN_WORD, Classifier, PredictError, as_text
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,30 @@ def read_texts(text: Any, file: str | None, column: str = "text") -> list[str]:
     if text is not None:
         return [as_text(t) for t in text] if isinstance(text, list | tuple) else [as_text(text)]
     path = Path(str(file)).expanduser()
+    if path.is_dir():
+        raise PredictError(f"input file {path} is a folder; pass file=<.txt/.csv/.jsonl file>.")
     if not path.is_file():
         raise PredictError(f"input file {path} does not exist.")
     if path.suffix.lower() not in data.TABLE_SUFFIXES:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return [as_text(v) for v in data.read_table(path, [column], "Set column=<name>.")[column]]
+    table = data.read_table(path, [column], "Set column=<name>.", delimiter_key=None)
+    return [as_text(v) for v in table[column]]
+
+
+def check_out(out: Path) -> None:
+    """Prove that `out` can be written before the model loads and the texts are classified:
+    its folder is created (as training creates its run folder) and takes a file."""
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as error:
+        raise PredictError(
+            f"out: cannot write {out} ({error.strerror or error}). Give a .csv or .jsonl path "
+            "in a folder you can write, or leave `out` unset to print the table."
+        ) from error
 
 
 def write(frame: pd.DataFrame, out: Path) -> None:
@@ -72,6 +92,8 @@ def run(cfg: PredictConfig) -> pd.DataFrame:
     texts = read_texts(cfg.text, cfg.file, cfg.column)
     if not texts:
         raise PredictError(f"{cfg.file} holds no text to classify.")
+    if cfg.out:
+        check_out(Path(cfg.out).expanduser())
     predict, source = model_source(cfg)
     log.info("model: %s", source)
     frame = pd.concat([pd.DataFrame({"text": texts}), predict(texts)], axis=1)
@@ -83,4 +105,13 @@ def run(cfg: PredictConfig) -> pd.DataFrame:
         print(show(frame))
     if errors:
         log.warning("%d of %d rows were not classified (see the error column)", errors, len(frame))
+    guessed = int((frame[NO_KNOWN_WORD] & frame["error"].isna()).sum())
+    if guessed:
+        log.warning(
+            "%d of %d rows hold no word the model knows (only punctuation or words outside its "
+            "vocabulary): their labels are guesses (see the %s column)",
+            guessed,
+            len(frame),
+            NO_KNOWN_WORD,
+        )
     return frame

@@ -91,9 +91,12 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     vectorize_seconds = time.perf_counter() - start
 
     specs = dict(strategies)
-    if cfg.batching not in specs.values():
-        specs["default"] = cfg.batching
-    default = next(name for name, spec in specs.items() if spec == cfg.batching)
+    configured = cfg.batching
+    if configured.strategy != "bucket":  # only bucket reads the token budget
+        configured = replace(configured, token_budget=None)
+    if configured not in specs.values():
+        specs["default"] = configured
+    default = next(name for name, spec in specs.items() if spec == configured)
     setups = {
         name: _setup(cfg, spec, tokens, len(dataset.class_names), steps + 1)
         for name, spec in specs.items()

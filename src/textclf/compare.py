@@ -58,6 +58,8 @@ METRICS = {
 # the mix's weights.
 RUN_METRICS = [
     "served_agreement",
+    "batch_rows",
+    "batch_label_skew",
     "best_epoch",
     "epochs_run",
     "best_val_loss",

@@ -279,7 +279,7 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "toy-bucket"
+    assert run.info.status == "FINISHED" and run.info.run_name == "toy·bucket·s42"
     assert run.data.tags["model"] == "toy" and run.data.params["model.embedding_dim"] == "4"
     assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
@@ -293,7 +293,7 @@ def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_
     run_id = tracking.log_run_folder(RunFolder(default_run.out), other)
     logged = MlflowClient(other).get_run(run_id)
     assert run_id != original.info.run_id and logged.info.status == "FINISHED"
-    assert logged.info.run_name == original.info.run_name == "bucket-post-mask_zero+ngrams"
+    assert logged.info.run_name == original.info.run_name == "bucket·mask_zero+ngrams·s42"
     kept = {
         k: v
         for k, v in original.data.tags.items()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError
+from .config import NAME_SEP, ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -113,8 +113,10 @@ class RunFolder:
 
 
 def run_name(cfg: Config) -> str:
-    """`tracking.run_name`, else the model's own (e.g. `bucket-post-mask_zero+ngrams`)."""
-    return cfg.tracking.run_name or cfg.model.run_name(cfg.batching)
+    """`tracking.run_name`, else the model's own and the seed (`bucket·mask_zero+ngrams·s0`):
+    what tells a sweep's runs apart comes first, so the UI's narrow run list still shows it."""
+    own = cfg.model.run_name(cfg.batching)
+    return cfg.tracking.run_name or f"{own}{NAME_SEP}s{cfg.train.seed}"
 
 
 def tags(cfg: Config) -> dict[str, str]:

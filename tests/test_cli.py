@@ -23,6 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, tiny_csv):
     run_dir = tmp_path / "run"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "a checkout"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     done = textclf_here(
         "train",
         "data=csv",
@@ -62,7 +66,11 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
         "mask_zero",
         "csv",
     )
-    assert tags["choice.data"] == "csv" and len(tags["git_commit"]) >= 7
+    assert tags["choice.data"] == "csv"
+    # MLflow's own source tags, which fill the UI's Source column: the command and the commit
+    assert tags["mlflow.source.name"] == "textclf train"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == head.strip()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.keras", "vocabulary.txt", "config.json", "metrics.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -199,9 +199,9 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
+def _choice_tags(hydra_cfg: DictConfig, command: str) -> dict[str, str]:
     """A run's config-group choices as `choice.<group>` tags (what `make compare` groups by),
-    and the commit it ran."""
+    and MLflow's source tags: the `textclf` command and the commit it ran."""
     from . import tracking
 
     tags = {
@@ -209,7 +209,7 @@ def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
         for k, v in hydra_cfg.runtime.choices.items()
         if not k.startswith("hydra") and v is not None
     }
-    return tags | {"git_commit": tracking.git_commit(ROOT)}
+    return tags | tracking.source_tags(f"textclf {command}", ROOT)
 
 
 def _params(cfg: DictConfig) -> dict[str, str]:
@@ -225,7 +225,7 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     from . import pipeline, sweep
 
     config = to_object(cfg)
-    tags = _choice_tags(hydra_cfg)
+    tags = _choice_tags(hydra_cfg, "train")
     params = _params(cfg)
     if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
         if (done := sweep.finished_before(config)) is not None:
@@ -260,7 +260,7 @@ def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
                 overrides=[*overrides, *values, f"output_dir={output_dir}"],
                 return_hydra_config=True,
             )
-            tags = _choice_tags(trial.hydra)
+            tags = _choice_tags(trial.hydra, "tune")
             with open_dict(trial):
                 del trial["hydra"]
             return to_object(trial), _params(trial), tags
@@ -292,7 +292,7 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 def baseline(cfg: DictConfig) -> None:
     from . import baseline as reference
 
-    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get()))
+    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get(), "baseline"))
 
 
 @task_wrapper

@@ -80,7 +80,7 @@ class MlflowSweep(Callback):
             tags={
                 "sweep_dir": str(sweep_dir),
                 "overrides": overrides,
-                "git_commit": tracking.git_commit(),
+                **tracking.source_tags("textclf train --multirun"),
             },
         )
         (sweep_dir / PARENT_RUN_ID).write_text(run_id)

@@ -24,10 +24,10 @@ from .runs import (
     create_run,
     datasets,
     finish,
-    git_commit,
     log_artifacts,
     run_exists,
     search,
+    source_tags,
     start_run,
 )
 
@@ -44,7 +44,6 @@ __all__ = [
     "create_run",
     "datasets",
     "finish",
-    "git_commit",
     "load_model",
     "log_artifacts",
     "log_model",
@@ -54,5 +53,6 @@ __all__ = [
     "register_model",
     "run_exists",
     "search",
+    "source_tags",
     "start_run",
 ]

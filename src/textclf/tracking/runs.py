@@ -21,7 +21,13 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
 from ..data import Lineage
 from .outage import (
@@ -69,6 +75,16 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
+
+
+def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
+    """MLflow's standard tags of where a run came from (user, `mlflow.source.name`, `.type`,
+    `.git.commit`), which fill the UI's Source column: runs are created through a client, so
+    MLflow does not add them itself. The source is the `textclf` command; the commit is the
+    checkout's at `cwd`, as `git rev-parse HEAD` there says (left out outside a checkout)."""
+    tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
+    commit = git_commit(cwd)
+    return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -178,10 +194,13 @@ def start_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     system_metrics: bool = False,
+    start_time: int | None = None,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
     (unless its tracking server is unreachable at the end: see `Run.or_later`). With
-    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open."""
+    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open.
+    `start_time` (ms since the epoch) dates a run opened after its work began, so that its
+    MLflow duration is the work's."""
     client, experiment_id = connect(uri, experiment)
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -191,7 +210,10 @@ def start_run(
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(
-            experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+            experiment_id,
+            start_time=start_time,
+            run_name=run_name,
+            tags={k: str(v) for k, v in all_tags.items()},
         ).info.run_id
     run = Run(client, run_id)
     try:

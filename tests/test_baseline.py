@@ -105,10 +105,10 @@ def test_the_reference_fits_and_scores_exactly_the_rows_of_a_training_run(beside
     [((scored, *_), _, _)] = beside.scores
     np.testing.assert_array_equal(scored.labels, run_rows.splits["test"].labels)
     np.testing.assert_array_equal(scored.lengths, run_rows.splits["test"].lengths)
-    logged = beside.runs["reference"].data.metrics
-    by_run = beside.runs[beside.keras_cfg.model.variant()].data.metrics
+    logged = beside.runs["reference"].data.params
+    by_run = beside.runs[beside.keras_cfg.model.variant()].data.params
     for key in ("train_size", "val_size", "test_size", "no_tokens_dropped_test"):
-        assert logged[f"data_{key}"] == by_run[f"data_{key}"] == run_rows.counts[key], key
+        assert logged[f"data_{key}"] == by_run[f"data_{key}"] == str(run_rows.counts[key]), key
 
 
 def test_the_reference_logs_a_training_runs_metric_names_tags_and_no_model(beside):

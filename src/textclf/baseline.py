@@ -94,7 +94,6 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
     probabilities[:, model.classes_] = model.predict_proba(vectorizer.transform(test.texts))
     predictions = evaluate.Predictions(test.labels.astype(np.int64), probabilities, lengths)
     metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
-    metrics |= {f"data_{k}": v for k, v in (dataset.stats | counts).items()}
     metrics |= {f"val_accuracy_C_{c:g}": acc for c, acc in val_accuracy.items()}
     metrics |= {
         "best_val_accuracy": val_accuracy[model.C],
@@ -123,7 +122,8 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
         start_time=begun_ms,
     ) as mlrun:
         mlrun.log_datasets(data.lineage(dataset, cfg.data))  # as a training run's
-        mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"})
+        counted = {f"data_{k}": v for k, v in (dataset.stats | counts).items()}  # as a run's
+        mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"} | counted)
         mlrun.log_metrics(metrics)
         for path in artifacts:
             mlrun.log_artifact(path, RunFolder.PLOTS if path.parent == out.plots else None)

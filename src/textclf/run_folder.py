@@ -128,3 +128,10 @@ def tags(cfg: Config) -> dict[str, str]:
         "data": cfg.data.source,
         "output_dir": cfg.output_dir,
     }
+
+
+def data_params(report: dict) -> dict[str, int]:
+    """The data report's counts as `data_*` params (`data_train_size`): beside the config in
+    the MLflow UI, not charted among the metrics that compare runs. Rows per class stay in
+    `data_report.json` (an artifact): a many-class dataset would bury the config."""
+    return {f"data_{key}": n for key, n in report["counts"].items()}

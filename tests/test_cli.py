@@ -71,6 +71,14 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
     assert tags["mlflow.source.name"] == "textclf train"
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.source.git.commit"] == head.strip()
+    # the run ends by saying how it scored, where it went and what to run next
+    last = done.stdout.strip().splitlines()[-5:]
+    assert f"test accuracy {run.data.metrics['test_accuracy']:.4f}" in last[0], last
+    assert f"served one review at a time {run.data.metrics['served_accuracy']:.4f}" in last[0]
+    assert str(run_dir) in last[1] and run.info.run_id in last[2] and "'textclf'" in last[2]
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in last[3]
+    assert "make predict ARGS='run_id=" + run.info.run_id in last[4]
+    assert "INFO mlflow" not in done.stdout + done.stderr  # MLflow's chatter is quiet
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.keras", "vocabulary.txt", "config.json", "metrics.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

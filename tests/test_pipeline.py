@@ -89,6 +89,12 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
         m.value for m in client.get_metric_history(run.info.run_id, "val_loss")
     )
     assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
+    # what the UI shows: the run's description, and the experiment's, which says how to compare
+    assert f"**{metrics['test_accuracy']:.4f}**" in run.data.tags["mlflow.note.content"]
+    assert "batching `bucket`, padding_side `post`" in run.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(run.info.experiment_id).tags
+    assert "**Group by** the tag `batching`" in experiment["mlflow.note.content"]
+    assert experiment["mlflow.experimentKind"] == "custom_model_development"
     out = default_run.out
     assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)

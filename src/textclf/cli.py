@@ -233,7 +233,45 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
             return done[f"best_{config.optimized_metric}"]
         config = sweep.resumable(config)
     metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
+    if hydra_cfg.mode.name != "MULTIRUN":  # a sweep's jobs end with the sweep's summary
+        log.info("%s", summary(config, metrics))
     return metrics[f"best_{config.optimized_metric}"]
+
+
+def project_store() -> str:
+    """The MLflow store `make ui` serves (conf/tracking/sqlite.yaml's)."""
+    return f"sqlite:///{ROOT}/outputs/mlflow.db"
+
+
+def where_to_look(uri: str, link: str) -> str:
+    """How to open `link`: `make ui` serves the project's store, `mlflow ui` another file."""
+    if uri == project_store():
+        return f"make ui, then {link}"
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}, then {link}"
+    return link
+
+
+def summary(config: Config, metrics: dict[str, float]) -> str:
+    """A training run's last lines: how it scored, where it went, and what to run next."""
+    from . import tracking
+    from .run_folder import RunFolder
+
+    uri, experiment = config.tracking.uri, config.tracking.experiment
+    run_id = RunFolder(Path(config.output_dir)).run_id()
+    _, experiment_id = tracking.connect(uri, experiment)
+    served = metrics.get("served_accuracy", float("nan"))
+    store = "" if uri == project_store() else f" tracking.uri={uri}"
+    return "\n".join(
+        [
+            f"done: test accuracy {metrics['test_accuracy']:.4f}, served one review at a time "
+            f"{served:.4f}",
+            f"  run folder  {config.output_dir}",
+            f"  MLflow run  {run_id} in experiment {experiment!r} ({uri})",
+            f"  see it      {where_to_look(uri, tracking.ui_link(uri, experiment_id, run_id))}",
+            f"  use it      make predict ARGS='run_id={run_id}{store} text=\"a fine film\"'",
+        ]
+    )
 
 
 def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:

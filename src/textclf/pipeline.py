@@ -216,6 +216,7 @@ def run(
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     name = run_folder.run_name(cfg)
     tags = {k: str(v) for k, v in (tags | run_folder.tags(cfg)).items()}
+    tags |= tracking.note(run_folder.description(cfg))
     with tracking.start_run(
         cfg.tracking.uri,
         cfg.tracking.experiment,
@@ -315,11 +316,13 @@ def run(
             else []
         )
         folder.checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
+        described = tracking.note(run_folder.description(cfg, metrics))
+        folder.add_tags(described)
 
         # Everything is saved in the folder first: with the tracking server unreachable from
         # here on, one message says how to log the folder later (textclf log-model).
         with mlrun.or_later(folder.path):
-            mlrun.set_tags({"stop_reason": fitted.stop_reason})
+            mlrun.set_tags({"stop_reason": fitted.stop_reason} | described)
             mlrun.log_metrics(metrics)
             tracking.log_model(mlrun, folder.model, folder.classes, cfg.tracking.registered_model)
             for path in folder.logged():

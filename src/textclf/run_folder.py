@@ -130,6 +130,20 @@ def tags(cfg: Config) -> dict[str, str]:
     }
 
 
+def description(cfg: Config, metrics: dict[str, float] | None = None) -> str:
+    """The run's description in the MLflow UI: what it is and, once it ended, how it scored."""
+    what = ", ".join(f"{key} `{value}`" for key, value in tags(cfg).items() if key != "output_dir")
+    text = f"{what}, seed {cfg.train.seed}. Run folder: `{cfg.output_dir}`."
+    if metrics:
+        served = metrics.get("served_accuracy", float("nan"))
+        text += (
+            f"\n\nTest accuracy **{metrics['test_accuracy']:.4f}** (served one review at a "
+            f"time: {served:.4f}), test F1 {metrics['test_f1']:.4f}, "
+            f"{metrics['epochs_run']:g} epoch(s)."
+        )
+    return text
+
+
 def data_params(report: dict) -> dict[str, int]:
     """The data report's counts as `data_*` params (`data_train_size`): beside the config in
     the MLflow UI, not charted among the metrics that compare runs. Rows per class stay in

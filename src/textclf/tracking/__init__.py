@@ -25,10 +25,12 @@ from .runs import (
     datasets,
     finish,
     log_artifacts,
+    note,
     run_exists,
     search,
     source_tags,
     start_run,
+    ui_link,
 )
 
 __all__ = [
@@ -50,9 +52,11 @@ __all__ = [
     "log_run_folder",
     "model_files",
     "model_uri",
+    "note",
     "register_model",
     "run_exists",
     "search",
     "source_tags",
     "start_run",
+    "ui_link",
 ]

@@ -50,20 +50,21 @@ PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"
 UI = "http://127.0.0.1:5000"  # `make ui`, over the project's SQLite store
 HOW_TO_COMPARE = """\
-Training runs of textclf: one per variant and seed, named \
-`<batching>·<masking>·s<seed>` (`bow·s0` for bow); a sweep's runs sit under its `sweep ...` \
-parent run (expand it). Each run's description says what it is and how it scored.
+**Compare variants over seeds:** chart view, **Group by** the tag `batching` (or `masking`), \
+search the charts for `test_accuracy`.
 
-**Compare variants over seeds**
 1. Switch to the chart view (the chart icon left of the search box).
 2. **Group by** the tag `batching` (or `masking`, `padding_side`, `model`): one group per \
-variant, its seeds pooled; the group's settings choose its mean, minimum or maximum.
+variant, its seeds pooled; the gear beside the list's search shows each group's average, \
+minimum or maximum.
 3. Type `test_accuracy` in *Search metric charts*: one bar per group (`served_accuracy`, \
 `test_f1`, `train_reviews_per_s`, `padding_efficiency` likewise).
 
-For intervals and tests over seeds, `make compare` (its table and figures are logged to the \
-sweep's parent run, under `comparison/`). The data each run saw: its `data_*` params and \
-`data_report.json`.
+Runs are named `<batching>·<masking>·s<seed>` (`bow·s<seed>` for bow); a sweep's runs sit \
+under its `sweep ...` parent run (expand it). Each run's description says what it is and how \
+it scored. For intervals and tests over seeds, `make compare`: its table and figures are \
+logged to the sweep's parent run, under `comparison/`. The data each run saw: its `data_*` \
+params and `data_report.json`.
 """
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 TFDS = "tfds:"

@@ -375,6 +375,7 @@ def _write(report: dict, out_dir: Path, cfg: Config) -> None:
         "bench",
         run_name=f"bench {cfg.data.source}",
         tags={**tracking.source_tags("textclf bench"), **report["machine"]},
+        training=False,
     ) as run:
         run.log_metrics(flat)
         run.log_artifact(out_dir / "latest.json")

@@ -259,7 +259,11 @@ def summary(config: Config, metrics: dict[str, float]) -> str:
 
     uri, experiment = config.tracking.uri, config.tracking.experiment
     run_id = RunFolder(Path(config.output_dir)).run_id()
-    _, experiment_id = tracking.connect(uri, experiment)
+    try:
+        _, experiment_id = tracking.connect(uri, experiment)
+        see = where_to_look(uri, tracking.ui_link(uri, experiment_id, run_id))
+    except tracking.TrackingError as error:  # the server went away since the run ended
+        see = str(error)
     served = metrics.get("served_accuracy", float("nan"))
     store = "" if uri == project_store() else f" tracking.uri={uri}"
     return "\n".join(
@@ -268,7 +272,7 @@ def summary(config: Config, metrics: dict[str, float]) -> str:
             f"{served:.4f}",
             f"  run folder  {config.output_dir}",
             f"  MLflow run  {run_id} in experiment {experiment!r} ({uri})",
-            f"  see it      {where_to_look(uri, tracking.ui_link(uri, experiment_id, run_id))}",
+            f"  see it      {see}",
             f"  use it      make predict ARGS='run_id={run_id}{store} text=\"a fine film\"'",
         ]
     )

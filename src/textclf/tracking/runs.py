@@ -19,7 +19,16 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    Experiment,
+    InputTag,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import (
@@ -80,14 +89,15 @@ def _local_artifacts(uri: str) -> str | None:
     return None
 
 
-def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """A client and the experiment's id, created if needed; fails fast naming the URI."""
+def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, created if needed; fails fast naming the URI. An
+    experiment of `training` runs gets the description and kind the UI shows (`describe`)."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
     client = MlflowClient(tracking_uri=uri)
-    described = {MLFLOW_RUN_NOTE: HOW_TO_COMPARE, KIND_TAG: TRAINING}
+    described = {MLFLOW_RUN_NOTE: HOW_TO_COMPARE, KIND_TAG: TRAINING} if training else {}
     try:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -95,9 +105,6 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
                 experiment, artifact_location=_local_artifacts(uri), tags=described
             )
             return client, created
-        for key in described.keys() - found.tags.keys():  # an experiment from before them
-            client.set_experiment_tag(found.experiment_id, key, described[key])
-        return client, found.experiment_id
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
             return client, client.get_experiment_by_name(experiment).experiment_id
@@ -106,6 +113,16 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
+    describe(client, found, described)
+    return client, found.experiment_id
+
+
+def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str]) -> None:
+    """Give an experiment from before them the description and kind it lacks. Best effort:
+    who may log runs to an experiment may not be allowed to edit it (`make server AUTH=1`)."""
+    for key in tags.keys() - experiment.tags.keys():
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.set_experiment_tag(experiment.experiment_id, key, tags[key])
 
 
 def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
@@ -239,13 +256,15 @@ def start_run(
     run_id: str | None = None,
     system_metrics: bool = False,
     start_time: int | None = None,
+    training: bool = True,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
     (unless its tracking server is unreachable at the end: see `Run.or_later`). With
     `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open.
     `start_time` (ms since the epoch) dates a run opened after its work began, so that its
-    MLflow duration is the work's."""
-    client, experiment_id = connect(uri, experiment)
+    MLflow duration is the work's. `training=False`: the experiment holds other runs (an
+    evaluation's, a benchmark's) and gets no training-runs description."""
+    client, experiment_id = connect(uri, experiment, training)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id

@@ -106,8 +106,26 @@ def test_ui_shows_a_sweep_by_variant_and_seed_and_how_to_compare_it(
             assert run.data.tags[tag] in row, row
     page.screenshot(path=str(DOC_SHOTS / "ui_runs.png"))
 
-    # The comparison the description walks through: chart view, grouped by `batching`, charts
-    # searched for test_accuracy: on the first screen, one bar per group, seeds named.
+    # The saved view the description links to: grouped by `batching`, test_accuracy the first
+    # chart, on the first screen, one bar per group, the seeds named.
+    with page.context.expect_page() as opened:  # the description's links open a new tab
+        page.get_by_role("link", name="compare by batching").first.click()
+    page = opened.value
+    first_chart = page.get_by_text("test_accuracy", exact=True).first
+    first_chart.wait_for(timeout=60_000)
+    close_assistant(page)
+    page.get_by_text("Compared over seeds").first.wait_for(timeout=30_000)
+    box = first_chart.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= VIEWPORT["height"], box
+    for group in ("Group: bucket", "Group: per_batch"):
+        page.get_by_text(group).first.wait_for(timeout=30_000)
+    for run in children:
+        assert page.get_by_text(run.info.run_name, exact=True).first.is_visible()
+    page.screenshot(path=str(DOC_SHOTS / "ui_saved_view.png"))
+
+    # The same by hand, as the description's steps say: chart view, grouped by `batching`,
+    # charts searched for test_accuracy (a fresh browser: the UI keeps a view's grouping).
+    page = browser.new_context(viewport=VIEWPORT).new_page()
     page.goto(runs_page + "&compareRunsMode=CHART")
     page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
     close_assistant(page)

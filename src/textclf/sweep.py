@@ -116,14 +116,14 @@ class MlflowSweep(Callback):
         log.info(
             "sweep done: %d runs, %d not finished (parent run %s)\n"
             "  compare  make compare ARGS='tracking.experiment=%s%s'\n"
-            "  see it   %s (make ui serves the project's store; the experiment's description "
-            "says how to group its runs)",
+            "  see it   %s (make ui serves the project's store), grouped by batching: %s",
             len(statuses),
             failed,
             run_id,
             experiment,
             "" if uri.endswith(PROJECT_STORE) else f" tracking.uri={uri}",
             tracking.ui_link(uri, experiment_id),
+            tracking.ui_link(uri, experiment_id, view="batching"),
         )
         if failed:
             log.error(

@@ -1,6 +1,7 @@
-"""The only package that talks to MLflow, along its three jobs: the run lifecycle (`runs`),
-surviving a tracking server that goes away (`outage`), and the trained model as an MLflow
-model, logged and loaded (`models`). Callers import from here."""
+"""The only package that talks to MLflow, along its jobs: the run lifecycle (`runs`),
+surviving a tracking server that goes away (`outage`), the trained model as an MLflow
+model, logged and loaded (`models`), and what the UI shows of an experiment (`ui`). Callers
+import from here."""
 
 from __future__ import annotations
 
@@ -25,13 +26,12 @@ from .runs import (
     datasets,
     finish,
     log_artifacts,
-    note,
     run_exists,
     search,
     source_tags,
     start_run,
-    ui_link,
 )
+from .ui import note, ui_link
 
 __all__ = [
     "MODEL",

@@ -34,12 +34,12 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
-    MLFLOW_RUN_NOTE,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
 )
 
 from ..data import Lineage
+from . import ui
 from .outage import (
     KeepsMetrics,
     TrackingError,
@@ -54,27 +54,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs s
 # migrations) would be a run's last words; MLFLOW_LOGGING_LEVEL=INFO brings them back.
 logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL") or "WARNING")
 PARENT_TAG = "mlflow.parentRunId"
-# What the UI shows of an experiment: its description, and that it holds training runs (the
-# UI's "Model training" kind rather than GenAI's).
-KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"
-UI = "http://127.0.0.1:5000"  # `make ui`, over the project's SQLite store
-HOW_TO_COMPARE = """\
-**Compare variants over seeds:** chart view, **Group by** the tag `batching` (or `masking`), \
-search the charts for `test_accuracy`.
-
-1. Switch to the chart view (the chart icon left of the search box).
-2. **Group by** the tag `batching` (or `masking`, `padding_side`, `model`): one group per \
-variant, its seeds pooled; the gear beside the list's search shows each group's average, \
-minimum or maximum.
-3. Type `test_accuracy` in *Search metric charts*: one bar per group (`served_accuracy`, \
-`test_f1`, `train_reviews_per_s`, `padding_efficiency` likewise).
-
-Runs are named `<batching>·<masking>·s<seed>` (`bow·s<seed>` for bow); a sweep's runs sit \
-under its `sweep ...` parent run (expand it). Each run's description says what it is and how \
-it scored. For intervals and tests over seeds, `make compare`: its table and figures are \
-logged to the sweep's parent run, under `comparison/`. The data each run saw: its `data_*` \
-params and `data_report.json`.
-"""
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 TFDS = "tfds:"
 _BATCH = 100
@@ -97,14 +76,11 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
     client = MlflowClient(tracking_uri=uri)
-    described = {MLFLOW_RUN_NOTE: HOW_TO_COMPARE, KIND_TAG: TRAINING} if training else {}
     try:
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            created = client.create_experiment(
-                experiment, artifact_location=_local_artifacts(uri), tags=described
-            )
-            return client, created
+            created = client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+            found = client.get_experiment(created)
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
             return client, client.get_experiment_by_name(experiment).experiment_id
@@ -113,13 +89,14 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
-    describe(client, found, described)
+    if training:
+        describe(client, found, ui.experiment_tags(found.experiment_id))
     return client, found.experiment_id
 
 
 def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str]) -> None:
-    """Give an experiment from before them the description and kind it lacks. Best effort:
-    who may log runs to an experiment may not be allowed to edit it (`make server AUTH=1`)."""
+    """Give a new experiment, or one from before them, the UI's tags it lacks (`ui`). Best
+    effort: who may log runs to an experiment may not edit it (`make server AUTH=1`)."""
     for key in tags.keys() - experiment.tags.keys():
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             client.set_experiment_tag(experiment.experiment_id, key, tags[key])
@@ -133,19 +110,6 @@ def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
     tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
     commit = git_commit(cwd)
     return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})
-
-
-def note(text: str) -> dict[str, str]:
-    """A run's description (the UI's Description box) as the tag MLflow keeps it in."""
-    return {MLFLOW_RUN_NOTE: text}
-
-
-def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """Where the UI shows an experiment (or one of its runs), on its training-runs view: a
-    server's own address, or `make ui`'s for the project's SQLite store."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
-    run = f"/{run_id}" if run_id else ""
-    return f"{base}/#/experiments/{experiment_id}/runs{run}?workflowType=machine_learning"
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

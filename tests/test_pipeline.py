@@ -95,6 +95,12 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     experiment = client.get_experiment(run.info.experiment_id).tags
     assert "**Group by** the tag `batching`" in experiment["mlflow.note.content"]
     assert experiment["mlflow.experimentKind"] == "custom_model_development"
+    for key in ("batching", "masking"):  # saved views: grouped by the tag, test accuracy first
+        view = json.loads(experiment[f"mlflow.sharedViewState.textclf-by-{key}"])
+        state = json.loads(view["state"])
+        assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": key}]
+        assert state["compareRunCharts"][0]["metricKey"] == "test_accuracy"
+        assert f"viewStateShareKey=textclf-by-{key}" in experiment["mlflow.note.content"]
     out = default_run.out
     assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)

@@ -87,6 +87,7 @@ gpu-check: ## On a GPU: train post/pre masked LSTMs, say if cuDNN ran, compare s
 	$(BIN)/python -m textclf.gpu_check
 
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
+	@echo "make ui: on http://127.0.0.1:$${PORT:-5000}, click 'Model training' (top left) once for the training runs"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
 
 # make server: its store and artifacts live in SERVER_DIR. HOST=<address> on the command line

@@ -4,6 +4,7 @@ names, picks C on validation, and `make compare` shows it beside the trained run
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -39,8 +40,9 @@ def record(patch: pytest.MonkeyPatch, module, name: str, calls: list) -> None:
     original = getattr(module, name)
 
     def spy(*args, **kwargs):
+        called_ms = time.time() * 1000
         result = original(*args, **kwargs)
-        calls.append((args, result))
+        calls.append((args, result, called_ms))
         return result
 
     patch.setattr(module, name, spy)
@@ -96,17 +98,17 @@ def test_the_reference_fits_and_scores_exactly_the_rows_of_a_training_run(beside
     run_rows = pipeline.vectorize(data.load(beside.keras_cfg.data), beside.keras_cfg)
     assert sum(run_rows.counts[f"no_tokens_dropped_{s}"] for s in ("train", "val")) == 2
     assert run_rows.counts["no_tokens_dropped_test"] == 1  # so the drop is checked too
-    [((train, val, _), _)] = beside.fits
+    [((train, val, _), _, _)] = beside.fits
     for name, split in (("train", train), ("val", val)):
         assert split.texts == run_rows.texts[name]
         np.testing.assert_array_equal(split.labels, run_rows.splits[name].labels)
-    [((scored, *_), _)] = beside.scores
+    [((scored, *_), _, _)] = beside.scores
     np.testing.assert_array_equal(scored.labels, run_rows.splits["test"].labels)
     np.testing.assert_array_equal(scored.lengths, run_rows.splits["test"].lengths)
-    logged = beside.runs["reference"].data.metrics
-    by_run = beside.runs[beside.keras_cfg.model.variant()].data.metrics
+    logged = beside.runs["reference"].data.params
+    by_run = beside.runs[beside.keras_cfg.model.variant()].data.params
     for key in ("train_size", "val_size", "test_size", "no_tokens_dropped_test"):
-        assert logged[f"data_{key}"] == by_run[f"data_{key}"] == run_rows.counts[key], key
+        assert logged[f"data_{key}"] == by_run[f"data_{key}"] == str(run_rows.counts[key]), key
 
 
 def test_the_reference_logs_a_training_runs_metric_names_tags_and_no_model(beside):
@@ -118,6 +120,9 @@ def test_the_reference_logs_a_training_runs_metric_names_tags_and_no_model(besid
     assert "best_val_accuracy" in trained and "best_val_accuracy" in reference.data.metrics
     assert reference.data.metrics["test_accuracy"] == pytest.approx(beside.metrics["test_accuracy"])
     assert reference.info.status == "FINISHED" and reference.info.run_name == "reference"
+    # dated from when its work began, not from when it was opened, after the fit
+    [(_, _, fit_ms)] = beside.fits
+    assert reference.info.start_time <= fit_ms < reference.info.end_time
     assert reference.data.tags["model"] == "reference"
     assert reference.data.tags["reference"] == "true"
     assert tracking.MODEL_TAG not in reference.data.tags  # not served: make predict skips it

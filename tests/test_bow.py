@@ -25,13 +25,13 @@ from .conftest import reviews, trained_once
 
 # (override, model tag, run name)
 MODELS = {
-    "bow": ("model=bow", "bow", "bow-bucket"),  # two classes: NB weights (weighting=auto)
-    "bow-tfidf": ("model=bow model.weighting=tfidf", "bow", "bow-bucket"),
+    "bow": ("model=bow", "bow", "bow·s42"),  # two classes: NB weights (weighting=auto)
+    "bow-tfidf": ("model=bow model.weighting=tfidf", "bow", "bow·s42"),
     "lstm+ngrams": (
         # a high learning rate: the LSTM half learns the reviews in the 3 epochs it gets
         "model=lstm model.units=8 model.embedding_dim=16 train.epochs=3 train.learning_rate=0.01",
         "lstm+ngrams",
-        "bucket-post-mask_zero+ngrams",
+        "bucket·mask_zero+ngrams·s42",
     ),
 }
 

@@ -23,6 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, tiny_csv):
     run_dir = tmp_path / "run"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "a checkout"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     done = textclf_here(
         "train",
         "data=csv",
@@ -62,7 +66,19 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
         "mask_zero",
         "csv",
     )
-    assert tags["choice.data"] == "csv" and len(tags["git_commit"]) >= 7
+    assert tags["choice.data"] == "csv"
+    # MLflow's own source tags, which fill the UI's Source column: the command and the commit
+    assert tags["mlflow.source.name"] == "textclf train"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == head.strip()
+    # the run ends by saying how it scored, where it went and what to run next
+    last = done.stdout.strip().splitlines()[-5:]
+    assert f"test accuracy {run.data.metrics['test_accuracy']:.4f}" in last[0], last
+    assert f"served one review at a time {run.data.metrics['served_accuracy']:.4f}" in last[0]
+    assert str(run_dir) in last[1] and run.info.run_id in last[2] and "'textclf'" in last[2]
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in last[3]
+    assert "make predict ARGS='run_id=" + run.info.run_id in last[4]
+    assert "INFO mlflow" not in done.stdout + done.stderr  # MLflow's chatter is quiet
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.keras", "vocabulary.txt", "config.json", "metrics.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

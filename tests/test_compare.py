@@ -228,6 +228,20 @@ def test_a_variant_with_fewer_runs_is_flagged():
     assert summary.loc["short", "test"] == "Welch's t-test"  # seed sets differ
 
 
+def test_what_a_run_counted_of_its_data_does_not_make_a_variant():
+    """`data_*` params are counts (truncated reviews differ with `fixed`'s length), not
+    choices: the variants are the batching alone."""
+    runs = pd.DataFrame(
+        {
+            "params.batching.strategy": ["fixed", "fixed", "bucket"],
+            "params.train.seed": ["0", "1", "0"],
+            "params.data_truncated_train": ["40", "40", "0"],
+            "params.data_train_size": ["90", "90", "90"],
+        }
+    )
+    assert compare.variant_keys(runs) == ["params.batching.strategy"]
+
+
 def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})

@@ -82,3 +82,22 @@ def test_flatten_gives_dotted_string_params(tmp_path):
     flat = flatten(compose_config([], tmp_path))
     assert flat["model.units"] == "64" and flat["batching.strategy"] == "bucket"
     assert all(isinstance(v, str) for v in flat.values())
+
+
+@pytest.mark.parametrize(
+    "overrides,name",
+    [
+        ((), "bucket·mask_zero+ngrams·s42"),
+        (("model.ngram_branch=false", "train.seed=0"), "bucket·mask_zero·s0"),
+        (
+            ("batching=per_batch", "batching.padding_side=pre", "model.masking=none"),
+            "per_batch·none+ngrams·pre·s42",
+        ),
+        (("model=bow", "train.seed=2"), "bow·s2"),  # bow never batches: no strategy
+        (("tracking.run_name=mine",), "mine"),
+    ],
+)
+def test_run_names_put_the_variant_first_and_end_with_the_seed(overrides, name, make_config):
+    from textclf import run_folder
+
+    assert run_folder.run_name(make_config(*overrides)) == name

@@ -490,7 +490,7 @@ def test_the_data_report_accounts_for_every_row_and_counts_each_splits_classes(t
 
 
 def test_test_rows_copied_from_training_are_counted_said_dropped_or_refused(tmp_path, caplog):
-    from textclf.pipeline import data_metrics
+    from textclf.run_folder import data_params
 
     rows = reviews(200)
     train = write_csv(tmp_path / "train.csv", rows[:140])
@@ -500,7 +500,7 @@ def test_test_rows_copied_from_training_are_counted_said_dropped_or_refused(tmp_
     assert "40 test rows whose text is in the training data (overlap_train_test)" in caplog.text
     report = data.report(ds.class_names, ds.stats, {"train": ds.train.labels})
     assert "overlap_train_test 40" in data.describe(report)
-    assert data_metrics(report)["data_overlap_train_test"] == 40
+    assert data_params(report)["data_overlap_train_test"] == 40
     with pytest.raises(data.DataError, match=r"train.csv: 40 test rows .* data.duplicates=drop"):
         data.load(csv_config(train, test_path=str(test), duplicates="refuse"))
     dropped = data.load(csv_config(train, test_path=str(test), duplicates="drop"))

@@ -89,6 +89,18 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
         m.value for m in client.get_metric_history(run.info.run_id, "val_loss")
     )
     assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
+    # what the UI shows: the run's description, and the experiment's, which says how to compare
+    assert f"**{metrics['test_accuracy']:.4f}**" in run.data.tags["mlflow.note.content"]
+    assert "batching `bucket`, padding_side `post`" in run.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(run.info.experiment_id).tags
+    assert "**Group by** the tag `batching`" in experiment["mlflow.note.content"]
+    assert experiment["mlflow.experimentKind"] == "custom_model_development"
+    for key in ("batching", "masking"):  # saved views: grouped by the tag, test accuracy first
+        view = json.loads(experiment[f"mlflow.sharedViewState.textclf-by-{key}"])
+        state = json.loads(view["state"])
+        assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": key}]
+        assert state["compareRunCharts"][0]["metricKey"] == "test_accuracy"
+        assert f"viewStateShareKey=textclf-by-{key}" in experiment["mlflow.note.content"]
     out = default_run.out
     assert json.loads((out / "classes.json").read_text()) == ["neg", "pos"]
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
@@ -97,12 +109,15 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     assert {"model.keras", "classes.json", "config.json", "data_report.json", "plots"} <= artifacts
     report = json.loads((out / RunFolder.DATA_REPORT).read_text())
     assert report["classes"] == ["neg", "pos"] and report["counts"]["rows_read_train"] == 240
-    for split, per_class in report["splits"].items():  # rows per class, as trained on
-        for name, n in per_class.items():
-            assert n > 0 and logged[f"data_{split}_class_{name}"] == n
+    # the report's counts are params, beside the config, not metrics crowding the charts
+    counted = {k: int(v) for k, v in run.data.params.items() if k.startswith("data_")}
+    assert {f"data_{k}": n for k, n in report["counts"].items()}.items() <= counted.items()
+    assert not [k for k in logged if k.startswith("data_")]
+    for per_class in report["splits"].values():  # rows per class, as trained on: the report's
+        assert all(n > 0 for n in per_class.values())
     assert (
         sum(report["splits"]["train"].values())
-        == logged["data_train_size"] - logged["data_no_tokens_dropped_train"]
+        == counted["data_train_size"] - counted["data_no_tokens_dropped_train"]
     )
 
 
@@ -122,10 +137,10 @@ def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(
         n: {t.key: t.value for t in d.tags}["mlflow.data.context"] for n, d in first.items()
     }
     assert contexts == {"train": "training", "val": "validation", "test": "testing"}
-    logged = default_run.run.data.metrics
+    logged = default_run.run.data.params
     for name in ("train", "val", "test"):
         one, other = first[name].dataset, second[name].dataset
-        assert json.loads(one.profile)["num_rows"] == logged[f"data_{name}_size"] > 0
+        assert json.loads(one.profile)["num_rows"] == int(logged[f"data_{name}_size"]) > 0
         assert json.loads(one.source) == {"uri": str(default_run.root / "r.csv")}
         assert json.loads(other.source) == {"uri": str(levers_run.root / "r.csv")}
         assert one.digest == other.digest and len(one.digest) == 16
@@ -137,7 +152,7 @@ def test_a_run_logs_its_splits_as_datasets_with_rows_and_a_digest_of_the_data(
     assert read["test"] == data.Lineage(
         "test",
         str(default_run.root / "r.csv"),
-        logged["data_test_size"],
+        int(logged["data_test_size"]),
         first["test"].dataset.digest,
     )
 
@@ -297,7 +312,7 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "toy-bucket"
+    assert run.info.status == "FINISHED" and run.info.run_name == "toy·bucket·s42"
     assert run.data.tags["model"] == "toy" and run.data.params["model.embedding_dim"] == "4"
     assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
@@ -311,7 +326,7 @@ def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_
     run_id = tracking.log_run_folder(RunFolder(default_run.out), other)
     logged = MlflowClient(other).get_run(run_id)
     assert run_id != original.info.run_id and logged.info.status == "FINISHED"
-    assert logged.info.run_name == original.info.run_name == "bucket-post-mask_zero+ngrams"
+    assert logged.info.run_name == original.info.run_name == "bucket·mask_zero+ngrams·s42"
     kept = {
         k: v
         for k, v in original.data.tags.items()

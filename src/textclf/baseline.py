@@ -80,7 +80,9 @@ def choose_c(
 
 
 def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, float]:
-    """Fit, choose C, score the test split, log one run; returns its metrics."""
+    """Fit, choose C, score the test split, log one run; returns its metrics. The run is opened
+    at the end, once there is something to log, and dated from the start."""
+    begun_ms = int(time.time() * 1000)
     dataset = data.load(cfg.data)
     splits, lengths, counts = same_rows(dataset, cfg.tokenize)
     started = time.perf_counter()
@@ -92,7 +94,6 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
     probabilities[:, model.classes_] = model.predict_proba(vectorizer.transform(test.texts))
     predictions = evaluate.Predictions(test.labels.astype(np.int64), probabilities, lengths)
     metrics = evaluate.score(predictions, dataset.class_names, cfg.evaluate.length_edges)
-    metrics |= {f"data_{k}": v for k, v in (dataset.stats | counts).items()}
     metrics |= {f"val_accuracy_C_{c:g}": acc for c, acc in val_accuracy.items()}
     metrics |= {
         "best_val_accuracy": val_accuracy[model.C],
@@ -114,10 +115,15 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
         "output_dir": cfg.output_dir,
     }
     with tracking.start_run(
-        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or REFERENCE, tags
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        cfg.tracking.run_name or REFERENCE,
+        tags,
+        start_time=begun_ms,
     ) as mlrun:
         mlrun.log_datasets(data.lineage(dataset, cfg.data))  # as a training run's
-        mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"})
+        counted = {f"data_{k}": v for k, v in (dataset.stats | counts).items()}  # as a run's
+        mlrun.log_params(flatten(asdict(cfg)) | {"C": f"{model.C:g}"} | counted)
         mlrun.log_metrics(metrics)
         for path in artifacts:
             mlrun.log_artifact(path, RunFolder.PLOTS if path.parent == out.plots else None)

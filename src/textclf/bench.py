@@ -386,7 +386,8 @@ def _write(report: dict, out_dir: Path, cfg: Config) -> None:
         cfg.tracking.uri,
         "bench",
         run_name=f"bench {cfg.data.source}",
-        tags={"git_commit": tracking.git_commit(), **report["machine"]},
+        tags={**tracking.source_tags("textclf bench"), **report["machine"]},
+        training=False,
     ) as run:
         run.log_metrics(flat)
         run.log_artifact(out_dir / "latest.json")

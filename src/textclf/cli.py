@@ -201,9 +201,9 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
+def _choice_tags(hydra_cfg: DictConfig, command: str) -> dict[str, str]:
     """A run's config-group choices as `choice.<group>` tags (what `make compare` groups by),
-    and the commit it ran."""
+    and MLflow's source tags: the `textclf` command and the commit it ran."""
     from . import tracking
 
     tags = {
@@ -211,7 +211,7 @@ def _choice_tags(hydra_cfg: DictConfig) -> dict[str, str]:
         for k, v in hydra_cfg.runtime.choices.items()
         if not k.startswith("hydra") and v is not None
     }
-    return tags | {"git_commit": tracking.git_commit(ROOT)}
+    return tags | tracking.source_tags(f"textclf {command}", ROOT)
 
 
 def _params(cfg: DictConfig) -> dict[str, str]:
@@ -227,7 +227,7 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
     from . import pipeline, sweep
 
     config = to_object(cfg)
-    tags = _choice_tags(hydra_cfg)
+    tags = _choice_tags(hydra_cfg, "train")
     params = _params(cfg)
     if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
         if (done := sweep.finished_before(config)) is not None:
@@ -235,7 +235,49 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
             return done[f"best_{config.optimized_metric}"]
         config = sweep.resumable(config)
     metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
+    if hydra_cfg.mode.name != "MULTIRUN":  # a sweep's jobs end with the sweep's summary
+        log.info("%s", summary(config, metrics))
     return metrics[f"best_{config.optimized_metric}"]
+
+
+def project_store() -> str:
+    """The MLflow store `make ui` serves (conf/tracking/sqlite.yaml's)."""
+    return f"sqlite:///{ROOT}/outputs/mlflow.db"
+
+
+def where_to_look(uri: str, link: str) -> str:
+    """How to open `link`: `make ui` serves the project's store, `mlflow ui` another file."""
+    if uri == project_store():
+        return f"make ui, then {link}"
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}, then {link}"
+    return link
+
+
+def summary(config: Config, metrics: dict[str, float]) -> str:
+    """A training run's last lines: how it scored, where it went, and what to run next."""
+    from . import tracking
+    from .run_folder import RunFolder
+
+    uri, experiment = config.tracking.uri, config.tracking.experiment
+    run_id = RunFolder(Path(config.output_dir)).run_id()
+    try:
+        _, experiment_id = tracking.connect(uri, experiment)
+        see = where_to_look(uri, tracking.ui_link(uri, experiment_id, run_id))
+    except tracking.TrackingError as error:  # the server went away since the run ended
+        see = str(error)
+    served = metrics.get("served_accuracy", float("nan"))
+    store = "" if uri == project_store() else f" tracking.uri={uri}"
+    return "\n".join(
+        [
+            f"done: test accuracy {metrics['test_accuracy']:.4f}, served one review at a time "
+            f"{served:.4f}",
+            f"  run folder  {config.output_dir}",
+            f"  MLflow run  {run_id} in experiment {experiment!r} ({uri})",
+            f"  see it      {see}",
+            f"  use it      make predict ARGS='run_id={run_id}{store} text=\"a fine film\"'",
+        ]
+    )
 
 
 def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
@@ -262,7 +304,7 @@ def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
                 overrides=[*overrides, *values, f"output_dir={output_dir}"],
                 return_hydra_config=True,
             )
-            tags = _choice_tags(trial.hydra)
+            tags = _choice_tags(trial.hydra, "tune")
             with open_dict(trial):
                 del trial["hydra"]
             return to_object(trial), _params(trial), tags
@@ -294,7 +336,7 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 def baseline(cfg: DictConfig) -> None:
     from . import baseline as reference
 
-    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get()))
+    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get(), "baseline"))
 
 
 @task_wrapper

@@ -44,6 +44,7 @@ IGNORED = {
     "tracking.run_name",
     "tracking.registered_model",
 }
+DATA_COUNTS = "params.data_"  # what a run counted of its data (data_train_size), not a choice
 VARIANT_TAGS = ["batching", "padding_side", "masking"]  # for runs logged without params
 METRICS = {
     "test_accuracy": "test acc",
@@ -141,7 +142,9 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
     params = sorted(
         c
         for c in runs.columns
-        if c.startswith("params.") and c.removeprefix("params.") not in IGNORED
+        if c.startswith("params.")
+        and c.removeprefix("params.") not in IGNORED
+        and not c.startswith(DATA_COUNTS)
     )
     values = runs[choices + params].astype(str)
     keys = [c for c in choices + params if values[c].nunique() > 1]

@@ -27,6 +27,7 @@ STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "htm
 BATCHING = ("fixed", "per_batch", "bucket", "exact", "pooled")
 PADDING_SIDES = ("post", "pre")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+NAME_SEP = "·"  # between the parts of a run name: `bucket·mask_zero·s0`
 
 
 class ConfigError(ValueError):
@@ -206,7 +207,9 @@ class ModelConfig:
         return {"model": self.variant()}
 
     def run_name(self, batching: BatchingConfig) -> str:
-        return f"{self.variant()}-{batching.strategy}"
+        """The run name before its seed: what varies between runs first, short enough for the
+        MLflow UI's run list (`run_folder.run_name` adds the seed)."""
+        return f"{self.variant()}{NAME_SEP}{batching.strategy}"
 
 
 @dataclass
@@ -324,7 +327,7 @@ class EvaluateConfig:
 class TrackingConfig:
     uri: str = MISSING  # conf/tracking/sqlite.yaml: the project's SQLite store
     experiment: str = "textclf"
-    run_name: str | None = None  # default: <batching>-<padding side>-<masking>
+    run_name: str | None = None  # default: the variant and seed (run_folder.run_name)
     registered_model: str | None = None  # also register each trained model under this name
     # MLflow's system metrics (system/*: CPU, memory, disk, network, GPU) of each training
     # run, a sample every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it); false: none

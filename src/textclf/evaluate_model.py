@@ -97,6 +97,7 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         matrix = evaluate.confusion(batched, len(classifier.classes))
         artifacts.append(evaluate.plot_confusion(matrix, classifier.classes, out / "plots"))
     tags = {
+        **tracking.source_tags("textclf evaluate"),
         **source,
         "data": cfg.data.source,
         "data_path": cfg.data.path or "",
@@ -104,7 +105,11 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         "output_dir": str(out),
     }
     with tracking.start_run(
-        cfg.tracking.uri, cfg.evaluate_experiment, f"evaluate {cfg.data.source}", tags
+        cfg.tracking.uri,
+        cfg.evaluate_experiment,
+        f"evaluate {cfg.data.source}",
+        tags,
+        training=False,
     ) as mlrun:
         mlrun.log_datasets(splits, context="evaluation")
         mlrun.log_metrics(metrics)

@@ -9,7 +9,6 @@ of Hydra or MLflow; MLflow stays at the edges of `run`. Everything the run produ
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +23,6 @@ from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-_METRIC_UNSAFE = re.compile(r"[^\w.-]+")
 
 
 @dataclass
@@ -220,6 +218,7 @@ def run(
     train.seed_everything(cfg.train.seed, cfg.train.deterministic)
     name = run_folder.run_name(cfg)
     tags = {k: str(v) for k, v in (tags | run_folder.tags(cfg)).items()}
+    tags |= tracking.note(run_folder.description(cfg))
     with tracking.start_run(
         cfg.tracking.uri,
         cfg.tracking.experiment,
@@ -245,8 +244,6 @@ def run(
             {name: split.labels for name, split in tokens.splits.items()},
         )
         log.info("%s", data.describe(report))
-        mlrun.log_metrics(data_metrics(report))
-        folder.write_json(RunFolder.DATA_REPORT, report)
         (folder / RunFolder.VOCABULARY).write_text(
             "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8"
         )
@@ -257,9 +254,10 @@ def run(
             boundaries = {"bucket_boundaries": str(batches.boundaries)}
             mlrun.set_tags(boundaries)
             folder.add_tags(boundaries)
-        mlrun.log_metrics(
-            {"data_skipped_small_batch": len(tokens.splits["train"]) - batches.padding.reviews}
-        )
+        skipped = len(tokens.splits["train"]) - batches.padding.reviews  # uneven replica splits
+        report["counts"]["skipped_small_batch"] = skipped
+        folder.write_json(RunFolder.DATA_REPORT, report)
+        mlrun.log_params(run_folder.data_params(report))
         log.info(
             "padding efficiency %.3f over %d batches",
             batches.padding.efficiency,
@@ -320,11 +318,13 @@ def run(
             else []
         )
         folder.checkpoint.unlink(missing_ok=True)  # the run is complete: model.keras replaces it
+        described = tracking.note(run_folder.description(cfg, metrics))
+        folder.add_tags(described)
 
         # Everything is saved in the folder first: with the tracking server unreachable from
         # here on, one message says how to log the folder later (textclf log-model).
         with mlrun.or_later(folder.path):
-            mlrun.set_tags({"stop_reason": fitted.stop_reason})
+            mlrun.set_tags({"stop_reason": fitted.stop_reason} | described)
             mlrun.log_metrics(metrics)
             tracking.log_model(mlrun, folder.model, folder.classes, cfg.tracking.registered_model)
             for path in folder.logged():
@@ -332,18 +332,6 @@ def run(
             for path in plots:
                 mlrun.log_artifact(path, RunFolder.PLOTS)
         return metrics
-
-
-def data_metrics(report: dict) -> dict[str, int]:
-    """The data report as `data_*` metrics: its counts, and each split's rows per class
-    (`data_train_class_pos`; characters a metric name cannot hold become `_`)."""
-    metrics = {f"data_{key}": n for key, n in report["counts"].items()}
-    for split, per_class in report["splits"].items():
-        metrics |= {
-            f"data_{split}_class_{_METRIC_UNSAFE.sub('_', name)}"[:250]: n
-            for name, n in per_class.items()
-        }
-    return metrics
 
 
 def _resumed_run_id(cfg: Config, folder: RunFolder) -> str | None:

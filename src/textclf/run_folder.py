@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError
+from .config import NAME_SEP, ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -113,8 +113,10 @@ class RunFolder:
 
 
 def run_name(cfg: Config) -> str:
-    """`tracking.run_name`, else the model's own (e.g. `bucket-post-mask_zero+ngrams`)."""
-    return cfg.tracking.run_name or cfg.model.run_name(cfg.batching)
+    """`tracking.run_name`, else the model's own and the seed (`bucket·mask_zero+ngrams·s0`):
+    what tells a sweep's runs apart comes first, so the UI's narrow run list still shows it."""
+    own = cfg.model.run_name(cfg.batching)
+    return cfg.tracking.run_name or f"{own}{NAME_SEP}s{cfg.train.seed}"
 
 
 def tags(cfg: Config) -> dict[str, str]:
@@ -126,3 +128,24 @@ def tags(cfg: Config) -> dict[str, str]:
         "data": cfg.data.source,
         "output_dir": cfg.output_dir,
     }
+
+
+def description(cfg: Config, metrics: dict[str, float] | None = None) -> str:
+    """The run's description in the MLflow UI: what it is and, once it ended, how it scored."""
+    what = ", ".join(f"{key} `{value}`" for key, value in tags(cfg).items() if key != "output_dir")
+    text = f"{what}, seed {cfg.train.seed}. Run folder: `{cfg.output_dir}`."
+    if metrics:
+        served = metrics.get("served_accuracy", float("nan"))
+        text += (
+            f"\n\nTest accuracy **{metrics['test_accuracy']:.4f}** (served one review at a "
+            f"time: {served:.4f}), test F1 {metrics['test_f1']:.4f}, "
+            f"{metrics['epochs_run']:g} epoch(s)."
+        )
+    return text
+
+
+def data_params(report: dict) -> dict[str, int]:
+    """The data report's counts as `data_*` params (`data_train_size`): beside the config in
+    the MLflow UI, not charted among the metrics that compare runs. Rows per class stay in
+    `data_report.json` (an artifact): a many-class dataset would bury the config."""
+    return {f"data_{key}": n for key, n in report["counts"].items()}

@@ -27,6 +27,7 @@ from .config import Config
 from .run_folder import PARENT_RUN_ID, RunFolder
 
 log = logging.getLogger(__name__)
+PROJECT_STORE = "/outputs/mlflow.db"  # the end of the store's path `make ui` and make compare use
 
 
 def parent_run_id() -> str | None:
@@ -80,7 +81,13 @@ class MlflowSweep(Callback):
             tags={
                 "sweep_dir": str(sweep_dir),
                 "overrides": overrides,
-                "git_commit": tracking.git_commit(),
+                **tracking.source_tags("textclf train --multirun"),
+                **tracking.note(
+                    f"Sweep `{overrides}`, in `{sweep_dir}`: one child run per job (expand "
+                    "this run). `make compare` (textclf compare tracking.experiment="
+                    f"{config.tracking.experiment}) logs its table and figures to this run, "
+                    "under `comparison/`."
+                ),
             },
         )
         (sweep_dir / PARENT_RUN_ID).write_text(run_id)
@@ -104,8 +111,19 @@ class MlflowSweep(Callback):
             config.tracking.uri, run_id, "FINISHED", {"jobs": len(statuses), "jobs_failed": failed}
         )
         self._open = None
+        uri, experiment = config.tracking.uri, config.tracking.experiment
+        _, experiment_id = tracking.connect(uri, experiment)
         log.info(
-            "sweep done: %d runs, %d not finished (parent run %s)", len(statuses), failed, run_id
+            "sweep done: %d runs, %d not finished (parent run %s)\n"
+            "  compare  make compare ARGS='tracking.experiment=%s%s'\n"
+            "  see it   %s (make ui serves the project's store), grouped by batching: %s",
+            len(statuses),
+            failed,
+            run_id,
+            experiment,
+            "" if uri.endswith(PROJECT_STORE) else f" tracking.uri={uri}",
+            tracking.ui_link(uri, experiment_id),
+            tracking.ui_link(uri, experiment_id, view="batching"),
         )
         if failed:
             log.error(

@@ -189,7 +189,7 @@ def run(cfg: Config, compose: ComposeTrial) -> None:
         uri,
         cfg.tracking.experiment,
         f"optuna {study.study_name}",
-        {"optuna.study": study.study_name},
+        {"optuna.study": study.study_name, **tracking.source_tags("textclf tune")},
         run_id=parent_id,
     ) as parent:
         study.set_user_attr(PARENT_RUN_ID, parent.run_id)

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from ..config import ModelConfig, check, one_of
+from ..config import BatchingConfig, ModelConfig, check, one_of
 from .base import ModelInputs
 
 if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `solve`
@@ -74,6 +74,10 @@ class BowConfig(Ngrams, ModelConfig):
             f"must be one or more values > 0, got {list(self.C_grid)}",
         )
         check(self.max_iter > 0, "model.max_iter", f"must be > 0, got {self.max_iter}")
+
+    def run_name(self, batching: BatchingConfig) -> str:
+        """`bow`: it solves on the token ids and never batches, so no batching in its name."""
+        return self.variant()
 
 
 @keras.saving.register_keras_serializable(package="textclf")

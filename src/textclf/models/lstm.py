@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from ..config import BatchingConfig, ModelConfig, check, one_of
+from ..config import NAME_SEP, BatchingConfig, ModelConfig, check, one_of
 from . import bow
 from .base import ModelInputs
 from .fused import LSTM, fused_copy
@@ -85,9 +85,11 @@ class LstmConfig(bow.Ngrams, ModelConfig):
         return super().tags() | {"masking": self.masking}
 
     def run_name(self, batching: BatchingConfig) -> str:
-        name = f"{batching.strategy}-{batching.padding_side}-{self.masking}"
-        name += f"-seg{self.segment}" if self.segment else ""
-        return name + "+ngrams" if self.ngram_branch else name
+        """`bucket·mask_zero+ngrams`: the padding side only when it is not the default."""
+        masking = self.masking + ("+ngrams" if self.ngram_branch else "")
+        side = [] if batching.padding_side == BatchingConfig.padding_side else ["pre"]
+        segment = [f"seg{self.segment}"] if self.segment else []
+        return NAME_SEP.join([batching.strategy, masking, *side, *segment])
 
 
 @keras.saving.register_keras_serializable(package="textclf")

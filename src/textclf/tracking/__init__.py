@@ -1,6 +1,7 @@
-"""The only package that talks to MLflow, along its three jobs: the run lifecycle (`runs`),
-surviving a tracking server that goes away (`outage`), and the trained model as an MLflow
-model, logged and loaded (`models`). Callers import from here."""
+"""The only package that talks to MLflow, along its jobs: the run lifecycle (`runs`),
+surviving a tracking server that goes away (`outage`), the trained model as an MLflow
+model, logged and loaded (`models`), and what the UI shows of an experiment (`ui`). Callers
+import from here."""
 
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from .runs import (
     create_run,
     datasets,
     finish,
-    git_commit,
     log_artifacts,
     run_exists,
     search,
+    source_tags,
     start_run,
 )
+from .ui import note, ui_link
 
 __all__ = [
     "MODEL",
@@ -44,15 +46,17 @@ __all__ = [
     "create_run",
     "datasets",
     "finish",
-    "git_commit",
     "load_model",
     "log_artifacts",
     "log_model",
     "log_run_folder",
     "model_files",
     "model_uri",
+    "note",
     "register_model",
     "run_exists",
     "search",
+    "source_tags",
     "start_run",
+    "ui_link",
 ]

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, data_params
 from .outage import TrackingError, Unreachable, is_unreachable
 from .runs import Run, connect
 
@@ -127,9 +127,13 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
     if tags is None:
         name, saved_tags = folder.identity()
         run_id = client.create_run(experiment_id, run_name=name, tags=saved_tags).info.run_id
-        Run(client, run_id).log_params(
-            {k: v for k, v in flatten(config).items() if k != "train.resume"}
+        params = {k: v for k, v in flatten(config).items() if k != "train.resume"}
+        counted = (
+            {}
+            if folder.missing(RunFolder.DATA_REPORT)
+            else data_params(folder.read_json(RunFolder.DATA_REPORT))
         )
+        Run(client, run_id).log_params(params | counted)
         folder.save_run_id(run_id)
     run = Run(client, run_id)
     pending = folder / RunFolder.PENDING

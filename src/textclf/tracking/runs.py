@@ -19,11 +19,27 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    Experiment,
+    InputTag,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
 from ..data import Lineage
+from . import ui
 from .outage import (
     KeepsMetrics,
     TrackingError,
@@ -34,6 +50,9 @@ from .outage import (
 )
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs stay readable
+# MLflow's INFO lines (signature inference, system metrics starting and stopping, store
+# migrations) would be a run's last words; MLFLOW_LOGGING_LEVEL=INFO brings them back.
+logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL") or "WARNING")
 PARENT_TAG = "mlflow.parentRunId"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 TFDS = "tfds:"
@@ -49,8 +68,9 @@ def _local_artifacts(uri: str) -> str | None:
     return None
 
 
-def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """A client and the experiment's id, created if needed; fails fast naming the URI."""
+def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, created if needed; fails fast naming the URI. An
+    experiment of `training` runs gets the description and kind the UI shows (`describe`)."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
@@ -58,9 +78,9 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
-        return client, client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+        if found is None:
+            created = client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+            found = client.get_experiment(created)
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
             return client, client.get_experiment_by_name(experiment).experiment_id
@@ -69,6 +89,27 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
+    if training:
+        describe(client, found, ui.experiment_tags(found.experiment_id))
+    return client, found.experiment_id
+
+
+def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str]) -> None:
+    """Give a new experiment, or one from before them, the UI's tags it lacks (`ui`). Best
+    effort: who may log runs to an experiment may not edit it (`make server AUTH=1`)."""
+    for key in tags.keys() - experiment.tags.keys():
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.set_experiment_tag(experiment.experiment_id, key, tags[key])
+
+
+def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
+    """MLflow's standard tags of where a run came from (user, `mlflow.source.name`, `.type`,
+    `.git.commit`), which fill the UI's Source column: runs are created through a client, so
+    MLflow does not add them itself. The source is the `textclf` command; the commit is the
+    checkout's at `cwd`, as `git rev-parse HEAD` there says (left out outside a checkout)."""
+    tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
+    commit = git_commit(cwd)
+    return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -178,11 +219,16 @@ def start_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     system_metrics: bool = False,
+    start_time: int | None = None,
+    training: bool = True,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
     (unless its tracking server is unreachable at the end: see `Run.or_later`). With
-    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open."""
-    client, experiment_id = connect(uri, experiment)
+    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open.
+    `start_time` (ms since the epoch) dates a run opened after its work began, so that its
+    MLflow duration is the work's. `training=False`: the experiment holds other runs (an
+    evaluation's, a benchmark's) and gets no training-runs description."""
+    client, experiment_id = connect(uri, experiment, training)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
@@ -191,7 +237,10 @@ def start_run(
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(
-            experiment_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+            experiment_id,
+            start_time=start_time,
+            run_name=run_name,
+            tags={k: str(v) for k, v in all_tags.items()},
         ).info.run_id
     run = Run(client, run_id)
     try:

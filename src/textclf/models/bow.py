@@ -270,7 +270,7 @@ def solve(
 
     history: dict[str, list[float]] = {}
     seconds, kept, best = [], None, 0
-    # one tick per C: on large data each takes minutes, the largest C the longest
+    # one tick per C: on a large training split one C can take minutes
     for i, c in enumerate(bar(sorted(grid), desc="C grid", unit="C")):
         started = time.perf_counter()
         model = LogisticRegression(C=c, max_iter=max_iter).fit(x_train, y_train)

@@ -207,3 +207,17 @@ def test_the_reference_logs_a_training_runs_datasets_so_compare_can_check_them(b
     baseline.run(other)
     with pytest.raises(compare.CompareError, match=r"different data \(2 groups"):
         compare.main(other.tracking.uri, EXPERIMENT, "all", tmp_path / "compare")
+
+
+def test_the_reference_logs_the_same_test_plots_as_a_run(tmp_path, empty_store):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    train_csv = write_csv(tmp_path / "train.csv", reviews(120))
+    cfg = compose_baseline(["data=csv", f"data.path={train_csv}", "C_grid=[1.0]"], tmp_path)
+    baseline.run(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {
+        f"plots/{name}.png"
+        for name in ("confusion_matrix", "roc_curve", "precision_recall_curve", "calibration_curve")
+    }

@@ -121,6 +121,19 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     )
 
 
+def test_a_binary_run_logs_roc_precision_recall_and_calibration_curves_unless_plots_are_off(
+    default_run, levers_run
+):
+    run_id = default_run.run.info.run_id
+    plots = {a.path for a in default_run.client.list_artifacts(run_id, RunFolder.PLOTS)}
+    assert {
+        f"{RunFolder.PLOTS}/{name}.png"
+        for name in ("confusion_matrix", "roc_curve", "precision_recall_curve", "calibration_curve")
+    } <= plots
+    off = levers_run.run.info.run_id  # evaluate.plots=false
+    assert RunFolder.PLOTS not in {a.path for a in levers_run.client.list_artifacts(off)}
+
+
 def datasets(trained: SimpleNamespace) -> dict:
     run = trained.client.get_run(trained.run.info.run_id)
     return {d.dataset.name: d for d in run.inputs.dataset_inputs}

@@ -61,6 +61,16 @@ def shuffled(epoch) -> tf.data.Dataset:
     return dataset(noise=0.2).unbatch().shuffle(64, seed=epoch).batch(16)
 
 
+def test_more_classes_get_a_top_label_calibration_curve_and_no_roc_or_pr(tmp_path):
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), 60)
+    pred = evaluate.Predictions(np.arange(60) % 3, probabilities, np.ones(60))
+    paths = evaluate.plot_test(pred, ["a", "b", "c"], tmp_path)
+    assert [p.name for p in paths] == ["confusion_matrix.png", "calibration_curve.png"]
+    one_class = evaluate.Predictions(np.zeros(5, int), np.tile([0.6, 0.4], (5, 1)), np.ones(5))
+    assert evaluate.plot_curves(one_class, ["neg", "pos"], tmp_path) == []  # no curve to draw
+
+
 def test_fit_stops_early_restores_the_best_weights_and_times_each_epoch():
     keras.utils.set_random_seed(0)
     net = train.compile_model(

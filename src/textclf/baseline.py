@@ -105,8 +105,7 @@ def run(cfg: BaselineConfig, tags: dict[str, str] | None = None) -> dict[str, fl
     out = RunFolder(Path(cfg.output_dir))
     artifacts = [out.write_json(RunFolder.METRICS, metrics)]
     if cfg.evaluate.plots:
-        matrix = evaluate.confusion(predictions, len(dataset.class_names))
-        artifacts.append(evaluate.plot_confusion(matrix, dataset.class_names, out.plots))
+        artifacts.extend(evaluate.plot_test(predictions, dataset.class_names, out.plots))
     tags = {
         **(tags or {}),
         "model": REFERENCE,

@@ -304,6 +304,8 @@ class TrainConfig:
 class EvaluateConfig:
     # accuracy is reported per review-length bucket cut here (tokens)
     length_edges: list[int] = field(default_factory=lambda: [128, 256, 512])
+    # PNGs under the run's plots/: learning curves, confusion matrix, length histogram, ROC,
+    # precision-recall and calibration curves (docs/usage.md says which runs get which)
     plots: bool = True
     # test reviews classified one per call through the exported model (class-balanced sample
     # drawn with data.seed) for the served_* metrics; null: the whole test split

@@ -19,13 +19,14 @@ import logging
 import re
 import socket
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
@@ -311,6 +312,11 @@ def _decoded_lines(path: Path) -> tuple[list[str], set[int]]:
     return lines, bad
 
 
+def _reading(path: Path, lines: list[str]) -> Iterable[str]:
+    """`lines`, ticking a bar as they are parsed: a file of a million reviews takes a while."""
+    return progress.bar(lines, total=len(lines), desc=f"read {path.name}", unit="line")
+
+
 Records = list[tuple[int, int, dict]]  # (first line, last line, {column: value}) per record
 
 
@@ -320,7 +326,7 @@ def _delimited_records(
     """A header, then one record per row; blank lines are skipped. Malformed quoting and rows
     whose field count differs from the header's are refused (never shifted into columns)."""
     csv.field_size_limit(2**31 - 1)  # one review may exceed the default 128 KB cell
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    reader = csv.reader(_reading(path, lines), delimiter=delimiter, strict=True)
     rows, end = [], 0
     try:
         for fields in reader:
@@ -408,7 +414,7 @@ def _json_records(path: Path, lines: list[str]) -> tuple[list[str], Records]:
     """One JSON object per non-blank line; its keys are the columns."""
     names: dict[str, None] = {}  # ordered, as first seen
     records = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_reading(path, lines), 1):
         if not line.strip():
             continue
         try:

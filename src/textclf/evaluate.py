@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
+from . import progress
 from .inference import class_probabilities
 
 
@@ -71,9 +72,11 @@ def served_scores(
     seed: int,
 ) -> dict[str, float]:
     """Ask `classify` (texts → [n, classes] probabilities, as the deployed model answers) about
-    a class-balanced sample of `texts`, one text per call, and compare with `batched`."""
+    a class-balanced sample of `texts`, one text per call, and compare with `batched`. Thousands
+    of calls take minutes: a bar shows how far they are (progress.py)."""
     rows = balanced_sample(batched.labels, limit, seed)
-    return served(np.concatenate([classify([texts[i]]) for i in rows]), batched, rows)
+    answers = [classify([texts[i]]) for i in progress.bar(rows, desc="served", unit="review")]
+    return served(np.concatenate(answers), batched, rows)
 
 
 def served(probabilities: np.ndarray, batched: Predictions, rows: np.ndarray) -> dict[str, float]:
@@ -125,12 +128,13 @@ def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
 
 def plot(
     history: dict[str, list[float]],
-    matrix: np.ndarray,
+    pred: Predictions,
     class_names: list[str],
     train_lengths: np.ndarray,
     out_dir: Path,
 ) -> list[Path]:
-    """Learning curves, confusion matrix and length histogram as PNG files in `out_dir`."""
+    """Learning curves, the test plots (`plot_test`) and length histogram as PNG files in
+    `out_dir`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +152,7 @@ def plot(
         ax.legend()
     paths.append(save_figure(fig, out_dir / "learning_curves.png"))
 
-    paths.append(plot_confusion(matrix, class_names, out_dir))
+    paths.extend(plot_test(pred, class_names, out_dir))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(train_lengths, bins=50)
@@ -178,6 +182,54 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], out_dir: Path) ->
         title="test confusion matrix",
     )
     return save_figure(fig, out_dir / "confusion_matrix.png")
+
+
+def plot_test(pred: Predictions, class_names: list[str], out_dir: Path) -> list[Path]:
+    """The test plots every kind of run logs: the confusion matrix, then `plot_curves`."""
+    matrix = confusion(pred, len(class_names))
+    return [plot_confusion(matrix, class_names, out_dir), *plot_curves(pred, class_names, out_dir)]
+
+
+def plot_curves(pred: Predictions, class_names: list[str], out_dir: Path) -> list[Path]:
+    """ROC and precision-recall curves of the positive class (the second) when binary, and a
+    calibration curve: of that class's probability when binary, of the top label's otherwise
+    (is a 0.8 confidence right 80% of the time?). The confusion matrix shows one threshold;
+    these show every one. A curve needs both outcomes in the test labels: else it is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.calibration import CalibrationDisplay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = len(class_names) == 2
+    if binary:  # named outcomes: the displays' axes then say "(Positive label: <class>)"
+        truth, score = np.asarray(class_names)[pred.labels], pred.probabilities[:, 1]
+        positive = class_names[1]
+    else:
+        truth = np.where(pred.labels == pred.predicted, "top label right", "top label wrong")
+        score, positive = pred.probabilities.max(axis=1), "top label right"
+    if len(np.unique(truth)) < 2:
+        return []
+    paths = _rank_curves(truth, score, positive, out_dir) if binary else []
+    shown = CalibrationDisplay.from_predictions(
+        truth, score, n_bins=10, pos_label=positive, name="model"
+    )
+    shown.ax_.set(title=f"test calibration curve, P({positive})")
+    return [*paths, save_figure(shown.figure_, out_dir / "calibration_curve.png")]
+
+
+def _rank_curves(truth: np.ndarray, score: np.ndarray, positive: str, out_dir: Path) -> list[Path]:
+    """ROC and precision-recall curves of a binary run's positive-class probability."""
+    shown = skm.RocCurveDisplay.from_predictions(
+        truth, score, pos_label=positive, name="model", plot_chance_level=True
+    )
+    shown.ax_.set(title=f"test ROC curve, positive class {positive}")
+    roc = save_figure(shown.figure_, out_dir / "roc_curve.png")
+    shown = skm.PrecisionRecallDisplay.from_predictions(
+        truth, score, pos_label=positive, name="model", plot_chance_level=True
+    )
+    shown.ax_.set(title=f"test precision-recall curve, positive class {positive}")
+    return [roc, save_figure(shown.figure_, out_dir / "precision_recall_curve.png")]
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:

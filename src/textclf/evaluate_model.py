@@ -94,8 +94,7 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         )
     artifacts = [RunFolder(out).write_json(RunFolder.METRICS, metrics)]
     if cfg.evaluate.plots:
-        matrix = evaluate.confusion(batched, len(classifier.classes))
-        artifacts.append(evaluate.plot_confusion(matrix, classifier.classes, out / "plots"))
+        artifacts.extend(evaluate.plot_test(batched, classifier.classes, out / "plots"))
     tags = {
         **tracking.source_tags("textclf evaluate"),
         **source,

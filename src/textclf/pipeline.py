@@ -309,7 +309,7 @@ def run(
         plots = (
             evaluate.plot(
                 fitted.history,
-                evaluate.confusion(predictions, len(class_names)),
+                predictions,
                 class_names,
                 tokens.splits["train"].lengths,
                 folder.plots,

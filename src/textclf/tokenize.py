@@ -12,8 +12,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import progress
 from .config import TokenizeConfig
 
+BATCH = 1024  # texts vectorized at once
 PUNCTUATION = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
 
 
@@ -68,10 +70,12 @@ def encode(
     labels: np.ndarray,
     max_length: int | None,
 ) -> Encoded:
-    """Token ids per text, cut to `max_length`; rows left with no token are an error upstream."""
-    stream = tf.data.Dataset.from_tensor_slices(texts).batch(1024).map(vectorizer)
+    """Token ids per text, cut to `max_length`; rows left with no token are an error upstream.
+    A bar ticks per batch of 1024 texts: a large split takes a while."""
+    stream = tf.data.Dataset.from_tensor_slices(texts).batch(BATCH).map(vectorizer)
+    batches = progress.bar(stream, total=-(-len(texts) // BATCH), desc="tokenize", unit="batch")
     tokens = (
-        tf.concat(list(stream), axis=0)
+        tf.concat(list(batches), axis=0)
         if texts
         else tf.ragged.constant([], dtype=tf.int64, ragged_rank=1)
     )

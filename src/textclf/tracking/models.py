@@ -42,6 +42,7 @@ INFERENCE_CODE = (
     "data.py",
     "inference.py",
     "models",
+    "progress.py",
     "run_folder.py",
     "tokenize.py",
 )

@@ -14,9 +14,10 @@ from .conftest import quick, reviews, venv_env, write_csv
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
-    """Two sweeps (four strategies masked, per_batch unmasked) land in one experiment, and the
-    comparison over them has the five variants, each with its seeds, and a per-run CSV."""
+def test_make_evidence_compares_the_six_variants_in_one_table(tmp_path):
+    """Three sweeps (fixed; the other four strategies masked; per_batch unmasked) land in one
+    experiment, and the comparison over them has the six variants, each with its seeds, and
+    a per-run CSV."""
     data = write_csv(tmp_path / "r.csv", reviews(160))
     settings = [s for s in quick(tmp_path) if not s.startswith("tracking.uri")]
     args = " ".join(
@@ -53,7 +54,8 @@ def test_make_evidence_compares_the_five_variants_in_one_table(tmp_path):
         "fixed/mask_zero",
         "per_batch/mask_zero",
         "per_batch/none",
+        "pooled/mask_zero",
     ]
     assert set(table["n"]) == {2}
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 10 and sorted(set(runs["seed"])) == [0, 1]
+    assert len(runs) == 12 and sorted(set(runs["seed"])) == [0, 1]

@@ -10,7 +10,6 @@ answers.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pandas as pd
 from . import data, tracking
 from .config import PredictConfig
 from .inference import NO_KNOWN_WORD, Classifier, PredictError, as_text
+from .run_folder import ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def check_out(out: Path) -> None:
     try:
         if out.is_dir():
             raise IsADirectoryError(21, "it is a folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
+        ensure_writable(out.parent)
     except OSError as error:
         raise PredictError(
             f"out: cannot write {out} ({error.strerror or error}). Give a .csv or .jsonl path "

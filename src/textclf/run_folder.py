@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 PARENT_RUN_ID = "mlflow_parent_run_id"  # in a sweep folder: the sweep's MLflow parent run
 
 
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and prove that it takes a file; OSError says why not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
@@ -66,9 +73,7 @@ class RunFolder:
         """Create the folder and prove that it takes files, before any data is read or any run
         is started: a run that cannot save its model should not train first."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.path):
-                pass
+            ensure_writable(self.path)
         except OSError as error:
             raise ConfigError(
                 f"output_dir: cannot create or write {self.path} ({error.strerror or error}). "

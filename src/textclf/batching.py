@@ -159,6 +159,10 @@ class PaddingStats:
         """Real tokens / tokens processed including padding."""
         return self.real_tokens / max(1, self.padded_tokens)
 
+    @property
+    def rows_per_batch(self) -> float:
+        return self.reviews / max(1, self.batches)
+
 
 def padding_stats(ds: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> PaddingStats:
     """One pass over `ds` (a dataset or a list of batches) counting real and padded tokens."""

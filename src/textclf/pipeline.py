@@ -169,9 +169,9 @@ def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]
     """What training cost: throughput, time, epochs and memory."""
     return {
         "padding_efficiency": padding.efficiency,
-        "batch_rows": padding.reviews / padding.batches,  # mean rows per training batch
+        "batch_rows": padding.rows_per_batch,  # mean rows per training batch
         "batch_label_skew": padding.label_skew,
-        "train_reviews_per_s": fitted.rate(padding.reviews / padding.batches),
+        "train_reviews_per_s": fitted.rate(padding.rows_per_batch),
         "train_tokens_per_s": fitted.rate(padding.real_tokens / padding.batches),
         "epoch_seconds": float(np.mean(fitted.epoch_seconds)),
         "epochs_run": len(fitted.epoch_seconds),

@@ -156,6 +156,64 @@ def test_pooled_batches_are_full_sorted_within_their_pool_and_fixed_by_seed_and_
         plain = plain[len(cut) :]
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
+    batch_size=st.integers(1, 8),
+    budget=st.integers(1, 400),
+    max_rows=st.one_of(st.none(), st.integers(1, 20)),
+)
+def test_length_batches_cover_every_row_once_within_the_budget(
+    lengths, batch_size, budget, max_rows
+):
+    sorted_lengths = np.sort(np.array(lengths))
+    ranges = batching.length_batches(sorted_lengths, batch_size, budget, max_rows)
+    assert [r[0] for r in ranges] == [0, *[r[1] for r in ranges[:-1]]]
+    assert ranges[-1][1] == len(lengths)
+    for start, stop in ranges:
+        rows = stop - start
+        assert rows >= min(batch_size, len(lengths) - start)
+        if rows > batch_size:  # widened past batch_size only within the budget and the cap
+            assert rows * sorted_lengths[stop - 1] <= budget
+            assert max_rows is None or rows <= max_rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=60),
+    pool=st.integers(1, 4),
+    budget=st.integers(8, 200),
+)
+def test_pooled_with_a_token_budget_widens_batches_of_short_reviews_within_it(
+    lengths, pool, budget
+):
+    tokens, labels = ragged(lengths), np.zeros(len(lengths), np.int32)
+    s = spec("pooled", pool_batches=pool, token_budget=budget, max_batch_rows=12)
+    epoch = batch_rows(batches(tokens, labels, s, shuffle=True, seed=5, epoch=2))
+    assert epoch == batch_rows(batches(tokens, labels, s, shuffle=True, seed=5, epoch=2))
+    assert sorted(r for b in epoch for r in b) == list(range(len(lengths)))
+    # Unshuffled, each pool is cut as `length_batches` cuts its sorted lengths.
+    plain = batch_rows(batches(tokens, labels, s))
+    per_pool = s.batch_size * pool
+    for start in range(0, len(lengths), per_pool):
+        ordered = sorted(range(start, min(start + per_pool, len(lengths))), key=lengths.__getitem__)
+        spans = batching.length_batches(
+            np.array([lengths[i] for i in ordered]), s.batch_size, budget, 12
+        )
+        assert plain[: len(spans)] == [sorted(ordered[a:b]) for a, b in spans]
+        plain = plain[len(spans) :]
+    assert plain == []
+
+
+def test_pooled_with_a_token_budget_gives_short_reviews_wider_batches():
+    lengths = [2] * 32 + [40] * 32
+    tokens, labels = ragged(lengths), np.zeros(64, np.int32)
+    s = spec("pooled", pool_batches=16, token_budget=160, max_batch_rows=20)
+    sizes = [len(b) for b in batch_rows(batches(tokens, labels, s))]
+    # 2-token reviews: 20 rows (the cap), then the other 12; 40-token ones: batch_size 4
+    assert sizes == [20, 12, *[4] * 8]
+
+
 def test_pooled_with_one_batch_per_pool_is_per_batch_and_with_all_is_sorted():
     lengths = [5, 1, 9, 3, 7, 2, 8, 4]
     tokens, labels = ragged(lengths), np.zeros(8, np.int32)

@@ -46,12 +46,13 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((out / "latest.json").read_text())
-    assert set(report["strategies"]) == {*STRATEGIES, "bucket-budget"}
+    assert set(report["strategies"]) == {*STRATEGIES, "bucket-budget", "pooled-budget"}
     # every strategy at the same rows per batch; the token budget is timed as its own lever
     rows = report["config"]["train_reviews"] / report["config"]["batch_size"]
     by_name = report["strategies"]
     assert all(by_name[name]["batches_per_epoch"] >= rows for name in STRATEGIES)
-    assert by_name["bucket-budget"]["batches_per_epoch"] < by_name["bucket"]["batches_per_epoch"]
+    for name in ("bucket", "pooled"):
+        assert by_name[f"{name}-budget"]["batches_per_epoch"] < by_name[name]["batches_per_epoch"]
     assert "the budget's own gain" in done.stdout
     for name, result in report["strategies"].items():
         for key in ("reviews_per_s", "real_tokens_per_s", "pipeline_reviews_per_s", "peak_rss_mb"):

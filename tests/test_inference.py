@@ -6,8 +6,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from textclf import inference, tokenize
 from textclf.config import TokenizeConfig
@@ -56,21 +54,3 @@ def test_texts_with_no_known_word_are_classified_and_flagged(classifier):
     assert frame["error"][4] == inference.EMPTY  # empty: an error, as before
     ids = classifier.token_ids(texts[:4])
     assert inference.no_known_word(ids).tolist() == [False, True, True, False]
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
-    batch_size=st.integers(1, 8),
-    budget=st.integers(1, 400),
-)
-def test_length_batches_cover_every_row_once_within_the_budget(lengths, batch_size, budget):
-    sorted_lengths = np.sort(np.array(lengths))
-    ranges = inference.length_batches(sorted_lengths, batch_size, budget)
-    assert [r[0] for r in ranges] == [0, *[r[1] for r in ranges[:-1]]]
-    assert ranges[-1][1] == len(lengths)
-    for start, stop in ranges:
-        rows = stop - start
-        assert rows >= min(batch_size, len(lengths) - start)
-        if rows > batch_size:  # widened past batch_size only within the token budget
-            assert rows * sorted_lengths[stop - 1] <= budget

@@ -7,6 +7,7 @@ Four strategies, each a `conf/batching/*.yaml` option:
 - `exact`: `group_by_window` on the (rounded) length, so a batch holds reviews of one length;
 - `pooled`: shuffled pools of `pool_batches` batches, each sorted by length and cut into
   batches (Hugging Face's `group_by_length`): every batch full, its members drawn from one pool.
+`bucket` and `pooled` take a token budget: short reviews then come in wider batches.
 Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad.
 """
 
@@ -58,14 +59,50 @@ def _trim(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return x[:, : tf.reduce_max(tf.math.count_nonzero(x, axis=1, dtype=tf.int32))], y
 
 
-def _sorted_pools(ds: tf.data.Dataset, size: int, pool_batches: int) -> tf.data.Dataset:
+def length_batches(
+    sorted_lengths: np.ndarray, batch_size: int, token_budget: int, max_rows: int | None = None
+) -> list[tuple[int, int]]:
+    """[start, stop) ranges over ascending lengths: at least `batch_size` rows each, more while
+    rows × the batch's longest length stay within `token_budget` (and rows ≤ `max_rows`)."""
+    ranges, start, n = [], 0, len(sorted_lengths)
+    cap = max(batch_size, max_rows or n)
+    while start < n:
+        stop = min(start + batch_size, n)
+        while (
+            stop < n
+            and stop - start < cap
+            and (stop + 1 - start) * sorted_lengths[stop] <= token_budget
+        ):
+            stop += 1
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def _sorted_pools(
+    ds: tf.data.Dataset,
+    size: int,
+    pool_batches: int,
+    token_budget: int | None = None,
+    max_rows: int | None = None,
+) -> tf.data.Dataset:
     """Pools of `pool_batches * size` consecutive reviews, each sorted by length and cut into
-    batches of `size`: padding as in a sorted epoch, members as random as one pool allows."""
+    batches of `size` (with a token budget: wider batches of short reviews, `length_batches`):
+    padding as in a sorted epoch, members as random as one pool allows."""
+
+    def limits(lengths: np.ndarray) -> np.ndarray:
+        ranges = length_batches(lengths, size, token_budget or 0, max_rows)
+        return np.array([stop for _, stop in ranges], np.int64)
 
     def cut(x: tf.RaggedTensor, y: tf.Tensor) -> tf.data.Dataset:
         order = tf.argsort(x.row_lengths(), stable=True)
-        rows = (tf.gather(x, order).to_tensor(), tf.gather(y, order))
-        return tf.data.Dataset.from_tensor_slices(rows).batch(size).map(_trim)
+        ids, labels = tf.gather(x, order).to_tensor(), tf.gather(y, order)
+        if not token_budget:
+            return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(size).map(_trim)
+        stops = tf.numpy_function(limits, [tf.gather(x.row_lengths(), order)], tf.int64)
+        starts = tf.concat([[0], stops[:-1]], 0)
+        spans = tf.data.Dataset.from_tensor_slices((starts, stops))
+        return spans.map(lambda a, b: _trim(ids[a:b], labels[a:b]))
 
     return ds.ragged_batch(size * pool_batches).flat_map(cut)
 
@@ -125,7 +162,7 @@ def make_dataset(
                 pad_to_bucket_boundary=False,
             )
     elif spec.strategy == "pooled":
-        ds = _sorted_pools(ds, size, spec.pool_batches)
+        ds = _sorted_pools(ds, size, spec.pool_batches, spec.token_budget, spec.max_batch_rows)
     elif spec.strategy == "exact":
         step = spec.round_to
         ds = ds.group_by_window(

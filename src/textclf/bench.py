@@ -92,7 +92,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
 
     specs = dict(strategies)
     configured = cfg.batching
-    if configured.strategy != "bucket":  # only bucket reads the token budget
+    if configured.strategy not in ("bucket", "pooled"):  # the strategies with a token budget
         configured = replace(configured, token_budget=None)
     if configured not in specs.values():
         specs["default"] = configured
@@ -336,13 +336,18 @@ def markdown(report: dict) -> str:
         f"[{c['embedding_dim'] + c['units']} × {4 * c['units']}], timed in the same run.",
     ]
     s = report["strategies"]
-    if "bucket-budget" in s:
-        gain = s["bucket-budget"]["reviews_per_s"] / s["bucket"]["reviews_per_s"]
+    gains = [
+        f"`{name}-budget` {s[f'{name}-budget']['reviews_per_s'] / s[name]['reviews_per_s']:.2f}× "
+        f"`{name}`"
+        for name in ("bucket", "pooled")
+        if f"{name}-budget" in s and name in s
+    ]
+    if gains:
         lines += [
             "",
             f"Every strategy at {c['batch_size']} rows a batch, so each ratio is padding "
-            f"saved; `bucket-budget` fills short buckets to the token budget instead, "
-            f"{gain:.2f}× `bucket` at {c['batch_size']} rows: the budget's own gain.",
+            f"saved; the `-budget` rows fill batches of short reviews to the token budget "
+            f"instead, the budget's own gain: {', '.join(gains)}.",
         ]
     cost = ", ".join(f"{shape}: {ms:.0f} ms" for shape, ms in report["step_cost"].items())
     lines += ["", f"One training step, [batch x time] of random ids: {cost}."]

@@ -376,9 +376,10 @@ def bench(cfg: DictConfig) -> None:
         )
         for name in names
     }
-    # the token budget as its own lever: what wider batches of short texts add to bucket
+    # the token budget as its own lever: what wider batches of short texts add
     budget = config.batching.token_budget or BatchingConfig.token_budget
-    strategies["bucket-budget"] = replace(strategies["bucket"], token_budget=budget)
+    for name in ("bucket", "pooled"):
+        strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
     benchmark.run(config, strategies)
 
 

@@ -143,15 +143,15 @@ class TokenizeConfig:
 
 @dataclass
 class BatchingConfig:
-    strategy: str = MISSING  # fixed | per_batch | bucket | exact: the option file chooses it
+    strategy: str = MISSING  # fixed | per_batch | bucket | exact | pooled: its option file
     batch_size: int = 64
     padding_side: str = "post"  # pads after (post) or before (pre) the tokens
     max_length: int | None = None  # fixed only: pad or truncate every review to it
     num_buckets: int = 64  # bucket: boundaries at training-length quantiles (~0.97 efficiency)
-    # bucket: padded tokens per batch (= 64 x 500, one `fixed` batch), so short buckets get
-    # wider batches; null: batch_size each
+    # bucket, pooled: padded tokens per batch (= 64 x 500, one `fixed` batch), so short
+    # reviews get wider batches; null: batch_size each
     token_budget: int | None = 32000
-    # bucket with a token budget: rows per batch at most (null: no cap; batch_size wins when
+    # with a token budget: rows per batch at most (null: no cap; batch_size wins when
     # larger). Without it 10-token texts came in batches of ~3,000 rows, few steps per epoch;
     # IMDB: its shortest ~20% of reviews (under 125 tokens) in more batches, 196 for 190
     max_batch_rows: int | None = 256

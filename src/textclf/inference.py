@@ -157,7 +157,9 @@ class Classifier:
         lengths = np.count_nonzero(ids, axis=1)
         order = np.argsort(lengths, kind="stable")
         outputs = np.empty((len(texts), len(self.classes)))
-        for start, stop in length_batches(lengths[order], self.batch_size, self.token_budget):
+        for start, stop in batching.length_batches(
+            lengths[order], self.batch_size, self.token_budget
+        ):
             rows = order[start:stop]
             width = max(int(lengths[rows].max()), 1)
             outputs[rows] = class_probabilities(self._classify(ids[rows, :width]).numpy())
@@ -211,21 +213,6 @@ class Classifier:
 def no_known_word(ids: np.ndarray) -> np.ndarray:
     """Per row of `token_ids`: True when the model reads no word of its vocabulary."""
     return ~(ids > OOV_ID).any(axis=1)
-
-
-def length_batches(
-    sorted_lengths: np.ndarray, batch_size: int, token_budget: int
-) -> list[tuple[int, int]]:
-    """[start, stop) ranges over ascending lengths: at least `batch_size` rows each, more while
-    rows × the batch's longest length stay within `token_budget`."""
-    ranges, start, n = [], 0, len(sorted_lengths)
-    while start < n:
-        stop = min(start + batch_size, n)
-        while stop < n and (stop + 1 - start) * sorted_lengths[stop] <= token_budget:
-            stop += 1
-        ranges.append((start, stop))
-        start = stop
-    return ranges
 
 
 def as_text(value: Any) -> str:

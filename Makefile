@@ -55,8 +55,11 @@ TRACKING ?=
 EVIDENCE_DIR ?= $(CURDIR)/docs/evidence_$(NAME)
 EVIDENCE := experiment=compare_strategies $(DATA) tracking.experiment=evidence_$(NAME) $(TRACKING)
 evidence: ## Regenerate the padding evidence (3 seeds; NAME=, DATA=, FIXED= for other data) into docs/evidence_<NAME>/
+	@echo "make evidence: part 1 of 3, fixed (each job logs 'sweep job n of N' and the time left)"
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=fixed batching.max_length=$(FIXED) $(ARGS)
+	@echo "make evidence: part 2 of 3, per_batch, bucket, exact, pooled"
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=per_batch,bucket,exact,pooled $(ARGS)
+	@echo "make evidence: part 3 of 3, per_batch unmasked"
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=per_batch model.masking=none $(ARGS)
 	$(BIN)/textclf compare tracking.experiment=evidence_$(NAME) sweep=all out_dir=$(EVIDENCE_DIR) $(TRACKING)
 

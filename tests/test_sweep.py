@@ -92,6 +92,13 @@ def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(
         cwd=tmp_path,
     )
     assert done.returncode != 0  # Hydra reports the failed job after running all of them
+    said = [
+        line for line in done.stdout.splitlines() + done.stderr.splitlines() if "sweep job" in line
+    ]
+    assert [line.split("sweep job ")[1].split(":")[0] for line in said] == [
+        f"{n} of 4" for n in (1, 2, 3, 4)
+    ]
+    assert "min left" in said[-1]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("textclf").experiment_id
     runs = client.search_runs([experiment])
@@ -108,3 +115,27 @@ def test_sweep_is_a_parent_run_with_one_child_per_job_and_survives_a_failed_job(
     failed = [r for r in children if r.info.status == "FAILED"]
     assert all("does not exist" in r.data.tags["error"] for r in failed)
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs_failed"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "jobs"),
+    [
+        (["experiment=compare_strategies"], 15),  # the experiment's 3 seeds x 5 batchings
+        (["experiment=compare_strategies", "batching=bucket,pooled"], 6),  # the command line wins
+        (["experiment=compare_strategies", "train.seed=0", "batching=bucket"], 1),
+        (["model.units=8,16", "train.seed=0,1,2"], 6),
+    ],
+)
+def test_planned_jobs_counts_the_sweep_as_hydras_basic_sweeper_will(overrides, jobs):
+    from hydra import compose, initialize_config_dir
+
+    from textclf.cli import CONF_DIR, register_schemas
+    from textclf.sweep import planned_jobs
+
+    register_schemas(with_models=True)
+    experiment = [o for o in overrides if o.startswith("experiment=")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("config", overrides=experiment, return_hydra_config=True)
+    # a multirun's config holds its command line, swept lists included, here
+    config.hydra.overrides.task = overrides
+    assert planned_jobs(config) == jobs

@@ -14,10 +14,13 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -59,10 +62,29 @@ def resumable(config: Config) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, resume=False))
 
 
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs Hydra's basic sweeper launches for this multirun: the product of every
+    swept list (the experiment's `hydra.sweeper.params`, then the command line's, which win as
+    in the sweeper). None for other sweepers, which choose as they go."""
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    args = [f"{key}={value}" for key, value in params.items()]
+    overrides = OverridesParser.create().parse_overrides([*args, *config.hydra.overrides.task])
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+
+
 class MlflowSweep(Callback):
+    """Also says, as each job starts, which job of how many it is and the time left at the
+    pace so far (jobs launched in this process: the default launcher)."""
+
     _open: str | None = None
+    _jobs: int | None = None
+    _started: float = 0.0
+    _done: int = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._jobs, self._started, self._done = planned_jobs(config), time.monotonic(), 0
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         saved = sweep_dir / PARENT_RUN_ID
@@ -95,6 +117,24 @@ class MlflowSweep(Callback):
         # Interrupted before on_multirun_end: the parent must not stay RUNNING.
         self._open = run_id
         atexit.register(self._kill_if_open, config.tracking.uri)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self._jobs:
+            return
+        done, elapsed = self._done, time.monotonic() - self._started
+        left = f", about {elapsed / done * (self._jobs - done) / 60:.0f} min left" if done else ""
+        log.info(
+            "sweep job %d of %d: %s (%d done in %.0f min%s)",
+            done + 1,
+            self._jobs,
+            " ".join(config.hydra.overrides.task),
+            done,
+            elapsed / 60,
+            left,
+        )
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self._done += 1
 
     def _kill_if_open(self, uri: str) -> None:
         if self._open:

@@ -151,9 +151,10 @@ test-fast: ## The inner loop: unit, property and in-process pipeline tests on ti
 test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
 	$(BIN)/pytest -m "slow or e2e" -n 4 --dist loadfile
 
-lint: ## ruff: lint and formatting (make format applies it; pre-commit install runs both on commit)
+lint: ## ruff (lint, format) and mypy on src/; make format applies ruff's, pre-commit install runs them on commit
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 format: ## Apply ruff's formatting and its safe lint fixes
 	$(BIN)/ruff format src tests

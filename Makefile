@@ -6,9 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 EXTRAS ?= dev
+# Two locks, for the Python and platform CI runs, each pinning every extra it names (cuda in
+# neither). The ray extra caps cloudpickle and joblib (RAY_CAPS), so installs without it use
+# LOCK, where those two are current and every other package is pinned as in LOCK_RAY.
 LOCK := requirements-lock.txt
-# make lock: every extra the lock pins (all but cuda), for the Python and platform CI runs
-LOCK_EXTRAS := dev,postgres,optuna,ray
+LOCK_EXTRAS := dev,postgres,optuna
+LOCK_RAY := requirements-lock-ray.txt
+LOCK_RAY_EXTRAS := $(LOCK_EXTRAS),ray
+RAY_CAPS := cloudpickle joblib
+INSTALL_LOCK = $(if $(filter ray,$(subst $(comma), ,$(EXTRAS))),$(LOCK_RAY),$(LOCK))
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock' --quiet
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
@@ -21,16 +29,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# make install: every package at the version requirements-lock.txt pins (-c: only those the
-# chosen extras need are installed); `make lock` refreshes the lock after pyproject.toml changes.
+# make install: every package at the version its lock pins (-c: only those the chosen extras
+# need are installed), requirements-lock-ray.txt when EXTRAS names ray, requirements-lock.txt
+# otherwise; `make lock` refreshes both after pyproject.toml changes.
 install: $(BIN)/python ## Create .venv with the project and dev tools at the locked versions (EXTRAS=dev,ray adds engines)
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet -c $(INSTALL_LOCK) -e '.[$(EXTRAS)]'
 
-lock: ## Pin requirements-lock.txt to pyproject.toml (keeps pins that still fit; UPGRADE=1: the newest)
+# make lock: LOCK_RAY from its own pins, then LOCK from LOCK_RAY's, RAY_CAPS set free (their
+# newest release); ray's own packages drop out.
+lock: ## Pin both locks to pyproject.toml (keeps pins that still fit; UPGRADE=1: the newest)
 	@[ -x $(BIN)/uv ] || { echo "make lock: uv is not installed; run: make install" >&2; exit 2; }
-	$(BIN)/uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(LOCK_EXTRAS)),--extra $(e)) \
-		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
-		--custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	@[ -f $(LOCK_RAY) ] || cp $(LOCK) $(LOCK_RAY)
+	$(UV_COMPILE) $(foreach e,$(subst $(comma), ,$(LOCK_RAY_EXTRAS)),--extra $(e)) \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK_RAY)
+	cp $(LOCK_RAY) $(LOCK)
+	$(UV_COMPILE) $(foreach e,$(subst $(comma), ,$(LOCK_EXTRAS)),--extra $(e)) \
+		$(foreach p,$(RAY_CAPS),--upgrade-package $(p)) -o $(LOCK)
 
 train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
 	$(BIN)/textclf train $(ARGS)
@@ -154,9 +168,10 @@ test-fast: ## The inner loop: unit, property and in-process pipeline tests on ti
 test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
 	$(BIN)/pytest -m "slow or e2e" -n 4 --dist loadfile
 
-lint: ## ruff: lint and formatting (make format applies it; pre-commit install runs both on commit)
+lint: ## ruff (lint, format) and mypy on src/; make format applies ruff's, pre-commit install runs them on commit
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 format: ## Apply ruff's formatting and its safe lint fixes
 	$(BIN)/ruff format src tests

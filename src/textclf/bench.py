@@ -76,6 +76,8 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     `default` when it differs from all of them.
     """
     b = cfg.bench
+    if b is None:
+        raise ConfigError("bench: make bench's settings are missing (conf/bench.yaml sets them)")
     if not isinstance(cfg.model, LstmConfig):
         raise ConfigError(
             f"model: make bench times the LSTM's batching; got model="
@@ -119,7 +121,8 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
     # the exported model with each serve_lstm option, the configured one first; measured in
     # turns (A B B A), so neither gains from going second on a drifting machine
     classifiers = {}
-    for serve in sorted(("fused", "trained"), key=lambda name: name != cfg.model.serve_lstm):
+    configured_serve = cfg.model.serve_lstm
+    for serve in sorted(("fused", "trained"), key=lambda name: name != configured_serve):
         export_cfg = replace(cfg, model=replace(cfg.model, serve_lstm=serve))
         folder = RunFolder(Path(cfg.output_dir) / "bench" / serve)
         classifiers[serve] = inference.Classifier.from_files(

@@ -19,12 +19,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra import compose
+from hydra.conf import HydraConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import resume
@@ -38,6 +41,7 @@ from .config import (
     PredictConfig,
     RegisterConfig,
     flatten,
+    structured,
     to_object,
 )
 
@@ -147,7 +151,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, TrackingError, PredictError, CompareError, CheckpointMismatch
 
 
-def _fail_clearly(error: BaseException) -> None:
+def _fail_clearly(error: BaseException) -> NoReturn:
     """A mistake of the user's: one clear message, no traceback (unless HYDRA_FULL_ERROR=1)."""
     log.error("%s: %s", type(error).__name__, error)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -165,7 +169,7 @@ def task_wrapper(command: Callable[[DictConfig], object]) -> Callable[[DictConfi
         try:
             return command(cfg)
         except _user_errors() as error:
-            if HydraConfig.get().mode.name == "MULTIRUN":
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise
             _fail_clearly(error)
 
@@ -195,13 +199,13 @@ def train(cfg: DictConfig) -> float:
     try:
         return _train(cfg, hydra_cfg)
     except Exception as error:
-        if hydra_cfg.mode.name != "MULTIRUN":
+        if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         log.exception("job failed: %s: %s", type(error).__name__, error)
         return float("nan")
 
 
-def _choice_tags(hydra_cfg: DictConfig, command: str) -> dict[str, str]:
+def _choice_tags(hydra_cfg: HydraConf, command: str) -> dict[str, str]:
     """A run's config-group choices as `choice.<group>` tags (what `make compare` groups by),
     and MLflow's source tags: the `textclf` command and the commit it ran."""
     from . import tracking
@@ -223,7 +227,7 @@ def _params(cfg: DictConfig) -> dict[str, str]:
     }
 
 
-def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
+def _train(cfg: DictConfig, hydra_cfg: HydraConf) -> float:
     from . import pipeline, sweep
 
     config = to_object(cfg)
@@ -235,7 +239,7 @@ def _train(cfg: DictConfig, hydra_cfg: DictConfig) -> float:
             return done[f"best_{config.optimized_metric}"]
         config = sweep.resumable(config)
     metrics = pipeline.run(config, params, tags, sweep.parent_run_id())
-    if hydra_cfg.mode.name != "MULTIRUN":  # a sweep's jobs end with the sweep's summary
+    if hydra_cfg.mode != RunMode.MULTIRUN:  # a sweep's jobs end with the sweep's summary
         log.info("%s", summary(config, metrics))
     return metrics[f"best_{config.optimized_metric}"]
 
@@ -280,7 +284,7 @@ def summary(config: Config, metrics: dict[str, float]) -> str:
     )
 
 
-def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
+def tune(space: dict[str, str]) -> Callable[[DictConfig], object]:
     """`textclf tune`: the Optuna study of conf/hparams_search/<file> (`tune.space`), with
     `space` from the command line (its sweeps) added and keys fixed there taken out."""
 
@@ -336,14 +340,17 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 def baseline(cfg: DictConfig) -> None:
     from . import baseline as reference
 
-    reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get(), "baseline"))
+    reference.run(
+        structured(cfg, BaselineConfig, "config_schema_baseline"),
+        _choice_tags(HydraConfig.get(), "baseline"),
+    )
 
 
 @task_wrapper
 def compare(cfg: DictConfig) -> None:
     from . import compare as report
 
-    config = OmegaConf.to_object(cfg)  # validates alpha
+    config = structured(cfg, CompareConfig, "config_schema_compare")  # validates alpha
     report.main(
         config.tracking.uri,
         config.tracking.experiment,
@@ -365,14 +372,16 @@ def bench(cfg: DictConfig) -> None:
     # batch: each ratio then says what padding saves
     same = [o for o in HydraConfig.get().overrides.task if o.startswith("batching.")]
     same.append("batching.token_budget=null")
-    length = config.bench.fixed_length
+    length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
     fixed = [f"batching.max_length={length}"] if length else []
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
     strategies = {
-        name: OmegaConf.to_object(
+        name: structured(
             compose(
                 "bench", overrides=[f"batching={name}", *same, *(fixed if name == "fixed" else [])]
-            ).batching
+            ).batching,
+            BatchingConfig,
+            "config_schema",
         )
         for name in names
     }
@@ -387,7 +396,7 @@ def bench(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig) -> None:
     from . import predict as classify
 
-    classify.run(OmegaConf.to_object(cfg))
+    classify.run(structured(cfg, PredictConfig, "config_schema_predict"))
 
 
 @task_wrapper
@@ -395,7 +404,8 @@ def register(cfg: DictConfig) -> None:
     """A run's model (default: the newest run's) as a registered version with an alias."""
     from . import tracking
 
-    config = OmegaConf.to_object(cfg)
+    config = structured(cfg, RegisterConfig, "config_schema_register")
+    assert config.name and config.alias  # RegisterConfig refuses a config without them
     model = tracking.model_uri(config.tracking.uri, config.tracking.experiment, config.run_id)
     tracking.register_model(config.tracking.uri, model, config.name, config.alias)
 
@@ -404,13 +414,13 @@ def register(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> None:
     from . import evaluate_model
 
-    evaluate_model.run(OmegaConf.to_object(cfg))
+    evaluate_model.run(structured(cfg, EvaluateModelConfig, "config_schema_evaluate_model"))
 
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
     "train": ("config", train),
     "resume": ("config", train),
-    "tune": ("config", tune),
+    "tune": ("config", tune({})),  # main() builds it with the command line's sweeps
     "baseline": ("baseline", baseline),
     "compare": ("compare", compare),
     "predict": ("predict", predict),
@@ -495,7 +505,7 @@ def _check_output_folders(overrides: list[str]) -> None:
             raise SystemExit(2) from None
 
 
-def _usage_error(message: str) -> None:
+def _usage_error(message: str) -> NoReturn:
     print(f"textclf: {message}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -531,7 +532,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Pa
     summary.attrs = attrs
     facet, colour, marker, marker_name = _styles(summary)
     facets = (sorted(summary[facet].unique()) if facet else None) or [None]
-    dashed = {"ls": "--", "color": "black", "lw": 1}
+    dashed: dict[str, Any] = {"ls": "--", "color": "black", "lw": 1}
     colours = _palette(sorted(summary[colour].unique())) if colour else {}
     markers = (
         {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(sorted(summary[marker].unique()))}

@@ -15,11 +15,12 @@ neither.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+SchemaT = TypeVar("SchemaT")
 MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fails if it is not)
 
 DATA_SOURCES = ("imdb", "aclimdb", "csv")
@@ -577,19 +578,30 @@ class BaselineConfig:
 
 def to_object(cfg: DictConfig) -> Config:
     """Resolve and validate Hydra's config into the typed `Config` (raises ConfigError)."""
+    return structured(cfg, Config, "config_schema")
+
+
+def structured(cfg: DictConfig, schema: type[SchemaT], entry: str) -> SchemaT:
+    """Resolve and validate Hydra's config into `schema`, the dataclass its defaults list
+    starts from (`entry`, as `cli.register_schemas` stores it; raises ConfigError)."""
     from omegaconf import OmegaConf
 
-    obj: Any = OmegaConf.to_object(cfg)
-    if not isinstance(obj, Config):
-        raise ConfigError("the composed config does not use the config_schema defaults entry")
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, schema):
+        raise ConfigError(f"the composed config does not use the {entry} defaults entry")
     return obj
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
+def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Dotted keys → string values, the shape MLflow params want."""
     from omegaconf import DictConfig, OmegaConf
 
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    # a DictConfig's container is a dict, its keys strings
+    container = (
+        cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(cfg, DictConfig)
+        else cfg
+    )
     flat: dict[str, str] = {}
     for key, value in container.items():
         name = f"{prefix}{key}"

@@ -264,7 +264,8 @@ def read_table(
             "delimiter) or JSON Lines (.jsonl, .json, .ndjson)."
         )
     lines, bad = _decoded_lines(path)
-    if TABLE_FORMATS[suffix] is None:
+    separator = TABLE_FORMATS[suffix]
+    if separator is None:
         if delimiter:
             raise DataError(
                 f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
@@ -272,9 +273,7 @@ def read_table(
             )
         names, records = _json_records(path, lines)
     else:
-        names, records = _delimited_records(
-            path, lines, delimiter or TABLE_FORMATS[suffix], delimiter_key
-        )
+        names, records = _delimited_records(path, lines, delimiter or separator, delimiter_key)
     missing = [c for c in columns if c not in names]
     if missing:
         hint = _delimiter_hint(lines, delimiter or TABLE_FORMATS[suffix], delimiter_key, columns)
@@ -488,7 +487,8 @@ def _labelled_rows(
         "Set data.text_column / data.label_column.",
         cfg.delimiter,
     )
-    rows, missing, spellings = [], [], {}
+    rows, missing = [], []
+    spellings: dict[str, set[str]] = {}
     for line, text, value in zip(
         table.lines, table[cfg.text_column], table[cfg.label_column], strict=True
     ):
@@ -532,8 +532,9 @@ def _first(lines: list[int], shown: int = 5) -> str:
 
 def _configured_classes(classes: Sequence) -> list[str]:
     """data.classes in canonical spelling (`1.0` is class "1"), each once, none empty."""
-    names = [canonical_label(c) for c in classes]
-    if None in names:
+    spelled = [canonical_label(c) for c in classes]
+    names = [n for n in spelled if n is not None]
+    if len(names) < len(spelled):
         raise ConfigError(f"data.classes: {list(classes)} holds an empty class; list only labels.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -568,6 +569,7 @@ def load_table(cfg: DataConfig) -> Raw:
     """Read a CSV, TSV or JSON Lines file (and an optional test file) of labelled texts. The
     classes are data.classes, in its order, else the training file's labels, sorted."""
     stats: dict[str, int] = {}
+    assert cfg.path is not None  # DataConfig requires it for data=csv
     path = Path(cfg.path).expanduser()
     files = {"train": path} | ({"test": Path(cfg.test_path).expanduser()} if cfg.test_path else {})
     rows = {part: _labelled_rows(file, cfg, part, stats) for part, file in files.items()}
@@ -621,9 +623,9 @@ def load_imdb(data_dir: str | None, manual_dir: str | None, download: bool) -> R
 
     builder = tfds.builder("imdb_reviews", data_dir=data_dir)
     if not builder.is_prepared():
-        manual = Path(manual_dir).expanduser() / IMDB_ARCHIVE if manual_dir else None
-        has_manual = manual is not None and manual.exists()
-        if not has_manual and (not download or not host_reachable()):
+        archive = Path(manual_dir).expanduser() / IMDB_ARCHIVE if manual_dir else None
+        manual = archive if archive is not None and archive.exists() else None
+        if manual is None and (not download or not host_reachable()):
             reason = (
                 "download is disabled (data.download=false)"
                 if not download
@@ -636,9 +638,10 @@ def load_imdb(data_dir: str | None, manual_dir: str | None, download: bool) -> R
                 "  data.data_dir=<a TFDS data_dir where imdb_reviews is already prepared>\n"
                 "  data=csv data.path=<file.csv or .jsonl> with text and label columns"
             )
-        config = tfds.download.DownloadConfig(manual_dir=str(manual.parent) if has_manual else None)
+        config = tfds.download.DownloadConfig(manual_dir=str(manual.parent) if manual else None)
         builder.download_and_prepare(download_config=config)
-    splits, stats = [], {}
+    splits: list[Split] = []
+    stats: dict[str, int] = {}
     for name in ("train", "test"):
         texts, labels = [], []
         for text, label in tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True)):
@@ -781,13 +784,14 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
             "no aclImdb URL lists found (set data.urls_path): validation reviews are "
             "drawn at random, so reviews of one movie land on both sides"
         )
-    is_val = (
-        _by_group(train.groups, val_fraction, rng)
-        if by_movie
-        else _stratified(train.labels, val_fraction, rng)
-    )
+    if by_movie:
+        assert train.groups is not None  # checked above
+        is_val = _by_group(train.groups, val_fraction, rng)
+    else:
+        is_val = _stratified(train.labels, val_fraction, rng)
     val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
     if by_movie:
+        assert val.groups is not None and train.groups is not None  # _take keeps them
         stats.update(
             val_movies=len(np.unique(val.groups)), train_movies=len(np.unique(train.groups))
         )
@@ -894,6 +898,7 @@ def load(config: DataConfig) -> Dataset:
     if config.source == "imdb":
         raw = load_imdb(config.data_dir, config.manual_dir, config.download)
     elif config.source == "aclimdb":
+        assert config.path is not None  # DataConfig requires it for data=aclimdb
         raw = load_aclimdb(config.path, config.urls_path)
     else:
         raw = load_table(config)
@@ -937,6 +942,7 @@ def lineage(
     if cfg.source == "imdb":
         sources = dict.fromkeys(names, "tfds:imdb_reviews")
     else:  # validation is carved from the training file; test too without data.test_path
+        assert cfg.path is not None  # DataConfig requires it for data=aclimdb and data=csv
         sources = dict.fromkeys(names, resolved(cfg.path))
         if cfg.source == "csv" and cfg.test_path and "test" in sources:
             sources["test"] = resolved(cfg.test_path)

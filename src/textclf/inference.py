@@ -212,7 +212,7 @@ class Classifier:
 
 def no_known_word(ids: np.ndarray) -> np.ndarray:
     """Per row of `token_ids`: True when the model reads no word of its vocabulary."""
-    return ~(ids > OOV_ID).any(axis=1)
+    return ~np.any(ids > OOV_ID, axis=1)
 
 
 def as_text(value: Any) -> str:

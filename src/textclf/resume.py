@@ -40,7 +40,8 @@ def arguments(args: list[str], outputs: Path) -> list[str]:
     saved = folder / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise SystemExit(f"textclf resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
-    overrides = [o for o in OmegaConf.load(saved) if not o.startswith("train.resume=")]
+    overrides = [str(o) for o in OmegaConf.load(saved)]  # a list of strings
+    overrides = [o for o in overrides if not o.startswith("train.resume=")]
     # hydra.output_subdir=null: the folder's .hydra/ keeps the original run's overrides.
     return [
         *overrides,

@@ -162,9 +162,11 @@ def learning_rate(cfg: TrainConfig) -> float | keras.optimizers.schedules.Learni
     if cfg.schedule == "constant":
         return cfg.learning_rate
     start = cfg.learning_rate if not cfg.warmup_steps else cfg.learning_rate / cfg.warmup_steps
+    decay = cfg.decay_steps or cfg.max_steps
+    assert decay is not None  # TrainConfig refuses schedule=cosine without either
     return keras.optimizers.schedules.CosineDecay(
         start,
-        decay_steps=(cfg.decay_steps or cfg.max_steps) - cfg.warmup_steps,
+        decay_steps=decay - cfg.warmup_steps,
         warmup_target=cfg.learning_rate if cfg.warmup_steps else None,
         warmup_steps=cfg.warmup_steps,
     )
@@ -212,7 +214,9 @@ class EarlyStopping(keras.callbacks.Callback):
     def __init__(self, patience: int, min_delta: float):
         super().__init__()
         self.patience, self.min_delta = patience, min_delta
-        self.wait, self.best, self.best_epoch, self.best_weights = 0, None, 0, None
+        self.wait, self.best_epoch = 0, 0
+        self.best: float | None = None
+        self.best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         loss = float(logs["val_loss"])
@@ -245,14 +249,16 @@ class Checkpoint(keras.callbacks.Callback):
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # epochs completed
         self.done = False  # training finished; the model holds its final (best) weights
-        self._saved, meta = read_checkpoint(path) if path and path.exists() else (None, None)
-        if self._saved:
-            self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
-            for key in ("wait", "best", "best_epoch"):  # `fit` reads the kept epoch from it
-                setattr(stopper, key, meta["stopper"][key])
-            stopper.best_weights = _group(self._saved, "best") or None
-            for name in ("epoch_seconds", "steady_seconds", "steps"):
-                getattr(timer, name).extend(meta["timer"][name])
+        self._saved: dict[str, np.ndarray] | None = None
+        if path and path.exists():
+            self._saved, meta = read_checkpoint(path)
+            if self._saved:
+                self.epoch, self.done, self.history = meta["epoch"], meta["done"], meta["history"]
+                for key in ("wait", "best", "best_epoch"):  # `fit` reads the kept epoch from it
+                    setattr(stopper, key, meta["stopper"][key])
+                stopper.best_weights = _group(self._saved, "best") or None
+                for name in ("epoch_seconds", "steady_seconds", "steps"):
+                    getattr(timer, name).extend(meta["timer"][name])
 
     def restore_variables(self, model: keras.Model) -> None:
         """Weights, RNG state and optimizer slots as saved (call before `fit`)."""
@@ -304,7 +310,8 @@ class Checkpoint(keras.callbacks.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
         with open(partial, "wb") as f:
-            np.savez(f, **arrays)
+            # numpy's stub matches **arrays against savez's allow_pickle: bool as well
+            np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, self.path)
@@ -340,7 +347,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path) -> None:
+def _assign(variables: list, saved: dict[str, np.ndarray], prefix: str, path: Path | None) -> None:
     arrays = _group(saved, prefix)
     shapes = [tuple(v.shape) for v in variables]
     if shapes != [a.shape for a in arrays]:

@@ -14,13 +14,19 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, cast
 
 import keras
 import optuna
 import sqlalchemy
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+)
 from optuna.trial import TrialState
 
 from . import pipeline, tracking
@@ -28,7 +34,10 @@ from .config import Config, ConfigError, TuneConfig
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+}
 RUN_ID = "mlflow_run_id"  # a trial's user attribute: its MLflow child run
 PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's user attribute: the search's parent run
 METRIC = "optimized_metric"  # the study's user attribute: what its trials return
@@ -66,7 +75,8 @@ class Pruning(keras.callbacks.Callback):
 def distributions(space: dict[str, str]) -> dict[str, BaseDistribution]:
     """`tune.space` (Hydra's sweep syntax) as Optuna distributions: choice and range give a
     categorical one, interval a float one (log-scaled when tagged `log`)."""
-    parser, found = OverridesParser.create(), {}
+    parser = OverridesParser.create()
+    found: dict[str, BaseDistribution] = {}
     for key, expression in space.items():
         where = f"tune.space.{key}"
         try:
@@ -75,16 +85,17 @@ def distributions(space: dict[str, str]) -> dict[str, BaseDistribution]:
             raise ConfigError(f"{where}: cannot read {expression!r}: {error}") from None
         value = override.value()
         if isinstance(value, ChoiceSweep | RangeSweep):
-            found[key] = CategoricalDistribution(
-                list(override.sweep_iterator(transformer=Transformer.encode))
-            )
+            # encode keeps a str, int, float or bool as it is and writes anything else as a str
+            choices = list(override.sweep_iterator(transformer=Transformer.encode))
+            found[key] = CategoricalDistribution(cast(list[CategoricalChoiceType], choices))
         elif isinstance(value, IntervalSweep):
-            check = value.start < value.end and ("log" not in value.tags or value.start > 0)
-            if not check:
+            low, high = value.start, value.end
+            assert low is not None and high is not None  # interval(low, high) sets both
+            if not (low < high and ("log" not in value.tags or low > 0)):
                 raise ConfigError(
                     f"{where}: {expression!r} needs low < high (and low > 0 on a log scale)"
                 )
-            found[key] = FloatDistribution(value.start, value.end, log="log" in value.tags)
+            found[key] = FloatDistribution(low, high, log="log" in value.tags)
         else:
             raise ConfigError(
                 f"{where}: {expression!r} is not a range to search: use choice(a, b), "
@@ -110,9 +121,10 @@ def pruner(cfg: TuneConfig, direction: str) -> optuna.pruners.BasePruner:
     if cfg.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.prune_from_epoch)
     if cfg.pruner == "threshold":
-        side = "lower" if direction == "maximize" else "upper"
+        threshold = cfg.prune_threshold
+        lower, upper = (threshold, None) if direction == "maximize" else (None, threshold)
         return optuna.pruners.ThresholdPruner(
-            **{side: cfg.prune_threshold}, n_warmup_steps=cfg.prune_from_epoch
+            lower=lower, upper=upper, n_warmup_steps=cfg.prune_from_epoch
         )
     return optuna.pruners.NopPruner()
 
@@ -268,7 +280,7 @@ def report(study: optuna.Study, metric: str, parent: tracking.Run, folder: Path)
                 **{f"best.{k}": v for k, v in best.params.items()},
             }
         )
-        parent.log_metrics({f"best_{metric}": best.value})
+        parent.log_metrics({f"best_{metric}": study.best_value})
         log.info(
             "best trial %d: %s %.4f with %s (MLflow run %s)",
             best.number,

@@ -122,10 +122,10 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
             raise
         found = None  # not in this store
     tags = found.data.tags if found else None
-    if found and found.info.status == "FINISHED" and MODEL_TAG in tags:
+    if found and found.info.status == "FINISHED" and MODEL_TAG in found.data.tags:
         log.info("run %s is already FINISHED with its model: nothing to log", run_id)
-        return run_id
-    if tags is None:
+        return found.info.run_id
+    if found is None:
         name, saved_tags = folder.identity()
         run_id = client.create_run(experiment_id, run_name=name, tags=saved_tags).info.run_id
         params = {k: v for k, v in flatten(config).items() if k != "train.resume"}
@@ -136,6 +136,8 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
         )
         Run(client, run_id).log_params(params | counted)
         folder.save_run_id(run_id)
+    else:
+        run_id = found.info.run_id  # the folder's
     run = Run(client, run_id)
     pending = folder / RunFolder.PENDING
     try:

@@ -83,7 +83,9 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
             found = client.get_experiment(created)
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
-            return client, client.get_experiment_by_name(experiment).experiment_id
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                return client, found.experiment_id
         raise TrackingError(
             f"cannot use the MLflow tracking store {uri!r}: "
             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
@@ -325,7 +327,9 @@ def datasets(uri: str, experiment: str, run_ids: list[str]) -> dict[str, dict[st
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     logged: dict[str, dict[str, Lineage]] = {}
-    for i in range(0, len(run_ids) if found else 0, _BATCH):
+    if found is None:
+        return logged
+    for i in range(0, len(run_ids), _BATCH):
         ids = ", ".join(f"'{r}'" for r in run_ids[i : i + _BATCH])
         for run in client.search_runs(
             [found.experiment_id], f"attributes.run_id IN ({ids})", max_results=_BATCH

@@ -138,13 +138,12 @@ def _quiet_cuda_probe() -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .compare import CompareError
     from .data import DataError
     from .inference import PredictError
     from .tracking import TrackingError
     from .train import CheckpointMismatch
 
-    return ConfigError, DataError, TrackingError, PredictError, CompareError, CheckpointMismatch
+    return ConfigError, DataError, TrackingError, PredictError, CheckpointMismatch
 
 
 def _fail_clearly(error: BaseException) -> None:
@@ -286,7 +285,7 @@ def tune(space: dict[str, str]) -> Callable[[DictConfig], None]:
 
     @task_wrapper
     def search(cfg: DictConfig) -> None:
-        from . import tune as study
+        from .studies import tune as study
 
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
@@ -334,14 +333,14 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 @task_wrapper
 def baseline(cfg: DictConfig) -> None:
-    from . import baseline as reference
+    from .studies import baseline as reference
 
     reference.run(OmegaConf.to_object(cfg), _choice_tags(HydraConfig.get(), "baseline"))
 
 
 @task_wrapper
 def compare(cfg: DictConfig) -> None:
-    from . import compare as report
+    from .studies import compare as report
 
     config = OmegaConf.to_object(cfg)  # validates alpha
     report.main(
@@ -358,7 +357,7 @@ def compare(cfg: DictConfig) -> None:
 def bench(cfg: DictConfig) -> None:
     """Every `batching=` option as composed by Hydra, with the run's batch size and padding
     side, so all strategies train the same model on the same batches."""
-    from . import bench as benchmark
+    from .studies import bench as benchmark
 
     config = to_object(cfg)
     # the command line's batching settings for every strategy, all at the same rows per

@@ -23,9 +23,9 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from . import pipeline, tracking
-from .config import Config, ConfigError, TuneConfig
-from .run_folder import RunFolder
+from .. import pipeline, tracking
+from ..config import Config, ConfigError, TuneConfig
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}

@@ -101,7 +101,7 @@ bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS=
 	$(BIN)/textclf bench $(ARGS)
 
 gpu-check: ## On a GPU: train post/pre masked LSTMs, say if cuDNN ran, compare saved models' GPU/CPU answers
-	$(BIN)/python -m textclf.gpu_check
+	$(BIN)/python -m textclf.studies.gpu_check
 
 ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	@echo "make ui: on http://127.0.0.1:$${PORT:-5000}, click 'Model training' (top left) once for the training runs"

@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from textclf import baseline, compare, data, evaluate, pipeline, tracking
+from textclf import data, evaluate, pipeline, tracking
 from textclf.config import to_object
+from textclf.studies import baseline, compare
 
 from .conftest import compose_baseline, compose_config, reviews, run_pipeline, write_csv
 

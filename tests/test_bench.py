@@ -13,8 +13,8 @@ from .conftest import reviews, textclf_here, write_csv
 
 
 def test_training_flops_are_counted_from_the_gate_shapes():
-    from textclf.bench import training_flops_per_step
     from textclf.models.lstm import LstmConfig
+    from textclf.studies.bench import training_flops_per_step
 
     # forward: 4 gates × 64 units × (128 inputs + 64 recurrent) multiply-adds; backward 2×
     one_way = LstmConfig(embedding_dim=128, units=64, bidirectional=False)

@@ -12,9 +12,10 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from textclf import compare, data, tracking
+from textclf import data, tracking
 from textclf.cli import CONF_DIR
 from textclf.config import CompareConfig, ConfigError, flatten
+from textclf.studies import compare
 
 from .conftest import compose_baseline, compose_config
 
@@ -401,7 +402,7 @@ def test_runs_that_logged_no_datasets_are_compared_with_a_warning(tmp_path, capl
         log_on_data(uri, parent, 0.80 + seed / 100, seed, "abc")
     older = log_on_data(uri, parent, 0.83, 2, None)
     tracking.finish(uri, parent)
-    with caplog.at_level("WARNING", logger="textclf.compare"):
+    with caplog.at_level("WARNING", logger="textclf.studies.compare"):
         summary = compare.main(uri, "compare_padding", "latest", tmp_path / "out")
     assert summary["n"].sum() == 3
     assert "1 finished run(s) logged no datasets (older runs)" in caplog.text

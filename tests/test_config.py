@@ -101,3 +101,23 @@ def test_run_names_put_the_variant_first_and_end_with_the_seed(overrides, name, 
     from textclf import run_folder
 
     assert run_folder.run_name(make_config(*overrides)) == name
+
+
+def test_the_project_store_is_one_sqlite_uri(tmp_path):
+    """conf/tracking/sqlite.yaml's store is the one `make ui` serves (`cli.project_store`), and
+    one pair of functions builds and reads an SQLite store's URI."""
+    from omegaconf import OmegaConf
+
+    from textclf import cli, tracking
+
+    store = cli.ROOT / "outputs" / "mlflow.db"
+    composed = OmegaConf.load(CONF_DIR / "tracking" / "sqlite.yaml").uri  # ${root:} resolved
+    assert composed == cli.project_store() == tracking.sqlite_uri(store)
+    assert tracking.sqlite_path(cli.project_store()) == store
+    assert tracking.sqlite_path("http://127.0.0.1:5000") is None
+    assert cli.where_to_look(cli.project_store(), "<link>") == "make ui, then <link>"
+    other = tracking.sqlite_uri(tmp_path / "mlflow.db")
+    assert other == f"sqlite:///{tmp_path}/mlflow.db"
+    shown = cli.where_to_look(other, "<link>")
+    assert shown == f"mlflow ui --backend-store-uri {other}, then <link>"
+    assert cli.where_to_look("http://127.0.0.1:5000", "<link>") == "<link>"

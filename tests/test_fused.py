@@ -83,15 +83,21 @@ def test_fused_rejects_a_mask_with_holes():
 
 @pytest.mark.parametrize("side", ["post", "pre"])
 @pytest.mark.parametrize(
-    "masking, bidirectional",
-    [("mask_zero", True), ("explicit", False), ("masking_layer", True), ("none", False)],
+    "masking, bidirectional, pooling",
+    [
+        ("mask_zero", True, "mean"),
+        ("explicit", False, "last"),
+        ("masking_layer", True, "last"),
+        ("none", False, "mean"),
+    ],
 )
-def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidirectional):
-    """What export serves (model.serve_lstm=fused): same outputs, every LSTM fused, every other
+def test_fused_copy_answers_as_the_trained_model(tmp_path, side, masking, bidirectional, pooling):
+    """What export serves (model.serve_lstm=fused): same outputs (pooled from every step's
+    outputs or from the final state, one and both directions), every LSTM fused, every other
     layer shared, and it saves and loads as model.keras."""
     keras.utils.set_random_seed(2)
     cfg = small_model(
-        embedding_dim=8, units=5, masking=masking, bidirectional=bidirectional, pooling="concat"
+        embedding_dim=8, units=5, masking=masking, bidirectional=bidirectional, pooling=pooling
     )
     trained = build_lstm(VOCAB, 3, cfg, side)
     served = fused_copy(trained)

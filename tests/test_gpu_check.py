@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from textclf import gpu_check
 from textclf.cli import ROOT
+from textclf.studies import gpu_check
 
 from .conftest import venv_env
 

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textclf.models import lstm
 from textclf.models.fused import fused_copy, lstm_layers
 
 from .conftest import build_lstm, small_model
@@ -91,32 +90,15 @@ def test_custom_layers_survive_save_and_load(tmp_path, masking):
     np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["max", "concat"])
 @pytest.mark.parametrize("masking", ["mask_zero", "explicit"])
 @pytest.mark.parametrize("side", ["post", "pre"])
-def test_max_and_concat_pooling_ignore_padding(pooling, masking, side):
-    """Padded steps never win the maximum (their outputs are zeros, often the largest value
-    when every real output is negative) and the final state is the last real step's."""
-    net = build(masking, side, pooling=pooling, bidirectional=pooling == "concat")
+def test_last_state_pooling_ignores_padding(masking, side):
+    """The final state is the last real step's, in both directions."""
+    net = build(masking, side, pooling="last", bidirectional=True)
     ids = [3, 14, 15, 9, 26]
     bare = net.predict_on_batch(pad(ids, 0, side))
     for pads in (1, 30):
         np.testing.assert_allclose(net.predict_on_batch(pad(ids, pads, side)), bare, atol=1e-5)
-
-
-def test_max_pooling_takes_the_largest_unmasked_step():
-    outputs = np.array([[[-3.0, 1.0], [-2.0, -5.0], [0.0, 0.0]]], dtype="float32")
-    mask = np.array([[True, True, False]])
-    pooled = lstm.MaskedMaxPooling()(outputs, mask=mask)
-    np.testing.assert_allclose(pooled, [[-2.0, 1.0]])
-
-
-def test_concat_pooling_survives_save_and_load(tmp_path):
-    net = build("mask_zero", pooling="concat", bidirectional=True)
-    net.save(tmp_path / "model.keras")
-    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
-    x = pad([3, 14, 15], 4, "post")
-    np.testing.assert_allclose(loaded.predict_on_batch(x), net.predict_on_batch(x), atol=1e-7)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

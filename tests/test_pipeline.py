@@ -51,16 +51,17 @@ def default_run(tmp_path_factory, empty_store) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def levers_run(tmp_path_factory, empty_store) -> SimpleNamespace:
-    """Label smoothing, a warm-up + cosine schedule, and Keras' LSTM served as trained."""
+    """AdamW with weight decay and gradient clipping, a step budget, and Keras' LSTM served as
+    trained."""
     return trained_once(
         tmp_path_factory,
         empty_store,
         *TINY,
         "model.bidirectional=true",
         "model.serve_lstm=trained",
-        "train.label_smoothing=0.1",
-        "train.schedule=cosine",
-        "train.warmup_steps=5",
+        "train.optimizer=adamw",
+        "train.weight_decay=0.01",
+        "train.clipnorm=1.0",
         "train.max_steps=60",
         "evaluate.served_limit=20",
         "tracking.system_metrics=false",
@@ -279,12 +280,13 @@ def test_a_segmented_model_serves_as_it_evaluated(make_config, tmp_path, side):
 
 
 def test_the_training_levers_run_through_the_pipeline(levers_run):
-    """Label smoothing and a warm-up + cosine schedule together: a run that logs them, finishes
-    and serves as it evaluated."""
+    """The optimizer's knobs together (AdamW, weight decay, clipping): a run that logs them,
+    finishes and serves as it evaluated."""
     metrics, run = levers_run.metrics, levers_run.run
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.label_smoothing"] == "0.1"
-    assert run.data.params["train.schedule"] == "cosine"
+    assert run.data.params["train.optimizer"] == "adamw"
+    assert run.data.params["train.weight_decay"] == "0.01"
+    assert run.data.params["train.clipnorm"] == "1.0"
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["test_accuracy"] > 0.5
 
 

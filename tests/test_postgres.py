@@ -257,7 +257,7 @@ def test_an_optuna_study_lives_in_its_own_postgresql_database_beside_mlflows(pos
     if importlib.util.find_spec("optuna") is None:
         missing("no Optuna (make install EXTRAS=dev,optuna)")
     from textclf.config import ConfigError, TuneConfig
-    from textclf.tune import distributions, open_study
+    from textclf.studies.tune import distributions, open_study
 
     monkeypatch.setenv("PGPASSWORD", postgres.password)  # as a user passes it: not in the URI
     postgres.run(

@@ -1,5 +1,5 @@
-"""The code's shape: imports point one way, Hydra and MLflow stay at the edges, and every
-config default lives in one place."""
+"""The code's shape: imports point one way, the studies stay beside the core, Hydra and MLflow
+stay at the edges, and every config default lives in one place."""
 
 from __future__ import annotations
 
@@ -42,23 +42,23 @@ SELECTOR = {"data": "source", "batching": "strategy"}  # the key an option file 
 def imported(name: str) -> set[str]:
     """What module `name` imports anywhere, as dotted names: textclf's own modules without the
     `textclf.` prefix (`from ..config import x` in `models.lstm` → `config`), others as written."""
+    return {i for node in ast.walk(MODULES[name]) for i in import_names(name, node)}
+
+
+def import_names(name: str, node: ast.AST) -> set[str]:
+    """What one statement of module `name` imports, named as `imported` names it."""
     package = name.split(".") if name in PACKAGES else name.split(".")[:-1]
-    names = set()
-    for node in ast.walk(MODULES[name]):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.removeprefix("textclf.") for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: textclf's own modules
-                base = package[: len(package) - node.level + 1]
-                stem = ".".join([*base, *([node.module] if node.module else [])])
-                names |= (
-                    {stem}
-                    if node.module
-                    else {".".join([*base, alias.name]) for alias in node.names}
-                )
-            else:
-                names.add((node.module or "").removeprefix("textclf."))
-    return names
+    if isinstance(node, ast.Import):
+        return {alias.name.removeprefix("textclf.") for alias in node.names}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    if not node.level:
+        if node.module == "textclf":  # `from textclf import config`
+            return {alias.name for alias in node.names}
+        return {(node.module or "").removeprefix("textclf.")}
+    base = package[: len(package) - node.level + 1]  # relative: textclf's own modules
+    stem = ".".join([*base, *([node.module] if node.module else [])])
+    return {stem} if node.module else {".".join([*base, alias.name]) for alias in node.names}
 
 
 def project_imports(name: str) -> set[str]:
@@ -87,6 +87,37 @@ def test_the_import_graph_of_src_has_no_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def is_study(dotted: str) -> bool:
+    """A module of `studies/` (or the package itself), as `imported` names it."""
+    return dotted == "studies" or dotted.startswith("studies.")
+
+
+STUDIES = set(filter(is_study, MODULES))
+
+
+def test_the_core_never_imports_the_studies_but_cli_inside_its_commands():
+    """The studies (compare, baseline, tune, bench, gpu_check) import the core, never the other
+    way: a fork can delete `studies/` and keep training. The entry point is the one exception,
+    and only inside a function (the study's command), so importing it imports none of them."""
+    assert {"studies.compare", "studies.baseline", "studies.tune", "studies.bench"} <= STUDIES
+    assert "studies.gpu_check" in STUDIES
+    core = set(MODULES) - STUDIES
+    users = {n for n in core if any(map(is_study, project_imports(n)))}
+    assert users <= {"cli"}, f"core modules importing textclf.studies: {sorted(users - {'cli'})}"
+    cli = MODULES["cli"]
+    studies = [n for n in ast.walk(cli) if any(map(is_study, import_names("cli", n)))]
+    assert studies, "cli.py runs the study commands: it imports textclf.studies somewhere"
+    at_import = [n.lineno for n in studies if not inside_a_function(cli, n)]
+    assert at_import == [], f"cli.py imports textclf.studies at import time (lines {at_import})"
+
+
+def inside_a_function(tree: ast.Module, target: ast.AST) -> bool:
+    """Whether `target` lies in the body of a function (at any depth) of `tree`."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+    bodies = (node for node in ast.walk(tree) if isinstance(node, functions))
+    return any(target is inner for body in bodies for inner in ast.walk(body) if inner is not body)
 
 
 def test_only_tracking_imports_mlflow_and_only_entry_points_see_hydra_configs():

@@ -38,7 +38,7 @@ def search(**kw) -> TuneConfig:
 def test_the_space_in_hydra_sweep_syntax_becomes_optuna_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from textclf.tune import distributions
+    from textclf.studies.tune import distributions
 
     found = distributions(
         {
@@ -85,7 +85,7 @@ def test_each_pruner_prunes_a_trial_behind_the_finished_one(kw, pruned):
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from textclf.tune import pruner
+    from textclf.studies.tune import pruner
 
     study = optuna.create_study(direction="maximize", pruner=pruner(search(**kw), "maximize"))
     space = {"model.units": CategoricalDistribution([4, 8])}
@@ -99,7 +99,7 @@ def test_each_pruner_prunes_a_trial_behind_the_finished_one(kw, pruned):
 
 
 def test_a_reopened_study_continues_without_drawing_its_trials_again(tmp_path):
-    from textclf.tune import RUN_ID, distributions, open_study
+    from textclf.studies.tune import RUN_ID, distributions, open_study
 
     cfg = search(
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -124,7 +124,7 @@ def test_a_reopened_study_continues_without_drawing_its_trials_again(tmp_path):
 
 
 def test_the_study_refuses_mlflows_database(tmp_path, empty_store):
-    from textclf.tune import open_study
+    from textclf.studies.tune import open_study
 
     mlflow_uri = f"sqlite:///{empty_store}"
     for storage in (
@@ -203,7 +203,7 @@ def test_an_interrupted_search_continues_its_study_and_prunes(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from textclf.tune import HISTORY, IMPORTANCE, PARENT_RUN_ID, RUN_ID, TRIALS
+    from textclf.studies.tune import HISTORY, IMPORTANCE, PARENT_RUN_ID, RUN_ID, TRIALS
 
     args = tiny_search(tmp_path, write_csv(tmp_path / "reviews.csv", reviews(160)))
     stopped = subprocess.run(
@@ -281,7 +281,7 @@ def test_failed_trials_are_failed_runs_and_the_search_says_so(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from textclf.tune import RUN_ID
+    from textclf.studies.tune import RUN_ID
 
     args = [*tiny_search(tmp_path, tmp_path / "gone.csv"), "tune.n_trials=2"]
     done = textclf_here(*args, cwd=tmp_path)

@@ -1,5 +1,8 @@
-"""Entry points: `textclf train|resume|baseline|compare|bench|predict|evaluate [hydra overrides]`,
-one Hydra app each (`resume` is `train` again, in an interrupted run's folder with its overrides).
+"""Entry points: `textclf train|resume|evaluate|predict|register [hydra overrides]` and the
+studies' `textclf tune|baseline|compare|bench`, one Hydra app each, listed with its primary
+config in one table, `COMMANDS` (`resume` is `train` again, in an interrupted run's folder with
+its overrides); and `textclf log-model <run folder>`. The study commands import
+`textclf.studies` only when they run.
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -17,7 +20,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -142,13 +145,12 @@ def _quiet_cuda_probe() -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .compare import CompareError
     from .data import DataError
     from .inference import PredictError
     from .tracking import TrackingError
     from .train import CheckpointMismatch
 
-    return ConfigError, DataError, TrackingError, PredictError, CompareError, CheckpointMismatch
+    return ConfigError, DataError, TrackingError, PredictError, CheckpointMismatch
 
 
 def _fail_clearly(error: BaseException) -> NoReturn:
@@ -246,14 +248,18 @@ def _train(cfg: DictConfig, hydra_cfg: HydraConf) -> float:
 
 def project_store() -> str:
     """The MLflow store `make ui` serves (conf/tracking/sqlite.yaml's)."""
-    return f"sqlite:///{ROOT}/outputs/mlflow.db"
+    from . import tracking
+
+    return tracking.sqlite_uri(ROOT / "outputs" / "mlflow.db")
 
 
 def where_to_look(uri: str, link: str) -> str:
     """How to open `link`: `make ui` serves the project's store, `mlflow ui` another file."""
+    from . import tracking
+
     if uri == project_store():
         return f"make ui, then {link}"
-    if uri.startswith("sqlite:///"):
+    if tracking.sqlite_path(uri) is not None:
         return f"mlflow ui --backend-store-uri {uri}, then {link}"
     return link
 
@@ -284,13 +290,42 @@ def summary(config: Config, metrics: dict[str, float]) -> str:
     )
 
 
+@task_wrapper
+def predict(cfg: DictConfig) -> None:
+    from . import predict as classify
+
+    classify.run(structured(cfg, PredictConfig, "config_schema_predict"))
+
+
+@task_wrapper
+def register(cfg: DictConfig) -> None:
+    """A run's model (default: the newest run's) as a registered version with an alias."""
+    from . import tracking
+
+    config = structured(cfg, RegisterConfig, "config_schema_register")
+    assert config.name and config.alias  # RegisterConfig refuses a config without them
+    model = tracking.model_uri(config.tracking.uri, config.tracking.experiment, config.run_id)
+    tracking.register_model(config.tracking.uri, model, config.name, config.alias)
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> None:
+    from . import evaluate_model
+
+    evaluate_model.run(structured(cfg, EvaluateModelConfig, "config_schema_evaluate_model"))
+
+
+# The studies' commands (studies/): each imports its study when it runs, never before
+# (docs/design.md, tests/test_structure.py).
+
+
 def tune(space: dict[str, str]) -> Callable[[DictConfig], object]:
     """`textclf tune`: the Optuna study of conf/hparams_search/<file> (`tune.space`), with
     `space` from the command line (its sweeps) added and keys fixed there taken out."""
 
     @task_wrapper
     def search(cfg: DictConfig) -> None:
-        from . import tune as study
+        from .studies import tune as study
 
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
@@ -338,7 +373,7 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 @task_wrapper
 def baseline(cfg: DictConfig) -> None:
-    from . import baseline as reference
+    from .studies import baseline as reference
 
     reference.run(
         structured(cfg, BaselineConfig, "config_schema_baseline"),
@@ -348,7 +383,7 @@ def baseline(cfg: DictConfig) -> None:
 
 @task_wrapper
 def compare(cfg: DictConfig) -> None:
-    from . import compare as report
+    from .studies import compare as report
 
     config = structured(cfg, CompareConfig, "config_schema_compare")  # validates alpha
     report.main(
@@ -365,7 +400,7 @@ def compare(cfg: DictConfig) -> None:
 def bench(cfg: DictConfig) -> None:
     """Every `batching=` option as composed by Hydra, with the run's batch size and padding
     side, so all strategies train the same model on the same batches."""
-    from . import bench as benchmark
+    from .studies import bench as benchmark
 
     config = to_object(cfg)
     # the command line's batching settings for every strategy, all at the same rows per
@@ -390,44 +425,6 @@ def bench(cfg: DictConfig) -> None:
     for name in ("bucket", "pooled"):
         strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
     benchmark.run(config, strategies)
-
-
-@task_wrapper
-def predict(cfg: DictConfig) -> None:
-    from . import predict as classify
-
-    classify.run(structured(cfg, PredictConfig, "config_schema_predict"))
-
-
-@task_wrapper
-def register(cfg: DictConfig) -> None:
-    """A run's model (default: the newest run's) as a registered version with an alias."""
-    from . import tracking
-
-    config = structured(cfg, RegisterConfig, "config_schema_register")
-    assert config.name and config.alias  # RegisterConfig refuses a config without them
-    model = tracking.model_uri(config.tracking.uri, config.tracking.experiment, config.run_id)
-    tracking.register_model(config.tracking.uri, model, config.name, config.alias)
-
-
-@task_wrapper
-def evaluate(cfg: DictConfig) -> None:
-    from . import evaluate_model
-
-    evaluate_model.run(structured(cfg, EvaluateModelConfig, "config_schema_evaluate_model"))
-
-
-COMMANDS: dict[str, tuple[str, Callable[[DictConfig], object]]] = {
-    "train": ("config", train),
-    "resume": ("config", train),
-    "tune": ("config", tune({})),  # main() builds it with the command line's sweeps
-    "baseline": ("baseline", baseline),
-    "compare": ("compare", compare),
-    "predict": ("predict", predict),
-    "evaluate": ("evaluate_model", evaluate),
-    "register": ("register", register),
-    "bench": ("bench", bench),
-}
 
 
 def _quote_text(arg: str) -> str:
@@ -510,6 +507,91 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+App = Callable[[DictConfig], object]  # a Hydra app: the task `hydra.main` runs
+KILLED = (
+    " Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the last"
+    " completed epoch."
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `textclf <name>`: the Hydra app that runs it, the primary config it composes, and what
+    `main` does before and after."""
+
+    config: str  # conf/<config>.yaml
+    app: App | None  # None: `prepare` builds it from the command line (tune's search space)
+    # the command line as Hydra is to read it, and the app to run
+    prepare: Callable[[list[str]], tuple[list[str], App]] | None = None
+    models: bool = False  # registers the models' schemas (`model=<name>`; imports TensorFlow)
+    outputs: bool = False  # writes under outputs/: its folder is checked before Hydra starts
+    interrupted: str = ""  # what the message after Ctrl-C or SIGTERM adds
+
+    def arguments(self, args: list[str]) -> tuple[list[str], App]:
+        if self.prepare is not None:
+            return self.prepare(args)
+        assert self.app is not None
+        return args, self.app
+
+
+def _no_search(command: str, args: list[str]) -> None:
+    if any(a.startswith("hparams_search=") for a in args):
+        _usage_error(
+            f"hparams_search: a search runs with `textclf tune` (make tune), not "
+            f"`textclf {command}`"
+        )
+
+
+def _train_args(args: list[str]) -> tuple[list[str], App]:
+    _no_search("train", args)
+    return args, train
+
+
+def _resume_args(args: list[str]) -> tuple[list[str], App]:
+    args = resume.arguments(args, ROOT / "outputs")
+    _no_search("resume", args)
+    return args, train
+
+
+def _tune_args(args: list[str]) -> tuple[list[str], App]:
+    if importlib.util.find_spec("optuna") is None:
+        _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
+    if {"-m", "--multirun"} & set(args):
+        _usage_error("textclf tune runs its trials itself: drop --multirun")
+    args, space = _split_sweeps(args)
+    if not any(a.startswith("hparams_search=") for a in args):
+        args.insert(0, "hparams_search=imdb_optuna")
+    args.insert(0, "hydra.job.name=tune")  # its log: tune.log
+    return args, tune(space)
+
+
+def _predict_args(args: list[str]) -> tuple[list[str], App]:
+    return [_quote_text(a) for a in args], predict
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("config", train, _train_args, models=True, outputs=True, interrupted=KILLED),
+    "resume": Command("config", train, _resume_args, models=True, outputs=True, interrupted=KILLED),
+    "tune": Command(
+        "config",
+        None,
+        _tune_args,
+        models=True,
+        outputs=True,
+        interrupted=(
+            " The trial it trained is FAIL in the study and its run KILLED; `make tune`"
+            " (textclf tune) again continues the study."
+        ),
+    ),
+    "baseline": Command("baseline", baseline),
+    "compare": Command("compare", compare),
+    "predict": Command("predict", predict, _predict_args),
+    "evaluate": Command("evaluate_model", evaluate, outputs=True),
+    "register": Command("register", register),
+    "bench": Command("bench", bench, models=True, outputs=True),
+}
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "log-model":
@@ -521,47 +603,20 @@ def main() -> None:
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
         _quiet_cuda_probe()
-    config_name, task = COMMANDS[args[0]]
-    rest = ["bench.quick=true" if a == "--quick" else a for a in args[1:]]
-    if args[0] == "predict":
-        rest = [_quote_text(a) for a in rest]
-    if args[0] == "resume":
-        rest = resume.arguments(rest, ROOT / "outputs")
-    if args[0] in ("train", "resume") and any(a.startswith("hparams_search=") for a in rest):
-        _usage_error(
-            f"hparams_search: a search runs with `textclf tune` (make tune), not "
-            f"`textclf {args[0]}`"
-        )
-    if args[0] == "tune":
-        if importlib.util.find_spec("optuna") is None:
-            _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
-        if {"-m", "--multirun"} & set(rest):
-            _usage_error("textclf tune runs its trials itself: drop --multirun")
-        rest, space = _split_sweeps(rest)
-        if not any(a.startswith("hparams_search=") for a in rest):
-            rest.insert(0, "hparams_search=imdb_optuna")
-        rest.insert(0, "hydra.job.name=tune")  # its log: tune.log
-        task = tune(space)
-    if config_name in ("config", "bench"):
+    name, command = args[0], COMMANDS[args[0]]
+    rest, app = command.arguments(["bench.quick=true" if a == "--quick" else a for a in args[1:]])
+    if command.models:
         register_schemas(with_models=True)
-    if config_name in ("config", "bench", "evaluate_model"):
+    if command.outputs:
         _check_output_folders(rest)
-    sys.argv = [f"textclf-{args[0]}", *rest]
+    sys.argv = [f"textclf-{name}", *rest]
     try:
-        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+        hydra.main(config_path=str(CONF_DIR), config_name=command.config, version_base="1.3")(app)()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a message, not a traceback
-        then = (
-            " Its MLflow run is KILLED; `make resume` (textclf resume) continues it from the"
-            " last completed epoch."
-            if config_name == "config"
-            else ""
+        print(
+            f"textclf {name}: interrupted ({stop or 'Ctrl-C'}).{command.interrupted}",
+            file=sys.stderr,
         )
-        if args[0] == "tune":
-            then = (
-                " The trial it trained is FAIL in the study and its run KILLED; `make tune`"
-                " (textclf tune) again continues the study."
-            )
-        print(f"textclf {args[0]}: interrupted ({stop or 'Ctrl-C'}).{then}", file=sys.stderr)
         raise SystemExit(130) from None
 
 

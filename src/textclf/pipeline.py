@@ -75,7 +75,7 @@ def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
     return Vectorized(vectorizer, splits, texts, counts)
 
 
-def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1) -> Batches:
+def batch(tokens: Vectorized, spec: BatchingConfig, seed: int) -> Batches:
     """Padded batches as `spec` says; each epoch's shuffle depends on (seed, epoch) alone."""
     train_split, test_split = tokens.splits["train"], tokens.splits["test"]
     boundaries = (
@@ -84,23 +84,16 @@ def batch(tokens: Vectorized, spec: BatchingConfig, seed: int, replicas: int = 1
         else None
     )
 
-    def even(ds: tf.data.Dataset) -> tf.data.Dataset:
-        # Uneven per-replica splits break TF's cross-replica sums (AddN shapes): Keras fits
-        # only batches that split evenly; the skipped reviews are counted.
-        return ds if replicas == 1 else ds.filter(lambda x, y: tf.shape(x)[0] % replicas == 0)
-
     train_examples = batching.examples(train_split.tokens, train_split.labels)
     val_examples = batching.examples(tokens.splits["val"].tokens, tokens.splits["val"].labels)
     test_examples = batching.examples(test_split.tokens, np.arange(len(test_split), dtype=np.int32))
 
     def train_epoch(epoch: int) -> tf.data.Dataset:
-        return even(
-            batching.make_dataset(
-                train_examples, spec, boundaries, shuffle=True, seed=seed, epoch=epoch
-            )
+        return batching.make_dataset(
+            train_examples, spec, boundaries, shuffle=True, seed=seed, epoch=epoch
         )
 
-    val = batching.counted(even(batching.make_dataset(val_examples, spec, boundaries)))
+    val = batching.counted(batching.make_dataset(val_examples, spec, boundaries))
     test = batching.make_dataset(test_examples, spec, boundaries)
     return Batches(train_epoch, val, test, batching.padding_stats(train_epoch(0)), boundaries)
 
@@ -117,16 +110,13 @@ def model_inputs(tokens: Vectorized, num_classes: int, cfg: Config) -> models.Mo
     )
 
 
-def build(
-    cfg: Config, inputs: models.ModelInputs, strategy: tf.distribute.Strategy | None = None
-) -> keras.Model:
+def build(cfg: Config, inputs: models.ModelInputs) -> keras.Model:
     """The classifier `cfg.model` names (models/), compiled for Keras' loop unless the model
-    fits itself, its variables placed by the distribution `strategy`."""
-    with (strategy or tf.distribute.get_strategy()).scope():
-        net = models.build(cfg.model, inputs)
-        if models.spec(cfg.model).fit:  # an optimizer never stepped would be saved with it
-            return net
-        return train.compile_model(net, inputs.num_classes, cfg.train)
+    fits itself."""
+    net = models.build(cfg.model, inputs)
+    if models.spec(cfg.model).fit:  # an optimizer never stepped would be saved with it
+        return net
+    return train.compile_model(net, inputs.num_classes, cfg.train)
 
 
 def fit(
@@ -248,14 +238,11 @@ def run(
             "\n".join(tokens.vectorizer.get_vocabulary()) + "\n", encoding="utf-8"
         )
 
-        strategy = train.distribution(cfg.train.strategy, cfg.train.mixed_precision)
-        batches = batch(tokens, cfg.batching, cfg.train.seed, strategy.num_replicas_in_sync)
+        batches = batch(tokens, cfg.batching, cfg.train.seed)
         if batches.boundaries:
             boundaries = {"bucket_boundaries": str(batches.boundaries)}
             mlrun.set_tags(boundaries)
             folder.add_tags(boundaries)
-        skipped = len(tokens.splits["train"]) - batches.padding.reviews  # uneven replica splits
-        report["counts"]["skipped_small_batch"] = skipped
         folder.write_json(RunFolder.DATA_REPORT, report)
         mlrun.log_params(run_folder.data_params(report))
         log.info(
@@ -266,7 +253,7 @@ def run(
 
         class_names = dataset.class_names
         inputs = model_inputs(tokens, len(class_names), cfg)
-        net = build(cfg, inputs, strategy)
+        net = build(cfg, inputs)
         fitted = fit(net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason

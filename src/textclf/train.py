@@ -40,16 +40,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def distribution(name: str, mixed_precision: bool) -> tf.distribute.Strategy:
-    """Where the model lives: `default` (one device) or `mirrored` (every local GPU, else the
-    CPU)."""
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 class StopOnNaN(keras.callbacks.Callback):
     """Stop with an error (not silently, as TerminateOnNaN does) when the loss diverges."""
 
@@ -145,60 +135,21 @@ def reset_peak_rss() -> None:
 
 
 def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig) -> keras.Model:
-    settings = {"learning_rate": learning_rate(cfg)}
+    settings: dict[str, float] = {"learning_rate": cfg.learning_rate}
     if cfg.weight_decay or cfg.optimizer == "adamw":  # not AdamW's own hidden 0.004
         settings["weight_decay"] = cfg.weight_decay
     if cfg.clipnorm:
         settings["global_clipnorm"] = cfg.clipnorm
     opt = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
-    model.compile(optimizer=opt, loss=loss(num_classes, cfg.label_smoothing), metrics=["accuracy"])
+    model.compile(optimizer=opt, loss=loss(num_classes), metrics=["accuracy"])
     return model
 
 
-def learning_rate(cfg: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """`cfg.learning_rate`, or with `schedule=cosine` a linear warm-up to it over
-    `warmup_steps`, then a cosine decay that reaches 0 at step `decay_steps` (default:
-    `max_steps`)."""
-    if cfg.schedule == "constant":
-        return cfg.learning_rate
-    start = cfg.learning_rate if not cfg.warmup_steps else cfg.learning_rate / cfg.warmup_steps
-    decay = cfg.decay_steps or cfg.max_steps
-    assert decay is not None  # TrainConfig refuses schedule=cosine without either
-    return keras.optimizers.schedules.CosineDecay(
-        start,
-        decay_steps=decay - cfg.warmup_steps,
-        warmup_target=cfg.learning_rate if cfg.warmup_steps else None,
-        warmup_steps=cfg.warmup_steps,
-    )
-
-
-def loss(num_classes: int, label_smoothing: float) -> keras.losses.Loss:
-    """Cross-entropy for a sigmoid (two classes) or softmax head, targets smoothed towards
-    uniform by `label_smoothing` (Keras' sparse loss has no smoothing: `SmoothedSparseCE`)."""
+def loss(num_classes: int) -> keras.losses.Loss:
+    """Cross-entropy for a sigmoid (two classes) or softmax head."""
     if num_classes == 2:
-        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-    if label_smoothing:
-        return SmoothedSparseCE(label_smoothing)
+        return keras.losses.BinaryCrossentropy()
     return keras.losses.SparseCategoricalCrossentropy()
-
-
-@keras.saving.register_keras_serializable(package="textclf")
-class SmoothedSparseCE(keras.losses.Loss):
-    """Categorical cross-entropy with label smoothing, from integer class ids."""
-
-    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_ce", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        ids = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
-        one_hot = keras.ops.one_hot(ids, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(
-            one_hot, y_pred, label_smoothing=self.label_smoothing
-        )
-
-    def get_config(self) -> dict:
-        return super().get_config() | {"label_smoothing": self.label_smoothing}
 
 
 class CheckpointMismatch(RuntimeError):
@@ -264,11 +215,10 @@ class Checkpoint(keras.callbacks.Callback):
         """Weights, RNG state and optimizer slots as saved (call before `fit`)."""
         if not self._saved:
             return
-        with model.distribute_strategy.scope():
-            if not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
-            _assign(model.variables, self._saved, "model", self.path)
-            _assign(model.optimizer.variables, self._saved, "optimizer", self.path)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        _assign(model.variables, self._saved, "model", self.path)
+        _assign(model.optimizer.variables, self._saved, "optimizer", self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():

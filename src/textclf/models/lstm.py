@@ -44,8 +44,8 @@ class LstmConfig(bow.Ngrams, ModelConfig):
     bidirectional: bool = True  # reads each review both ways: +1 point on IMDB for 2x time
     dropout: float = 0.3  # on the LSTM inputs, before the head and on the n-gram rows
     masking: str = "mask_zero"  # mask_zero | masking_layer | explicit | none
-    # mean: masked average of the LSTM outputs | last: final state | max: masked maximum |
-    # concat: mean, max and final state side by side
+    # mean: masked average of the LSTM outputs | last: final state. Measured, then removed:
+    # max (masked maximum) and concat (mean, max and final state), no gain (docs/results.md)
     pooling: str = "mean"
     # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
     # answers; one kernel call per review instead of a loop of small ops per step: single-review
@@ -69,7 +69,7 @@ class LstmConfig(bow.Ngrams, ModelConfig):
                 "model.segment",
                 "windows are pooled by their mask: use model.pooling=mean and a masking mode",
             )
-        one_of(self.pooling, "model.pooling", ("mean", "last", "max", "concat"))
+        one_of(self.pooling, "model.pooling", ("mean", "last"))
         check(
             self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
         )
@@ -165,32 +165,13 @@ class WindowMean(layers.Layer):
         return None
 
 
-@keras.saving.register_keras_serializable(package="textclf")
-class MaskedMaxPooling(layers.Layer):
-    """The maximum over unmasked steps (`GlobalMaxPooling1D` takes no mask, so padded steps'
-    outputs would count)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def call(self, inputs, mask=None):
-        if mask is not None:
-            lowest = ops.cast(-1e9, inputs.dtype) if inputs.dtype != "float16" else -6e4
-            inputs = ops.where(ops.expand_dims(mask, -1), inputs, lowest)
-        return ops.max(inputs, axis=1)
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-
 def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     """An uncompiled model from padded int ids [batch, time] to class probabilities.
 
     `pooling="last"` classifies from the LSTM's final (last unmasked) state; `"mean"` from the
-    average of its outputs over the unmasked steps, which keeps early words of long reviews;
-    `"max"` from their maximum; `"concat"` from all three side by side. The explicit mask is
-    shaped for the side the batches are padded on. The n-gram half joins in `finish`.
+    average of its outputs over the unmasked steps, which keeps early words of long reviews.
+    The explicit mask is shaped for the side the batches are padded on. The n-gram half joins
+    in `finish`.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
@@ -209,7 +190,6 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
         cfg.units,
         dropout=cfg.dropout,
         return_sequences=cfg.pooling != "last",
-        return_state=cfg.pooling == "concat",
         use_cudnn=use_cudnn,
         name="lstm",
     )
@@ -221,7 +201,9 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
         )
         x = WindowMean(name="mean_pool")([rnn(windows, mask=window_mask), window_mask, tokens])
     else:
-        x = _pool(rnn(x, mask=mask), cfg, mask)
+        x = rnn(x, mask=mask)
+        if cfg.pooling == "mean":  # over the unmasked steps: padded ones never count
+            x = layers.GlobalAveragePooling1D(name="mean_pool")(x, mask=mask)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     logits = bow.head_logits(x, inputs.num_classes, name="lstm_logits")
     return keras.Model(tokens, bow.probabilities(logits, inputs.num_classes), name="lstm")
@@ -330,22 +312,3 @@ def serving(net: keras.Model, cfg: LstmConfig) -> keras.Model:
     """The trained network as model.keras runs it: with `serve_lstm=fused`, TensorFlow's fused
     LSTM kernel holding the same weights."""
     return fused_copy(net) if cfg.serve_lstm == "fused" else net
-
-
-def _pool(outputs, cfg: LstmConfig, mask):
-    """One vector per review from the LSTM's outputs; padded steps never count."""
-    if cfg.pooling == "last":
-        return outputs
-    if cfg.pooling == "concat":  # the sequence, then (h, c) per direction
-        outputs, states = outputs[0], outputs[1:]
-        final = (
-            layers.Concatenate(name="final_state")(states[0::2]) if cfg.bidirectional else states[0]
-        )
-    pools = []
-    if cfg.pooling in ("mean", "concat"):
-        pools.append(layers.GlobalAveragePooling1D(name="mean_pool")(outputs, mask=mask))
-    if cfg.pooling in ("max", "concat"):
-        pools.append(MaskedMaxPooling(name="max_pool")(outputs, mask=mask))
-    if cfg.pooling == "concat":
-        return layers.Concatenate(name="pools")([*pools, final])
-    return pools[0]

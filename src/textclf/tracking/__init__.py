@@ -29,6 +29,8 @@ from .runs import (
     run_exists,
     search,
     source_tags,
+    sqlite_path,
+    sqlite_uri,
     start_run,
 )
 from .ui import note, ui_link
@@ -57,6 +59,8 @@ __all__ = [
     "run_exists",
     "search",
     "source_tags",
+    "sqlite_path",
+    "sqlite_uri",
     "start_run",
     "ui_link",
 ]

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from ..run_folder import RunFolder, data_params
 from .outage import TrackingError, Unreachable, is_unreachable
-from .runs import Run, connect
+from .runs import Run, connect, sqlite_path
 
 MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
 MODEL = "model"  # the logged model's name in its run
@@ -264,7 +264,8 @@ def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | N
 
 def _existing_store(uri: str) -> MlflowClient:
     """A client on a store that exists: opening a missing SQLite file would create an empty one."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file():
         raise TrackingError(
             f"no MLflow store at {uri}: train a model first (make train), or pass model_path=."
         )

@@ -54,6 +54,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs s
 # migrations) would be a run's last words; MLFLOW_LOGGING_LEVEL=INFO brings them back.
 logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL") or "WARNING")
 PARENT_TAG = "mlflow.parentRunId"
+SQLITE = "sqlite:///"  # an SQLite store's URI: this, then the file's absolute path (sqlite_uri)
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 TFDS = "tfds:"
 _BATCH = 100
@@ -61,18 +62,28 @@ _LOST_INSERT_RACE = "/gkpj)"  # the end of the link SQLAlchemy puts in an Integr
 log = logging.getLogger(__name__)
 
 
+def sqlite_uri(path: Path | str) -> str:
+    """The URI of the SQLite store (MLflow's, or Optuna's) in the file at absolute `path`."""
+    return f"{SQLITE}{path}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of an SQLite store's URI (`sqlite_uri`'s inverse); None for any other store."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
+
+
 def _local_artifacts(uri: str) -> str | None:
     """Artifact root beside a local SQLite store; None lets a tracking server decide."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return None
+    store = sqlite_path(uri)
+    return None if store is None else (store.parent / "mlartifacts").as_uri()
 
 
 def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, created if needed; fails fast naming the URI. An
     experiment of `training` runs gets the description and kind the UI shows (`describe`)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    store = sqlite_path(uri)
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -312,7 +323,8 @@ def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, Any]) -
 
 def search(uri: str, experiment: str) -> pd.DataFrame:
     """Runs of an experiment as a pandas DataFrame (empty when there is none)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    store = sqlite_path(uri)
+    if store is not None and not store.exists():
         return pd.DataFrame()  # reading must not create a store
     found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
     if found is None:

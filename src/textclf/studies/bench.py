@@ -22,10 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import batching, data, inference, pipeline, tracking, train
-from .config import BatchingConfig, Config, ConfigError
-from .models.lstm import LstmConfig
-from .run_folder import RunFolder
+from .. import batching, data, inference, pipeline, tracking, train
+from ..config import BatchingConfig, Config, ConfigError
+from ..models.lstm import LstmConfig
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 

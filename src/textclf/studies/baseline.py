@@ -28,10 +28,10 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from . import data, evaluate, tokenize, tracking
-from .config import BaselineConfig, TokenizeConfig, flatten
-from .models import bow
-from .run_folder import RunFolder
+from .. import data, evaluate, tokenize, tracking
+from ..config import BaselineConfig, TokenizeConfig, flatten
+from ..models import bow
+from ..run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

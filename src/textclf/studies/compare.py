@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import tracking
+from .. import tracking
+from ..config import ConfigError
 
 log = logging.getLogger(__name__)
 SEED = "train.seed"
@@ -86,8 +87,9 @@ REFERENCE = "reference"  # the variant name of a `make baseline` run
 REFERENCE_TAG = "tags.reference"  # "true" on it
 
 
-class CompareError(ValueError):
-    """Nothing to compare; the message says where it looked."""
+class CompareError(ConfigError):
+    """Nothing to compare; the message says where it looked (a user's mistake, as a
+    ConfigError: one message, exit code 2)."""
 
 
 def select_runs(uri: str, experiment: str, sweep: str) -> tuple[pd.DataFrame, str | None]:

@@ -29,17 +29,18 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from . import pipeline, tracking
-from .config import Config, ConfigError, TuneConfig
-from .run_folder import RunFolder
+from .. import pipeline, tracking
+from ..config import Config, ConfigError, TuneConfig
+from ..run_folder import PARENT_RUN_ID, RunFolder
 
 log = logging.getLogger(__name__)
 DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
 }
-RUN_ID = "mlflow_run_id"  # a trial's user attribute: its MLflow child run
-PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's user attribute: the search's parent run
+# A trial's user attribute naming its MLflow child run, and the study's naming the search's
+# parent run: the names of the run and sweep folder files that hold the same ids
+RUN_ID = RunFolder.RUN_ID
 METRIC = "optimized_metric"  # the study's user attribute: what its trials return
 HISTORY, IMPORTANCE, TRIALS = "optuna_history.png", "optuna_importance.png", "optuna_trials.csv"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -132,8 +133,9 @@ def pruner(cfg: TuneConfig, direction: str) -> optuna.pruners.BasePruner:
 def _own_database(storage: str, tracking_uri: str) -> None:
     """Refuse MLflow's database: Optuna's migrations would share its `alembic_version` table."""
     shown = sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    store = tracking.sqlite_path(storage)
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sqlalchemy.create_engine(storage)
         try:

@@ -95,9 +95,9 @@ def check(folder: Path) -> list[Result]:
     import keras
     import tensorflow as tf
 
-    from . import models
-    from .models.fused import fused_copy, lstm_layers
-    from .models.lstm import LstmConfig
+    from .. import models
+    from ..models.fused import fused_copy, lstm_layers
+    from ..models.lstm import LstmConfig
 
     tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 on both sides
     results = []
@@ -123,7 +123,7 @@ def check(folder: Path) -> list[Result]:
             )
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "-1"}
     subprocess.run(
-        [sys.executable, "-m", "textclf.gpu_check", "--cpu-answers", str(folder)],
+        [sys.executable, "-m", "textclf.studies.gpu_check", "--cpu-answers", str(folder)],
         env=env,
         check=True,
     )
@@ -139,7 +139,7 @@ def cpu_answers(folder: Path) -> None:
     import keras
     import tensorflow as tf
 
-    from . import models  # noqa: F401  (registers the saved models' layers)
+    from .. import models  # noqa: F401  (registers the saved models' layers)
 
     if tf.config.list_physical_devices("GPU"):
         raise SystemExit("gpu-check: the CPU process sees a GPU (CUDA_VISIBLE_DEVICES=-1?)")

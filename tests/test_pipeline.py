@@ -261,10 +261,13 @@ def test_a_fixed_length_model_is_served_cut_where_it_was_trained(make_config, tm
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0
 
 
-@pytest.mark.parametrize("side", ["post", "pre"])
-def test_a_segmented_model_serves_as_it_evaluated(make_config, tmp_path, side):
+@pytest.mark.parametrize(
+    ("side", "mixed"), [("post", False), ("pre", False), ("post", True)], ids=str
+)
+def test_a_segmented_model_serves_as_it_evaluated(make_config, tmp_path, side, mixed):
     """`model.segment`: reviews shorter and longer than a window (3 tokens), in random
-    batches; the exported model cuts each review where training did."""
+    batches, alone and mixed with the n-grams; the exported model cuts each review where
+    training did."""
     metrics, _ = train_here(
         make_config,
         tmp_path,
@@ -273,7 +276,7 @@ def test_a_segmented_model_serves_as_it_evaluated(make_config, tmp_path, side):
         "model.segment=3",
         "model.bidirectional=true",
         "evaluate.served_limit=40",
-        *LSTM_ONLY,
+        *(["evaluate.plots=false"] if mixed else LSTM_ONLY),
     )
     assert metrics["padding_efficiency"] < 0.8
     assert metrics["served_max_abs_diff"] <= 1e-4 and metrics["served_agreement"] == 1.0

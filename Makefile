@@ -46,13 +46,18 @@ lock: ## Pin both locks to pyproject.toml (keeps pins that still fit; UPGRADE=1:
 	$(UV_COMPILE) $(foreach e,$(subst $(comma), ,$(LOCK_EXTRAS)),--extra $(e)) \
 		$(foreach p,$(RAY_CAPS),--upgrade-package $(p)) -o $(LOCK)
 
-train: ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
+# On a fresh clone every command target makes .venv first (make install, EXTRAS=dev by default).
+$(BIN)/textclf:
+	@echo "no $(VENV) yet: make install EXTRAS=$(EXTRAS) first"
+	@$(MAKE) --no-print-directory install
+
+train: | $(BIN)/textclf ## Train and evaluate once; Hydra overrides via ARGS="model.units=128 train.epochs=3"
 	$(BIN)/textclf train $(ARGS)
 
-resume: ## Continue an interrupted run (RUN=<folder>, default: newest) or sweep (SWEEP=outputs/sweeps/<folder>)
+resume: | $(BIN)/textclf ## Continue an interrupted run (RUN=<folder>, default: newest) or sweep (SWEEP=outputs/sweeps/<folder>)
 	$(BIN)/textclf resume $(or $(SWEEP),$(RUN)) $(ARGS)
 
-sweep: ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
+sweep: | $(BIN)/textclf ## Run the padding/masking comparison as one Hydra multirun (ARGS pass through)
 	$(BIN)/textclf train --multirun $(if $(findstring experiment=,$(ARGS)),,experiment=compare_padding) $(ARGS)
 
 # make evidence: the padding evidence in docs/results.md, 6 variants x 3 seeds: the five batching
@@ -68,7 +73,7 @@ FIXED ?= 500
 TRACKING ?=
 EVIDENCE_DIR ?= $(CURDIR)/docs/evidence_$(NAME)
 EVIDENCE := experiment=compare_strategies $(DATA) tracking.experiment=evidence_$(NAME) $(TRACKING)
-evidence: ## Regenerate the padding evidence (3 seeds; NAME=, DATA=, FIXED= for other data) into docs/evidence_<NAME>/
+evidence: | $(BIN)/textclf ## Regenerate the padding evidence (3 seeds; NAME=, DATA=, FIXED= for other data) into docs/evidence_<NAME>/
 	@echo "make evidence: part 1 of 3, fixed (each job logs 'sweep job n of N' and the time left)"
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=fixed batching.max_length=$(FIXED) $(ARGS)
 	@echo "make evidence: part 2 of 3, per_batch, bucket, exact, pooled"
@@ -77,33 +82,33 @@ evidence: ## Regenerate the padding evidence (3 seeds; NAME=, DATA=, FIXED= for 
 	$(BIN)/textclf train --multirun $(EVIDENCE) batching=per_batch model.masking=none $(ARGS)
 	$(BIN)/textclf compare tracking.experiment=evidence_$(NAME) sweep=all out_dir=$(EVIDENCE_DIR) $(TRACKING)
 
-tune: ## Optuna search (conf/hparams_search/), pruned per epoch; again, it continues the study
+tune: | $(BIN)/textclf ## Optuna search (conf/hparams_search/), pruned per epoch; again, it continues the study
 	$(BIN)/textclf tune $(ARGS)
 
-baseline: ## The reference (TF-IDF + logistic regression) on a run's split: ARGS="<its data overrides> tracking.experiment=<its>"
+baseline: | $(BIN)/textclf ## The reference (TF-IDF + logistic regression) on a run's split: ARGS="<its data overrides> tracking.experiment=<its>"
 	$(BIN)/textclf baseline $(ARGS)
 
-compare: ## Table and plots comparing the runs of an experiment or sweep, from MLflow
+compare: | $(BIN)/textclf ## Table and plots comparing the runs of an experiment or sweep, from MLflow
 	$(BIN)/textclf compare $(ARGS)
 
 # make register: NAME is read from the command line only (the evidence target's NAME has a
 # default); without RUN, the newest finished run of tracking.experiment.
-register: ## Register a run's model with an alias: RUN=<run id> NAME=<model> ALIAS=champion (then model_uri=models:/<model>@champion)
+register: | $(BIN)/textclf ## Register a run's model with an alias: RUN=<run id> NAME=<model> ALIAS=champion (then model_uri=models:/<model>@champion)
 	$(BIN)/textclf register $(if $(RUN),run_id=$(RUN)) $(if $(filter command line,$(origin NAME)),name=$(NAME)) $(if $(ALIAS),alias=$(ALIAS)) $(ARGS)
 
-evaluate: ## Score a saved model on labelled data: ARGS="data=csv data.path=x.csv split=all model_path=..."
+evaluate: | $(BIN)/textclf ## Score a saved model on labelled data: ARGS="data=csv data.path=x.csv split=all model_path=..."
 	$(BIN)/textclf evaluate $(ARGS)
 
-predict: ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_uri=models:/<name>@<alias>)
+predict: | $(BIN)/textclf ## Classify with the newest run's model: ARGS='text="a fine film"' (or file=, out=, model_uri=models:/<name>@<alias>)
 	$(BIN)/textclf predict $(ARGS)
 
-bench: ## Benchmark the batching strategies, input pipeline and inference (ARGS="--quick" for a smoke test)
+bench: | $(BIN)/textclf ## Benchmark the batching strategies, input pipeline and inference (ARGS="--quick" for a smoke test)
 	$(BIN)/textclf bench $(ARGS)
 
 gpu-check: ## On a GPU: train post/pre masked LSTMs, say if cuDNN ran, compare saved models' GPU/CPU answers
 	$(BIN)/python -m textclf.studies.gpu_check
 
-ui: ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
+ui: | $(BIN)/textclf ## Open the MLflow UI on http://127.0.0.1:5000 over the project's store
 	@echo "make ui: on http://127.0.0.1:$${PORT:-5000}, click 'Model training' (top left) once for the training runs"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
 
@@ -159,21 +164,21 @@ browser: ## Install Debian's chromium for the browser test when missing (root or
 
 test: lint test-fast test-rest ## The whole suite as CI runs it: lint, the fast tier, then the rest
 
-test-fast: ## The inner loop: unit, property and in-process pipeline tests on tiny data
+test-fast: | $(BIN)/textclf ## The inner loop: unit, property and in-process pipeline tests on tiny data
 	$(BIN)/pytest -m "not slow and not e2e" -n 2 --dist loadfile
 
 # Workers: the fast tier keeps both cores busy (3 workers: no faster); the rest waits on servers
 # and subprocess start-ups, so 4 workers fill the cores (same hour, 2-core Xeon: 2 workers 14:39,
 # 3 12:31, 4 11:56).
-test-rest: ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
+test-rest: | $(BIN)/textclf ## What test-fast leaves out: end-to-end CLI, servers, clusters, browser, real data
 	$(BIN)/pytest -m "slow or e2e" -n 4 --dist loadfile
 
-lint: ## ruff (lint, format) and mypy on src/; make format applies ruff's, pre-commit install runs them on commit
+lint: | $(BIN)/textclf ## ruff (lint, format) and mypy on src/; make format applies ruff's, pre-commit install runs them on commit
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
-format: ## Apply ruff's formatting and its safe lint fixes
+format: | $(BIN)/textclf ## Apply ruff's formatting and its safe lint fixes
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 

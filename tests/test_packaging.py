@@ -117,3 +117,23 @@ def test_make_install_reads_the_ray_lock_only_with_the_ray_extra(extras, lock):
         check=True,
     ).stdout
     assert f"-c {lock} -e '.[{extras}]'" in shown
+
+
+@pytest.mark.parametrize("target", ["train", "test", "sweep", "predict"])
+def test_a_fresh_clone_makes_its_venv_before_a_command_and_not_again(tmp_path, target):
+    """The README's set-up is `make train` / `make test`: with no .venv each installs first."""
+    (tmp_path / "Makefile").write_text((ROOT / "Makefile").read_text())
+    plan = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    steps = plan.stdout.splitlines()
+    venv = next(i for i, s in enumerate(steps) if s.endswith("-m venv .venv"))
+    install = next(
+        i for i, s in enumerate(steps) if "pip install --quiet -c requirements-lock" in s
+    )
+    first_use = next(i for i, s in enumerate(steps) if s.startswith(".venv/bin/") and i > install)
+    assert venv < install < first_use
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "textclf").touch()
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    again = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True)
+    assert "pip install" not in again.stdout and "-m venv" not in again.stdout

@@ -192,9 +192,10 @@ def test_pooled_with_a_token_budget_widens_batches_of_short_reviews_within_it(
     epoch = batch_rows(batches(tokens, labels, s, shuffle=True, seed=5, epoch=2))
     assert epoch == batch_rows(batches(tokens, labels, s, shuffle=True, seed=5, epoch=2))
     assert sorted(r for b in epoch for r in b) == list(range(len(lengths)))
-    # Unshuffled, each pool is cut as `length_batches` cuts its sorted lengths.
+    # Unshuffled, each pool (of `pool` of the widest batches) is cut as `length_batches` cuts
+    # its sorted lengths.
     plain = batch_rows(batches(tokens, labels, s))
-    per_pool = s.batch_size * pool
+    per_pool = 12 * pool
     for start in range(0, len(lengths), per_pool):
         ordered = sorted(range(start, min(start + per_pool, len(lengths))), key=lengths.__getitem__)
         spans = batching.length_batches(
@@ -208,10 +209,13 @@ def test_pooled_with_a_token_budget_widens_batches_of_short_reviews_within_it(
 def test_pooled_with_a_token_budget_gives_short_reviews_wider_batches():
     lengths = [2] * 32 + [40] * 32
     tokens, labels = ragged(lengths), np.zeros(64, np.int32)
-    s = spec("pooled", pool_batches=16, token_budget=160, max_batch_rows=20)
+    s = spec("pooled", pool_batches=4, token_budget=160, max_batch_rows=20)
     sizes = [len(b) for b in batch_rows(batches(tokens, labels, s))]
-    # 2-token reviews: 20 rows (the cap), then the other 12; 40-token ones: batch_size 4
+    # one pool of 4 x 20 rows: 2-token reviews 20 rows a batch (the cap), then the other 12;
+    # 40-token ones: batch_size 4
     assert sizes == [20, 12, *[4] * 8]
+    stats = batching.padding_stats(batches(tokens, labels, s))
+    assert stats.efficiency == 1.0  # the pool holds every review: each batch one length
 
 
 def test_pooled_with_one_batch_per_pool_is_per_batch_and_with_all_is_sorted():

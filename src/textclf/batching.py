@@ -86,9 +86,11 @@ def _sorted_pools(
     token_budget: int | None = None,
     max_rows: int | None = None,
 ) -> tf.data.Dataset:
-    """Pools of `pool_batches * size` consecutive reviews, each sorted by length and cut into
-    batches of `size` (with a token budget: wider batches of short reviews, `length_batches`):
-    padding as in a sorted epoch, members as random as one pool allows."""
+    """Pools of `pool_batches` batches of consecutive reviews, each sorted by length and cut
+    into batches of `size` (with a token budget: wider batches of short reviews,
+    `length_batches`, and pools of `pool_batches` of the widest, `max_rows`, so a pool still
+    holds about `pool_batches` batches): padding as in a sorted epoch, members as random as
+    one pool allows."""
 
     def limits(lengths: np.ndarray) -> np.ndarray:
         ranges = length_batches(lengths, size, token_budget or 0, max_rows)
@@ -104,7 +106,8 @@ def _sorted_pools(
         spans = tf.data.Dataset.from_tensor_slices((starts, stops))
         return spans.map(lambda a, b: _trim(ids[a:b], labels[a:b]))
 
-    return ds.ragged_batch(size * pool_batches).flat_map(cut)
+    widest = max(size, max_rows or size) if token_budget else size
+    return ds.ragged_batch(widest * pool_batches).flat_map(cut)
 
 
 def _random_keys(ds: tf.data.Dataset, base: tf.data.Dataset, seed: int) -> tf.data.Dataset:

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import resume
 from .config import (
+    STRATEGIES,
     BaselineConfig,
     BatchingConfig,
     CompareConfig,
@@ -95,7 +96,7 @@ def register_schemas(with_models: bool = False) -> None:
     store.store(name="config_schema_baseline", node=BaselineConfig)
     store.store(name="config_schema_register", node=RegisterConfig)
     if with_models:
-        from . import models
+        from . import batching, models  # noqa: F401  (batching: registers its strategies)
 
         for name, model in models.REGISTRY.items():
             store.store(group="model", name=f"{name}_schema", node=model.config)
@@ -408,12 +409,17 @@ def bench(cfg: DictConfig) -> None:
     same = [o for o in HydraConfig.get().overrides.task if o.startswith("batching.")]
     same.append("batching.token_budget=null")
     length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
-    fixed = [f"batching.max_length={length}"] if length else []
+    cut = [f"batching.max_length={length}"] if length else []  # for a truncating strategy
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
     strategies = {
         name: structured(
             compose(
-                "bench", overrides=[f"batching={name}", *same, *(fixed if name == "fixed" else [])]
+                "bench",
+                overrides=[
+                    f"batching={name}",
+                    *same,
+                    *(cut if STRATEGIES[name].truncates else []),
+                ],
             ).batching,
             BatchingConfig,
             "config_schema",
@@ -422,8 +428,9 @@ def bench(cfg: DictConfig) -> None:
     }
     # the token budget as its own lever: what wider batches of short texts add
     budget = config.batching.token_budget or BatchingConfig.token_budget
-    for name in ("bucket", "pooled"):
-        strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
+    for name in names:
+        if STRATEGIES[name].budgeted:
+            strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
     benchmark.run(config, strategies)
 
 

@@ -1,8 +1,9 @@
 """Typed configuration: one dataclass per stage, the schema behind `conf/`, and every default.
 
-The defaults live here and only here. A `conf/<group>/<option>.yaml` file says only what its
-option changes (a test fails if a YAML value repeats a default); the option a group must choose
-(`data.source`, `batching.strategy`) has no default and equals the option file's name. Hydra
+The defaults live here and only here, but for the models' and the data sources' own settings,
+each in its module's config class. A `conf/<group>/<option>.yaml` file says only what its option
+changes (a test fails if a YAML value repeats a default); the batching strategy
+(`batching.strategy`) has no default and equals the option file's name. Hydra
 composes YAML into these schemas (the entry point registers them: `cli.register_schemas`), so
 a wrong type or unknown key fails at compose time; `__post_init__` then rejects impossible values
 with the key's dotted name before any data is read.
@@ -14,6 +15,7 @@ neither.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -25,7 +27,6 @@ MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fa
 
 DATA_SOURCES = ("imdb", "aclimdb", "csv")
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
-BATCHING = ("fixed", "per_batch", "bucket", "exact", "pooled")
 PADDING_SIDES = ("post", "pre")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 NAME_SEP = "·"  # between the parts of a run name: `bucket·mask_zero·s0`
@@ -142,9 +143,27 @@ class TokenizeConfig:
         )
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """A batching strategy as `batching.register` records it: the function batching an epoch
+    and what the rest of the code needs to know of it (`batching.register` says what each
+    trait means)."""
+
+    batch: Callable[..., Any]
+    regroups: bool = False
+    bucketed: bool = False
+    budgeted: bool = False
+    truncates: bool = False
+
+
+# name → Strategy: filled by batching.py's registry lines, so importing textclf.batching (as the
+# entry point and the models do) registers the project's strategies
+STRATEGIES: dict[str, Strategy] = {}
+
+
 @dataclass
 class BatchingConfig:
-    strategy: str = MISSING  # fixed | per_batch | bucket | exact | pooled: its option file
+    strategy: str = MISSING  # a registered strategy (batching.py), as its option file names it
     batch_size: int = 64
     padding_side: str = "post"  # pads after (post) or before (pre) the tokens
     max_length: int | None = None  # fixed only: pad or truncate every review to it
@@ -164,7 +183,8 @@ class BatchingConfig:
     shuffle_buffer: int = 25000
 
     def __post_init__(self) -> None:
-        one_of(self.strategy, "batching.strategy", BATCHING)
+        check(bool(STRATEGIES), "batching.strategy", "none is registered: import textclf.batching")
+        one_of(self.strategy, "batching.strategy", tuple(STRATEGIES))
         one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
         check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
         check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
@@ -182,12 +202,21 @@ class BatchingConfig:
             "batching.max_batch_rows",
             f"must be null or > 0 rows per batch, got {self.max_batch_rows}",
         )
-        if self.strategy == "fixed":
+        if self.truncates:
             check(
                 self.max_length is not None and self.max_length > 0,
                 "batching.max_length",
-                "batching=fixed pads and truncates to batching.max_length: set it > 0",
+                f"batching={self.strategy} pads and truncates to batching.max_length: set it > 0",
             )
+
+    @property
+    def truncates(self) -> bool:
+        """Whether the strategy cuts every review at `max_length` (no other strategy takes it)."""
+        return STRATEGIES[self.strategy].truncates
+
+    def tags(self) -> dict[str, str]:
+        """What a run's tags say of its batching: what `make compare` and the UI group by."""
+        return {"batching": self.strategy, "padding_side": self.padding_side}
 
 
 @dataclass
@@ -398,10 +427,11 @@ class Config:
 
     def __post_init__(self) -> None:
         one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))
+        truncating = "|".join(n for n, s in STRATEGIES.items() if s.truncates)
         check(
-            self.batching.strategy == "fixed" or self.batching.max_length is None,
+            self.batching.truncates or self.batching.max_length is None,
             "batching.max_length",
-            f"applies only to batching=fixed (got batching="
+            f"applies only to batching={truncating} (got batching="
             f"{self.batching.strategy}); truncate with tokenize.max_length instead",
         )
 

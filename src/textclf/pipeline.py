@@ -78,11 +78,7 @@ def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
 def batch(tokens: Vectorized, spec: BatchingConfig, seed: int) -> Batches:
     """Padded batches as `spec` says; each epoch's shuffle depends on (seed, epoch) alone."""
     train_split, test_split = tokens.splits["train"], tokens.splits["test"]
-    boundaries = (
-        batching.bucket_boundaries(train_split.lengths, spec.num_buckets)
-        if spec.strategy == "bucket"
-        else None
-    )
+    boundaries = batching.boundaries_for(spec, train_split.lengths)
 
     train_examples = batching.examples(train_split.tokens, train_split.labels)
     val_examples = batching.examples(tokens.splits["val"].tokens, tokens.splits["val"].labels)

@@ -84,11 +84,17 @@ OmegaConf.register_new_resolver("short", short_name, replace=True)
 
 def register_schemas(with_models: bool = False) -> None:
     """Hydra's ConfigStore gets the typed schemas the defaults lists of `conf/*.yaml` start
-    from: config.py's, and with `with_models` each registered model's config as
-    `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry point
-    registers them: the models and config.py stay free of Hydra, so the logged MLflow model can
-    carry them. The models import TensorFlow, which only training and bench need."""
+    from: config.py's, each registered data source's config as `data/<source>_schema` (what
+    `conf/data/<source>.yaml` starts from), and with `with_models` each registered model's
+    config as `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry
+    point registers them: the models, the sources and config.py stay free of Hydra, so the
+    logged MLflow model can carry them. The models (and the batching strategies, registered on
+    the way) import TensorFlow, which only training and bench need."""
+    from . import data
+
     store = ConfigStore.instance()
+    for name, source in data.REGISTRY.items():
+        store.store(group="data", name=f"{name}_schema", node=source.config)
     store.store(name="config_schema", node=Config)
     store.store(name="config_schema_compare", node=CompareConfig)
     store.store(name="config_schema_predict", node=PredictConfig)

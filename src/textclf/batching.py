@@ -289,6 +289,11 @@ def counted(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.apply(tf.data.experimental.assert_cardinality(padding_stats(ds).batches))
 
 
+def repad(spec: BatchingConfig) -> Repad:
+    """The exported model's layer padding a vectorized batch as `spec`'s batches are padded."""
+    return Repad(spec.padding_side, name="repad")
+
+
 @keras.saving.register_keras_serializable(package="textclf")
 class Repad(keras.layers.Layer):
     """Inside the saved model: vectorizer output → the padding the model was trained with.

@@ -149,7 +149,8 @@ class Strategy:
 
 
 # name → Strategy: filled by batching.py's registry lines, so importing textclf.batching (as the
-# entry point and the models do) registers the project's strategies
+# entry point does before composing a training config, and the pipeline and inference code do)
+# registers the project's strategies
 STRATEGIES: dict[str, Strategy] = {}
 
 
@@ -206,9 +207,11 @@ class BatchingConfig:
         """Whether the strategy cuts every review at `max_length` (no other strategy takes it)."""
         return STRATEGIES[self.strategy].truncates
 
+    # the run tags it gives (`tags`): what `make compare` and the UI group runs by
+    TAGS: ClassVar[tuple[str, ...]] = ("batching", "padding_side")
+
     def tags(self) -> dict[str, str]:
-        """What a run's tags say of its batching: what `make compare` and the UI group by."""
-        return {"batching": self.strategy, "padding_side": self.padding_side}
+        return dict(zip(self.TAGS, (self.strategy, self.padding_side), strict=True))
 
 
 @dataclass

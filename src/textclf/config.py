@@ -174,6 +174,7 @@ class BatchingConfig:
     pool_batches: int = 8  # pooled: batches per length-sorted pool (1: per_batch; all: sorted)
     round_to: int = 4  # exact: lengths rounded up to a multiple share batches (≤ 3 pads each)
     shuffle_buffer: int = 25000
+    TAGS: ClassVar[tuple[str, ...]] = ("batching", "padding_side")
 
     def __post_init__(self) -> None:
         check(bool(STRATEGIES), "batching.strategy", "none is registered: import textclf.batching")
@@ -207,10 +208,8 @@ class BatchingConfig:
         """Whether the strategy cuts every review at `max_length` (no other strategy takes it)."""
         return STRATEGIES[self.strategy].truncates
 
-    # the run tags it gives (`tags`): what `make compare` and the UI group runs by
-    TAGS: ClassVar[tuple[str, ...]] = ("batching", "padding_side")
-
     def tags(self) -> dict[str, str]:
+        """The run tags it gives (`TAGS`): what `make compare` and the UI group runs by."""
         return dict(zip(self.TAGS, (self.strategy, self.padding_side), strict=True))
 
 

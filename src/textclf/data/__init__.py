@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from ..config import DataConfig
 from . import aclimdb, csv, imdb
 from .core import (
-    MIN_CLASS_ROWS,
     REGISTRY,
     REPEATS,
     DataError,
@@ -24,18 +23,15 @@ from .core import (
     Raw,
     Split,
     as_split,
-    class_counts,
     clean,
     describe,
     digest,
     register,
-    repeats,
     report,
-    require_rows,
     spec,
     split,
 )
-from .table import TABLE_FORMATS, TABLE_SUFFIXES, Table, canonical_label, read_table
+from .table import TABLE_SUFFIXES, read_table
 
 register(imdb.ImdbConfig, imdb.load)
 register(aclimdb.AclImdbConfig, aclimdb.load)
@@ -63,20 +59,15 @@ def lineage(
 
 
 __all__ = [
-    "MIN_CLASS_ROWS",
     "REGISTRY",
     "REPEATS",
-    "TABLE_FORMATS",
     "TABLE_SUFFIXES",
     "DataError",
     "Dataset",
     "Lineage",
     "Raw",
     "Split",
-    "Table",
     "as_split",
-    "canonical_label",
-    "class_counts",
     "clean",
     "describe",
     "digest",
@@ -84,9 +75,7 @@ __all__ = [
     "load",
     "read_table",
     "register",
-    "repeats",
     "report",
-    "require_rows",
     "spec",
     "split",
 ]

@@ -22,7 +22,14 @@ from omegaconf import OmegaConf
 
 from textclf import models
 from textclf.cli import CONF_DIR, ROOT, register_schemas
-from textclf.config import BaselineConfig, Config, TrainConfig, flatten, to_object
+from textclf.config import (
+    BaselineConfig,
+    BatchingConfig,
+    Config,
+    TrainConfig,
+    flatten,
+    to_object,
+)
 from textclf.models.lstm import LstmConfig
 
 register_schemas(with_models=True)  # as `textclf train` does: conf/model/*.yaml start from them
@@ -74,9 +81,14 @@ def small_model(**kw) -> LstmConfig:
     return LstmConfig(**{"bidirectional": False, "dropout": 0.0, "ngram_branch": False} | kw)
 
 
+def padded(side: str = "post") -> BatchingConfig:
+    """Batches padded on `side` (after: post, before: pre), as a model or an export reads them."""
+    return BatchingConfig(strategy="per_batch", padding_side=side)
+
+
 def build_lstm(vocab_size: int, num_classes: int, cfg: LstmConfig, padding_side: str = "post"):
     """The LSTM classifier `cfg` describes, for ids below `vocab_size` padded on `padding_side`."""
-    return models.build(cfg, models.ModelInputs(vocab_size, num_classes, padding_side))
+    return models.build(cfg, models.ModelInputs(vocab_size, num_classes, padded(padding_side)))
 
 
 def quiet_training(**kw) -> TrainConfig:

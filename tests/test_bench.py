@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textclf.config import BATCHING as STRATEGIES
+from textclf.config import STRATEGIES
 
 from .conftest import reviews, textclf_here, write_csv
 

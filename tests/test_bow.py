@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from textclf import inference, models, tracking
 from textclf.models import bow
 
-from .conftest import reviews, trained_once
+from .conftest import padded, reviews, trained_once
 
 # (override, model tag, run name)
 MODELS = {
@@ -172,7 +172,7 @@ def test_ids_become_the_same_words_whatever_the_padding_side():
 
 def test_ngrams_outside_training_are_a_clear_error(make_config):
     with pytest.raises(ValueError, match="adapt on the training rows"):
-        models.build(make_config("model=bow").model, models.ModelInputs(100, 2, "post"))
+        models.build(make_config("model=bow").model, models.ModelInputs(100, 2, padded()))
 
 
 def test_an_ngram_branch_on_bow_is_refused(make_config):
@@ -264,7 +264,7 @@ def test_bow_is_scikit_learns_logistic_regression_with_c_chosen_on_validation(ma
     train = Encoded(tokens[:120], labels[:120], 0)
     val = Encoded(tokens[120:], labels[120:], 0)
     cfg = make_config("model=bow", "model.C_grid=[0.01,1.0,100.0]").model
-    net = models.build(cfg, models.ModelInputs(40, 2, "post", train.tokens, train.labels))
+    net = models.build(cfg, models.ModelInputs(40, 2, padded(), train.tokens, train.labels))
     seen = []
     history, _, kept, reason = bow.fit(
         net,
@@ -294,7 +294,7 @@ def test_nb_weighting_needs_two_classes(make_config):
     tokens = tf.ragged.constant([[2, 3], [3, 4], [4, 5]], dtype=tf.int32)
     cfg = make_config("model=bow", "model.weighting=nb").model
     with pytest.raises(Exception, match="model.weighting.*two classes"):
-        models.build(cfg, models.ModelInputs(10, 3, "post", tokens, np.array([0, 1, 2])))
+        models.build(cfg, models.ModelInputs(10, 3, padded(), tokens, np.array([0, 1, 2])))
 
 
 @pytest.mark.parametrize("classes", [2, 4])

@@ -14,7 +14,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from textclf import data
-from textclf.config import ConfigError, DataConfig
+from textclf.config import ConfigError
+from textclf.data.aclimdb import AclImdbConfig
+from textclf.data.csv import CsvConfig
+from textclf.data.imdb import ImdbConfig
 
 from .conftest import reviews, write_csv
 
@@ -32,8 +35,8 @@ def write_acl_folder(root: Path, per_class: int = 6) -> Path:
     return root / "aclImdb"
 
 
-def csv_config(path: Path | str = "unused.csv", **kw) -> DataConfig:
-    return DataConfig(source="csv", path=str(path), **kw)
+def csv_config(path: Path | str = "unused.csv", **kw) -> CsvConfig:
+    return CsvConfig(path=str(path), **kw)
 
 
 def test_aclimdb_folder_and_archive_give_the_same_reviews(tmp_path):
@@ -41,7 +44,7 @@ def test_aclimdb_folder_and_archive_give_the_same_reviews(tmp_path):
     archive = tmp_path / "acl.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="aclImdb")
-    a, b = data.load_aclimdb(folder), data.load_aclimdb(archive)
+    a, b = data.aclimdb.load_aclimdb(folder), data.aclimdb.load_aclimdb(archive)
     assert sorted(a.train.texts) == sorted(b.train.texts)
     assert len(a.train) == len(a.test) == 12
     assert sorted(a.train.labels.tolist()) == [0] * 6 + [1] * 6
@@ -51,26 +54,26 @@ def test_aclimdb_folder_and_archive_give_the_same_reviews(tmp_path):
 def test_aclimdb_rejects_other_layouts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError, match="aclImdb layout"):
-        data.load_aclimdb(tmp_path / "empty")
+        data.aclimdb.load_aclimdb(tmp_path / "empty")
     with pytest.raises(data.DataError, match="does not exist"):
-        data.load_aclimdb(tmp_path / "missing.tar.gz")
+        data.aclimdb.load_aclimdb(tmp_path / "missing.tar.gz")
     not_tar = tmp_path / "x.tar.gz"
     not_tar.write_text("hello")
     with pytest.raises(data.DataError, match="tar archive"):
-        data.load_aclimdb(not_tar)
+        data.aclimdb.load_aclimdb(not_tar)
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     folder = write_acl_folder(tmp_path)
     (folder / "train" / "pos" / "99_9.txt").write_bytes(b"caf\xe9 was great")
-    raw = data.load_aclimdb(folder)
+    raw = data.aclimdb.load_aclimdb(folder)
     assert raw.stats["invalid_utf8"] == 1
     assert "caf\ufffd was great" in raw.train.texts
 
 
 def test_csv_with_string_labels_and_a_carved_test_split(tmp_path):
     path = write_csv(tmp_path / "r.csv", reviews(100))
-    ds = data.load(DataConfig(source="csv", path=str(path), test_fraction=0.2, val_fraction=0.1))
+    ds = data.load(CsvConfig(path=str(path), test_fraction=0.2, val_fraction=0.1))
     assert ds.class_names == ["neg", "pos"]
     assert (len(ds.train), len(ds.val), len(ds.test)) == (72, 8, 20)
     parts = [set(ds.train.texts), set(ds.val.texts), set(ds.test.texts)]
@@ -84,9 +87,7 @@ def test_jsonl_with_int_labels_and_three_classes(tmp_path):
     test = tmp_path / "t.jsonl"
     test.write_text("\n".join(json.dumps(r) for r in rows[:30]))
     ds = data.load(
-        DataConfig(
-            source="csv", path=str(path), test_path=str(test), text_column="body", label_column="y"
-        )
+        CsvConfig(path=str(path), test_path=str(test), text_column="body", label_column="y")
     )
     assert ds.class_names == ["0", "1", "2"]
     assert len(ds.test) == 30 and set(ds.train.labels.tolist()) == {0, 1, 2}
@@ -95,17 +96,17 @@ def test_jsonl_with_int_labels_and_three_classes(tmp_path):
 def test_table_errors_name_the_file_row_and_fix(tmp_path):
     path = write_csv(tmp_path / "r.csv", reviews(10), header=("review", "label"))
     with pytest.raises(data.DataError, match=r"no column\(s\) \['text'\].*data.text_column"):
-        data.load_table(csv_config(path))
+        data.csv.load_table(csv_config(path))
     path = write_csv(tmp_path / "s.csv", [*reviews(10), ("meh", "neutral")])
     with pytest.raises(data.DataError, match=r"s.csv, line 12: label 'neutral' is not one of"):
-        data.load_table(csv_config(path, classes=["neg", "pos"]))
+        data.csv.load_table(csv_config(path, classes=["neg", "pos"]))
     with pytest.raises(data.DataError, match="does not exist"):
-        data.load_table(csv_config(tmp_path / "nope.csv"))
+        data.csv.load_table(csv_config(tmp_path / "nope.csv"))
 
 
 def test_split_cleans_breaks_drops_empty_and_is_deterministic(tmp_path):
     rows = [*reviews(60), ("   ", "pos"), ("<br /><br />", "neg")]
-    raw = data.load_table(csv_config(write_csv(tmp_path / "r.csv", rows)))
+    raw = data.csv.load_table(csv_config(write_csv(tmp_path / "r.csv", rows)))
     a, b = data.split(raw, csv_config(seed=3)), data.split(raw, csv_config(seed=3))
     assert a.stats["empty_dropped_train"] == 2
     assert a.train.texts == b.train.texts and a.test.texts == b.test.texts
@@ -114,7 +115,7 @@ def test_split_cleans_breaks_drops_empty_and_is_deterministic(tmp_path):
 
 
 def test_limit_keeps_a_balanced_subset_of_train_and_test(tmp_path):
-    raw = data.load_table(csv_config(write_csv(tmp_path / "r.csv", reviews(200))))
+    raw = data.csv.load_table(csv_config(write_csv(tmp_path / "r.csv", reviews(200))))
     ds = data.split(raw, csv_config(val_fraction=0.25, limit=40))
     assert len(ds.test) == 40 and np.bincount(ds.test.labels).tolist() == [20, 20]
     assert len(ds.train) + len(ds.val) == 40
@@ -122,15 +123,17 @@ def test_limit_keeps_a_balanced_subset_of_train_and_test(tmp_path):
 
 
 def test_a_split_emptied_by_filtering_is_an_error(tmp_path):
-    raw = data.load_table(csv_config(write_csv(tmp_path / "r.csv", [("", "pos"), (" ", "neg")])))
+    path = write_csv(tmp_path / "r.csv", [("", "pos"), (" ", "neg")])
+    raw = data.csv.load_table(csv_config(path))
     with pytest.raises(data.DataError, match="empty"):
         data.split(raw, csv_config())
 
 
 def test_imdb_through_tfds_mock_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "host_reachable", lambda *a, **k: True)  # mock_data never downloads
+    # mock_data never downloads
+    monkeypatch.setattr(data.imdb, "host_reachable", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=12):
-        ds = data.load(DataConfig(source="imdb", data_dir=str(tmp_path)))
+        ds = data.load(ImdbConfig(data_dir=str(tmp_path)))
     assert ds.class_names == ["neg", "pos"]
     assert len(ds.train) + len(ds.val) + len(ds.test) == 24
     assert all(isinstance(t, str) for t in ds.train.texts)
@@ -141,14 +144,14 @@ def test_imdb_offline_fails_fast_naming_the_alternatives(tmp_path, monkeypatch):
     which would retry for minutes, is never started."""
     import tensorflow_datasets.core.dataset_builder as builders
 
-    monkeypatch.setattr(data, "host_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(data.imdb, "host_reachable", lambda *a, **k: False)
     monkeypatch.setattr(
         builders.DatasetBuilder,
         "download_and_prepare",
         lambda *a, **k: pytest.fail("started a download offline"),
     )
     with pytest.raises(data.DataError) as error:
-        data.load_imdb(str(tmp_path), None, True)
+        data.imdb.load_imdb(str(tmp_path), None, True)
     assert "cannot be reached" in str(error.value)
     for alternative in ("data=aclimdb", "data.manual_dir", "data.data_dir", "data=csv"):
         assert alternative in str(error.value)
@@ -157,13 +160,13 @@ def test_imdb_offline_fails_fast_naming_the_alternatives(tmp_path, monkeypatch):
 def test_the_reachability_probe_answers_no_for_a_closed_port():
     with socket.socket() as s:  # bound, never listening: connections are refused at once
         s.bind(("127.0.0.1", 0))
-        assert data.host_reachable("127.0.0.1", s.getsockname()[1], timeout=2) is False
+        assert data.imdb.host_reachable("127.0.0.1", s.getsockname()[1], timeout=2) is False
 
 
 def test_imdb_without_download_fails_without_touching_the_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "host_reachable", lambda *a, **k: pytest.fail("probed network"))
+    monkeypatch.setattr(data.imdb, "host_reachable", lambda *a, **k: pytest.fail("probed network"))
     with pytest.raises(data.DataError, match="download is disabled"):
-        data.load_imdb(str(tmp_path), None, False)
+        data.imdb.load_imdb(str(tmp_path), None, False)
 
 
 def write_url_lists(folder: Path, per_class: int, movies: int = 3) -> Path:
@@ -189,11 +192,11 @@ def test_validation_by_movie_keeps_every_movie_on_one_side(tmp_path, where):
     lists = {
         "inside": folder,
         "data.urls_path": tmp_path / "lists",
-        "beside": tmp_path / "acl" / data.URLS_FOLDER,
+        "beside": tmp_path / "acl" / data.aclimdb.URLS_FOLDER,
     }[where]
     write_url_lists(lists, per_class=30, movies=10)
     urls = str(lists) if where == "data.urls_path" else None
-    ds = data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=urls, val_fraction=0.2))
+    ds = data.load(AclImdbConfig(path=str(folder), urls_path=urls, val_fraction=0.2))
     assert movies_of(ds.val) and not movies_of(ds.val) & movies_of(ds.train)
     assert len(movies_of(ds.val)) + len(movies_of(ds.train)) == 10
     assert ds.stats["val_movies"] == len(movies_of(ds.val))
@@ -203,20 +206,20 @@ def test_validation_by_movie_keeps_every_movie_on_one_side(tmp_path, where):
 def test_without_url_lists_the_split_is_random_and_says_so_once(tmp_path, caplog):
     folder = write_acl_folder(tmp_path / "acl", per_class=30)
     with caplog.at_level("WARNING", logger="textclf.data"):
-        ds = data.load(DataConfig(source="aclimdb", path=str(folder)))
+        ds = data.load(AclImdbConfig(path=str(folder)))
     assert ds.train.groups is None and len(ds.val) == 6
     assert sum("URL lists" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(data.DataError, match="val_split=by_movie needs"):
-        data.load(DataConfig(source="aclimdb", path=str(folder), val_split="by_movie"))
+        data.load(AclImdbConfig(path=str(folder), val_split="by_movie"))
     with pytest.raises(data.DataError, match="urls_pos.txt does not exist"):
-        data.load(DataConfig(source="aclimdb", path=str(folder), urls_path=str(tmp_path)))
+        data.load(AclImdbConfig(path=str(folder), urls_path=str(tmp_path)))
 
 
 def test_a_url_list_missing_a_review_is_named(tmp_path):
     folder = write_acl_folder(tmp_path / "acl", per_class=30)
     write_url_lists(folder, per_class=20)  # reviews 20..29 have no line
     with pytest.raises(data.DataError, match="has no movie for review 2[0-9]"):
-        data.load_aclimdb(folder)
+        data.aclimdb.load_aclimdb(folder)
 
 
 # --- labels are data -------------------------------------------------------------------------
@@ -238,7 +241,7 @@ def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, ca
     )
     for path, missing in ((csv_path, 2), (jsonl, 3), (tmp_path / "nan.jsonl", 4)):
         with caplog.at_level("WARNING", logger="textclf.data"):
-            raw = data.load_table(csv_config(path))
+            raw = data.csv.load_table(csv_config(path))
         assert raw.class_names == ["neg", "pos"], path
         assert raw.stats["missing_label_dropped_train"] == missing
         assert raw.stats["rows_read_train"] == len(raw.train) + missing
@@ -248,7 +251,7 @@ def test_missing_labels_are_no_class_dropped_and_counted_or_refused(tmp_path, ca
         match=r"r.csv: 2 row\(s\) without a label .*line 42, 43"
         r".*data.missing_labels=drop",
     ):
-        data.load_table(csv_config(csv_path, missing_labels="error"))
+        data.csv.load_table(csv_config(csv_path, missing_labels="error"))
     with pytest.raises(ConfigError, match="data.missing_labels"):
         csv_config(csv_path, missing_labels="keep")
 
@@ -264,13 +267,13 @@ def test_spellings_of_one_label_value_are_one_class(tmp_path):
         [{"text": t, "label": labels[i % 6]} for i, (t, _) in enumerate(reviews(60))],
     )
     for path in (csv_path, jsonl):
-        raw = data.load_table(csv_config(path))
+        raw = data.csv.load_table(csv_config(path))
         assert raw.class_names == ["1", "2"]
         assert np.bincount(raw.train.labels).tolist() == [30, 30]
     # data.classes fixes the set and the order, in the same canonical spelling
-    assert data.load_table(csv_config(jsonl, classes=["2.0", "1"])).class_names == ["2", "1"]
+    assert data.csv.load_table(csv_config(jsonl, classes=["2.0", "1"])).class_names == ["2", "1"]
     with pytest.raises(ConfigError, match=r"data.classes: .* lists \['1'\] more than once"):
-        data.load_table(csv_config(jsonl, classes=["1", "1.0", "2"]))
+        data.csv.load_table(csv_config(jsonl, classes=["1", "1.0", "2"]))
 
 
 def test_labels_differing_only_in_case_are_refused_unless_listed(tmp_path):
@@ -278,8 +281,8 @@ def test_labels_differing_only_in_case_are_refused_unless_listed(tmp_path):
         tmp_path / "r.csv", [(t, "Pos" if i == 3 else y) for i, (t, y) in enumerate(reviews(40))]
     )
     with pytest.raises(data.DataError, match=r"labels \['Pos', 'pos'\] differ only in case"):
-        data.load_table(csv_config(path))
-    raw = data.load_table(csv_config(path, classes=["neg", "pos", "Pos"]))
+        data.csv.load_table(csv_config(path))
+    raw = data.csv.load_table(csv_config(path, classes=["neg", "pos", "Pos"]))
     assert raw.class_names == ["neg", "pos", "Pos"]
 
 
@@ -339,7 +342,7 @@ def test_invalid_utf8_is_replaced_and_counted_in_every_table_format(tmp_path, ca
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
         with caplog.at_level("WARNING", logger="textclf.data"):
-            raw = data.load_table(csv_config(tmp_path / name))
+            raw = data.csv.load_table(csv_config(tmp_path / name))
         assert raw.stats["invalid_utf8"] == 1, name
         assert "caf\ufffd fine" in raw.train.texts and len(raw.train) == 31
         assert f"{name}: 1 record(s) held invalid UTF-8" in caplog.text
@@ -355,11 +358,11 @@ def test_a_utf8_byte_order_mark_is_accepted_and_utf16_refused(tmp_path):
         ).read_bytes()
     )
     for name in ("r.csv", "r.jsonl"):
-        raw = data.load_table(csv_config(tmp_path / name))
+        raw = data.csv.load_table(csv_config(tmp_path / name))
         assert len(raw.train) == 20 and raw.class_names == ["neg", "pos"], name
     (tmp_path / "u.csv").write_bytes("text,label\nfine,pos\n".encode("utf-16"))
     with pytest.raises(data.DataError, match="UTF-16.*save it as UTF-8"):
-        data.load_table(csv_config(tmp_path / "u.csv"))
+        data.csv.load_table(csv_config(tmp_path / "u.csv"))
 
 
 def test_duplicate_column_names_are_refused_listing_them(tmp_path):
@@ -367,23 +370,23 @@ def test_duplicate_column_names_are_refused_listing_them(tmp_path):
         tmp_path / "r.csv", [(t, y, y) for t, y in reviews(10)], header=("text", "label", "label")
     )
     with pytest.raises(data.DataError, match=r"names column\(s\) \['label'\] more than once"):
-        data.load_table(csv_config(path))
+        data.csv.load_table(csv_config(path))
     (tmp_path / "r.jsonl").write_text('{"text": "a", "label": "pos", "label": "neg"}\n')
     with pytest.raises(data.DataError, match=r"line 1: .*\['label'\] more than once"):
-        data.load_table(csv_config(tmp_path / "r.jsonl"))
+        data.csv.load_table(csv_config(tmp_path / "r.jsonl"))
 
 
 def test_tsv_by_extension_or_data_delimiter(tmp_path):
     rows = [(f"{t}, with a comma", y) for t, y in reviews(20)]
     tsv = tmp_path / "r.tsv"
     tsv.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
-    assert data.load_table(csv_config(tsv)).train.texts == [t for t, _ in rows]
+    assert data.csv.load_table(csv_config(tsv)).train.texts == [t for t, _ in rows]
     tabbed_csv = tmp_path / "r.csv"
     tabbed_csv.write_bytes(tsv.read_bytes())
     with pytest.raises(data.DataError, match=r"r.csv, line 2: \d field\(s\) where the header"):
-        data.load_table(csv_config(tabbed_csv))  # read as commas: never shifted into columns
+        data.csv.load_table(csv_config(tabbed_csv))  # read as commas: never shifted into columns
     for typed in ("\t", "\\t"):  # a YAML tab, or '\t' as a command line passes it
-        raw = data.load_table(csv_config(tabbed_csv, delimiter=typed))
+        raw = data.csv.load_table(csv_config(tabbed_csv, delimiter=typed))
         assert raw.train.texts == [t for t, _ in rows]
     with pytest.raises(ConfigError, match="data.delimiter"):
         csv_config(tabbed_csv, delimiter=";;")
@@ -416,8 +419,8 @@ def test_a_file_that_reads_with_another_delimiter_says_which_and_how_to_set_it(
     named = "TSV" if delimiter == "\t" else f"'{delimiter}'-delimited text"
     setting = re.escape(f"set data.delimiter={delimiter!r}.")
     with pytest.raises(data.DataError, match=rf"{refusal}.*read cleanly as {named}.*{setting}$"):
-        data.load_table(csv_config(path))
-    assert data.load_table(csv_config(path, delimiter=delimiter)).train.texts == [
+        data.csv.load_table(csv_config(path))
+    assert data.csv.load_table(csv_config(path, delimiter=delimiter)).train.texts == [
         t for t, _ in texts
     ]
 
@@ -426,15 +429,15 @@ def test_a_malformed_file_no_other_delimiter_reads_keeps_the_quoting_advice(tmp_
     path = tmp_path / "r.csv"
     path.write_text('text,label\nan "inner" quote,pos\n"an unclosed" quote,neg\n')
     with pytest.raises(data.DataError, match="malformed CSV") as refused:
-        data.load_table(csv_config(path))
+        data.csv.load_table(csv_config(path))
     assert "quote fields" in str(refused.value) and "data.delimiter" not in str(refused.value)
 
 
 def test_a_folder_as_a_data_file_is_named_a_folder_with_the_option_that_reads_one(tmp_path):
     folder = write_acl_folder(tmp_path)
     with pytest.raises(data.DataError, match=r"is a folder, not a file.*data=aclimdb"):
-        data.load_table(csv_config(folder))
-    assert len(data.load_aclimdb(folder).train) == 12
+        data.csv.load_table(csv_config(folder))
+    assert len(data.aclimdb.load_aclimdb(folder).train) == 12
 
 
 def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):
@@ -445,7 +448,7 @@ def test_other_extensions_are_refused_naming_the_supported_formats(tmp_path):
             match=r"not a supported format; use .csv, .tsv .*"
             r"\.jsonl",
         ):
-            data.load_table(csv_config(tmp_path / name))
+            data.csv.load_table(csv_config(tmp_path / name))
 
 
 def test_quoted_line_breaks_crlf_and_unicode_separators_stay_in_their_row(tmp_path):
@@ -456,9 +459,9 @@ def test_quoted_line_breaks_crlf_and_unicode_separators_stay_in_their_row(tmp_pa
         + b"only one\r\n"
     )
     with pytest.raises(data.DataError, match=r"r.csv, line 25: 1 field\(s\) where the header"):
-        data.load_table(csv_config(path))  # the line numbers count the quoted line break
+        data.csv.load_table(csv_config(path))  # the line numbers count the quoted line break
     path.write_bytes(path.read_bytes().removesuffix(b"only one\r\n"))
-    raw = data.load_table(csv_config(path))
+    raw = data.csv.load_table(csv_config(path))
     assert raw.train.texts[:2] == ["two\r\nlines", "line\u2028sep"] and len(raw.train) == 22
 
 

@@ -17,7 +17,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from textclf import data
-from textclf.config import DataConfig
+from textclf.data.csv import CsvConfig
 
 # Each label value, and ways a file may write it: all of them are one class.
 SPELLINGS = {
@@ -83,10 +83,10 @@ def test_random_table_files_load_or_fail_with_the_projects_error(
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"r.{fmt}"
         path.write_bytes(write(written, fmt, newline, quoting, bom))
-        cfg = DataConfig(source="csv", path=str(path))
+        cfg = CsvConfig(path=str(path))
         kept = [(t.replace(INVALID, "\ufffd"), value) for t, (value, _) in rows if value]
         try:
-            raw = data.load_table(cfg)
+            raw = data.csv.load_table(cfg)
         except data.DataError as error:
             assert len({value for _, value in kept}) < 2, error  # the only refusal here
             event("refused: fewer than two classes")

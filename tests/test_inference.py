@@ -10,7 +10,7 @@ import tensorflow as tf
 from textclf import inference, tokenize
 from textclf.config import TokenizeConfig
 
-from .conftest import build_lstm, reviews, small_model
+from .conftest import build_lstm, padded, reviews, small_model
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def classifier(tmp_path_factory) -> inference.Classifier:
         small_model(embedding_dim=8, units=8, bidirectional=True),
         "pre",
     )
-    exported = inference.export(vectorizer, TokenizeConfig(max_length=60), net, "pre")
+    exported = inference.export(vectorizer, TokenizeConfig(max_length=60), net, padded("pre"))
     folder = tmp_path_factory.mktemp("model")
     path = inference.save(exported, ["neg", "pos"], folder / "model.keras", folder / "classes.json")
     return inference.Classifier.from_files(path, batch_size=4, token_budget=64)

@@ -33,11 +33,11 @@ def test_model_learns_on_a_subset_of_real_imdb(tmp_path, archive):
 def test_the_shared_url_lists_give_every_training_review_its_movie(archive):
     """aclImdb's training reviews cover 3,456 movies (README of shared/data)."""
     from textclf import data
-    from textclf.config import DataConfig
+    from textclf.data.aclimdb import AclImdbConfig
 
-    if not (archive.parent / data.URLS_FOLDER).is_dir():
-        pytest.skip(f"no {data.URLS_FOLDER}/ beside {archive}")
-    ds = data.load(DataConfig(source="aclimdb", path=str(archive)))
+    if not (archive.parent / data.aclimdb.URLS_FOLDER).is_dir():
+        pytest.skip(f"no {data.aclimdb.URLS_FOLDER}/ beside {archive}")
+    ds = data.load(AclImdbConfig(path=str(archive)))
     assert ds.stats["val_movies"] + ds.stats["train_movies"] == 3456
     assert not set(ds.val.groups.tolist()) & set(ds.train.groups.tolist())
     assert abs(len(ds.val) - 2500) < 60  # whole movies of up to 30 reviews make up 10%

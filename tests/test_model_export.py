@@ -23,7 +23,7 @@ from textclf.config import TokenizeConfig
 from textclf.models import bow, lstm
 from textclf.run_folder import RunFolder
 
-from .conftest import Service, free_port, reviews, small_model
+from .conftest import Service, free_port, padded, reviews, small_model
 from .test_serving import assert_same, frame, post
 
 TEXTS = [t for t, _ in reviews(8, seed=7)] + ["", "great " * 100]  # an empty and a cut text
@@ -67,7 +67,7 @@ def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
     cfg = small_model(embedding_dim=8, units=8, bidirectional=True, ngram_branch=True)
     keras.utils.set_random_seed(0)
     inputs = models.ModelInputs(
-        vectorizer.vocabulary_size(), 2, "post", encoded.tokens, encoded.labels
+        vectorizer.vocabulary_size(), 2, padded(), encoded.tokens, encoded.labels
     )
     linear = bow.build(bow.BowConfig(ngram_vocab=500), inputs)
     net = lstm.fuse(models.build(cfg, inputs), linear, 2)
@@ -78,7 +78,7 @@ def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
     net.get_layer("mix").set_weights([np.array([1.0, 20.0], "float32"), np.zeros(1, "float32")])
     folder = RunFolder(root / "run")
     inference.save(
-        inference.export(vectorizer, tokenize_cfg, models.serving(net, cfg), "post"),
+        inference.export(vectorizer, tokenize_cfg, models.serving(net, cfg), padded()),
         ["neg", "pos"],
         folder.model,
         folder.classes,

@@ -11,7 +11,7 @@ import omegaconf
 import pytest
 from omegaconf import OmegaConf
 
-from textclf import config, models
+from textclf import config, data, models
 from textclf.cli import CONF_DIR
 from textclf.tracking.models import INFERENCE_CODE
 
@@ -28,7 +28,7 @@ MODULES = {module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py") i
 PACKAGES = {module_name(p) for p in SRC.rglob("__init__.py") if module_name(p)}
 ENTRY_POINTS = {"cli", "sweep"}  # what Hydra calls: the app and its callbacks
 GROUP_SCHEMA = {
-    "data": config.DataConfig,
+    "data": None,  # per option: data/
     "tokenize": config.TokenizeConfig,
     "batching": config.BatchingConfig,
     "model": None,  # per option: models/
@@ -36,7 +36,9 @@ GROUP_SCHEMA = {
     "evaluate": config.EvaluateConfig,
     "tracking": config.TrackingConfig,
 }
-SELECTOR = {"data": "source", "batching": "strategy"}  # the key an option file chooses
+SELECTOR = {"batching": "strategy"}  # the key an option file chooses
+# the groups whose option files start from a registered schema: the option's own config class
+REGISTRIES: dict[str, dict] = {"model": models.REGISTRY, "data": data.REGISTRY}
 
 
 def imported(name: str) -> set[str]:
@@ -184,11 +186,13 @@ def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, p
     """Defaults live in config.py alone: an option file that repeats one would drift from it."""
     schema = {
         f.name: f
-        for f in dataclasses.fields(GROUP_SCHEMA[group] or models.REGISTRY[path.stem].config)
+        for f in dataclasses.fields(GROUP_SCHEMA[group] or REGISTRIES[group][path.stem].config)
     }
     values = leaves(OmegaConf.to_container(OmegaConf.load(path)) or {})
-    if group == "model":  # starts from the model's own schema, registered under its name
+    if group in REGISTRIES:  # starts from the option's own schema, registered under its name
         assert values.pop("defaults", None) == [f"{path.stem}_schema", "_self_"], path.name
+    if group == "data":  # the source an option file chooses is its own name
+        assert data.REGISTRY[path.stem].config.source == path.stem, path.name
     for key, value in values.items():
         assert key in schema, f"{path.name}: {key} is not a {group} setting"
         field = schema[key]
@@ -209,7 +213,9 @@ def test_an_option_file_sets_only_what_differs_from_the_schema_defaults(group, p
 
 def test_every_schema_default_is_a_plain_value_or_missing():
     """No default is computed elsewhere: each is written in config.py next to its check."""
-    schemas = [s for s in GROUP_SCHEMA.values() if s] + [m.config for m in models.REGISTRY.values()]
+    schemas = [s for s in GROUP_SCHEMA.values() if s] + [
+        r.config for registry in REGISTRIES.values() for r in registry.values()
+    ]
     for schema in schemas:
         for field in dataclasses.fields(schema):
             value = (

@@ -8,7 +8,7 @@ import tensorflow as tf
 from textclf import tokenize
 from textclf.config import TokenizeConfig
 
-from .conftest import build_lstm, small_model
+from .conftest import build_lstm, padded, small_model
 
 TRAIN = ["The film was GREAT<br />great!", "a dull, dull film", "great cast"]
 
@@ -67,7 +67,7 @@ def test_control_characters_never_become_vocabulary_terms(tmp_path):
     raw = tokenize.adapt(["fine\x85film \x96 here", "dull\u2028film\x97"], TokenizeConfig())
     assert all(t.isprintable() for t in raw.get_vocabulary())
     classifier = build_lstm(len(raw.get_vocabulary()), 2, small_model(embedding_dim=4, units=4))
-    exported = inference.export(raw, TokenizeConfig(max_length=None), classifier, "post")
+    exported = inference.export(raw, TokenizeConfig(max_length=None), classifier, padded())
     exported.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     text = tf.constant(["fine film\x85here"])

@@ -1,6 +1,8 @@
 """Token ids → padded `tf.data` batches: the one place where padding happens.
 
-Four strategies, each a `conf/batching/*.yaml` option:
+A strategy is a function batching one epoch of examples, registered below with one line,
+`register(name, function, <traits>)`, and a `conf/batching/<name>.yaml` setting
+`strategy: <name>` (and what it changes). The project's own:
 - `fixed`: pad or truncate every review to `max_length` (the classic `pad_sequences` way);
 - `per_batch`: random batches padded to their own longest review;
 - `bucket`: `bucket_by_sequence_length` with boundaries from the training-length quantiles;
@@ -14,14 +16,14 @@ Padding goes after (`post`) or before (`pre`) the tokens; id 0 is always the pad
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .config import BatchingConfig
+from .config import STRATEGIES, BatchingConfig, Strategy
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -124,6 +126,92 @@ def examples(tokens: tf.RaggedTensor, labels: np.ndarray) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((tokens, labels)).map(lambda x, y: (x, y))
 
 
+@dataclass(frozen=True)
+class Epoch:
+    """What a strategy may need besides the (shuffled) examples and its config."""
+
+    examples: tf.data.Dataset  # the examples in their stored order, before this epoch's shuffle
+    boundaries: list[int]  # bucket limits, for a strategy registered with `bucketed`
+    shuffle: bool  # training: the order is random (seeded by `seed`)
+    seed: int  # this epoch's shuffle seed, from (seed, epoch)
+
+
+Batcher = Callable[[tf.data.Dataset, BatchingConfig, Epoch], tf.data.Dataset]
+
+
+def register(
+    name: str,
+    batch: Batcher,
+    *,
+    regroups: bool = False,
+    bucketed: bool = False,
+    budgeted: bool = False,
+    truncates: bool = False,
+) -> None:
+    """Make `batch` the strategy `batching=<name>` selects (`conf/batching/<name>.yaml` sets
+    `strategy: <name>`). `regroups`: it emits batches grouped by length, so training shuffles
+    the batches again; `bucketed`: it needs bucket boundaries from the training lengths;
+    `budgeted`: it reads `batching.token_budget`; `truncates`: it cuts every review at
+    `batching.max_length`, which it then requires (and no other strategy takes)."""
+    STRATEGIES[name] = Strategy(batch, regroups, bucketed, budgeted, truncates)
+
+
+def strategy(spec: BatchingConfig) -> Strategy:
+    """The registered strategy `spec` names (BatchingConfig checked it when it was built)."""
+    return STRATEGIES[spec.strategy]
+
+
+def _fixed(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
+    length = spec.max_length
+    return ds.map(lambda x, y: (x[:length], y)).padded_batch(
+        spec.batch_size, padded_shapes=([length], [])
+    )
+
+
+def _per_batch(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
+    return ds.padded_batch(spec.batch_size)
+
+
+def _bucket(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
+    boundaries = list(epoch.boundaries)
+    sizes = bucket_batch_sizes(boundaries, spec.batch_size, spec.token_budget, spec.max_batch_rows)
+    if spec.bucket_keys == "random" and epoch.shuffle:
+        keyed = _random_keys(ds, epoch.examples, epoch.seed + 2).bucket_by_sequence_length(
+            lambda e, key: key, boundaries, sizes, pad_to_bucket_boundary=False
+        )
+        return keyed.map(lambda e, key: e)
+    return ds.bucket_by_sequence_length(
+        lambda x, y: tf.shape(x)[0], boundaries, sizes, pad_to_bucket_boundary=False
+    )
+
+
+def _pooled(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
+    return _sorted_pools(
+        ds, spec.batch_size, spec.pool_batches, spec.token_budget, spec.max_batch_rows
+    )
+
+
+def _exact(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
+    step, size = spec.round_to, spec.batch_size
+    return ds.group_by_window(
+        key_func=lambda x, y: tf.cast((tf.shape(x)[0] + step - 1) // step, tf.int64),
+        reduce_func=lambda key, window: window.padded_batch(size),
+        window_size=size,
+    )
+
+
+register("fixed", _fixed, truncates=True)
+register("per_batch", _per_batch)
+register("bucket", _bucket, regroups=True, bucketed=True, budgeted=True)
+register("exact", _exact, regroups=True)
+register("pooled", _pooled, regroups=True, budgeted=True)
+
+
+def boundaries_for(spec: BatchingConfig, lengths: np.ndarray) -> list[int] | None:
+    """The bucket limits `spec`'s strategy needs from the training `lengths`, or None."""
+    return bucket_boundaries(lengths, spec.num_buckets) if strategy(spec).bucketed else None
+
+
 def make_dataset(
     ds: tf.data.Dataset,
     spec: BatchingConfig,
@@ -134,48 +222,17 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """One epoch of `examples` as batches of (padded int32 ids [batch, time], labels).
 
-    `boundaries` are the bucket limits for `bucket` (see `bucket_boundaries`). With `shuffle`
-    the order depends on `seed` and `epoch` alone, not on how many epochs this process has
-    run, so a run resumed at epoch e sees the batches an uninterrupted run saw.
+    `boundaries` are the bucket limits for a bucketed strategy (see `boundaries_for`). With
+    `shuffle` the order depends on `seed` and `epoch` alone, not on how many epochs this
+    process has run, so a run resumed at epoch e sees the batches an uninterrupted run saw.
     """
     order = seed * 1_000_003 + epoch  # one shuffle seed per (seed, epoch)
-    base = ds
+    chosen = strategy(spec)
+    plan = Epoch(ds, list(boundaries or []), shuffle, order)
     if shuffle:
         ds = ds.shuffle(spec.shuffle_buffer, seed=order)
-    size = spec.batch_size
-    if spec.strategy == "fixed":
-        length = spec.max_length
-        ds = ds.map(lambda x, y: (x[:length], y)).padded_batch(size, padded_shapes=([length], []))
-    elif spec.strategy == "per_batch":
-        ds = ds.padded_batch(size)
-    elif spec.strategy == "bucket":
-        sizes = bucket_batch_sizes(
-            list(boundaries or []), size, spec.token_budget, spec.max_batch_rows
-        )
-        if spec.bucket_keys == "random" and shuffle:
-            ds = _random_keys(ds, base, order + 2).bucket_by_sequence_length(
-                lambda e, key: key, list(boundaries or []), sizes, pad_to_bucket_boundary=False
-            )
-            ds = ds.map(lambda e, key: e)
-        else:
-            ds = ds.bucket_by_sequence_length(
-                lambda x, y: tf.shape(x)[0],
-                list(boundaries or []),
-                sizes,
-                pad_to_bucket_boundary=False,
-            )
-    elif spec.strategy == "pooled":
-        ds = _sorted_pools(ds, size, spec.pool_batches, spec.token_budget, spec.max_batch_rows)
-    elif spec.strategy == "exact":
-        step = spec.round_to
-        ds = ds.group_by_window(
-            key_func=lambda x, y: tf.cast((tf.shape(x)[0] + step - 1) // step, tf.int64),
-            reduce_func=lambda key, window: window.padded_batch(size),
-            window_size=size,
-        )
-    else:
-        raise ValueError(f"unknown batching strategy {spec.strategy!r}")
-    if shuffle and spec.strategy in ("bucket", "exact", "pooled"):
+    ds = chosen.batch(ds, spec, plan)
+    if shuffle and chosen.regroups:
         # Grouping emits batches in length order at the end of an epoch; mix them again.
         ds = ds.shuffle(1024, seed=order + 1)
     if spec.padding_side == "pre":
@@ -233,6 +290,11 @@ def counted(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` with its batch count declared: grouping hides it, and Keras warns at the end of
     every pass over a dataset of unknown length."""
     return ds.apply(tf.data.experimental.assert_cardinality(padding_stats(ds).batches))
+
+
+def repad(spec: BatchingConfig) -> Repad:
+    """The exported model's layer padding a vectorized batch as `spec`'s batches are padded."""
+    return Repad(spec.padding_side, name="repad")
 
 
 @keras.saving.register_keras_serializable(package="textclf")

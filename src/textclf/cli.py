@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import resume
 from .config import (
+    STRATEGIES,
     BaselineConfig,
     BatchingConfig,
     CompareConfig,
@@ -83,11 +84,17 @@ OmegaConf.register_new_resolver("short", short_name, replace=True)
 
 def register_schemas(with_models: bool = False) -> None:
     """Hydra's ConfigStore gets the typed schemas the defaults lists of `conf/*.yaml` start
-    from: config.py's, and with `with_models` each registered model's config as
-    `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry point
-    registers them: the models and config.py stay free of Hydra, so the logged MLflow model can
-    carry them. The models import TensorFlow, which only training and bench need."""
+    from: config.py's, each registered data source's config as `data/<source>_schema` (what
+    `conf/data/<source>.yaml` starts from), and with `with_models` each registered model's
+    config as `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry
+    point registers them: the models, the sources and config.py stay free of Hydra, so the
+    logged MLflow model can carry them. The models (and the batching strategies, registered on
+    the way) import TensorFlow, which only training and bench need."""
+    from . import data
+
     store = ConfigStore.instance()
+    for name, source in data.REGISTRY.items():
+        store.store(group="data", name=f"{name}_schema", node=source.config)
     store.store(name="config_schema", node=Config)
     store.store(name="config_schema_compare", node=CompareConfig)
     store.store(name="config_schema_predict", node=PredictConfig)
@@ -95,7 +102,7 @@ def register_schemas(with_models: bool = False) -> None:
     store.store(name="config_schema_baseline", node=BaselineConfig)
     store.store(name="config_schema_register", node=RegisterConfig)
     if with_models:
-        from . import models
+        from . import batching, models  # noqa: F401  (batching: registers its strategies)
 
         for name, model in models.REGISTRY.items():
             store.store(group="model", name=f"{name}_schema", node=model.config)
@@ -408,12 +415,17 @@ def bench(cfg: DictConfig) -> None:
     same = [o for o in HydraConfig.get().overrides.task if o.startswith("batching.")]
     same.append("batching.token_budget=null")
     length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
-    fixed = [f"batching.max_length={length}"] if length else []
+    cut = [f"batching.max_length={length}"] if length else []  # for a truncating strategy
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
     strategies = {
         name: structured(
             compose(
-                "bench", overrides=[f"batching={name}", *same, *(fixed if name == "fixed" else [])]
+                "bench",
+                overrides=[
+                    f"batching={name}",
+                    *same,
+                    *(cut if STRATEGIES[name].truncates else []),
+                ],
             ).batching,
             BatchingConfig,
             "config_schema",
@@ -422,8 +434,9 @@ def bench(cfg: DictConfig) -> None:
     }
     # the token budget as its own lever: what wider batches of short texts add
     budget = config.batching.token_budget or BatchingConfig.token_budget
-    for name in ("bucket", "pooled"):
-        strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
+    for name in names:
+        if STRATEGIES[name].budgeted:
+            strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
     benchmark.run(config, strategies)
 
 

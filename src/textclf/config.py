@@ -1,8 +1,9 @@
 """Typed configuration: one dataclass per stage, the schema behind `conf/`, and every default.
 
-The defaults live here and only here. A `conf/<group>/<option>.yaml` file says only what its
-option changes (a test fails if a YAML value repeats a default); the option a group must choose
-(`data.source`, `batching.strategy`) has no default and equals the option file's name. Hydra
+The defaults live here and only here, but for the models' and the data sources' own settings,
+each in its module's config class. A `conf/<group>/<option>.yaml` file says only what its option
+changes (a test fails if a YAML value repeats a default); the batching strategy
+(`batching.strategy`) has no default and equals the option file's name. Hydra
 composes YAML into these schemas (the entry point registers them: `cli.register_schemas`), so
 a wrong type or unknown key fails at compose time; `__post_init__` then rejects impossible values
 with the key's dotted name before any data is read.
@@ -14,6 +15,7 @@ neither.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -23,9 +25,7 @@ if TYPE_CHECKING:
 SchemaT = TypeVar("SchemaT")
 MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fails if it is not)
 
-DATA_SOURCES = ("imdb", "aclimdb", "csv")
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
-BATCHING = ("fixed", "per_batch", "bucket", "exact", "pooled")
 PADDING_SIDES = ("post", "pre")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 NAME_SEP = "·"  # between the parts of a run name: `bucket·mask_zero·s0`
@@ -46,26 +46,18 @@ def one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class DataConfig:
-    source: str = MISSING  # imdb | aclimdb | csv: the option file chooses it
-    path: str | None = None  # aclimdb: folder or .tar.gz; csv: the training file
-    test_path: str | None = None  # csv: a test file; without it test_fraction of path is test
-    data_dir: str | None = None  # imdb: TFDS data_dir (default ~/tensorflow_datasets)
-    manual_dir: str | None = None  # imdb: folder holding the original aclImdb_v1.tar.gz
-    download: bool = True  # imdb: let TFDS download (~84 MB) on first use
-    text_column: str = "text"  # csv
-    label_column: str = "label"  # csv; labels may be strings or ints
-    classes: list[str] | None = None  # csv: the allowed labels in order (default: sorted)
-    # csv: rows whose label is empty, whitespace, null or NaN: drop (counted) | error (refuse)
-    missing_labels: str = "drop"
-    # csv: the field separator of a .csv/.tsv file (default: "," for .csv, a tab for .tsv);
-    # '\t' (as typed on a command line) is a tab
-    delimiter: str | None = None
+    """The base of every data source's config: what splitting, subsetting and the checks of
+    repeated texts read, whatever the source. Each source keeps its config class (its own
+    settings, their defaults and checks) in its module (`data/csv.py`: `CsvConfig`), registered
+    once in `data/__init__.py` under its `source`, which is also the `conf/data/<source>.yaml`
+    option that selects it."""
+
+    source: str = MISSING  # the source's name (each source's class sets it): data=<source>
     val_fraction: float = 0.1  # of the training data, carved with `seed`
     # auto: by_movie where each review's movie is known (aclimdb with its URL lists), else
     # random; by_movie: validation movies unseen in training (as aclImdb's test set)
     val_split: str = "auto"
-    urls_path: str | None = None  # aclimdb: folder with {train,test}/urls_{pos,neg}.txt
-    test_fraction: float = 0.2  # csv without test_path
+    test_fraction: float = 0.2  # of the training data, when the source has no test split
     limit: int | None = None  # N: a class-balanced subset of N train and N test reviews
     seed: int = 42
     # Rows whose cleaned text repeats within a split or between training and validation/test
@@ -81,21 +73,19 @@ class DataConfig:
     max_conflicts: float = 0.5
 
     def __post_init__(self) -> None:
-        one_of(self.source, "data.source", DATA_SOURCES)
+        own = type(self).source
+        check(
+            self.source == own,
+            "data.source",
+            f"is {own!r} for a {type(self).__name__}, got {self.source!r}: choose the source "
+            f"with data={self.source}",
+        )
         one_of(self.val_split, "data.val_split", ("auto", "random", "by_movie"))
-        one_of(self.missing_labels, "data.missing_labels", ("drop", "error"))
         one_of(self.duplicates, "data.duplicates", ("keep", "drop", "refuse"))
         check(
             0 <= self.max_conflicts <= 1,
             "data.max_conflicts",
             f"must be in [0, 1] (a fraction of training rows), got {self.max_conflicts}",
-        )
-        if self.delimiter == "\\t":
-            self.delimiter = "\t"
-        check(
-            self.delimiter is None or (len(self.delimiter) == 1 and self.delimiter not in '"\r\n'),
-            "data.delimiter",
-            f"must be one character other than a quote or line break, got {self.delimiter!r}",
         )
         check(
             0 < self.val_fraction < 1,
@@ -112,12 +102,15 @@ class DataConfig:
             "data.limit",
             f"must be null or >= 4, got {self.limit}",
         )
-        if self.source in ("aclimdb", "csv"):
-            check(
-                bool(self.path),
-                "data.path",
-                f"is required for data={self.source}: pass data.path=<file or folder>",
-            )
+
+    def location(self) -> str | None:
+        """The file or folder the source reads, if it reads one (messages name it)."""
+        return None
+
+    def origin(self, split: str) -> str:
+        """Where the rows of `split` (train | val | test) came from, as its lineage records it:
+        an absolute path, or <kind>:<name> for rows that code made or fetched."""
+        return f"{self.source}:{self.source}"
 
 
 @dataclass
@@ -142,9 +135,28 @@ class TokenizeConfig:
         )
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """A batching strategy as `batching.register` records it: the function batching an epoch
+    and what the rest of the code needs to know of it (`batching.register` says what each
+    trait means)."""
+
+    batch: Callable[..., Any]
+    regroups: bool = False
+    bucketed: bool = False
+    budgeted: bool = False
+    truncates: bool = False
+
+
+# name → Strategy: filled by batching.py's registry lines, so importing textclf.batching (as the
+# entry point does before composing a training config, and the pipeline and inference code do)
+# registers the project's strategies
+STRATEGIES: dict[str, Strategy] = {}
+
+
 @dataclass
 class BatchingConfig:
-    strategy: str = MISSING  # fixed | per_batch | bucket | exact | pooled: its option file
+    strategy: str = MISSING  # a registered strategy (batching.py), as its option file names it
     batch_size: int = 64
     padding_side: str = "post"  # pads after (post) or before (pre) the tokens
     max_length: int | None = None  # fixed only: pad or truncate every review to it
@@ -162,9 +174,11 @@ class BatchingConfig:
     pool_batches: int = 8  # pooled: batches per length-sorted pool (1: per_batch; all: sorted)
     round_to: int = 4  # exact: lengths rounded up to a multiple share batches (≤ 3 pads each)
     shuffle_buffer: int = 25000
+    TAGS: ClassVar[tuple[str, ...]] = ("batching", "padding_side")
 
     def __post_init__(self) -> None:
-        one_of(self.strategy, "batching.strategy", BATCHING)
+        check(bool(STRATEGIES), "batching.strategy", "none is registered: import textclf.batching")
+        one_of(self.strategy, "batching.strategy", tuple(STRATEGIES))
         one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
         check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
         check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
@@ -182,12 +196,21 @@ class BatchingConfig:
             "batching.max_batch_rows",
             f"must be null or > 0 rows per batch, got {self.max_batch_rows}",
         )
-        if self.strategy == "fixed":
+        if self.truncates:
             check(
                 self.max_length is not None and self.max_length > 0,
                 "batching.max_length",
-                "batching=fixed pads and truncates to batching.max_length: set it > 0",
+                f"batching={self.strategy} pads and truncates to batching.max_length: set it > 0",
             )
+
+    @property
+    def truncates(self) -> bool:
+        """Whether the strategy cuts every review at `max_length` (no other strategy takes it)."""
+        return STRATEGIES[self.strategy].truncates
+
+    def tags(self) -> dict[str, str]:
+        """The run tags it gives (`TAGS`): what `make compare` and the UI group runs by."""
+        return dict(zip(self.TAGS, (self.strategy, self.padding_side), strict=True))
 
 
 @dataclass
@@ -382,7 +405,7 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = MISSING
+    data: DataConfig = MISSING  # conf/data/<source>.yaml chooses the class (data/)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     batching: BatchingConfig = MISSING
     model: ModelConfig = MISSING  # conf/model/<name>.yaml chooses the class (models/)
@@ -398,10 +421,11 @@ class Config:
 
     def __post_init__(self) -> None:
         one_of(self.optimized_metric, "optimized_metric", ("val_accuracy", "val_loss"))
+        truncating = "|".join(n for n, s in STRATEGIES.items() if s.truncates)
         check(
-            self.batching.strategy == "fixed" or self.batching.max_length is None,
+            self.batching.truncates or self.batching.max_length is None,
             "batching.max_length",
-            f"applies only to batching=fixed (got batching="
+            f"applies only to batching={truncating} (got batching="
             f"{self.batching.strategy}); truncate with tokenize.max_length instead",
         )
 
@@ -480,7 +504,7 @@ class PredictConfig(ModelChoice):
 class EvaluateModelConfig(ModelChoice):
     """`textclf evaluate`: a saved model scored on labelled data, logged to MLflow."""
 
-    data: DataConfig = MISSING
+    data: DataConfig = MISSING  # conf/data/<source>.yaml chooses the class (data/)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # test: the source's test split (data.test_path, aclImdb's test/, or the carved fraction);
     # all: every labelled row of the source, for data the model never saw
@@ -526,7 +550,7 @@ class BaselineConfig:
     split a training run with the same `data.*` uses; `tokenize.*` as that run's, since its
     tokenizer decides which rows a run drops and how long each test review counts."""
 
-    data: DataConfig = MISSING
+    data: DataConfig = MISSING  # conf/data/<source>.yaml chooses the class (data/)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -99,7 +99,7 @@ def run(cfg: EvaluateModelConfig) -> dict[str, float]:
         **tracking.source_tags("textclf evaluate"),
         **source,
         "data": cfg.data.source,
-        "data_path": cfg.data.path or "",
+        "data_path": cfg.data.location() or "",
         "split": cfg.split,
         "output_dir": str(out),
     }

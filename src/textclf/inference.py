@@ -27,7 +27,7 @@ from . import (
     models,  # noqa: F401  (registers the custom layers saved models use)
     tokenize,
 )
-from .config import TokenizeConfig
+from .config import BatchingConfig, TokenizeConfig
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,13 @@ def export(
     vectorizer: keras.layers.TextVectorization,
     tokenize_cfg: TokenizeConfig,
     classifier: keras.Model,
-    padding_side: str,
+    spec: BatchingConfig,
 ) -> keras.Model:
-    """Raw strings → class probabilities: the vectorizer, padding and classifier in one model."""
+    """Raw strings → class probabilities: the vectorizer, the padding of the batches `spec`
+    makes and the classifier in one model."""
     text = keras.Input(shape=(), dtype="string", name="text")
     ids = tokenize.inference_vectorizer(vectorizer, tokenize_cfg)(text)
-    ids = batching.Repad(padding_side, name="repad")(ids)
+    ids = batching.repad(spec)(ids)
     return keras.Model(text, classifier(ids), name="text_classifier")
 
 

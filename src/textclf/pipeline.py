@@ -78,11 +78,7 @@ def vectorize(dataset: data.Dataset, cfg: Config) -> Vectorized:
 def batch(tokens: Vectorized, spec: BatchingConfig, seed: int) -> Batches:
     """Padded batches as `spec` says; each epoch's shuffle depends on (seed, epoch) alone."""
     train_split, test_split = tokens.splits["train"], tokens.splits["test"]
-    boundaries = (
-        batching.bucket_boundaries(train_split.lengths, spec.num_buckets)
-        if spec.strategy == "bucket"
-        else None
-    )
+    boundaries = batching.boundaries_for(spec, train_split.lengths)
 
     train_examples = batching.examples(train_split.tokens, train_split.labels)
     val_examples = batching.examples(tokens.splits["val"].tokens, tokens.splits["val"].labels)
@@ -102,11 +98,7 @@ def model_inputs(tokens: Vectorized, num_classes: int, cfg: Config) -> models.Mo
     """What the data tell the model before it is built (models.ModelInputs)."""
     train_split = tokens.splits["train"]
     return models.ModelInputs(
-        tokens.vocab_size,
-        num_classes,
-        cfg.batching.padding_side,
-        train_split.tokens,
-        train_split.labels,
+        tokens.vocab_size, num_classes, cfg.batching, train_split.tokens, train_split.labels
     )
 
 
@@ -181,7 +173,7 @@ def export(
     serves with (`models.serving`: the LSTM's fused kernel, same weights)."""
     served = replace(cfg.tokenize, max_length=reading_length(cfg))
     exported = inference.export(
-        tokens.vectorizer, served, models.serving(net, cfg.model), cfg.batching.padding_side
+        tokens.vectorizer, served, models.serving(net, cfg.model), cfg.batching
     )
     return inference.save(exported, class_names, folder.model, folder.classes)
 

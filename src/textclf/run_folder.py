@@ -128,8 +128,7 @@ def tags(cfg: Config) -> dict[str, str]:
     """The variant as tags, so the MLflow UI and `make compare` can group runs by them."""
     return {
         **cfg.model.tags(),
-        "batching": cfg.batching.strategy,
-        "padding_side": cfg.batching.padding_side,
+        **cfg.batching.tags(),
         "data": cfg.data.source,
         "output_dir": cfg.output_dir,
     }

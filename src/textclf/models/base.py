@@ -20,7 +20,7 @@ from typing import Any
 
 import keras
 
-from ..config import ConfigError, ModelConfig
+from ..config import BatchingConfig, ConfigError, ModelConfig
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ModelInputs:
 
     vocab_size: int  # token ids are < vocab_size; 0 is padding, 1 out-of-vocabulary
     num_classes: int  # 2: one sigmoid output; more: a softmax over them
-    padding_side: str  # post | pre: where the batches carry their padding
+    batching: BatchingConfig  # how the batches it reads are made (the side of their padding)
     train_tokens: Any = None  # tf.RaggedTensor of the training rows' ids (for adapted layers)
     train_labels: Any = None  # np.ndarray of their class ids, in the same order
 

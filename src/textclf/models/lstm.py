@@ -173,6 +173,7 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     The explicit mask is shaped for the side the batches are padded on. The n-gram half joins
     in `finish`.
     """
+    side = inputs.batching.padding_side
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = layers.Embedding(
         inputs.vocab_size, cfg.embedding_dim, mask_zero=cfg.masking == "mask_zero", name="embedding"
@@ -183,9 +184,9 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
             ZeroPadding(name="zero_padding")([x, tokens])
         )
     elif cfg.masking == "explicit":
-        mask = LengthMask(inputs.padding_side, name="length_mask")(tokens)
+        mask = LengthMask(side, name="length_mask")(tokens)
     # cuDNN accepts only right-padded masks: left padding with a mask takes the generic kernel.
-    use_cudnn = False if inputs.padding_side == "pre" and cfg.masking != "none" else "auto"
+    use_cudnn = False if side == "pre" and cfg.masking != "none" else "auto"
     rnn = LSTM(
         cfg.units,
         dropout=cfg.dropout,
@@ -196,9 +197,7 @@ def build(cfg: LstmConfig, inputs: ModelInputs) -> keras.Model:
     if cfg.bidirectional:
         rnn = layers.Bidirectional(rnn, name="bilstm")
     if cfg.segment:
-        windows, window_mask = Segments(cfg.segment, inputs.padding_side, name="segments")(
-            [x, tokens]
-        )
+        windows, window_mask = Segments(cfg.segment, side, name="segments")([x, tokens])
         x = WindowMean(name="mean_pool")([rnn(windows, mask=window_mask), window_mask, tokens])
     else:
         x = rnn(x, mask=mask)

@@ -94,7 +94,7 @@ def run(cfg: Config, strategies: dict[str, BatchingConfig]) -> dict:
 
     specs = dict(strategies)
     configured = cfg.batching
-    if configured.strategy not in ("bucket", "pooled"):  # the strategies with a token budget
+    if not batching.strategy(configured).budgeted:
         configured = replace(configured, token_budget=None)
     if configured not in specs.values():
         specs["default"] = configured

@@ -3,7 +3,7 @@
 A variant is one setting of every swept key except the seed (`train.seed`). The keys are read
 from the runs themselves (the config-group choices and params that differ between them, less
 those that follow from the others), so any sweep groups without naming its keys; runs logged
-without params fall back to the `batching`/`padding_side`/`masking` tags. Per variant: n, mean,
+without params fall back to the variant's tags (`VARIANT_TAGS`). Per variant: n, mean,
 sample sd and the 95% interval (Student t) of each metric, and whether its test accuracy is
 significantly below the best variant's (paired t-test when both ran the same seeds, Welch's
 otherwise). One run per variant still gives a table, flagged as having no interval. The files
@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from .. import tracking
-from ..config import ConfigError
+from ..config import BatchingConfig, ConfigError
 
 log = logging.getLogger(__name__)
 SEED = "train.seed"
@@ -47,7 +47,7 @@ IGNORED = {
     "tracking.registered_model",
 }
 DATA_COUNTS = "params.data_"  # what a run counted of its data (data_train_size), not a choice
-VARIANT_TAGS = ["batching", "padding_side", "masking"]  # for runs logged without params
+VARIANT_TAGS = [*BatchingConfig.TAGS, "masking"]  # for runs logged without params
 METRICS = {
     "test_accuracy": "test acc",
     "test_f1": "test F1",
@@ -138,8 +138,9 @@ def is_reference(runs: pd.DataFrame) -> pd.Series:
 def variant_keys(runs: pd.DataFrame) -> list[str]:
     """Columns that tell variants apart: the group choices and params that differ between
     runs, except the seed, bookkeeping, and a group's params that follow from its choice (the
-    `batching.*` values a `batching=` option sets; `batching.padding_side` swept on its own
-    still counts). Read from the trained runs alone: the reference has none of their params."""
+    `batching.*` values a `batching=` option sets; a `batching.*` key swept on its own, as
+    the padding side, still counts). Read from the trained runs alone: the reference has none
+    of their params."""
     runs = runs[~is_reference(runs)]
     choices = sorted(c for c in runs.columns if c.startswith("tags.choice."))
     params = sorted(

@@ -96,6 +96,7 @@ def check(folder: Path) -> list[Result]:
     import tensorflow as tf
 
     from .. import models
+    from ..config import BatchingConfig
     from ..models.fused import fused_copy, lstm_layers
     from ..models.lstm import LstmConfig
 
@@ -107,7 +108,7 @@ def check(folder: Path) -> list[Result]:
         keras.utils.set_random_seed(0)
         net = models.build(
             LstmConfig(embedding_dim=16, units=16, ngram_branch=False),
-            models.ModelInputs(VOCAB, 2, side),
+            models.ModelInputs(VOCAB, 2, BatchingConfig(strategy="per_batch", padding_side=side)),
         )
         net.compile(optimizer="adam", loss="binary_crossentropy")
         net.fit(x, y, batch_size=32, epochs=1, verbose=0)  # a few steps

@@ -39,7 +39,7 @@ INFERENCE_CODE = (
     "__init__.py",
     "batching.py",
     "config.py",
-    "data.py",
+    "data",
     "inference.py",
     "models",
     "progress.py",

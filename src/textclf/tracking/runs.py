@@ -56,7 +56,6 @@ logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL") or "
 PARENT_TAG = "mlflow.parentRunId"
 SQLITE = "sqlite:///"  # an SQLite store's URI: this, then the file's absolute path (sqlite_uri)
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
-TFDS = "tfds:"
 _BATCH = 100
 _LOST_INSERT_RACE = "/gkpj)"  # the end of the link SQLAlchemy puts in an IntegrityError's message
 log = logging.getLogger(__name__)
@@ -143,10 +142,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
 def _dataset(split: Lineage) -> Dataset:
     """A split as an MLflow dataset entity: its source (as MLflow's local-file and code sources
     write theirs), name, digest and row count, not its rows."""
+    kind, _, name = split.source.partition(":")
     source_type, source = (
-        ("code", {"tags": {"tfds": split.source.removeprefix(TFDS)}})
-        if split.source.startswith(TFDS)
-        else ("local", {"uri": split.source})
+        ("local", {"uri": split.source})
+        if Path(split.source).is_absolute()
+        else ("code", {"tags": {kind: name}})  # <kind>:<name>, as tfds:imdb_reviews
     )
     return Dataset(
         split.name,
@@ -352,7 +352,9 @@ def datasets(uri: str, experiment: str, run_ids: list[str]) -> dict[str, dict[st
                 if context in CONTEXTS.values():
                     data, source = item.dataset, json.loads(item.dataset.source)
                     where = (
-                        TFDS + source["tags"]["tfds"] if "tags" in source else source.get("uri", "")
+                        "".join(f"{kind}:{name}" for kind, name in source["tags"].items())
+                        if "tags" in source
+                        else source.get("uri", "")
                     )
                     rows = json.loads(data.profile or "{}").get("num_rows", -1)
                     splits[data.name] = Lineage(data.name, where, rows, data.digest)

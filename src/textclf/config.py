@@ -40,6 +40,20 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def registered(
+    registry: dict[str, Any], key: str, cfg: object, group: str, what: str, how: str
+) -> Any:
+    """The registry entry for `cfg` (registered under `key` with its config class), or a clear
+    error naming what is registered and how to register (models, data sources)."""
+    found = registry.get(key)
+    if found is None or not isinstance(cfg, found.config):
+        raise ConfigError(
+            f"{group}: {type(cfg).__name__} is not a registered {what} config "
+            f"(registered: {', '.join(registry)}); register it with {how}"
+        )
+    return found
+
+
 def one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
     check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 

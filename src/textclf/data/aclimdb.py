@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig, check
-from .core import DataError, Raw, Split, as_split, decode, warn_invalid_utf8
+from ..config import DataConfig
+from .core import DataError, Raw, Split, as_split, decode, require_path, warn_invalid_utf8
 from .imdb import IMDB_CLASSES
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,7 @@ class AclImdbConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(
-            bool(self.path),
-            "data.path",
-            f"is required for data={self.source}: pass data.path=<file or folder>",
-        )
+        require_path(self)
 
     def location(self) -> str | None:
         return self.path

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig, check, registered
 
 log = logging.getLogger(__name__)
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -90,14 +90,17 @@ def register(config: type[DataConfig], load: Callable[[Any], Raw]) -> None:
 
 
 def spec(cfg: DataConfig) -> Source:
-    found = REGISTRY.get(cfg.source)
-    if found is None or not isinstance(cfg, found.config):
-        raise ConfigError(
-            f"data: {type(cfg).__name__} is not a registered data source config "
-            f"(registered: {', '.join(REGISTRY)}); register it with "
-            "textclf.data.register(<config class>, <load function>)"
-        )
-    return found
+    how = "textclf.data.register(<config class>, <load function>)"
+    return registered(REGISTRY, cfg.source, cfg, "data", "data source", how)
+
+
+def require_path(cfg: Any) -> None:
+    """Sources that read a file or folder: `data.path` is required."""
+    check(
+        bool(cfg.path),
+        "data.path",
+        f"is required for data={cfg.source}: pass data.path=<file or folder>",
+    )
 
 
 def clean(text: str) -> str:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ..config import ConfigError, DataConfig, check, one_of
-from .core import DataError, Raw, Split, as_split
+from .core import DataError, Raw, Split, as_split, require_path
 from .table import NUMBER, canonical_label, read_table
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,7 @@ class CsvConfig(DataConfig):
             "data.delimiter",
             f"must be one character other than a quote or line break, got {self.delimiter!r}",
         )
-        check(
-            bool(self.path),
-            "data.path",
-            f"is required for data={self.source}: pass data.path=<file or folder>",
-        )
+        require_path(self)
 
     def location(self) -> str | None:
         return self.path

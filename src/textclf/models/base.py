@@ -20,7 +20,7 @@ from typing import Any
 
 import keras
 
-from ..config import BatchingConfig, ConfigError, ModelConfig
+from ..config import BatchingConfig, ModelConfig, registered
 
 
 @dataclass
@@ -60,11 +60,5 @@ def register(
 
 
 def spec(cfg: ModelConfig) -> Model:
-    found = REGISTRY.get(cfg.name)
-    if found is None or not isinstance(cfg, found.config):
-        raise ConfigError(
-            f"model: {type(cfg).__name__} is not a registered model config "
-            f"(registered: {', '.join(REGISTRY)}); register it with "
-            "textclf.models.register(<config class>, <build function>)"
-        )
-    return found
+    how = "textclf.models.register(<config class>, <build function>)"
+    return registered(REGISTRY, cfg.name, cfg, "model", "model", how)

@@ -207,7 +207,7 @@ def test_sparse_tf_idf_rows_are_sublinear_tf_idf_rows_of_unit_length():
     np.testing.assert_allclose(tf.sparse.to_dense(rows).numpy(), expected, rtol=1e-5)
 
     inputs = keras.Input(shape=(), dtype="string")
-    net = keras.Model(inputs, bow.probabilities(bow.head_logits(sparse(inputs), 2), 2))
+    net = keras.Model(inputs, models.head(sparse(inputs), 2))
     net.get_layer("logits").set_weights(
         [np.arange(12, dtype="float32")[:, None] / 10, np.zeros(1, "float32")]
     )
@@ -303,7 +303,7 @@ def test_the_mix_weights_fit_the_validation_labels_better_than_either_half(class
     either half alone (a or b fixed at 0), and it leans on the less noisy half."""
     from scipy.special import log_softmax
 
-    from textclf.models.lstm import mix_weights
+    from textclf.models.fusion import mix_weights
 
     rng = np.random.default_rng(0)
     width = 1 if classes == 2 else classes

@@ -20,7 +20,7 @@ import pytest
 
 from textclf import inference, models, tokenize, tracking
 from textclf.config import TokenizeConfig
-from textclf.models import bow, lstm
+from textclf.models import bow, fusion
 from textclf.run_folder import RunFolder
 
 from .conftest import Service, free_port, padded, reviews, small_model
@@ -70,7 +70,7 @@ def logged(tmp_path_factory, empty_store) -> SimpleNamespace:
         vectorizer.vocabulary_size(), 2, padded(), encoded.tokens, encoded.labels
     )
     linear = bow.build(bow.BowConfig(ngram_vocab=500), inputs)
-    net = lstm.fuse(models.build(cfg, inputs), linear, 2)
+    net = fusion.fuse(models.build(cfg, inputs), linear, 2)
     rng = np.random.default_rng(0)
     for layer in net.layers:
         if isinstance(layer, keras.layers.Dense):

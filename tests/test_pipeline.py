@@ -14,8 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from textclf import data, inference, models, tracking
-from textclf.config import ModelConfig, to_object
+from textclf.config import to_object
 from textclf.models.fused import FusedLSTM, lstm_layers
+from textclf.models.fusion import LateFusion
 from textclf.run_folder import RunFolder
 
 from .conftest import compose_config, reviews, run_pipeline, trained_once, write_csv
@@ -294,8 +295,10 @@ def test_the_training_levers_run_through_the_pipeline(levers_run):
 
 
 @dataclass
-class ToyConfig(ModelConfig):
-    """A model the project does not ship: the mean of its token embeddings → the head."""
+class ToyConfig(LateFusion):
+    """A model the project does not ship: the mean of its token embeddings → the head. Its
+    config offers late fusion (`LateFusion`, `model.ngram_branch`) and its network ends in
+    `models.head`: that is all the n-gram mix asks."""
 
     name: ClassVar[str] = "toy"
     embedding_dim: int = 8
@@ -305,7 +308,7 @@ def build_toy(cfg: ToyConfig, inputs: models.ModelInputs) -> keras.Model:
     tokens = keras.Input(shape=(None,), dtype="int32")
     x = keras.layers.Embedding(inputs.vocab_size, cfg.embedding_dim, mask_zero=True)(tokens)
     x = keras.layers.GlobalAveragePooling1D()(x)
-    return keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid")(x))
+    return keras.Model(tokens, models.head(x, inputs.num_classes))
 
 
 @pytest.fixture
@@ -319,7 +322,7 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     make_config, tmp_path, toy_model
 ):
     """Registered here alone: no edit of pipeline, tracking or compare, and it trains, logs,
-    exports and serves like the project's own models."""
+    exports and serves like the project's own models, mixed with the n-grams as the LSTM is."""
     cfg = make_config(
         "data=csv",
         f"data.path={write_csv(tmp_path / 'r.csv', reviews(240))}",
@@ -330,8 +333,10 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "toy·bucket·s42"
-    assert run.data.tags["model"] == "toy" and run.data.params["model.embedding_dim"] == "4"
+    assert run.info.status == "FINISHED" and run.info.run_name == "toy+ngrams·bucket·s42"
+    assert run.data.tags["model"] == "toy+ngrams" and run.data.params["model.embedding_dim"] == "4"
+    mixed = {"mix_toy", "mix_ngrams", "val_accuracy_toy", "val_accuracy_mixed", "ngrams_C"}
+    assert mixed <= set(run.data.metrics) and run.data.metrics["mix_ngrams"] != 1.0
     assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
     assert served.predict(["a wonderful film"])["label"].tolist()[0] in ("neg", "pos")

@@ -138,13 +138,10 @@ def fit(
 def finish(
     net: keras.Model, inputs: models.ModelInputs, tokens: Vectorized, batches: Batches, cfg: Config
 ) -> tuple[keras.Model, dict[str, float]]:
-    """The model's step after training, if it has one (the LSTM's late fusion with bow's
-    model): the network to evaluate and export, and metrics about it."""
-    step = models.spec(cfg.model).finish
-    if step is None:
-        return net, {}
+    """The model's step after training (late fusion with bow's model, if it offers it): the
+    network to evaluate and export, and metrics about it."""
     splits = tokens.splits
-    return step(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
+    return models.finish(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
 
 
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:

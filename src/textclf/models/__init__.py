@@ -1,18 +1,19 @@
 """The models, one module each, and the one registry line per model that makes it
 `model=<name>`: a config class (its defaults and checks), a build function, if the served
-network differs from the trained one a serving function, if it is not trained by Keras'
-loop a fit function, and if a step follows training a finish function. A new model is a
-module here, a `conf/model/<name>.yaml` and a line below."""
+network differs from the trained one a serving function, and if it is not trained by Keras'
+loop a fit function. A new model is a module here, a `conf/model/<name>.yaml` and a line
+below; its config subclassing `fusion.LateFusion` and its network ending in `head` give it
+the n-gram mix (models/fusion.py)."""
 
 from __future__ import annotations
 
 import keras
 
 from ..config import ModelConfig
-from . import bow, lstm
-from .base import REGISTRY, ModelInputs, register, spec
+from . import bow, fusion, lstm
+from .base import REGISTRY, ModelInputs, head, register, spec
 
-register(lstm.LstmConfig, lstm.build, lstm.serving, finish=lstm.finish)
+register(lstm.LstmConfig, lstm.build, lstm.serving)
 register(bow.BowConfig, bow.build, fit=bow.fit)
 
 
@@ -26,4 +27,14 @@ def serving(net: keras.Model, cfg: ModelConfig) -> keras.Model:
     return spec(cfg).serving(net, cfg)
 
 
-__all__ = ["REGISTRY", "ModelInputs", "build", "register", "serving", "spec"]
+def finish(
+    net: keras.Model, inputs: ModelInputs, train, val, val_batches, cfg: ModelConfig
+) -> tuple[keras.Model, dict[str, float]]:
+    """The step after training: the n-gram mix if `cfg` offers it and asks for it, else none.
+    The network to evaluate and export, and metrics about it."""
+    if isinstance(cfg, fusion.LateFusion) and cfg.ngram_branch:
+        return fusion.mix(net, inputs, train, val, val_batches, cfg)
+    return net, {}
+
+
+__all__ = ["REGISTRY", "ModelInputs", "build", "finish", "head", "register", "serving", "spec"]

@@ -5,10 +5,9 @@ function returning an uncompiled Keras model from padded token ids [batch, time]
 probabilities, optionally a `serving(net, cfg)` function turning the trained network into
 the one `model.keras` runs, optionally a `fit(net, train, val, cfg, callbacks)` function
 that fits it by its own solver instead of Keras' training loop (bow's logistic regression),
-returning (history, seconds per step of the solver, index of the kept step, stop reason),
-and optionally a `finish(net, inputs, train, val, val_batches, cfg)` function run after
-training, returning the network to evaluate and export and metrics to log about it (the
-LSTM's late fusion with bow's model).
+returning (history, seconds per step of the solver, index of the kept step, stop reason).
+A network that ends in `head` exposes its logits, so a config subclassing
+`fusion.LateFusion` gets the n-gram mix with no code of its own (models/fusion.py).
 `models/__init__.py` registers the project's own.
 """
 
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+from keras import layers
 
 from ..config import BatchingConfig, ModelConfig, registered
 
@@ -40,7 +40,6 @@ class Model:
     build: Callable[[Any, ModelInputs], keras.Model]
     serving: Callable[[keras.Model, Any], keras.Model] = lambda net, cfg: net
     fit: Callable | None = None  # None: Keras' training loop (train.fit)
-    finish: Callable | None = None  # None: the trained network is the model
 
 
 REGISTRY: dict[str, Model] = {}
@@ -51,14 +50,43 @@ def register(
     build: Callable,
     serving: Callable | None = None,
     fit: Callable | None = None,
-    finish: Callable | None = None,
 ) -> None:
     """Make a model buildable by `build`; the entry point also gives Hydra its config as the
     `<name>_schema` of the `model` group, which `conf/model/<name>.yaml` starts from
     (`model=<name>` selects it)."""
-    REGISTRY[config.name] = Model(config, build, serving or Model.serving, fit, finish)
+    REGISTRY[config.name] = Model(config, build, serving or Model.serving, fit)
 
 
 def spec(cfg: ModelConfig) -> Model:
     how = "textclf.models.register(<config class>, <build function>)"
     return registered(REGISTRY, cfg.name, cfg, "model", "model", how)
+
+
+PROBABILITIES = ("probability", "probabilities")  # the output layer's name: 2 classes, more
+
+
+def head(features, num_classes: int, name: str = "logits"):
+    """Features → class probabilities through one linear layer (one logit for two classes: a
+    sigmoid's, else a softmax's). A network ending here exposes its logits (`logits`)."""
+    width = 1 if num_classes == 2 else num_classes
+    return probabilities(layers.Dense(width, dtype="float32", name=name)(features), num_classes)
+
+
+def probabilities(logits, num_classes: int):
+    """Logits → class probabilities: a sigmoid's one for two classes, else a softmax."""
+    activation, name = (
+        ("sigmoid", PROBABILITIES[0]) if num_classes == 2 else ("softmax", PROBABILITIES[1])
+    )
+    return layers.Activation(activation, dtype="float32", name=name)(logits)
+
+
+def logits(net: keras.Model):
+    """The logits `net` turns into probabilities: the input of its `head`'s output layer."""
+    last = net.layers[-1]
+    if last.name not in PROBABILITIES:
+        raise ValueError(
+            f"model {net.name!r} ends in layer {last.name!r}, not a head's probabilities: "
+            "end its build function with textclf.models.head(features, inputs.num_classes) "
+            "to offer the n-gram mix"
+        )
+    return last.input

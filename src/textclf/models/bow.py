@@ -1,6 +1,6 @@
 """The bag-of-n-grams model (`model=bow`): weighted word n-grams → one linear layer, fitted
 to convergence by scikit-learn's logistic regression; also the n-gram half of the default
-model, which mixes it with the LSTM (models/lstm.py).
+model, mixed with the LSTM (models/fusion.py).
 
 It reads the same padded token ids as the LSTM, so batching, evaluation, export (raw strings
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
@@ -29,7 +29,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ..config import BatchingConfig, ModelConfig, check, one_of
-from .base import ModelInputs
+from .base import ModelInputs, head
 
 if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `solve`
     import scipy.sparse
@@ -38,11 +38,12 @@ if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay
     from ..tokenize import Encoded
 
 WEIGHTING = ("auto", "tfidf", "nb")
+LOGITS = "ngram_logits"  # its linear layer's name, unique beside the model it is mixed with
 
 
 @dataclass
 class Ngrams:
-    """The n-gram features' settings, shared by bow and the LSTM's n-gram branch."""
+    """The n-gram features' settings, shared by bow and late fusion's n-gram half."""
 
     ngrams: int = 2  # word n-grams up to this length
     # the most frequent n-grams of the training texts kept (a sparse row each)
@@ -212,8 +213,8 @@ def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
     """An uncompiled model from padded int ids to class probabilities (see `ngram_features`);
     its weights are set by `fit`."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    logits = head_logits(ngram_features(inputs, cfg)(tokens), inputs.num_classes)
-    return keras.Model(tokens, probabilities(logits, inputs.num_classes), name="bow")
+    features = ngram_features(inputs, cfg)(tokens)
+    return keras.Model(tokens, head(features, inputs.num_classes, name=LOGITS), name="bow")
 
 
 def fit(
@@ -243,7 +244,7 @@ def fit(
         on_step,
     )
     weights = [kept.coef_.T.astype("float32"), kept.intercept_.astype("float32")]
-    net.get_layer("logits").set_weights(weights)
+    net.get_layer(LOGITS).set_weights(weights)
     return (
         history,
         seconds,
@@ -313,16 +314,3 @@ def _scores(model: LogisticRegression, x: scipy.sparse.csr_matrix, y: np.ndarray
         "loss": float(log_loss(y, probabilities, labels=model.classes_)),
         "accuracy": float((model.classes_[probabilities.argmax(axis=1)] == y).mean()),
     }
-
-
-def head_logits(features, num_classes: int, name: str = "logits"):
-    """One linear layer to the logits of `num_classes` classes (one for two: a sigmoid's)."""
-    width = 1 if num_classes == 2 else num_classes
-    return layers.Dense(width, dtype="float32", name=name)(features)
-
-
-def probabilities(logits, num_classes: int):
-    """Logits → class probabilities: a sigmoid's one for two classes, else a softmax."""
-    if num_classes == 2:
-        return layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
-    return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)

@@ -57,8 +57,8 @@ METRICS = {
     "padding_efficiency": "padding eff.",
 }
 # Also in the per-run CSV: which epoch was kept, how long training went on, and for a model
-# with a step after training (the LSTM's late fusion) the trained network's score alone and
-# the mix's weights.
+# mixed with the n-grams (late fusion) the trained network's score alone and the mix's
+# weights (`MIX`).
 RUN_METRICS = [
     "served_agreement",
     "batch_rows",
@@ -68,9 +68,8 @@ RUN_METRICS = [
     "best_val_loss",
     "test_loss",
     "trained_test_accuracy",
-    "mix_lstm",
-    "mix_ngrams",
 ]
+MIX = "metrics.mix_"  # late fusion's weights: mix_<model>, mix_ngrams
 FORMATS = {"served_max_abs_diff": "{:.1e}", "train_reviews_per_s": "{:,.0f}"}
 CSV_COLUMNS = [
     "variant",
@@ -308,7 +307,8 @@ def run_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     missing = pd.Series(np.nan, index=finished.index)
     frame["seed"] = pd.to_numeric(finished.get(f"params.{SEED}", missing), errors="coerce")
     frame["run_id"] = finished["run_id"]
-    for metric in [*METRICS, *RUN_METRICS]:
+    mix = sorted(c.removeprefix("metrics.") for c in finished.columns if c.startswith(MIX))
+    for metric in [*METRICS, *RUN_METRICS, *mix]:
         frame[metric] = pd.to_numeric(finished.get(f"metrics.{metric}", missing), errors="coerce")
     return frame, keys
 

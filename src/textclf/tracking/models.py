@@ -8,9 +8,11 @@ run, registered name, version or alias or the newest run, loaded back for `textc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -20,7 +22,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from ..run_folder import RunFolder, data_params
-from .outage import TrackingError, Unreachable, is_unreachable
+from .outage import TrackingError, Unreachable, first_line, is_unreachable
 from .runs import Run, connect, sqlite_path
 
 MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
@@ -121,8 +123,8 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         found = None  # not in this store
-    tags = found.data.tags if found else None
-    if found and found.info.status == "FINISHED" and MODEL_TAG in found.data.tags:
+    has_model = found is not None and MODEL_TAG in found.data.tags
+    if found and found.info.status == "FINISHED" and has_model:
         log.info("run %s is already FINISHED with its model: nothing to log", run_id)
         return found.info.run_id
     if found is None:
@@ -145,7 +147,7 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
             run.pending = [Metric(**m) for m in folder.read_json(RunFolder.PENDING)]
             run.flush()
         run.log_metrics(folder.read_json(RunFolder.METRICS))
-        if MODEL_TAG not in (tags or {}):
+        if not has_model:
             log_model(run, folder.model, folder.classes, config["tracking"]["registered_model"])
         for path in folder.logged():
             run.log_artifact(path)
@@ -180,8 +182,7 @@ def register_model(uri: str, model: str, name: str, alias: str) -> str:
         client.set_registered_model_alias(name, alias, version)
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(
-            f"cannot register {model} as {name}@{alias} in {uri}: "
-            f"{str(error).strip().splitlines()[0][:300]}"
+            f"cannot register {model} as {name}@{alias} in {uri}: {first_line(error)}"
         ) from None
     log.info(
         "%s is version %s of %s; alias %s points to it: models:/%s@%s",
@@ -227,31 +228,32 @@ def model_uri(
     return runs[0].data.tags[MODEL_TAG]
 
 
-def load_model(uri: str, model: str):
-    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+@contextlib.contextmanager
+def _reading(uri: str, model: str, doing: str) -> Iterator[None]:
+    """Read `model` from the store at `uri` (which holds its registered name and alias), with
+    MLflow's many error types for a missing run, model or version as one TrackingError."""
     _registered(_existing_store(uri), model)
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.pyfunc.load_model(model)
-    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        yield
+    except Exception as error:
         raise TrackingError(
-            f"cannot load the model {model} from {uri}: "
-            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            f"cannot {doing} the model {model} from {uri}: "
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
+
+
+def load_model(uri: str, model: str):
+    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+    with _reading(uri, model, "load"):
+        return mlflow.pyfunc.load_model(model)
 
 
 def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | None]:
     """The `model.keras` and `classes.json` a logged model was built from, downloaded into
     `folder`, and the id of the run that logged it."""
-    _registered(_existing_store(uri), model)
-    mlflow.set_tracking_uri(uri)
-    try:
+    with _reading(uri, model, "download"):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(folder)))
-    except Exception as error:  # MLflow raises many types for a missing run, model or version
-        raise TrackingError(
-            f"cannot find the model {model} in {uri}: "
-            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-        ) from error
     wanted = (RunFolder.MODEL, RunFolder.CLASSES)
     files = {p.name: p for p in local.rglob("*") if p.name in wanted}
     if len(files) != 2:

@@ -27,6 +27,11 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message holds its URI."""
 
 
+def first_line(error: BaseException) -> str:
+    """The start of an error's message, for ours: MLflow's can run to a page."""
+    return (str(error).strip().splitlines() or [""])[0][:300]
+
+
 def server_problem(uri: str, timeout: float = 5.0) -> str | None:
     """None when the tracking server at `uri` answers /health (never behind a login), else why
     not; always None for a local store."""

@@ -44,6 +44,7 @@ from .outage import (
     KeepsMetrics,
     TrackingError,
     check_server,
+    first_line,
     is_unreachable,
     now_ms,
     server_problem,
@@ -98,7 +99,7 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
                 return client, found.experiment_id
         raise TrackingError(
             f"cannot use the MLflow tracking store {uri!r}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
+            f"{type(error).__name__}: {first_line(error)}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
     if training:
@@ -120,23 +121,12 @@ def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
     MLflow does not add them itself. The source is the `textclf` command; the commit is the
     checkout's at `cwd`, as `git rev-parse HEAD` there says (left out outside a checkout)."""
     tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
-    commit = git_commit(cwd)
-    return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
+        git = ["git", "rev-parse", "HEAD"]
+        out = subprocess.run(git, cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return tags
+    return tags | {MLFLOW_GIT_COMMIT: out.stdout.strip()}
 
 
 def _dataset(split: Lineage) -> Dataset:
@@ -163,14 +153,8 @@ class Stopped(Exception):
 
 
 class Run(KeepsMetrics):
-    """One MLflow run: params, metrics, tags and artifacts, through one client.
-
-    Against a tracking server, MLflow's client retries each request for about 4 minutes
-    (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`), which bridges a
-    restart. An epoch's metrics that still cannot be sent are kept in `pending` and training
-    goes on; they go out with a later epoch's once the server answers /health again, or
-    through `flush` / `or_later` when training ends.
-    """
+    """One MLflow run: params, metrics, tags and artifacts, through one client; epoch metrics
+    a lost tracking server missed are kept and sent later (`outage.KeepsMetrics`)."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id

@@ -36,13 +36,26 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def positive(key: str, value: float | None, null: bool = False) -> None:
-    """Refuse `value` unless it is > 0 (or, with `null`, None)."""
+def positive(key: str, value: float | None, null: bool = False, unit: str = "") -> None:
+    """Refuse `value` unless it is > 0 (or, with `null`, None); `unit` names what it counts."""
     check(
         (null and value is None) or (value is not None and value > 0),
         key,
-        f"must be {'null or ' if null else ''}> 0, got {value}",
+        f"must be {'null or ' if null else ''}> 0{unit}, got {value}",
     )
+
+
+def at_least(key: str, value: float | None, low: float, null: bool = False) -> None:
+    """Refuse `value` unless it is >= `low` (or, with `null`, None)."""
+    check(
+        (null and value is None) or (value is not None and value >= low),
+        key,
+        f"must be {'null or ' if null else ''}>= {low}, got {value}",
+    )
+
+
+def fraction(key: str, value: float) -> None:
+    check(0 < value < 1, key, f"must be in (0, 1), got {value}")
 
 
 def registered(
@@ -102,21 +115,9 @@ class DataConfig:
             "data.max_conflicts",
             f"must be in [0, 1] (a fraction of training rows), got {self.max_conflicts}",
         )
-        check(
-            0 < self.val_fraction < 1,
-            "data.val_fraction",
-            f"must be in (0, 1), got {self.val_fraction}",
-        )
-        check(
-            0 < self.test_fraction < 1,
-            "data.test_fraction",
-            f"must be in (0, 1), got {self.test_fraction}",
-        )
-        check(
-            self.limit is None or self.limit >= 4,
-            "data.limit",
-            f"must be null or >= 4, got {self.limit}",
-        )
+        fraction("data.val_fraction", self.val_fraction)
+        fraction("data.test_fraction", self.test_fraction)
+        at_least("data.limit", self.limit, 4, null=True)
 
     def location(self) -> str | None:
         """The file or folder the source reads, if it reads one (messages name it)."""
@@ -194,19 +195,11 @@ class BatchingConfig:
         positive("batching.batch_size", self.batch_size)
         positive("batching.num_buckets", self.num_buckets)
         one_of(self.bucket_keys, "batching.bucket_keys", ("length", "random"))
-        check(self.pool_batches > 0, "batching.pool_batches", "must be > 0 batches per pool")
+        positive("batching.pool_batches", self.pool_batches, unit=" batches per pool")
         positive("batching.round_to", self.round_to)
         positive("batching.shuffle_buffer", self.shuffle_buffer)
-        check(
-            self.token_budget is None or self.token_budget > 0,
-            "batching.token_budget",
-            f"must be null or > 0 tokens per batch, got {self.token_budget}",
-        )
-        check(
-            self.max_batch_rows is None or self.max_batch_rows > 0,
-            "batching.max_batch_rows",
-            f"must be null or > 0 rows per batch, got {self.max_batch_rows}",
-        )
+        positive("batching.token_budget", self.token_budget, null=True, unit=" tokens per batch")
+        positive("batching.max_batch_rows", self.max_batch_rows, null=True, unit=" rows per batch")
         if self.truncates:
             check(
                 self.max_length is not None and self.max_length > 0,
@@ -276,11 +269,9 @@ class TrainConfig:
         positive("train.learning_rate", self.learning_rate)
         positive("train.epochs", self.epochs)
         positive("train.max_steps", self.max_steps, null=True)
-        check(
-            self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}"
-        )
+        at_least("train.weight_decay", self.weight_decay, 0)
         positive("train.clipnorm", self.clipnorm, null=True)
-        check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        at_least("train.patience", self.patience, 0)
         check(
             0 <= self.min_delta < 1,
             "train.min_delta",
@@ -372,22 +363,10 @@ class TuneConfig:
             "is empty: name what to search, e.g. "
             "tune.space={model.units: 'choice(32, 64)'} or hparams_search=<file>",
         )
-        check(
-            self.startup_trials >= 0,
-            "tune.startup_trials",
-            f"must be >= 0, got {self.startup_trials}",
-        )
+        at_least("tune.startup_trials", self.startup_trials, 0)
         one_of(self.pruner, "tune.pruner", PRUNERS)
-        check(
-            self.prune_from_epoch >= 1,
-            "tune.prune_from_epoch",
-            f"must be >= 1, got {self.prune_from_epoch}",
-        )
-        check(
-            self.prune_startup_trials >= 0,
-            "tune.prune_startup_trials",
-            f"must be >= 0, got {self.prune_startup_trials}",
-        )
+        at_least("tune.prune_from_epoch", self.prune_from_epoch, 1)
+        at_least("tune.prune_startup_trials", self.prune_startup_trials, 0)
         check(
             (self.pruner == "threshold") == (self.prune_threshold is not None),
             "tune.prune_threshold",
@@ -522,18 +501,11 @@ class RegisterConfig:
     alias: str | None = None  # e.g. champion; moved from the version that had it
 
     def __post_init__(self) -> None:
-        check(
-            bool(self.name),
-            "name",
-            "give the registered model's name: make register "
-            "NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
+        how = (
+            "make register NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)"
         )
-        check(
-            bool(self.alias),
-            "alias",
-            "give the alias to set: make register NAME=<model> "
-            "ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
-        )
+        check(bool(self.name), "name", f"give the registered model's name: {how}")
+        check(bool(self.alias), "alias", f"give the alias to set: {how}")
 
 
 @dataclass

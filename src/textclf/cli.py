@@ -46,7 +46,7 @@ from .config import (
     structured,
     to_object,
 )
-from .run_folder import ensure_writable
+from .run_folder import RunFolder, ensure_writable
 
 log = logging.getLogger("textclf")
 CONF_DIR = Path(__file__).with_name("conf")  # shipped with the package (pip install . finds it)
@@ -268,7 +268,6 @@ def where_to_look(uri: str, link: str) -> str:
 def summary(config: Config, metrics: dict[str, float]) -> str:
     """A training run's last lines: how it scored, where it went, and what to run next."""
     from . import tracking
-    from .run_folder import RunFolder
 
     uri, experiment = config.tracking.uri, config.tracking.experiment
     run_id = RunFolder(Path(config.output_dir)).run_id()
@@ -444,7 +443,6 @@ def log_model(args: list[str]) -> None:
     """`textclf log-model <run folder> [tracking.uri=<uri>]`: log a trained run folder to MLflow
     after its tracking server was unreachable when training ended (see `Run.or_later`)."""
     from . import tracking
-    from .run_folder import RunFolder
 
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"

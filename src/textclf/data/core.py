@@ -83,9 +83,7 @@ REGISTRY: dict[str, Source] = {}
 
 
 def register(config: type[DataConfig], load: Callable[[Any], Raw]) -> None:
-    """Make a source loadable by `data.load`; the entry point also gives Hydra its config as the
-    `<source>_schema` of the `data` group, which `conf/data/<source>.yaml` starts from
-    (`data=<source>` selects it)."""
+    """Make a source loadable by `data.load` and selectable as `data=<source>`."""
     REGISTRY[config.source] = Source(config, load)
 
 
@@ -283,11 +281,8 @@ def _labels_by_text(part: Split) -> dict[str, set[int]]:
 
 
 def repeats(train: Split, val: Split, test: Split) -> dict[str, int]:
-    """What inflates or blurs a score, compared on the cleaned texts the model reads: rows
-    repeating an earlier row's text in their split (`duplicates_<split>`), rows whose text
-    another row of their split labels otherwise (`conflicts_<split>`), validation rows whose
-    text is a training row's (`overlap_train_val`) and test rows whose text is in the training
-    data, training or validation rows (`overlap_train_test`)."""
+    """What inflates or blurs a score (`REPEATS`), compared on the cleaned texts the model
+    reads; `overlap_train_test` counts test texts in training or validation."""
     counts = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
         labels = _labels_by_text(part)
@@ -373,8 +368,7 @@ class Lineage:
 
 def digest(part: Split, class_names: Sequence[str]) -> str:
     """A fingerprint of a split's texts and labels, in order: equal for the same rows however
-    they were read, different when one text, one label or the order changes. Hashes whole
-    arrays (each text's length, then all texts as one string), not row by row."""
+    they were read. Hashes whole arrays (text lengths, then all texts as one), not row by row."""
     h = hashlib.blake2b(digest_size=8)
     h.update(json.dumps(list(class_names)).encode())
     h.update(np.asarray(part.labels, dtype=np.int64).tobytes())

@@ -1,9 +1,7 @@
 """MLflow runs: created, logged to and closed through `MlflowClient` (no global "active run"),
 so a failing job ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave
-the next one "already active". The default store is a SQLite file at an absolute path under
-the project's `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's folder.
-A run records the splits it saw as MLflow datasets (`Run.log_datasets`, read back by
-`datasets`) and, for training, MLflow's system metrics.
+the next one "already active". A run records the splits it saw as MLflow datasets and, for
+training, MLflow's system metrics.
 """
 
 from __future__ import annotations
@@ -116,10 +114,9 @@ def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str])
 
 
 def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
-    """MLflow's standard tags of where a run came from (user, `mlflow.source.name`, `.type`,
-    `.git.commit`), which fill the UI's Source column: runs are created through a client, so
-    MLflow does not add them itself. The source is the `textclf` command; the commit is the
-    checkout's at `cwd`, as `git rev-parse HEAD` there says (left out outside a checkout)."""
+    """MLflow's standard tags of where a run came from (user, source `command`, the commit of
+    the checkout at `cwd` if any), which fill the UI's Source column: runs created through a
+    client do not get them."""
     tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
     try:
         git = ["git", "rev-parse", "HEAD"]
@@ -220,11 +217,9 @@ def start_run(
     training: bool = True,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
-    (unless its tracking server is unreachable at the end: see `Run.or_later`). With
-    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open.
-    `start_time` (ms since the epoch) dates a run opened after its work began, so that its
-    MLflow duration is the work's. `training=False`: the experiment holds other runs (an
-    evaluation's, a benchmark's) and gets no training-runs description."""
+    (unless its tracking server is unreachable at the end: see `Run.or_later`). `start_time`
+    (ms since the epoch) dates a run opened after its work began. `training=False`: the
+    experiment holds other runs (evaluations, benchmarks) and gets no training description."""
     client, experiment_id = connect(uri, experiment, training)
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -258,10 +253,9 @@ def start_run(
 
 @contextlib.contextmanager
 def _system_metrics(uri: str, run_id: str, resumed: bool) -> Iterator[None]:
-    """MLflow's system metrics (`system/*`) of the run while the block runs, one sample every
-    10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=<seconds> changes it); a resumed run's go on
-    from its last step. The sampling thread ends with the block; when the tracking server is
-    unreachable by then it is told to stop rather than waited for (its requests retry)."""
+    """MLflow's system metrics (`system/*`) of the run while the block runs; a resumed run's go
+    on from its last step. When the tracking server is unreachable at the end, the sampling
+    thread is told to stop rather than waited for (its requests retry)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)

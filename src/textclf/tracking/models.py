@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from ..run_folder import RunFolder, data_params
 from .outage import TrackingError, Unreachable, first_line, is_unreachable
-from .runs import Run, connect, sqlite_path
+from .runs import Run, connect, find_run, sqlite_path
 
 MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
 MODEL = "model"  # the logged model's name in its run
@@ -117,12 +117,7 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
     uri = uri or config["tracking"]["uri"]
     client, experiment_id = connect(uri, config["tracking"]["experiment"])
     run_id = folder.run_id()
-    try:
-        found = client.get_run(run_id) if run_id else None
-    except mlflow.exceptions.MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        found = None  # not in this store
+    found = find_run(client, run_id) if run_id else None  # None: not in this store
     has_model = found is not None and MODEL_TAG in found.data.tags
     if found and found.info.status == "FINISHED" and has_model:
         log.info("run %s is already FINISHED with its model: nothing to log", run_id)

@@ -347,15 +347,19 @@ def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None =
         run.log_artifact(path, folder)
 
 
-def run_exists(uri: str, run_id: str) -> bool:
-    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+def find_run(client: MlflowClient, run_id: str) -> mlflow.entities.Run | None:
+    """The run, or None when the store does not hold it."""
     try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
+        return client.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
-    return True
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+    return find_run(MlflowClient(tracking_uri=uri), run_id) is not None
 
 
 def children(uri: str, parent_run_id: str) -> list:

@@ -360,7 +360,7 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
     parser, rest, space = OverridesParser.create(), [], {}
     for arg in args:
         try:
-            [override] = [] if arg.startswith("-") else parser.parse_overrides([arg])
+            override = None if arg.startswith("-") else parser.parse_overrides([arg])[0]
         except Exception:  # not an override: Hydra says what is wrong with it
             override = None
         if override is not None and override.is_sweep_override():

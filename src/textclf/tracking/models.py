@@ -1,9 +1,7 @@
-"""The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py` builds it
-from the run's `model.keras` and `classes.json`) with the inference side of the package, so it
-loads where textclf is not installed; registered with an alias (`textclf register`), found by
-run, registered name, version or alias or the newest run, loaded back for `textclf predict` and
-`textclf evaluate`; `mlflow models serve` serves the same model. Also `log_run_folder`
-(`textclf log-model`): a trained run folder logged after its tracking server was away.
+"""The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py`) with the
+inference side of the package, so it loads where textclf is not installed; registered with an
+alias, found and loaded back for `textclf predict` and `textclf evaluate`. Also
+`log_run_folder` (`textclf log-model`): a run folder logged after its tracking server was away.
 """
 
 from __future__ import annotations
@@ -74,15 +72,14 @@ def _inference_package(folder: Path) -> Path:
 def log_model(
     run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
 ) -> str:
-    """Log the `.keras` model as the run's pyfunc `model` from code (`mlflow_model.py`), with a
-    signature from an input example, the package's inference side as its code (MLflow puts it
-    first on `sys.path` when it loads the model) and pinned requirements: enough to load and
-    serve it in an environment made from its `requirements.txt` alone.
+    """Log the `.keras` model as the run's pyfunc `model`, with a signature, the package's
+    inference side as its code and pinned requirements: enough to load and serve it in an
+    environment made from its `requirements.txt` alone; with `registered_model`, also as that
+    registered model's next version.
 
     `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
     run" (whose end would mark the run FINISHED early); it takes the store and the experiment
-    from the fluent globals, hence the two `set_` calls. With `registered_model` it also
-    becomes that registered model's next version.
+    from the fluent globals, hence the two `set_` calls.
     """
     mlflow.set_tracking_uri(run.client.tracking_uri)
     mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)

@@ -3,10 +3,8 @@
 The parent process creates the store, the experiment and the parent run before any job
 starts (parallel jobs racing to create a fresh SQLite store fail in its migrations), and
 writes the parent's id into the sweep folder, where every job, local or on a cluster, reads it.
-
-A sweep resumed with `train.resume` (`textclf resume <sweep folder>`) reopens that parent run:
-jobs whose run FINISHED are skipped, started ones continue from their checkpoints in their own
-runs, and jobs that never started run afresh.
+A resumed sweep reopens that parent run: FINISHED jobs are skipped, started ones continue from
+their checkpoints, and jobs that never started run afresh.
 """
 
 from __future__ import annotations

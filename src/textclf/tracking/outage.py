@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,4 @@ def _is_number(value: Any) -> bool:
 
 
 def now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

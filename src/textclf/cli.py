@@ -406,20 +406,11 @@ def bench(cfg: DictConfig) -> None:
     length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
     cut = [f"batching.max_length={length}"] if length else []  # for a truncating strategy
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
-    strategies = {
-        name: structured(
-            compose(
-                "bench",
-                overrides=[
-                    f"batching={name}",
-                    *same,
-                    *(cut if STRATEGIES[name].truncates else []),
-                ],
-            ).batching,
-            BatchingConfig,
-        )
-        for name in names
-    }
+    strategies: dict[str, BatchingConfig] = {}
+    for name in names:
+        truncate = cut if STRATEGIES[name].truncates else []
+        composed = compose("bench", overrides=[f"batching={name}", *same, *truncate])
+        strategies[name] = structured(composed.batching, BatchingConfig)
     # the token budget as its own lever: what wider batches of short texts add
     budget = config.batching.token_budget or BatchingConfig.token_budget
     for name in names:

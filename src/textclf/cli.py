@@ -1,8 +1,6 @@
-"""Entry points: `textclf train|resume|evaluate|predict|register [hydra overrides]` and the
-studies' `textclf tune|baseline|compare|bench`, one Hydra app each, listed with its primary
-config in one table, `COMMANDS` (`resume` is `train` again, in an interrupted run's folder with
-its overrides); and `textclf log-model <run folder>`. The study commands import
-`textclf.studies` only when they run.
+"""Entry points: `textclf <command> [hydra overrides]`, one Hydra app per command, listed with
+its primary config in `COMMANDS`, and `textclf log-model <run folder>`. The study commands
+import `textclf.studies` only when they run.
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -18,7 +16,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import resume
 from .config import (
+    SCHEMAS,
     STRATEGIES,
     BaselineConfig,
     BatchingConfig,
@@ -48,6 +46,7 @@ from .config import (
     structured,
     to_object,
 )
+from .run_folder import RunFolder, ensure_writable
 
 log = logging.getLogger("textclf")
 CONF_DIR = Path(__file__).with_name("conf")  # shipped with the package (pip install . finds it)
@@ -83,24 +82,18 @@ OmegaConf.register_new_resolver("short", short_name, replace=True)
 
 
 def register_schemas(with_models: bool = False) -> None:
-    """Hydra's ConfigStore gets the typed schemas the defaults lists of `conf/*.yaml` start
-    from: config.py's, each registered data source's config as `data/<source>_schema` (what
-    `conf/data/<source>.yaml` starts from), and with `with_models` each registered model's
-    config as `model/<name>_schema` (what `conf/model/<name>.yaml` starts from). Only the entry
-    point registers them: the models, the sources and config.py stay free of Hydra, so the
-    logged MLflow model can carry them. The models (and the batching strategies, registered on
-    the way) import TensorFlow, which only training and bench need."""
+    """Hydra's ConfigStore gets the typed schemas `conf/*.yaml` start from: config.py's
+    `SCHEMAS`, each data source's config as `data/<source>_schema` and, `with_models`, each
+    model's as `model/<name>_schema`. Only the entry point registers them, so the rest stays
+    free of Hydra (the logged MLflow model carries it); the models import TensorFlow, which
+    only training and bench need."""
     from . import data
 
     store = ConfigStore.instance()
     for name, source in data.REGISTRY.items():
         store.store(group="data", name=f"{name}_schema", node=source.config)
-    store.store(name="config_schema", node=Config)
-    store.store(name="config_schema_compare", node=CompareConfig)
-    store.store(name="config_schema_predict", node=PredictConfig)
-    store.store(name="config_schema_evaluate_model", node=EvaluateModelConfig)
-    store.store(name="config_schema_baseline", node=BaselineConfig)
-    store.store(name="config_schema_register", node=RegisterConfig)
+    for name, schema in SCHEMAS.items():
+        store.store(name=name, node=schema)
     if with_models:
         from . import batching, models  # noqa: F401  (batching: registers its strategies)
 
@@ -121,11 +114,8 @@ _PROBE_NOISE = re.compile(
 
 
 def _quiet_cuda_probe() -> None:
-    """Route this process's stderr (fd 2) through a filter that drops `_PROBE_NOISE` lines.
-
-    Everything else, Python's and TensorFlow's own warnings included, passes unchanged; the
-    filter is flushed at exit.
-    """
+    """Route this process's stderr (fd 2) through a filter that drops `_PROBE_NOISE` lines
+    and passes everything else; it is flushed at exit."""
     import atexit
     import threading
 
@@ -193,13 +183,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(reason)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> float:
     """One training run (or one job of a sweep); returns `optimized_metric` (a validation
     metric) for sweepers. A failed sweep job is already its FAILED run: the sweep goes on."""
-    # Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    _stop_on_signals()
     hydra_cfg = HydraConfig.get()
     if cfg.get("tune") is not None:
         raise ConfigError(
@@ -274,7 +268,6 @@ def where_to_look(uri: str, link: str) -> str:
 def summary(config: Config, metrics: dict[str, float]) -> str:
     """A training run's last lines: how it scored, where it went, and what to run next."""
     from . import tracking
-    from .run_folder import RunFolder
 
     uri, experiment = config.tracking.uri, config.tracking.experiment
     run_id = RunFolder(Path(config.output_dir)).run_id()
@@ -301,7 +294,7 @@ def summary(config: Config, metrics: dict[str, float]) -> str:
 def predict(cfg: DictConfig) -> None:
     from . import predict as classify
 
-    classify.run(structured(cfg, PredictConfig, "config_schema_predict"))
+    classify.run(structured(cfg, PredictConfig))
 
 
 @task_wrapper
@@ -309,7 +302,7 @@ def register(cfg: DictConfig) -> None:
     """A run's model (default: the newest run's) as a registered version with an alias."""
     from . import tracking
 
-    config = structured(cfg, RegisterConfig, "config_schema_register")
+    config = structured(cfg, RegisterConfig)
     assert config.name and config.alias  # RegisterConfig refuses a config without them
     model = tracking.model_uri(config.tracking.uri, config.tracking.experiment, config.run_id)
     tracking.register_model(config.tracking.uri, model, config.name, config.alias)
@@ -319,7 +312,7 @@ def register(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> None:
     from . import evaluate_model
 
-    evaluate_model.run(structured(cfg, EvaluateModelConfig, "config_schema_evaluate_model"))
+    evaluate_model.run(structured(cfg, EvaluateModelConfig))
 
 
 # The studies' commands (studies/): each imports its study when it runs, never before
@@ -334,8 +327,7 @@ def tune(space: dict[str, str]) -> Callable[[DictConfig], object]:
     def search(cfg: DictConfig) -> None:
         from .studies import tune as study
 
-        signal.signal(signal.SIGINT, _interrupt)
-        signal.signal(signal.SIGTERM, _interrupt)
+        _stop_on_signals()
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.get("tune") is None:
             raise ConfigError(
@@ -368,7 +360,7 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
     parser, rest, space = OverridesParser.create(), [], {}
     for arg in args:
         try:
-            [override] = [] if arg.startswith("-") else parser.parse_overrides([arg])
+            override = None if arg.startswith("-") else parser.parse_overrides([arg])[0]
         except Exception:  # not an override: Hydra says what is wrong with it
             override = None
         if override is not None and override.is_sweep_override():
@@ -382,17 +374,14 @@ def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
 def baseline(cfg: DictConfig) -> None:
     from .studies import baseline as reference
 
-    reference.run(
-        structured(cfg, BaselineConfig, "config_schema_baseline"),
-        _choice_tags(HydraConfig.get(), "baseline"),
-    )
+    reference.run(structured(cfg, BaselineConfig), _choice_tags(HydraConfig.get(), "baseline"))
 
 
 @task_wrapper
 def compare(cfg: DictConfig) -> None:
     from .studies import compare as report
 
-    config = structured(cfg, CompareConfig, "config_schema_compare")  # validates alpha
+    config = structured(cfg, CompareConfig)  # validates alpha
     report.main(
         config.tracking.uri,
         config.tracking.experiment,
@@ -417,21 +406,11 @@ def bench(cfg: DictConfig) -> None:
     length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
     cut = [f"batching.max_length={length}"] if length else []  # for a truncating strategy
     names = GlobalHydra.instance().config_loader().get_group_options("batching")
-    strategies = {
-        name: structured(
-            compose(
-                "bench",
-                overrides=[
-                    f"batching={name}",
-                    *same,
-                    *(cut if STRATEGIES[name].truncates else []),
-                ],
-            ).batching,
-            BatchingConfig,
-            "config_schema",
-        )
-        for name in names
-    }
+    strategies: dict[str, BatchingConfig] = {}
+    for name in names:
+        truncate = cut if STRATEGIES[name].truncates else []
+        composed = compose("bench", overrides=[f"batching={name}", *same, *truncate])
+        strategies[name] = structured(composed.batching, BatchingConfig)
     # the token budget as its own lever: what wider batches of short texts add
     budget = config.batching.token_budget or BatchingConfig.token_budget
     for name in names:
@@ -455,7 +434,6 @@ def log_model(args: list[str]) -> None:
     """`textclf log-model <run folder> [tracking.uri=<uri>]`: log a trained run folder to MLflow
     after its tracking server was unreachable when training ended (see `Run.or_later`)."""
     from . import tracking
-    from .run_folder import RunFolder
 
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -501,9 +479,7 @@ def _check_output_folders(overrides: list[str]) -> None:
     ]
     for folder in map(Path, named or [str(ROOT / "outputs")]):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
+            ensure_writable(folder)
         except OSError as error:
             log.error(
                 "textclf: cannot create or write the output folder %s (%s); give one "
@@ -533,7 +509,7 @@ class Command:
     `main` does before and after."""
 
     config: str  # conf/<config>.yaml
-    app: App | None  # None: `prepare` builds it from the command line (tune's search space)
+    app: App | None = None  # None: `prepare` gives it
     # the command line as Hydra is to read it, and the app to run
     prepare: Callable[[list[str]], tuple[list[str], App]] | None = None
     models: bool = False  # registers the models' schemas (`model=<name>`; imports TensorFlow)
@@ -583,8 +559,8 @@ def _predict_args(args: list[str]) -> tuple[list[str], App]:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("config", train, _train_args, models=True, outputs=True, interrupted=KILLED),
-    "resume": Command("config", train, _resume_args, models=True, outputs=True, interrupted=KILLED),
+    "train": Command("config", None, _train_args, models=True, outputs=True, interrupted=KILLED),
+    "resume": Command("config", None, _resume_args, models=True, outputs=True, interrupted=KILLED),
     "tune": Command(
         "config",
         None,
@@ -598,7 +574,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "baseline": Command("baseline", baseline),
     "compare": Command("compare", compare),
-    "predict": Command("predict", predict, _predict_args),
+    "predict": Command("predict", None, _predict_args),
     "evaluate": Command("evaluate_model", evaluate, outputs=True),
     "register": Command("register", register),
     "bench": Command("bench", bench, models=True, outputs=True),
@@ -607,15 +583,13 @@ COMMANDS: dict[str, Command] = {
 
 def main() -> None:
     args = sys.argv[1:]
-    if args and args[0] == "log-model":
-        if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
-            _quiet_cuda_probe()
-        return log_model(args[1:])
-    if not args or args[0] not in COMMANDS:
+    if not args or args[0] not in [*COMMANDS, "log-model"]:
         print(USAGE.format(commands="{" + ",".join([*COMMANDS, "log-model"]) + "}"))
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     if os.environ.get("TEXTCLF_KEEP_STDERR") != "1":
         _quiet_cuda_probe()
+    if args[0] == "log-model":
+        return log_model(args[1:])
     name, command = args[0], COMMANDS[args[0]]
     rest, app = command.arguments(["bench.quick=true" if a == "--quick" else a for a in args[1:]])
     if command.models:

@@ -1,16 +1,12 @@
-"""Typed configuration: one dataclass per stage, the schema behind `conf/`, and every default.
-
-The defaults live here and only here, but for the models' and the data sources' own settings,
-each in its module's config class. A `conf/<group>/<option>.yaml` file says only what its option
-changes (a test fails if a YAML value repeats a default); the batching strategy
-(`batching.strategy`) has no default and equals the option file's name. Hydra
-composes YAML into these schemas (the entry point registers them: `cli.register_schemas`), so
-a wrong type or unknown key fails at compose time; `__post_init__` then rejects impossible values
-with the key's dotted name before any data is read.
+"""Typed configuration: one dataclass per stage, the schema behind `conf/`, and every default
+(but the models' and data sources' own, in their modules' config classes). A
+`conf/<group>/<option>.yaml` says only what its option changes (a test fails if it repeats a
+default). Hydra composes YAML into these schemas, so a wrong type or unknown key fails at
+compose time; `__post_init__` then rejects impossible values by their dotted key before any
+data is read.
 
 Importing this module imports neither Hydra nor OmegaConf: the logged MLflow model carries it
-(the models' configs and the inference code use its classes) into environments that have
-neither.
+into environments that have neither.
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ SchemaT = TypeVar("SchemaT")
 MISSING: Any = "???"  # omegaconf.MISSING: a value the config must set (Hydra fails if it is not)
 
 STANDARDIZE = ("lower_and_strip_punctuation", "lower", "strip_punctuation", "html", "none")
-PADDING_SIDES = ("post", "pre")
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 NAME_SEP = "·"  # between the parts of a run name: `bucket·mask_zero·s0`
 
 
@@ -38,6 +32,28 @@ class ConfigError(ValueError):
 def check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def positive(key: str, value: float | None, null: bool = False, unit: str = "") -> None:
+    """Refuse `value` unless it is > 0 (or, with `null`, None); `unit` names what it counts."""
+    check(
+        (null and value is None) or (value is not None and value > 0),
+        key,
+        f"must be {'null or ' if null else ''}> 0{unit}, got {value}",
+    )
+
+
+def at_least(key: str, value: float | None, low: float, null: bool = False) -> None:
+    """Refuse `value` unless it is >= `low` (or, with `null`, None)."""
+    check(
+        (null and value is None) or (value is not None and value >= low),
+        key,
+        f"must be {'null or ' if null else ''}>= {low}, got {value}",
+    )
+
+
+def fraction(key: str, value: float) -> None:
+    check(0 < value < 1, key, f"must be in (0, 1), got {value}")
 
 
 def registered(
@@ -60,11 +76,9 @@ def one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class DataConfig:
-    """The base of every data source's config: what splitting, subsetting and the checks of
-    repeated texts read, whatever the source. Each source keeps its config class (its own
-    settings, their defaults and checks) in its module (`data/csv.py`: `CsvConfig`), registered
-    once in `data/__init__.py` under its `source`, which is also the `conf/data/<source>.yaml`
-    option that selects it."""
+    """The base of every data source's config: the settings of splitting, subsetting and
+    repeated texts. Each source's subclass lives in its module (`data/csv.py`: `CsvConfig`),
+    registered in `data/__init__.py` under its `source`, the `data=<source>` option."""
 
     source: str = MISSING  # the source's name (each source's class sets it): data=<source>
     val_fraction: float = 0.1  # of the training data, carved with `seed`
@@ -74,16 +88,14 @@ class DataConfig:
     test_fraction: float = 0.2  # of the training data, when the source has no test split
     limit: int | None = None  # N: a class-balanced subset of N train and N test reviews
     seed: int = 42
-    # Rows whose cleaned text repeats within a split or between training and validation/test
-    # (leakage), and texts given two labels (conflicts), all counted (data_duplicates_*,
-    # data_overlap_*, data_conflicts_*). keep: warned, trained and scored as read (IMDB has
-    # 97 repeats in train, 123 test reviews also in train); drop: one row per text, no
-    # conflicting text, no training row whose text is in the test file; refuse: any is an error
+    # Repeated texts within a split, texts of training in validation/test (leakage), texts
+    # given two labels (conflicts), all counted (data_duplicates_*, _overlap_*, _conflicts_*).
+    # keep: warned, used as read (IMDB: 97 repeats in train, 123 test reviews in train); drop:
+    # one row per text, none with two labels, none of the test file in training; refuse: error
     duplicates: str = "keep"
-    # keep: refuse when more than this fraction of training rows carry a text that another row
-    # gives another label (a set that trains a coin flip); drop removes them; 1 keeps them all.
-    # 50%: label noise among short repeated texts (a "great" rated 4 and 5 stars) trains with
-    # a warning, as it did before these counts; a set where most rows contradict one does not
+    # keep refuses data where more than this fraction of training rows have a text another
+    # row labels otherwise (a coin flip to train); 1 keeps all. 50% lets label noise among
+    # short repeated texts (a "great" rated 4 and 5 stars) train, with a warning
     max_conflicts: float = 0.5
 
     def __post_init__(self) -> None:
@@ -101,21 +113,9 @@ class DataConfig:
             "data.max_conflicts",
             f"must be in [0, 1] (a fraction of training rows), got {self.max_conflicts}",
         )
-        check(
-            0 < self.val_fraction < 1,
-            "data.val_fraction",
-            f"must be in (0, 1), got {self.val_fraction}",
-        )
-        check(
-            0 < self.test_fraction < 1,
-            "data.test_fraction",
-            f"must be in (0, 1), got {self.test_fraction}",
-        )
-        check(
-            self.limit is None or self.limit >= 4,
-            "data.limit",
-            f"must be null or >= 4, got {self.limit}",
-        )
+        fraction("data.val_fraction", self.val_fraction)
+        fraction("data.test_fraction", self.test_fraction)
+        at_least("data.limit", self.limit, 4, null=True)
 
     def location(self) -> str | None:
         """The file or folder the source reads, if it reads one (messages name it)."""
@@ -142,11 +142,7 @@ class TokenizeConfig:
             f"must exceed the 2 reserved tokens (padding, OOV), got {self.vocab_size}",
         )
         one_of(self.standardize, "tokenize.standardize", STANDARDIZE)
-        check(
-            self.max_length is None or self.max_length > 0,
-            "tokenize.max_length",
-            f"must be null or > 0, got {self.max_length}",
-        )
+        positive("tokenize.max_length", self.max_length, null=True)
 
 
 @dataclass(frozen=True)
@@ -193,23 +189,15 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         check(bool(STRATEGIES), "batching.strategy", "none is registered: import textclf.batching")
         one_of(self.strategy, "batching.strategy", tuple(STRATEGIES))
-        one_of(self.padding_side, "batching.padding_side", PADDING_SIDES)
-        check(self.batch_size > 0, "batching.batch_size", f"must be > 0, got {self.batch_size}")
-        check(self.num_buckets > 0, "batching.num_buckets", f"must be > 0, got {self.num_buckets}")
+        one_of(self.padding_side, "batching.padding_side", ("post", "pre"))
+        positive("batching.batch_size", self.batch_size)
+        positive("batching.num_buckets", self.num_buckets)
         one_of(self.bucket_keys, "batching.bucket_keys", ("length", "random"))
-        check(self.pool_batches > 0, "batching.pool_batches", "must be > 0 batches per pool")
-        check(self.round_to > 0, "batching.round_to", f"must be > 0, got {self.round_to}")
-        check(self.shuffle_buffer > 0, "batching.shuffle_buffer", "must be > 0")
-        check(
-            self.token_budget is None or self.token_budget > 0,
-            "batching.token_budget",
-            f"must be null or > 0 tokens per batch, got {self.token_budget}",
-        )
-        check(
-            self.max_batch_rows is None or self.max_batch_rows > 0,
-            "batching.max_batch_rows",
-            f"must be null or > 0 rows per batch, got {self.max_batch_rows}",
-        )
+        positive("batching.pool_batches", self.pool_batches, unit=" batches per pool")
+        positive("batching.round_to", self.round_to)
+        positive("batching.shuffle_buffer", self.shuffle_buffer)
+        positive("batching.token_budget", self.token_budget, null=True, unit=" tokens per batch")
+        positive("batching.max_batch_rows", self.max_batch_rows, null=True, unit=" rows per batch")
         if self.truncates:
             check(
                 self.max_length is not None and self.max_length > 0,
@@ -229,10 +217,9 @@ class BatchingConfig:
 
 @dataclass
 class ModelConfig:
-    """The base of every model's config. Each model keeps its config class, with its defaults
-    and checks, in its own module (`models/lstm.py`: `LstmConfig`, `models/bow.py`:
-    `BowConfig`), registered once in `models/__init__.py` under `name`, which is also the
-    `conf/model/<name>.yaml` option that selects it."""
+    """The base of every model's config. Each model's subclass lives in its module
+    (`models/lstm.py`: `LstmConfig`), registered in `models/__init__.py` under `name`, the
+    `model=<name>` option."""
 
     name: ClassVar[str] = "model"
 
@@ -257,8 +244,8 @@ class TrainConfig:
     learning_rate: float = 5e-4
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay; Keras applies it in any optimizer
     clipnorm: float | None = None  # clip the global gradient norm to this (null: never)
-    # Measured, then removed (docs/results.md): a warm-up + cosine learning-rate schedule
-    # (p = 0.22) and label smoothing (p = 0.87); the rate stays constant
+    # constant: a warm-up + cosine schedule (p = 0.22) and label smoothing (p = 0.87) measured
+    # no better and were removed (docs/results.md)
     # Training stops at the first of: early stopping (val_loss, `patience`), `epochs`, and
     # `max_steps` optimizer steps rounded up to whole epochs. IMDB (~200 steps an epoch) stops
     # early at epoch 3-5; 10-token texts (~16 steps an epoch) get the epochs they need.
@@ -276,35 +263,19 @@ class TrainConfig:
     resume: bool = False  # continue the interrupted run in hydra.run.dir (`make resume`)
 
     def __post_init__(self) -> None:
-        one_of(self.optimizer, "train.optimizer", OPTIMIZERS)
-        check(
-            self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}"
-        )
-        check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        check(
-            self.max_steps is None or self.max_steps > 0,
-            "train.max_steps",
-            f"must be null or > 0, got {self.max_steps}",
-        )
-        check(
-            self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}"
-        )
-        check(
-            self.clipnorm is None or self.clipnorm > 0,
-            "train.clipnorm",
-            f"must be null or > 0, got {self.clipnorm}",
-        )
-        check(self.patience >= 0, "train.patience", f"must be >= 0, got {self.patience}")
+        one_of(self.optimizer, "train.optimizer", ("adam", "adamw", "rmsprop", "sgd"))
+        positive("train.learning_rate", self.learning_rate)
+        positive("train.epochs", self.epochs)
+        positive("train.max_steps", self.max_steps, null=True)
+        at_least("train.weight_decay", self.weight_decay, 0)
+        positive("train.clipnorm", self.clipnorm, null=True)
+        at_least("train.patience", self.patience, 0)
         check(
             0 <= self.min_delta < 1,
             "train.min_delta",
             f"must be in [0, 1) (a fraction of the best val_loss), got {self.min_delta}",
         )
-        check(
-            self.steps_per_epoch is None or self.steps_per_epoch > 0,
-            "train.steps_per_epoch",
-            "must be null or > 0",
-        )
+        positive("train.steps_per_epoch", self.steps_per_epoch, null=True)
 
 
 @dataclass
@@ -319,11 +290,7 @@ class EvaluateConfig:
     served_limit: int | None = 2000
 
     def __post_init__(self) -> None:
-        check(
-            self.served_limit is None or self.served_limit > 0,
-            "evaluate.served_limit",
-            f"must be null or > 0, got {self.served_limit}",
-        )
+        positive("evaluate.served_limit", self.served_limit, null=True)
         edges = list(self.length_edges)
         check(
             edges == sorted(set(edges)) and all(e > 0 for e in edges),
@@ -356,9 +323,6 @@ class BenchConfig:
     out_dir: str = MISSING
 
 
-PRUNERS = ("median", "halving", "threshold", "none")
-
-
 @dataclass
 class TuneConfig:
     """`make tune` (conf/hparams_search/): an Optuna study whose trials are training runs. The
@@ -387,29 +351,17 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.study.strip()), "tune.study", "must be a name")
-        check(self.n_trials > 0, "tune.n_trials", f"must be > 0, got {self.n_trials}")
+        positive("tune.n_trials", self.n_trials)
         check(
             bool(self.space),
             "tune.space",
             "is empty: name what to search, e.g. "
             "tune.space={model.units: 'choice(32, 64)'} or hparams_search=<file>",
         )
-        check(
-            self.startup_trials >= 0,
-            "tune.startup_trials",
-            f"must be >= 0, got {self.startup_trials}",
-        )
-        one_of(self.pruner, "tune.pruner", PRUNERS)
-        check(
-            self.prune_from_epoch >= 1,
-            "tune.prune_from_epoch",
-            f"must be >= 1, got {self.prune_from_epoch}",
-        )
-        check(
-            self.prune_startup_trials >= 0,
-            "tune.prune_startup_trials",
-            f"must be >= 0, got {self.prune_startup_trials}",
-        )
+        at_least("tune.startup_trials", self.startup_trials, 0)
+        one_of(self.pruner, "tune.pruner", ("median", "halving", "threshold", "none"))
+        at_least("tune.prune_from_epoch", self.prune_from_epoch, 1)
+        at_least("tune.prune_startup_trials", self.prune_startup_trials, 0)
         check(
             (self.pruner == "threshold") == (self.prune_threshold is not None),
             "tune.prune_threshold",
@@ -488,7 +440,7 @@ class ModelChoice:
             "model_version",
             "needs model_name=<registered model>",
         )
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        positive("batch_size", self.batch_size)
 
 
 @dataclass
@@ -544,18 +496,11 @@ class RegisterConfig:
     alias: str | None = None  # e.g. champion; moved from the version that had it
 
     def __post_init__(self) -> None:
-        check(
-            bool(self.name),
-            "name",
-            "give the registered model's name: make register "
-            "NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
+        how = (
+            "make register NAME=<model> ALIAS=<alias> (textclf register name=<model> alias=<alias>)"
         )
-        check(
-            bool(self.alias),
-            "alias",
-            "give the alias to set: make register NAME=<model> "
-            "ALIAS=<alias> (textclf register name=<model> alias=<alias>)",
-        )
+        check(bool(self.name), "name", f"give the registered model's name: {how}")
+        check(bool(self.alias), "alias", f"give the alias to set: {how}")
 
 
 @dataclass
@@ -580,22 +525,37 @@ class BaselineConfig:
             "C_grid",
             f"must be one or more values > 0, got {list(self.C_grid)}",
         )
-        check(self.max_iter > 0, "max_iter", f"must be > 0, got {self.max_iter}")
+        positive("max_iter", self.max_iter)
+
+
+# The schemas the primary configs' defaults lists start from (`conf/<command>.yaml`), by the
+# name the entry point stores them under (`cli.register_schemas`).
+SCHEMAS: dict[str, type] = {
+    "config_schema": Config,
+    "config_schema_compare": CompareConfig,
+    "config_schema_predict": PredictConfig,
+    "config_schema_evaluate_model": EvaluateModelConfig,
+    "config_schema_baseline": BaselineConfig,
+    "config_schema_register": RegisterConfig,
+}
 
 
 def to_object(cfg: DictConfig) -> Config:
     """Resolve and validate Hydra's config into the typed `Config` (raises ConfigError)."""
-    return structured(cfg, Config, "config_schema")
+    return structured(cfg, Config)
 
 
-def structured(cfg: DictConfig, schema: type[SchemaT], entry: str) -> SchemaT:
-    """Resolve and validate Hydra's config into `schema`, the dataclass its defaults list
-    starts from (`entry`, as `cli.register_schemas` stores it; raises ConfigError)."""
+def structured(cfg: DictConfig, schema: type[SchemaT]) -> SchemaT:
+    """Resolve and validate Hydra's config into `schema`, the dataclass it was composed from
+    (raises ConfigError)."""
     from omegaconf import OmegaConf
 
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, schema):
-        raise ConfigError(f"the composed config does not use the {entry} defaults entry")
+        raise ConfigError(
+            f"the composed config is not a {schema.__name__}: its defaults list must start "
+            f"from that schema ({', '.join(SCHEMAS)})"
+        )
     return obj
 
 
@@ -603,17 +563,12 @@ def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, str
     """Dotted keys → string values, the shape MLflow params want."""
     from omegaconf import DictConfig, OmegaConf
 
-    # a DictConfig's container is a dict, its keys strings
-    container = (
-        cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-        if isinstance(cfg, DictConfig)
-        else cfg
-    )
+    if isinstance(cfg, DictConfig):  # its container is a dict, its keys strings
+        cfg = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     flat: dict[str, str] = {}
-    for key, value in container.items():
-        name = f"{prefix}{key}"
+    for key, value in cfg.items():
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = str(value)
+            flat[f"{prefix}{key}"] = str(value)
     return flat

@@ -1,11 +1,7 @@
-"""`textclf evaluate`: score a saved model on labelled data, as an MLflow run in `evaluate`
-(`evaluate_experiment=<name>` for another experiment).
-
-The model is chosen as `make predict` chooses it (newest run, run id, registered version or
-alias, or a `model.keras` path) and loaded as it is served (`inference.Classifier`); the data
-come from any source (`data=aclimdb|csv|imdb`) through `data.load`, with the same errors as
-training, and are logged as the run's datasets (context `evaluation`). The metrics keep the
-training names (`test_accuracy`, F1, AUC, accuracy by length, `served_*`).
+"""`textclf evaluate`: score a saved model on labelled data, as an MLflow run in
+`evaluate_experiment`. The model is chosen as `make predict` chooses it and loaded as it is
+served (`inference.Classifier`); the data come from any source through `data.load`, logged
+as the run's datasets (context `evaluation`); the metrics keep the training names.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Inference: the exported end-to-end model (raw strings in), loading it safely, and the
-`Classifier` that turns texts into labels and probabilities.
-
-Training exports through `export`; `make predict`, `make bench`, the served-accuracy check and
-the MLflow model (`mlflow_model.py`) all classify through `Classifier`, so they answer alike.
-Importing this module registers every custom layer a saved model uses, and nothing of the
-training stack or MLflow.
+`Classifier` through which `make predict`, `make bench`, the served-accuracy check and the
+MLflow model all classify, so they answer alike. Importing this module registers every custom
+layer a saved model uses, and nothing of the training stack or MLflow.
 """
 
 from __future__ import annotations

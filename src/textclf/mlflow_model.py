@@ -2,19 +2,13 @@
 
 It loads the run's `model.keras` (Keras safe mode) and `classes.json` through
 `inference.Classifier`, so `mlflow.pyfunc.load_model` and `mlflow models serve` answer exactly
-as `make predict` does. Nothing is pickled: moving the code never breaks a logged model. The
-model carries the package's inference side as its code (`tracking.models.INFERENCE_CODE`), so
-`textclf.inference` imports where textclf is not installed.
-Input: a DataFrame with a `text` column. Output: `label`, one `prob_<class>` per class,
-`error` (set, with no label, for an empty or missing text, as `make predict` does) and
-`no_known_word` (true where the model knows no word of the text: its label is a guess).
+as `make predict` does. Nothing is pickled: moving the code never breaks a logged model.
+Input: a DataFrame with a `text` column; output: `Classifier.predict`'s table.
 
 A request it cannot answer raises `MlflowException(INVALID_PARAMETER_VALUE)`, which
-`mlflow models serve` returns as HTTP 400 with this message (another exception would also get a
-400, but with MLflow's generic "unexpected error" text instead): no `text` column, no row at
-all, a value that is not a string (a number, list or object; JSON null counts as a missing
-text), or, when served, more than `MAX_TEXTS` rows (in process, through `make predict` or
-`mlflow.pyfunc`, any number is fine).
+`mlflow models serve` returns as HTTP 400 with this message (any other exception gets MLflow's
+generic text): no `text` column, no row, a value that is not a string (JSON null is a missing
+text), or, when served, more than `MAX_TEXTS` rows.
 """
 
 from __future__ import annotations

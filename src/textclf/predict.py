@@ -1,10 +1,6 @@
-"""`textclf predict`: classify texts given inline, as a file of lines, or a table column.
-
-The model is the newest finished run's, a run id's, a registered model version's or alias's
-(`model_uri=models:/<name>@<alias>`; all through `tracking`, the only module that talks to
-MLflow) or a `model.keras` file. Texts become predictions in `inference.Classifier` alone; the
-MLflow model wraps it too, so this command, the pyfunc and a served endpoint give the same
-answers.
+"""`textclf predict`: classify texts given inline, as a file of lines, or a table column,
+with the model `config.ModelChoice` names. Texts become predictions in `inference.Classifier`
+alone, which the MLflow model wraps too: this command, the pyfunc and a served endpoint agree.
 """
 
 from __future__ import annotations

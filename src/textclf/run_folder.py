@@ -1,10 +1,6 @@
 """A training run's folder: the files it holds, and the MLflow run name and tags it is logged
-under, each defined here once.
-
-Training writes the folder (`pipeline`), `textclf resume` continues from it, `textclf
-log-model` logs it to a store that missed it (`tracking`), and a sweep's jobs each have one
-beside the sweep's `PARENT_RUN_ID` file (`sweep`). The name and tags are saved in the folder
-when the run starts, so a run logged later carries exactly the ones it started with.
+under, each defined here once. The name and tags are saved in the folder when the run starts,
+so a run logged later (`textclf log-model`) carries exactly the ones it started with.
 """
 
 from __future__ import annotations

@@ -3,10 +3,8 @@
 The parent process creates the store, the experiment and the parent run before any job
 starts (parallel jobs racing to create a fresh SQLite store fail in its migrations), and
 writes the parent's id into the sweep folder, where every job, local or on a cluster, reads it.
-
-A sweep resumed with `train.resume` (`textclf resume <sweep folder>`) reopens that parent run:
-jobs whose run FINISHED are skipped, started ones continue from their checkpoints in their own
-runs, and jobs that never started run afresh.
+A resumed sweep reopens that parent run: FINISHED jobs are skipped, started ones continue from
+their checkpoints, and jobs that never started run afresh.
 """
 
 from __future__ import annotations
@@ -33,13 +31,16 @@ log = logging.getLogger(__name__)
 PROJECT_STORE = "/outputs/mlflow.db"  # the end of the store's path `make ui` and make compare use
 
 
+def saved_parent(sweep_dir: str | Path) -> str | None:
+    """The parent run id saved in a sweep's folder, if it has one yet."""
+    path = Path(sweep_dir) / PARENT_RUN_ID
+    return path.read_text().strip() if path.exists() else None
+
+
 def parent_run_id() -> str | None:
     """The sweep's parent run id when this job is part of a multirun."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    path = Path(hydra_cfg.sweep.dir) / PARENT_RUN_ID
-    return path.read_text().strip() if path.exists() else None
+    return saved_parent(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def finished_before(config: Config) -> dict[str, float] | None:
@@ -87,33 +88,31 @@ class MlflowSweep(Callback):
         self._jobs, self._started, self._done = planned_jobs(config), time.monotonic(), 0
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        saved = sweep_dir / PARENT_RUN_ID
-        if OmegaConf.select(config, "train.resume", default=False) and saved.exists():
-            run_id = saved.read_text().strip()
+        resumed = OmegaConf.select(config, "train.resume", default=False)
+        run_id = saved_parent(sweep_dir) if resumed else None
+        if run_id is not None:
             tracking.finish(config.tracking.uri, run_id, "RUNNING", {"resumed": "true"})
             log.info("resuming sweep %s under its MLflow parent run %s", sweep_dir, run_id)
-            self._open = run_id
-            atexit.register(self._kill_if_open, config.tracking.uri)
-            return
-        overrides = " ".join(config.hydra.overrides.task)
-        run_id = tracking.create_run(
-            config.tracking.uri,
-            config.tracking.experiment,
-            run_name=f"sweep {sweep_dir.name}",
-            tags={
-                "sweep_dir": str(sweep_dir),
-                "overrides": overrides,
-                **tracking.source_tags("textclf train --multirun"),
-                **tracking.note(
-                    f"Sweep `{overrides}`, in `{sweep_dir}`: one child run per job (expand "
-                    "this run). `make compare` (textclf compare tracking.experiment="
-                    f"{config.tracking.experiment}) logs its table and figures to this run, "
-                    "under `comparison/`."
-                ),
-            },
-        )
-        (sweep_dir / PARENT_RUN_ID).write_text(run_id)
-        log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
+        else:
+            overrides = " ".join(config.hydra.overrides.task)
+            run_id = tracking.create_run(
+                config.tracking.uri,
+                config.tracking.experiment,
+                run_name=f"sweep {sweep_dir.name}",
+                tags={
+                    "sweep_dir": str(sweep_dir),
+                    "overrides": overrides,
+                    **tracking.source_tags("textclf train --multirun"),
+                    **tracking.note(
+                        f"Sweep `{overrides}`, in `{sweep_dir}`: one child run per job (expand "
+                        "this run). `make compare` (textclf compare tracking.experiment="
+                        f"{config.tracking.experiment}) logs its table and figures to this "
+                        "run, under `comparison/`."
+                    ),
+                },
+            )
+            (sweep_dir / PARENT_RUN_ID).write_text(run_id)
+            log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
         # Interrupted before on_multirun_end: the parent must not stay RUNNING.
         self._open = run_id
         atexit.register(self._kill_if_open, config.tracking.uri)
@@ -141,10 +140,9 @@ class MlflowSweep(Callback):
             tracking.finish(uri, self._open, "KILLED", {"error": "sweep interrupted"})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(config.hydra.sweep.dir) / PARENT_RUN_ID
-        if not path.exists():
+        run_id = saved_parent(config.hydra.sweep.dir)
+        if run_id is None:
             return
-        run_id = path.read_text().strip()
         statuses = [r.info.status for r in tracking.children(config.tracking.uri, run_id)]
         failed = sum(s != "FINISHED" for s in statuses)
         tracking.finish(

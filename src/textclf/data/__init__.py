@@ -8,6 +8,8 @@ entry point stores its config as the `data` group's `<source>_schema`, which
 the counts, repeated texts, lineage) and `table.py` (CSV/TSV/JSON Lines reading).
 """
 
+# ruff: noqa: F401  (a package's API: the names imported here)
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,26 +58,3 @@ def lineage(
         )
         for name in names
     ]
-
-
-__all__ = [
-    "REGISTRY",
-    "REPEATS",
-    "TABLE_SUFFIXES",
-    "DataError",
-    "Dataset",
-    "Lineage",
-    "Raw",
-    "Split",
-    "as_split",
-    "clean",
-    "describe",
-    "digest",
-    "lineage",
-    "load",
-    "read_table",
-    "register",
-    "report",
-    "spec",
-    "split",
-]

@@ -83,9 +83,7 @@ REGISTRY: dict[str, Source] = {}
 
 
 def register(config: type[DataConfig], load: Callable[[Any], Raw]) -> None:
-    """Make a source loadable by `data.load`; the entry point also gives Hydra its config as the
-    `<source>_schema` of the `data` group, which `conf/data/<source>.yaml` starts from
-    (`data=<source>` selects it)."""
+    """Make a source loadable by `data.load` and selectable as `data=<source>`."""
     REGISTRY[config.source] = Source(config, load)
 
 
@@ -158,25 +156,20 @@ def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 def _balanced_subset(split: Split, n: int, rng: np.random.Generator) -> Split:
-    """`n` rows, as evenly spread over the classes as they allow, in shuffled order."""
-    classes = np.unique(split.labels)
-    rows = [rng.permutation(np.flatnonzero(split.labels == c)) for c in classes]
-    picked: list[int] = []
-    per_class = [0] * len(classes)
-    while len(picked) < min(n, len(split)):
-        for i, cls_rows in enumerate(rows):
-            if per_class[i] < len(cls_rows) and len(picked) < n:
-                picked.append(int(cls_rows[per_class[i]]))
-                per_class[i] += 1
-    return _take(split, rng.permutation(np.asarray(picked)))
+    """`n` rows, as evenly spread over the classes as they allow, in shuffled order: each
+    class's shuffled rows dealt in turn, its first row, then every class's second, ..."""
+    classes = [rng.permutation(np.flatnonzero(split.labels == c)) for c in np.unique(split.labels)]
+    dealt = sorted(
+        (turn, i, int(row)) for i, rows in enumerate(classes) for turn, row in enumerate(rows)
+    )
+    return _take(split, rng.permutation(np.asarray([row for _, _, row in dealt[:n]])))
 
 
 def _drop_empty(split: Split, name: str, stats: dict[str, int]) -> Split:
     texts = [clean(t) for t in split.texts]
-    keep = np.array([bool(t) for t in texts], dtype=bool)
-    stats[f"empty_dropped_{name}"] = int((~keep).sum())
-    groups = None if split.groups is None else split.groups[keep]
-    kept = Split([t for t, k in zip(texts, keep, strict=True) if k], split.labels[keep], groups)
+    keep = np.flatnonzero([bool(t) for t in texts])
+    stats[f"empty_dropped_{name}"] = len(texts) - len(keep)
+    kept = _take(Split(texts, split.labels, split.groups), keep)
     if not len(kept):
         raise DataError(f"the {name} split is empty after dropping empty reviews.")
     return kept
@@ -220,7 +213,6 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
     """Clean, drop empty reviews, subset (`limit`), and carve validation/test with `seed`,
     stratified by class: each class needs MIN_CLASS_ROWS training rows, keeps at least one in
     training, and is named (and counted) when too small to spare one for validation or test."""
-    val_fraction, test_fraction, limit = cfg.val_fraction, cfg.test_fraction, cfg.limit
     rng = np.random.default_rng(cfg.seed)
     stats = dict(raw.stats)
     where = cfg.location() or cfg.source
@@ -231,7 +223,7 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
         train = _dedupe(train, "train", stats)
     require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
     if raw.test is None:
-        is_test = _stratified(train.labels, test_fraction, rng)
+        is_test = _stratified(train.labels, cfg.test_fraction, rng)
         train, test = _take(train, np.flatnonzero(~is_test)), _take(train, np.flatnonzero(is_test))
     else:
         stats.setdefault("rows_read_test", len(raw.test))
@@ -240,29 +232,29 @@ def split(raw: Raw, cfg: DataConfig) -> Dataset:
             test = _dedupe(test, "test", stats)
             train = _drop_seen(train, set(test.texts), stats)
             require_rows(train.labels, raw.class_names, MIN_CLASS_ROWS, f"{where} ({kept})")
-    if limit:
+    if cfg.limit:
         before = len(train), len(test)
-        train, test = _balanced_subset(train, limit, rng), _balanced_subset(test, limit, rng)
+        train, test = (
+            _balanced_subset(train, cfg.limit, rng),
+            _balanced_subset(test, cfg.limit, rng),
+        )
         stats.update(
             limit_dropped_train=before[0] - len(train), limit_dropped_test=before[1] - len(test)
         )
-    by_movie = cfg.val_split == "by_movie" or (cfg.val_split == "auto" and train.groups is not None)
-    if by_movie and train.groups is None:
+    if cfg.val_split == "by_movie" and train.groups is None:
         raise DataError(
             "data.val_split=by_movie needs each review's movie: data=aclimdb with "
             "its URL lists (inside the archive, or data.urls_path=<folder>)."
         )
-    if by_movie:
-        assert train.groups is not None  # checked above
-        is_val = _by_group(train.groups, val_fraction, rng)
+    movies = None if cfg.val_split == "random" else train.groups
+    if movies is None:
+        is_val = _stratified(train.labels, cfg.val_fraction, rng)
     else:
-        is_val = _stratified(train.labels, val_fraction, rng)
-    val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
-    if by_movie:
-        assert val.groups is not None and train.groups is not None  # _take keeps them
+        is_val = _by_group(movies, cfg.val_fraction, rng)
         stats.update(
-            val_movies=len(np.unique(val.groups)), train_movies=len(np.unique(train.groups))
+            val_movies=len(np.unique(movies[is_val])), train_movies=len(np.unique(movies[~is_val]))
         )
+    val, train = _take(train, np.flatnonzero(is_val)), _take(train, np.flatnonzero(~is_val))
     for name, part in (("train", train), ("validation", val), ("test", test)):
         if not len(part):
             raise DataError(
@@ -289,11 +281,8 @@ def _labels_by_text(part: Split) -> dict[str, set[int]]:
 
 
 def repeats(train: Split, val: Split, test: Split) -> dict[str, int]:
-    """What inflates or blurs a score, compared on the cleaned texts the model reads: rows
-    repeating an earlier row's text in their split (`duplicates_<split>`), rows whose text
-    another row of their split labels otherwise (`conflicts_<split>`), validation rows whose
-    text is a training row's (`overlap_train_val`) and test rows whose text is in the training
-    data, training or validation rows (`overlap_train_test`)."""
+    """What inflates or blurs a score (`REPEATS`), compared on the cleaned texts the model
+    reads; `overlap_train_test` counts test texts in training or validation."""
     counts = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
         labels = _labels_by_text(part)
@@ -379,8 +368,7 @@ class Lineage:
 
 def digest(part: Split, class_names: Sequence[str]) -> str:
     """A fingerprint of a split's texts and labels, in order: equal for the same rows however
-    they were read, different when one text, one label or the order changes. Hashes whole
-    arrays (each text's length, then all texts as one string), not row by row."""
+    they were read. Hashes whole arrays (text lengths, then all texts as one), not row by row."""
     h = hashlib.blake2b(digest_size=8)
     h.update(json.dumps(list(class_names)).encode())
     h.update(np.asarray(part.labels, dtype=np.int64).tobytes())

@@ -57,7 +57,7 @@ class CsvConfig(DataConfig):
 def _as_text(value: object, stats: dict[str, int]) -> str:
     """A text cell as a string (None: empty); a JSON string with a lone surrogate escape
     (not Unicode text) gets U+FFFD, counted as invalid UTF-8."""
-    text = "" if value is None else value if isinstance(value, str) else str(value)
+    text = "" if value is None else str(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -53,11 +53,10 @@ def read_table(
     delimiter: str | None = None,
     delimiter_key: str | None = "data.delimiter",
 ) -> Table:
-    """`columns` of a CSV, TSV or JSON Lines file, chosen by its extension (`delimiter`
-    overrides a delimited file's). Decoding is stated, never guessed: UTF-8, a leading byte-order
-    mark dropped, invalid bytes replaced and counted (and logged). Errors name the file and the
-    line; `fix` says which setting names the columns, `delimiter_key` which sets the delimiter
-    (None: the caller has no such setting)."""
+    """`columns` of a CSV, TSV or JSON Lines file, by its extension (`delimiter` overrides a
+    delimited file's), decoded as UTF-8 with invalid bytes replaced and counted. Errors name
+    the file and the line; `fix` says which setting names the columns, `delimiter_key` which
+    sets the delimiter (None: the caller has no such setting)."""
     if path.is_dir():
         raise DataError(
             f"data file {path} is a folder, not a file: data=csv reads one .csv, .tsv or "

@@ -3,6 +3,8 @@ surviving a tracking server that goes away (`outage`), the trained model as an M
 model, logged and loaded (`models`), and what the UI shows of an experiment (`ui`). Callers
 import from here."""
 
+# ruff: noqa: F401  (a package's API: the names imported here)
+
 from __future__ import annotations
 
 from .models import (
@@ -34,33 +36,3 @@ from .runs import (
     start_run,
 )
 from .ui import note, ui_link
-
-__all__ = [
-    "MODEL",
-    "MODEL_TAG",
-    "PARENT_TAG",
-    "Run",
-    "Stopped",
-    "TrackingError",
-    "Unreachable",
-    "children",
-    "connect",
-    "create_run",
-    "datasets",
-    "finish",
-    "load_model",
-    "log_artifacts",
-    "log_model",
-    "log_run_folder",
-    "model_files",
-    "model_uri",
-    "note",
-    "register_model",
-    "run_exists",
-    "search",
-    "source_tags",
-    "sqlite_path",
-    "sqlite_uri",
-    "start_run",
-    "ui_link",
-]

@@ -1,16 +1,16 @@
-"""The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py` builds it
-from the run's `model.keras` and `classes.json`) with the inference side of the package, so it
-loads where textclf is not installed; registered with an alias (`textclf register`), found by
-run, registered name, version or alias or the newest run, loaded back for `textclf predict` and
-`textclf evaluate`; `mlflow models serve` serves the same model. Also `log_run_folder`
-(`textclf log-model`): a trained run folder logged after its tracking server was away.
+"""The trained model as an MLflow pyfunc model: logged from code (`mlflow_model.py`) with the
+inference side of the package, so it loads where textclf is not installed; registered with an
+alias, found and loaded back for `textclf predict` and `textclf evaluate`. Also
+`log_run_folder` (`textclf log-model`): a run folder logged after its tracking server was away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -20,8 +20,8 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from ..run_folder import RunFolder, data_params
-from .outage import TrackingError, Unreachable, is_unreachable
-from .runs import Run, connect, sqlite_path
+from .outage import TrackingError, Unreachable, first_line, is_unreachable
+from .runs import Run, connect, find_run, sqlite_path
 
 MODEL_TAG = "model_uri"  # set on runs that logged a pyfunc model: where to load it from
 MODEL = "model"  # the logged model's name in its run
@@ -72,15 +72,14 @@ def _inference_package(folder: Path) -> Path:
 def log_model(
     run: Run, keras_path: str | Path, classes_path: str | Path, registered_model: str | None
 ) -> str:
-    """Log the `.keras` model as the run's pyfunc `model` from code (`mlflow_model.py`), with a
-    signature from an input example, the package's inference side as its code (MLflow puts it
-    first on `sys.path` when it loads the model) and pinned requirements: enough to load and
-    serve it in an environment made from its `requirements.txt` alone.
+    """Log the `.keras` model as the run's pyfunc `model`, with a signature, the package's
+    inference side as its code and pinned requirements: enough to load and serve it in an
+    environment made from its `requirements.txt` alone; with `registered_model`, also as that
+    registered model's next version.
 
     `Model.log(run_id=...)` attaches it to the client's run without opening a fluent "active
     run" (whose end would mark the run FINISHED early); it takes the store and the experiment
-    from the fluent globals, hence the two `set_` calls. With `registered_model` it also
-    becomes that registered model's next version.
+    from the fluent globals, hence the two `set_` calls.
     """
     mlflow.set_tracking_uri(run.client.tracking_uri)
     mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)
@@ -115,14 +114,9 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
     uri = uri or config["tracking"]["uri"]
     client, experiment_id = connect(uri, config["tracking"]["experiment"])
     run_id = folder.run_id()
-    try:
-        found = client.get_run(run_id) if run_id else None
-    except mlflow.exceptions.MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        found = None  # not in this store
-    tags = found.data.tags if found else None
-    if found and found.info.status == "FINISHED" and MODEL_TAG in found.data.tags:
+    found = find_run(client, run_id) if run_id else None  # None: not in this store
+    has_model = found is not None and MODEL_TAG in found.data.tags
+    if found and found.info.status == "FINISHED" and has_model:
         log.info("run %s is already FINISHED with its model: nothing to log", run_id)
         return found.info.run_id
     if found is None:
@@ -145,7 +139,7 @@ def log_run_folder(folder: RunFolder, uri: str | None = None) -> str:
             run.pending = [Metric(**m) for m in folder.read_json(RunFolder.PENDING)]
             run.flush()
         run.log_metrics(folder.read_json(RunFolder.METRICS))
-        if MODEL_TAG not in (tags or {}):
+        if not has_model:
             log_model(run, folder.model, folder.classes, config["tracking"]["registered_model"])
         for path in folder.logged():
             run.log_artifact(path)
@@ -180,8 +174,7 @@ def register_model(uri: str, model: str, name: str, alias: str) -> str:
         client.set_registered_model_alias(name, alias, version)
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(
-            f"cannot register {model} as {name}@{alias} in {uri}: "
-            f"{str(error).strip().splitlines()[0][:300]}"
+            f"cannot register {model} as {name}@{alias} in {uri}: {first_line(error)}"
         ) from None
     log.info(
         "%s is version %s of %s; alias %s points to it: models:/%s@%s",
@@ -227,31 +220,32 @@ def model_uri(
     return runs[0].data.tags[MODEL_TAG]
 
 
-def load_model(uri: str, model: str):
-    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+@contextlib.contextmanager
+def _reading(uri: str, model: str, doing: str) -> Iterator[None]:
+    """Read `model` from the store at `uri` (which holds its registered name and alias), with
+    MLflow's many error types for a missing run, model or version as one TrackingError."""
     _registered(_existing_store(uri), model)
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.pyfunc.load_model(model)
-    except Exception as error:  # MLflow raises many types for a missing run, model or version
+        yield
+    except Exception as error:
         raise TrackingError(
-            f"cannot load the model {model} from {uri}: "
-            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            f"cannot {doing} the model {model} from {uri}: "
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
+
+
+def load_model(uri: str, model: str):
+    """`mlflow.pyfunc.load_model` on the store at `uri`, failing with one clear message."""
+    with _reading(uri, model, "load"):
+        return mlflow.pyfunc.load_model(model)
 
 
 def model_files(uri: str, model: str, folder: Path) -> tuple[Path, Path, str | None]:
     """The `model.keras` and `classes.json` a logged model was built from, downloaded into
     `folder`, and the id of the run that logged it."""
-    _registered(_existing_store(uri), model)
-    mlflow.set_tracking_uri(uri)
-    try:
+    with _reading(uri, model, "download"):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(folder)))
-    except Exception as error:  # MLflow raises many types for a missing run, model or version
-        raise TrackingError(
-            f"cannot find the model {model} in {uri}: "
-            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-        ) from error
     wanted = (RunFolder.MODEL, RunFolder.CLASSES)
     files = {p.name: p for p in local.rglob("*") if p.name in wanted}
     if len(files) != 2:

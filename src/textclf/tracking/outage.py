@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message holds its URI."""
+
+
+def first_line(error: BaseException) -> str:
+    """The start of an error's message, for ours: MLflow's can run to a page."""
+    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def server_problem(uri: str, timeout: float = 5.0) -> str | None:
@@ -152,6 +158,4 @@ def _is_number(value: Any) -> bool:
 
 
 def now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

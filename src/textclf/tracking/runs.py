@@ -1,9 +1,7 @@
 """MLflow runs: created, logged to and closed through `MlflowClient` (no global "active run"),
 so a failing job ends its own run as FAILED (or KILLED on Ctrl-C/SIGTERM) and can never leave
-the next one "already active". The default store is a SQLite file at an absolute path under
-the project's `outputs/`, the same one `make ui` serves, wherever Hydra puts the job's folder.
-A run records the splits it saw as MLflow datasets (`Run.log_datasets`, read back by
-`datasets`) and, for training, MLflow's system metrics.
+the next one "already active". A run records the splits it saw as MLflow datasets and, for
+training, MLflow's system metrics.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ from .outage import (
     KeepsMetrics,
     TrackingError,
     check_server,
+    first_line,
     is_unreachable,
     now_ms,
     server_problem,
@@ -98,7 +97,7 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
                 return client, found.experiment_id
         raise TrackingError(
             f"cannot use the MLflow tracking store {uri!r}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. "
+            f"{type(error).__name__}: {first_line(error)}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
     if training:
@@ -115,28 +114,16 @@ def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str])
 
 
 def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
-    """MLflow's standard tags of where a run came from (user, `mlflow.source.name`, `.type`,
-    `.git.commit`), which fill the UI's Source column: runs are created through a client, so
-    MLflow does not add them itself. The source is the `textclf` command; the commit is the
-    checkout's at `cwd`, as `git rev-parse HEAD` there says (left out outside a checkout)."""
+    """MLflow's standard tags of where a run came from (user, source `command`, the commit of
+    the checkout at `cwd` if any), which fill the UI's Source column: runs created through a
+    client do not get them."""
     tags = resolve_tags({MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"})
-    commit = git_commit(cwd)
-    return tags | ({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {})
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
+        git = ["git", "rev-parse", "HEAD"]
+        out = subprocess.run(git, cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return tags
+    return tags | {MLFLOW_GIT_COMMIT: out.stdout.strip()}
 
 
 def _dataset(split: Lineage) -> Dataset:
@@ -163,14 +150,8 @@ class Stopped(Exception):
 
 
 class Run(KeepsMetrics):
-    """One MLflow run: params, metrics, tags and artifacts, through one client.
-
-    Against a tracking server, MLflow's client retries each request for about 4 minutes
-    (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`), which bridges a
-    restart. An epoch's metrics that still cannot be sent are kept in `pending` and training
-    goes on; they go out with a later epoch's once the server answers /health again, or
-    through `flush` / `or_later` when training ends.
-    """
+    """One MLflow run: params, metrics, tags and artifacts, through one client; epoch metrics
+    a lost tracking server missed are kept and sent later (`outage.KeepsMetrics`)."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
@@ -236,11 +217,9 @@ def start_run(
     training: bool = True,
 ) -> Iterator[Run]:
     """Open (or, with `run_id`, reopen) a run; it ends FINISHED, FAILED or KILLED, never RUNNING
-    (unless its tracking server is unreachable at the end: see `Run.or_later`). With
-    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU) use while it is open.
-    `start_time` (ms since the epoch) dates a run opened after its work began, so that its
-    MLflow duration is the work's. `training=False`: the experiment holds other runs (an
-    evaluation's, a benchmark's) and gets no training-runs description."""
+    (unless its tracking server is unreachable at the end: see `Run.or_later`). `start_time`
+    (ms since the epoch) dates a run opened after its work began. `training=False`: the
+    experiment holds other runs (evaluations, benchmarks) and gets no training description."""
     client, experiment_id = connect(uri, experiment, training)
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -274,10 +253,9 @@ def start_run(
 
 @contextlib.contextmanager
 def _system_metrics(uri: str, run_id: str, resumed: bool) -> Iterator[None]:
-    """MLflow's system metrics (`system/*`) of the run while the block runs, one sample every
-    10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=<seconds> changes it); a resumed run's go on
-    from its last step. The sampling thread ends with the block; when the tracking server is
-    unreachable by then it is told to stop rather than waited for (its requests retry)."""
+    """MLflow's system metrics (`system/*`) of the run while the block runs; a resumed run's go
+    on from its last step. When the tracking server is unreachable at the end, the sampling
+    thread is told to stop rather than waited for (its requests retry)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
@@ -369,15 +347,19 @@ def log_artifacts(uri: str, run_id: str, paths: list[Path], folder: str | None =
         run.log_artifact(path, folder)
 
 
-def run_exists(uri: str, run_id: str) -> bool:
-    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+def find_run(client: MlflowClient, run_id: str) -> mlflow.entities.Run | None:
+    """The run, or None when the store does not hold it."""
     try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
+        return client.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
+            return None
         raise
-    return True
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the store holds this run (an Optuna study may outlive the store it began in)."""
+    return find_run(MlflowClient(tracking_uri=uri), run_id) is not None
 
 
 def children(uri: str, parent_run_id: str) -> list:

@@ -11,11 +11,15 @@ import time
 
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from ..config import BatchingConfig, ModelConfig
+
 KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"
 VIEW_TAG = "mlflow.sharedViewState."  # + the view's id: a saved view (the UI's Views menu)
 UI = "http://127.0.0.1:5000"  # `make ui`, over the project's SQLite store
 TRAINING_VIEW = "workflowType=machine_learning"  # the UI's training pages, not GenAI's
 GROUPS = ("batching", "masking")  # one saved view per tag a sweep's variants differ in
+# every tag runs can be grouped by: the saved views' first, then the configs' other tags
+GROUP_TAGS = tuple(dict.fromkeys((*GROUPS, *BatchingConfig.TAGS, *ModelConfig().tags())))
 # The charts of a saved view, first screen first: what `make compare` compares (test and
 # served accuracy, F1, padding efficiency, speed), then validation accuracy per epoch (a
 # group's mean line within its min-max band).
@@ -32,7 +36,7 @@ HOW_TO_COMPARE = """\
 [compare by masking]({masking}) (**Views**, top right), or group the runs yourself as below.
 
 1. Switch to the chart view (the chart icon left of the search box).
-2. **Group by** the tag `batching` (or `masking`, `padding_side`, `model`): one group per \
+2. **Group by** the tag `{first}` (or {others}): one group per \
 variant, its seeds pooled; the gear beside the list's search shows each group's average, \
 minimum or maximum.
 3. Type `test_accuracy` in *Search metric charts*: one bar per group (`served_accuracy`, \
@@ -50,7 +54,9 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
     """The tags of an experiment of training runs: description, kind, saved views."""
     links = {key: f"#/experiments/{experiment_id}/runs?{view_query(key)}" for key in GROUPS}
     return {
-        MLFLOW_RUN_NOTE: HOW_TO_COMPARE.format(**links),
+        MLFLOW_RUN_NOTE: HOW_TO_COMPARE.format(
+            first=GROUP_TAGS[0], others=", ".join(f"`{t}`" for t in GROUP_TAGS[1:]), **links
+        ),
         KIND_TAG: TRAINING,
         **{VIEW_TAG + view_id(key): saved_view(key) for key in GROUPS},
     }

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from ..config import BatchingConfig, ModelConfig, check, one_of
+from ..config import BatchingConfig, ModelConfig, at_least, check, one_of, positive
 from .base import ModelInputs, head
 
 if TYPE_CHECKING:  # a served model loads this module: the solver's imports stay in `solve`
@@ -50,8 +50,8 @@ class Ngrams:
     ngram_vocab: int = 100000
 
     def __post_init__(self) -> None:
-        check(self.ngrams > 0, "model.ngrams", f"must be > 0, got {self.ngrams}")
-        check(self.ngram_vocab > 1, "model.ngram_vocab", f"must be > 1, got {self.ngram_vocab}")
+        positive("model.ngrams", self.ngrams)
+        at_least("model.ngram_vocab", self.ngram_vocab, 2)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class BowConfig(Ngrams, ModelConfig):
             "model.C_grid",
             f"must be one or more values > 0, got {list(self.C_grid)}",
         )
-        check(self.max_iter > 0, "model.max_iter", f"must be > 0, got {self.max_iter}")
+        positive("model.max_iter", self.max_iter)
 
     def run_name(self, batching: BatchingConfig) -> str:
         """`bow`: it solves on the token ids and never batches, so no batching in its name."""

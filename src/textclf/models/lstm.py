@@ -17,7 +17,7 @@ from typing import ClassVar
 import keras
 from keras import layers, ops
 
-from ..config import NAME_SEP, BatchingConfig, check, one_of
+from ..config import NAME_SEP, BatchingConfig, check, one_of, positive
 from .base import ModelInputs, head
 from .fused import LSTM, fused_copy
 from .fusion import LateFusion
@@ -48,17 +48,15 @@ class LstmConfig(LateFusion):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.segment is not None:
-            check(self.segment > 0, "model.segment", f"must be null or > 0, got {self.segment}")
+            positive("model.segment", self.segment, null=True)
             check(
                 self.pooling == "mean" and self.masking != "none",
                 "model.segment",
                 "windows are pooled by their mask: use model.pooling=mean and a masking mode",
             )
         one_of(self.pooling, "model.pooling", ("mean", "last"))
-        check(
-            self.embedding_dim > 0, "model.embedding_dim", f"must be > 0, got {self.embedding_dim}"
-        )
-        check(self.units > 0, "model.units", f"must be > 0, got {self.units}")
+        positive("model.embedding_dim", self.embedding_dim)
+        positive("model.units", self.units)
         check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         one_of(self.masking, "model.masking", MASKING)
         one_of(self.serve_lstm, "model.serve_lstm", ("fused", "trained"))

@@ -68,7 +68,7 @@ def test_quick_bench_writes_every_measurement_and_logs_it(tmp_path):
         report["strategies"]["exact"]["padding_efficiency"]
         > (report["strategies"]["per_batch"]["padding_efficiency"])
     )
-    assert report["config"]["default"] == "bucket-budget"
+    assert report["config"]["default"] == "pooled-budget"
     assert report["config"]["fixed_length"] == 40 and "pads to 40 tokens" in done.stdout
     assert set(report["step_cost"]) == {"64x256", "128x256", "256x256", "64x64"}
     inference = report["inference"]

@@ -31,7 +31,7 @@ MODELS = {
         # a high learning rate: the LSTM half learns the reviews in the 3 epochs it gets
         "model=lstm model.units=8 model.embedding_dim=16 train.epochs=3 train.learning_rate=0.01",
         "lstm+ngrams",
-        "bucket·mask_zero+ngrams·s42",
+        "pooled·mask_zero+ngrams·s42",
     ),
 }
 

@@ -61,7 +61,7 @@ def test_train_logs_run_params_metrics_artifacts_and_a_usable_model(tmp_path, ti
     assert [m.step for m in history] == [1, 2, 3][: len(history)] and history
     tags = run.data.tags
     assert (tags["batching"], tags["padding_side"], tags["masking"], tags["data"]) == (
-        "bucket",
+        "pooled",
         "post",
         "mask_zero",
         "csv",

@@ -80,15 +80,15 @@ def test_unknown_option_lists_the_choices(tmp_path):
 
 def test_flatten_gives_dotted_string_params(tmp_path):
     flat = flatten(compose_config([], tmp_path))
-    assert flat["model.units"] == "64" and flat["batching.strategy"] == "bucket"
+    assert flat["model.units"] == "64" and flat["batching.strategy"] == "pooled"
     assert all(isinstance(v, str) for v in flat.values())
 
 
 @pytest.mark.parametrize(
     "overrides,name",
     [
-        ((), "bucket·mask_zero+ngrams·s42"),
-        (("model.ngram_branch=false", "train.seed=0"), "bucket·mask_zero·s0"),
+        ((), "pooled·mask_zero+ngrams·s42"),
+        (("model.ngram_branch=false", "train.seed=0"), "pooled·mask_zero·s0"),
         (
             ("batching=per_batch", "batching.padding_side=pre", "model.masking=none"),
             "per_batch·none+ngrams·pre·s42",

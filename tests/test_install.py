@@ -48,7 +48,7 @@ def test_pip_install_then_train_cfg_job_from_another_folder(tmp_path):
         timeout=300,
     )
     assert shown.returncode == 0, shown.stderr[-3000:]
-    for line in ("strategy: bucket", "masking: mask_zero", "ngram_branch: true"):
+    for line in ("strategy: pooled", "masking: mask_zero", "ngram_branch: true"):
         assert line in shown.stdout, line
     runs = subprocess.run(
         [str(venv / "bin" / "textclf"), "train", "--cfg", "hydra", "--resolve"],

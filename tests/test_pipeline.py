@@ -90,10 +90,10 @@ def test_a_run_logs_metrics_served_scores_artifacts_and_a_raw_text_model(default
     assert metrics["best_val_loss"] == min(
         m.value for m in client.get_metric_history(run.info.run_id, "val_loss")
     )
-    assert run.data.tags["batching"] == "bucket" and run.data.params["model.units"] == "8"
+    assert run.data.tags["batching"] == "pooled" and run.data.params["model.units"] == "8"
     # what the UI shows: the run's description, and the experiment's, which says how to compare
     assert f"**{metrics['test_accuracy']:.4f}**" in run.data.tags["mlflow.note.content"]
-    assert "batching `bucket`, padding_side `post`" in run.data.tags["mlflow.note.content"]
+    assert "batching `pooled`, padding_side `post`" in run.data.tags["mlflow.note.content"]
     experiment = client.get_experiment(run.info.experiment_id).tags
     assert "**Group by** the tag `batching`" in experiment["mlflow.note.content"]
     assert experiment["mlflow.experimentKind"] == "custom_model_development"
@@ -333,7 +333,7 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     metrics = run_pipeline(cfg)
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "toy+ngrams·bucket·s42"
+    assert run.info.status == "FINISHED" and run.info.run_name == "toy+ngrams·pooled·s42"
     assert run.data.tags["model"] == "toy+ngrams" and run.data.params["model.embedding_dim"] == "4"
     mixed = {"mix_toy", "mix_ngrams", "val_accuracy_toy", "val_accuracy_mixed", "ngrams_C"}
     assert mixed <= set(run.data.metrics) and run.data.metrics["mix_ngrams"] != 1.0
@@ -349,13 +349,18 @@ def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_
     run_id = tracking.log_run_folder(RunFolder(default_run.out), other)
     logged = MlflowClient(other).get_run(run_id)
     assert run_id != original.info.run_id and logged.info.status == "FINISHED"
-    assert logged.info.run_name == original.info.run_name == "bucket·mask_zero+ngrams·s42"
+    assert logged.info.run_name == original.info.run_name == "pooled·mask_zero+ngrams·s42"
     kept = {
         k: v
         for k, v in original.data.tags.items()
         if not k.startswith("mlflow.") and k not in ("model_uri", "logged_model_id")
     }
-    assert {"model", "batching", "masking", "bucket_boundaries"} <= kept.keys()
+    assert {
+        "model",
+        "batching",
+        "masking",
+        "stop_reason",
+    } <= kept.keys()  # stop_reason: added mid-run
     assert {k: logged.data.tags.get(k) for k in kept} == kept
     # the params the command line logs: the run's config without train.resume (how it ran)
     assert logged.data.params == {

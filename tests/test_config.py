@@ -30,7 +30,7 @@ def test_default_is_the_documented_pipeline(make_config):
     config = make_config()
     assert (config.data.source, config.batching.strategy, config.model.masking) == (
         "imdb",
-        "bucket",
+        "pooled",
         "mask_zero",
     )
     assert config.tracking.uri.startswith("sqlite:///") and config.tracking.uri.endswith(

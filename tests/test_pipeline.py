@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from textclf import data, inference, models, tracking
-from textclf.config import to_object
+from textclf.config import ConfigError, to_object
 from textclf.models.fused import FusedLSTM, lstm_layers
 from textclf.models.fusion import LateFusion
 from textclf.run_folder import RunFolder
@@ -340,6 +340,22 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
     assert served.predict(["a wonderful film"])["label"].tolist()[0] in ("neg", "pos")
+
+
+def test_a_mixed_model_without_a_head_is_refused_before_training(toy_model):
+    """The n-gram mix needs the network's logits: a network not ending in `models.head` is a
+    clear error when it is built, not after training."""
+
+    def headless(cfg, inputs):
+        tokens = keras.Input(shape=(None,), dtype="int32")
+        x = keras.layers.Embedding(inputs.vocab_size, 4)(tokens)
+        return keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid")(x[:, 0]))
+
+    models.register(ToyConfig, headless)
+    inputs = models.ModelInputs(50, 2, None)
+    with pytest.raises(ConfigError, match="model.ngram_branch: .*models.head"):
+        models.build(ToyConfig(), inputs)
+    assert models.build(ToyConfig(ngram_branch=False), inputs) is not None
 
 
 def test_a_run_logged_later_into_an_empty_store_keeps_its_name_and_tags(default_run):

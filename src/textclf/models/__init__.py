@@ -11,15 +11,19 @@ import keras
 
 from ..config import ModelConfig
 from . import bow, fusion, lstm
-from .base import REGISTRY, ModelInputs, head, register, spec
+from .base import REGISTRY, ModelInputs, head, logits, register, spec
 
 register(lstm.LstmConfig, lstm.build, lstm.serving)
 register(bow.BowConfig, bow.build, fit=bow.fit)
 
 
 def build(cfg: ModelConfig, inputs: ModelInputs) -> keras.Model:
-    """The uncompiled model `cfg` describes."""
-    return spec(cfg).build(cfg, inputs)
+    """The uncompiled model `cfg` describes; one that asks for the n-gram mix must expose its
+    logits (`head`), checked here rather than after training."""
+    net = spec(cfg).build(cfg, inputs)
+    if isinstance(cfg, fusion.LateFusion) and cfg.ngram_branch:
+        logits(net)
+    return net
 
 
 def serving(net: keras.Model, cfg: ModelConfig) -> keras.Model:

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from ..config import BatchingConfig, ModelConfig, registered
+from ..config import BatchingConfig, ConfigError, ModelConfig, registered
 
 
 @dataclass
@@ -84,9 +84,10 @@ def logits(net: keras.Model):
     """The logits `net` turns into probabilities: the input of its `head`'s output layer."""
     last = net.layers[-1]
     if last.name not in PROBABILITIES:
-        raise ValueError(
-            f"model {net.name!r} ends in layer {last.name!r}, not a head's probabilities: "
+        raise ConfigError(
+            f"model.ngram_branch: model {net.name!r} ends in layer {last.name!r}, not a head's "
+            "probabilities: "
             "end its build function with textclf.models.head(features, inputs.num_classes) "
-            "to offer the n-gram mix"
+            "to offer the n-gram mix, or set model.ngram_branch=false"
         )
     return last.input

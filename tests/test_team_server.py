@@ -389,7 +389,9 @@ def test_the_auth_server_lets_in_only_its_users(tmp_path, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", reader_password)
         reader = MlflowClient(url)
-        assert reader.get_run(run.info.run_id).data.metrics == run.data.metrics
+        assert reader.get_run(run.info.run_id).data.metrics == pytest.approx(
+            run.data.metrics, nan_ok=True
+        )  # throughput is NaN when each epoch is one batch
         for write in (
             lambda: reader.log_metric(run.info.run_id, "sneaky", 1.0),
             lambda: reader.create_run(experiment_id),

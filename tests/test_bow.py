@@ -325,3 +325,56 @@ def test_the_mix_weights_fit_the_validation_labels_better_than_either_half(class
     (_, b2), c2 = mix_weights(np.zeros_like(sharp), blurred, labels)
     assert mixed < min(loss(a1 * sharp + c1), loss(b2 * blurred + c2))
     assert a > b > 0
+
+
+def test_the_lift_counts_what_the_model_adds_to_the_ngrams_beyond_noise():
+    """Cross-fitted, paired: a model with its own signal lifts the n-grams far beyond noise;
+    pure noise and a copy of the n-grams do not (the mix fit on the rows it is scored on
+    would credit both)."""
+    from textclf.models.fusion import MIN_GAIN_Z, lift_z
+
+    rng = np.random.default_rng(0)
+    seen, unseen = rng.normal(0, 2, (2, 2000, 1))
+    labels = (rng.random(2000) < 1 / (1 + np.exp(-(seen + unseen)[:, 0]))).astype(int)
+    assert lift_z(unseen, seen, labels) > 5 * MIN_GAIN_Z
+    assert lift_z(rng.normal(0, 1, seen.shape), seen, labels) < MIN_GAIN_Z
+    assert lift_z(seen.copy(), seen, labels) < MIN_GAIN_Z
+
+
+def test_an_lstm_that_cannot_lift_the_ngrams_stops_early_and_gets_weight_0(
+    tmp_path, empty_store, caplog
+):
+    """One keyword decides the label, 20% of labels flipped: the n-grams reach what the data
+    allow and the LSTM can add nothing. Training stops on the mix's validation loss long
+    before its 30 epochs, the mix keeps the n-grams alone (weight 0), and the log says why."""
+    import logging
+    import random
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from .conftest import compose_config, run_pipeline, write_csv
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(600):
+        good = rng.random() < 0.5
+        text = [f"w{rng.randrange(40)}" for _ in range(rng.randint(3, 12))]
+        text.insert(rng.randrange(len(text) + 1), "great" if good else "awful")
+        rows.append((" ".join(text), "pos" if good == (rng.random() < 0.8) else "neg"))
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    overrides = [
+        "data=csv",
+        f"data.path={write_csv(tmp_path / 'keyword.csv', rows)}",
+        *"model.units=8 model.embedding_dim=16 train.learning_rate=0.01".split(),
+        *"train.epochs=30 train.max_steps=null evaluate.plots=false".split(),
+        "evaluate.served_limit=20",
+    ]
+    with caplog.at_level(logging.INFO, logger="textclf"):
+        metrics = run_pipeline(OmegaConf.to_object(compose_config(overrides, tmp_path)))
+    assert metrics["mix_lstm"] == 0 and metrics["mix_ngrams"] == 1
+    assert metrics["mix_lift_z"] < 2
+    assert "weight 0, the n-grams' answer kept" in caplog.text
+    assert "early_stopping: val_mixed_loss" in caplog.text
+    assert metrics["epochs_run"] <= 8 < metrics["epoch_limit"]
+    assert metrics["served_agreement"] == 1.0

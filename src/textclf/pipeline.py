@@ -119,8 +119,10 @@ def fit(
     on_epoch_end: Callable,
     checkpoint: Path,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    mixer: models.fusion.Mixer | None = None,
 ) -> train.Fit:
-    """Keras' loop over the batches, or the model's own solver (bow) on the token ids."""
+    """Keras' loop over the batches (early stopping on the mix's validation loss with a
+    `mixer`), or the model's own solver (bow) on the token ids."""
     log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
     solve = models.spec(cfg.model).fit
     if solve is not None:
@@ -131,17 +133,24 @@ def fit(
         return train.Fit(history, seconds, [0.0] * len(seconds), [0] * len(seconds), best, reason)
     steps = cfg.train.steps_per_epoch or batches.padding.batches
     return train.fit(
-        net, batches.train_epoch, batches.val, steps, cfg.train, [log_epoch, *callbacks], checkpoint
+        net,
+        batches.train_epoch,
+        batches.val,
+        steps,
+        cfg.train,
+        [log_epoch, *callbacks],
+        checkpoint,
+        mixer,
     )
 
 
-def finish(
+def mixer(
     net: keras.Model, inputs: models.ModelInputs, tokens: Vectorized, batches: Batches, cfg: Config
-) -> tuple[keras.Model, dict[str, float]]:
-    """The model's step after training (late fusion with bow's model, if it offers it): the
-    network to evaluate and export, and metrics about it."""
+) -> models.fusion.Mixer | None:
+    """Late fusion with bow's n-gram model, if the model offers it: solved before training,
+    it scores the mix after every epoch and mixes after training."""
     splits = tokens.splits
-    return models.finish(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
+    return models.mixer(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
 
 
 def costs(fitted: train.Fit, padding: batching.PaddingStats) -> dict[str, float]:
@@ -243,18 +252,21 @@ def run(
         class_names = dataset.class_names
         inputs = model_inputs(tokens, len(class_names), cfg)
         net = build(cfg, inputs)
-        fitted = fit(net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks)
+        fusion = mixer(net, inputs, tokens, batches, cfg)
+        fitted = fit(
+            net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks, fusion
+        )
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason
         )
         folder.add_tags({"stop_reason": fitted.stop_reason})  # to MLflow with the metrics
         trained = net
-        net, finished = finish(net, inputs, tokens, batches, cfg)
+        net, finished = fusion.mix() if fusion else (net, {})
 
         test_labels = tokens.splits["test"].labels
         predictions = evaluate.predict(net, batches.test, test_labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
-        if net is not trained:  # what the finish step added: the trained network scored alone
+        if net is not trained:  # what the mix added: the trained network scored alone
             alone = evaluate.predict(trained, batches.test, test_labels)
             finished |= {
                 f"trained_{k}": v

@@ -31,14 +31,14 @@ def serving(net: keras.Model, cfg: ModelConfig) -> keras.Model:
     return spec(cfg).serving(net, cfg)
 
 
-def finish(
+def mixer(
     net: keras.Model, inputs: ModelInputs, train, val, val_batches, cfg: ModelConfig
-) -> tuple[keras.Model, dict[str, float]]:
-    """The step after training: the n-gram mix if `cfg` offers it and asks for it, else none.
-    The network to evaluate and export, and metrics about it."""
+) -> fusion.Mixer | None:
+    """Late fusion's n-gram half, solved before training, if `cfg` offers it and asks for it:
+    the callback that scores the mix each epoch and mixes after training (`fusion.Mixer`)."""
     if isinstance(cfg, fusion.LateFusion) and cfg.ngram_branch:
-        return fusion.mix(net, inputs, train, val, val_batches, cfg)
-    return net, {}
+        return fusion.Mixer(net, inputs, train, val, val_batches, cfg)
+    return None
 
 
-__all__ = ["REGISTRY", "ModelInputs", "build", "finish", "head", "register", "serving", "spec"]
+__all__ = ["REGISTRY", "ModelInputs", "build", "head", "mixer", "register", "serving", "spec"]

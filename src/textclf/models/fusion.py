@@ -1,9 +1,11 @@
 """Late fusion: any model mixed with bow's n-gram model (`model.ngram_branch=true`).
 
 A model whose config subclasses `LateFusion` (instead of `ModelConfig`) and whose network ends
-in `base.head` gets it with no code of its own: Keras' loop trains the model alone; then `mix`
-solves bow's n-gram model (models/bow.py) on the same training rows and mixes the two models'
-logits, `a · model + b · ngrams + c`, with a, b and c fit on the validation split's log loss.
+in `base.head` gets it with no code of its own (`Mixer`): bow's n-gram model (models/bow.py)
+is solved on the training rows first; Keras' loop trains the model alone, stopping when it no
+longer lifts the mix on validation; then the two models' logits are mixed,
+`a · model + b · ngrams + c`, with a, b and c fit on the validation split's log loss, or the
+n-grams kept alone (a = 0) when the model's lift is within its noise.
 Trained apart, neither half starves the other: trained jointly (the LSTM's former default),
 the n-gram weights memorised the training set within two epochs and left the LSTM almost
 nothing to learn (docs/results.md has both measured).
@@ -11,6 +13,7 @@ nothing to learn (docs/results.md has both measured).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,8 @@ from .base import ModelInputs, logits, probabilities
 if TYPE_CHECKING:
     from ..tokenize import Encoded
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LateFusion(bow.Ngrams, ModelConfig):
@@ -34,6 +39,8 @@ class LateFusion(bow.Ngrams, ModelConfig):
     # mix the model with bow's n-gram model, weights fit on validation; the padding and
     # masking comparisons turn it off to study the LSTM alone
     ngram_branch: bool = True
+    # early stopping watches the mix's cross-fitted validation loss (false: the model's own)
+    stop_on_mix: bool = True
 
     def variant(self) -> str:
         return f"{self.name}+ngrams" if self.ngram_branch else self.name
@@ -57,37 +64,110 @@ class Mix(layers.Layer):
         return self.scales[0] * model + self.scales[1] * ngrams + self.bias
 
 
-def mix(
-    net: keras.Model,
-    inputs: ModelInputs,
-    train: Encoded,
-    val: Encoded,
-    val_batches,
-    cfg: LateFusion,
-) -> tuple[keras.Model, dict[str, float]]:
-    """bow's model solved on the training rows and mixed with the trained `net` (`Mix`,
-    weights of the least validation log loss): the model to evaluate and export, and what
-    the mixing found (`mix_<model>`, `mix_ngrams`, each half's validation accuracy)."""
-    linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
-    linear = bow.build(linear_cfg, inputs)
-    _, _, kept, _ = bow.fit(linear, train, val, linear_cfg)
-    fused = fuse(net, linear, inputs.num_classes)
-    both = keras.Model(fused.input, fused.get_layer("mix").input)
-    # one graph for batches of every length (predict_on_batch would trace one per length)
-    halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
-    parts = [([h.numpy() for h in halves(x)], y.numpy()) for x, y in val_batches]
-    model, ngrams = (np.concatenate([p[0][i] for p in parts]) for i in (0, 1))
-    labels = np.concatenate([p[1] for p in parts])
-    scales, bias = mix_weights(model, ngrams, labels)
-    fused.get_layer("mix").set_weights([scales, bias])
-    return fused, {
-        f"val_accuracy_{cfg.name}": _accuracy(model, labels),
-        "val_accuracy_ngrams": _accuracy(ngrams, labels),
-        "val_accuracy_mixed": _accuracy(scales[0] * model + scales[1] * ngrams + bias, labels),
-        f"mix_{cfg.name}": float(scales[0]),
-        "mix_ngrams": float(scales[1]),
-        "ngrams_C": float(sorted(linear_cfg.C_grid)[kept]),
-    }
+class Mixer(keras.callbacks.Callback):
+    """Late fusion around Keras' loop. Built before training, it solves bow's n-gram model on
+    the training rows; after every epoch it scores the model mixed with it on validation,
+    cross-fitted (`out_of_fold_losses`), as `val_mixed_loss`, which early stopping watches
+    (`stop_on_mix`): the model trains while it lifts the mix, not while its own loss falls.
+    `mix` then fixes the weights, or keeps the n-grams alone (weight 0) when the lift is
+    within its noise."""
+
+    def __init__(
+        self,
+        net: keras.Model,
+        inputs: ModelInputs,
+        train: Encoded,
+        val: Encoded,
+        val_batches,
+        cfg: LateFusion,
+    ):
+        super().__init__()
+        self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
+        linear = bow.build(self.linear_cfg, inputs)
+        _, _, self.kept_C, _ = bow.fit(linear, train, val, self.linear_cfg)
+        self.fused = fuse(net, linear, inputs.num_classes)
+        both = keras.Model(self.fused.input, self.fused.get_layer("mix").input)
+        # one graph for batches of every length (predict_on_batch would trace one per length)
+        self.halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+        self.val_batches, self.name = val_batches, cfg.name
+        self.monitor = "val_mixed_loss" if cfg.stop_on_mix else "val_loss"  # as Keras names it
+
+    def logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's and the n-grams' validation logits, and the labels, in one order."""
+        parts = [([h.numpy() for h in self.halves(x)], y.numpy()) for x, y in self.val_batches]
+        model, ngrams = (np.concatenate([p[0][i] for p in parts]) for i in (0, 1))
+        return model, ngrams, np.concatenate([p[1] for p in parts])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor == "val_mixed_loss":
+            logs[self.monitor] = float(out_of_fold_losses(*self.logits()).mean())
+
+    def mix(self) -> tuple[keras.Model, dict[str, float]]:
+        """The fused model, its weights fit on the validation split's log loss (`Mix`), or the
+        n-grams alone when the model's cross-fitted lift is below `MIN_GAIN_Z` standard
+        errors; what the mixing found (`mix_<model>`, `mix_ngrams`, `mix_lift_z`, each
+        half's validation accuracy)."""
+        model, ngrams, labels = self.logits()
+        z = lift_z(model, ngrams, labels)
+        if z >= MIN_GAIN_Z:
+            scales, bias = mix_weights(model, ngrams, labels)
+        else:  # bow's answer, exactly: its logits, unscaled
+            scales, bias = np.array([0, 1], "float32"), np.zeros(ngrams.shape[1], "float32")
+            log.info(
+                "the %s does not lift the n-grams' validation log loss beyond its noise "
+                "(z = %.2f < %g): weight 0, the n-grams' answer kept",
+                self.name,
+                z,
+                MIN_GAIN_Z,
+            )
+        self.fused.get_layer("mix").set_weights([scales, bias])
+        return self.fused, {
+            f"val_accuracy_{self.name}": _accuracy(model, labels),
+            "val_accuracy_ngrams": _accuracy(ngrams, labels),
+            "val_accuracy_mixed": _accuracy(scales[0] * model + scales[1] * ngrams + bias, labels),
+            f"mix_{self.name}": float(scales[0]),
+            "mix_ngrams": float(scales[1]),
+            "mix_lift_z": z,
+            "ngrams_C": float(sorted(self.linear_cfg.C_grid)[self.kept_C]),
+        }
+
+
+# The model's lift of the mixed validation log loss, in standard errors of its per-row mean,
+# below which the mix keeps the n-grams alone: one-sided, about 2% by chance
+MIN_GAIN_Z = 2.0
+
+
+def lift_z(model: np.ndarray, ngrams: np.ndarray, labels: np.ndarray) -> float:
+    """How far the model lifts the n-grams: the mean per-row fall in cross-fitted log loss
+    from the n-grams alone to the mix, in standard errors (a paired z statistic)."""
+    lift = out_of_fold_losses(np.zeros_like(model), ngrams, labels) - out_of_fold_losses(
+        model, ngrams, labels
+    )
+    return float(lift.mean() / max(lift.std(ddof=1) / np.sqrt(len(lift)), 1e-12))
+
+
+def out_of_fold_losses(
+    model: np.ndarray, ngrams: np.ndarray, labels: np.ndarray, folds: int = 5
+) -> np.ndarray:
+    """Each row's log loss under the mix (`mix_weights`) fit on the other folds' rows: a mix
+    scored on the rows it was fit on always looks at least as good as the n-grams alone."""
+    fold = np.random.default_rng(0).permutation(len(labels)) % folds
+    losses = np.empty(len(labels))
+    for k in range(folds):
+        fit_rows, held = fold != k, fold == k
+        (a, b), c = mix_weights(model[fit_rows], ngrams[fit_rows], labels[fit_rows])
+        losses[held] = row_losses(a * model[held] + b * ngrams[held] + c, labels[held])
+    return losses
+
+
+def row_losses(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-row log loss of logits `z` ([n, 1] of a sigmoid, or [n, classes] of a softmax)."""
+    from scipy.special import log_softmax
+
+    z = z.astype("float64")
+    if z.shape[1] == 1:
+        return np.logaddexp(0, z[:, 0]) - labels * z[:, 0]
+    return -log_softmax(z, axis=1)[np.arange(len(labels)), labels]
 
 
 def fuse(net: keras.Model, linear: keras.Model, num_classes: int) -> keras.Model:

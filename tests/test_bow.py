@@ -378,3 +378,39 @@ def test_an_lstm_that_cannot_lift_the_ngrams_stops_early_and_gets_weight_0(
     assert "early_stopping: val_mixed_loss" in caplog.text
     assert metrics["epochs_run"] <= 8 < metrics["epoch_limit"]
     assert metrics["served_agreement"] == 1.0
+
+
+def test_cross_fitted_ngram_logits_never_come_from_a_model_that_saw_the_row():
+    """Residual training: each training row carries a word no other row has. Row by row, the
+    fold model its logits come from gives that word weight exactly 0 (an L2-regularised
+    model gives none to a feature it never saw), every other fold model a weight, and the
+    layer's logits are that fold model's."""
+    from textclf.models import fusion
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 120)
+    ids = [
+        [*rng.integers(2, 40, rng.integers(3, 9)), 10 + 30 * label, 1000 + i]
+        for i, label in enumerate(labels)
+    ]
+    tokens = tf.ragged.constant(ids, dtype=tf.int32)
+    inputs = models.ModelInputs(2000, 2, padded(), tokens, labels)
+    cfg = bow.BowConfig()
+    linear = bow.build(cfg, inputs)
+    net = models.build(models.lstm.LstmConfig(units=4, embedding_dim=8), inputs)
+    trainee = fusion.residual(net, linear, SimpleNamespace(tokens=tokens, labels=labels), cfg, 1.0)
+
+    cross = trainee.get_layer("cross_fitted")
+    kernel, bias = (w.numpy() for w in cross.weights)
+    kernel, bias = kernel.reshape(len(kernel), fusion.FOLDS, 1), bias.reshape(fusion.FOLDS, 1)
+    vocabulary = linear.get_layer("ngrams").counts.get_vocabulary()
+    folds = fusion.fold_of(bow.words(tokens)).numpy()
+    assert set(folds) == set(range(fusion.FOLDS))
+    rows = bow.ngram_rows(linear.get_layer("ngrams"), tokens)
+    offsets = keras.Model(trainee.input, cross.output).predict(tokens.to_tensor(), verbose=0)
+    for i, fold in enumerate(folds):
+        own = vocabulary.index(str(1000 + i))
+        assert kernel[own, fold, 0] == 0
+        assert np.all(np.delete(kernel[own, :, 0], fold) != 0)
+        expected = rows[i] @ kernel[:, fold, :] + bias[fold]
+        np.testing.assert_allclose(offsets[i], np.ravel(expected), rtol=1e-4, atol=1e-5)

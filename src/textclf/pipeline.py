@@ -102,13 +102,11 @@ def model_inputs(tokens: Vectorized, num_classes: int, cfg: Config) -> models.Mo
     )
 
 
-def build(cfg: Config, inputs: models.ModelInputs) -> keras.Model:
-    """The classifier `cfg.model` names (models/), compiled for Keras' loop unless the model
-    fits itself."""
-    net = models.build(cfg.model, inputs)
+def compiled(net: keras.Model, cfg: Config, num_classes: int) -> keras.Model:
+    """`net` compiled for Keras' loop, unless the model fits itself."""
     if models.spec(cfg.model).fit:  # an optimizer never stepped would be saved with it
         return net
-    return train.compile_model(net, inputs.num_classes, cfg.train)
+    return train.compile_model(net, num_classes, cfg.train)
 
 
 def fit(
@@ -251,10 +249,11 @@ def run(
 
         class_names = dataset.class_names
         inputs = model_inputs(tokens, len(class_names), cfg)
-        net = build(cfg, inputs)
+        net = models.build(cfg.model, inputs)
         fusion = mixer(net, inputs, tokens, batches, cfg)
+        trainee = compiled(fusion.trainee if fusion else net, cfg, inputs.num_classes)
         fitted = fit(
-            net, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks, fusion
+            trainee, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks, fusion
         )
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason

@@ -235,9 +235,9 @@ def fit(
             callback.on_epoch_end(i, logs)
 
     kept, history, seconds, best = solve(
-        _rows(ngrams, train.tokens),
+        ngram_rows(ngrams, train.tokens),
         train.labels,
-        _rows(ngrams, val.tokens),
+        ngram_rows(ngrams, val.tokens),
         val.labels,
         cfg.C_grid,
         cfg.max_iter,
@@ -288,7 +288,7 @@ def solve(
     return kept, history, seconds, best
 
 
-def _rows(
+def ngram_rows(
     ngrams: SparseTfIdf, tokens: tf.RaggedTensor, batch: int = 4096
 ) -> scipy.sparse.csr_matrix:
     """The n-gram rows of ragged ids, as scikit-learn reads them."""

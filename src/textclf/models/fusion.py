@@ -41,6 +41,9 @@ class LateFusion(bow.Ngrams, ModelConfig):
     ngram_branch: bool = True
     # early stopping watches the mix's cross-fitted validation loss (false: the model's own)
     stop_on_mix: bool = True
+    # train the model as a correction of the n-grams: on sigmoid/softmax(n-gram logits + its
+    # own), each training row's n-gram logits from a linear model fit on the other folds
+    residual: bool = False
 
     def variant(self) -> str:
         return f"{self.name}+ngrams" if self.ngram_branch else self.name
@@ -85,11 +88,13 @@ class Mixer(keras.callbacks.Callback):
         self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
         linear = bow.build(self.linear_cfg, inputs)
         _, _, self.kept_C, _ = bow.fit(linear, train, val, self.linear_cfg)
+        kept = sorted(self.linear_cfg.C_grid)[self.kept_C]
         self.fused = fuse(net, linear, inputs.num_classes)
         both = keras.Model(self.fused.input, self.fused.get_layer("mix").input)
         # one graph for batches of every length (predict_on_batch would trace one per length)
         self.halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
         self.val_batches, self.name = val_batches, cfg.name
+        self.trainee = residual(net, linear, train, self.linear_cfg, kept) if cfg.residual else net
         self.monitor = "val_mixed_loss" if cfg.stop_on_mix else "val_loss"  # as Keras names it
 
     def logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,6 +173,78 @@ def row_losses(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if z.shape[1] == 1:
         return np.logaddexp(0, z[:, 0]) - labels * z[:, 0]
     return -log_softmax(z, axis=1)[np.arange(len(labels)), labels]
+
+
+FOLDS = 5  # cross-fitting: each training row's n-gram logits from a model fit on 4/5 of them
+
+
+@keras.saving.register_keras_serializable(package="textclf")
+class CrossFitted(layers.Layer):
+    """N-gram rows and their id strings → each row's logits under the linear model of its
+    fold, the one that never saw it: `FOLDS` models side by side, a row's fold a hash of its
+    ids (duplicates share one). Used in training only; the exported model holds the full
+    model's layer."""
+
+    def __init__(self, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+
+    def build(self, input_shape) -> None:
+        size = input_shape[0][-1]
+        self.kernel = self.add_weight(
+            shape=(size, FOLDS * self.width), initializer="zeros", trainable=False, name="kernel"
+        )
+        self.bias = self.add_weight(
+            shape=(FOLDS * self.width,), initializer="zeros", trainable=False, name="bias"
+        )
+
+    def call(self, inputs):
+        rows, ids = inputs
+        every = tf.sparse.sparse_dense_matmul(rows, self.kernel) + self.bias
+        every = tf.reshape(every, (-1, FOLDS, self.width))
+        return tf.gather(every, fold_of(ids), batch_dims=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.width)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"width": self.width}
+
+
+def fold_of(ids: tf.Tensor) -> tf.Tensor:
+    """A row's cross-fitting fold from its id string ("12 7 431 ..."): the same in training,
+    in the solver and for every copy of a text."""
+    return tf.strings.to_hash_bucket_fast(ids, FOLDS)
+
+
+def residual(
+    net: keras.Model, linear: keras.Model, train: Encoded, cfg: bow.BowConfig, C: float
+) -> keras.Model:
+    """`net` trained as a correction of the n-grams: probabilities of its logits plus each
+    training row's out-of-fold n-gram logits (`CrossFitted`, fit here with the full model's
+    C), sharing `net`'s layers. In-sample logits would be near-perfect on the training rows
+    and leave it nothing to learn (the trap of the joint model, docs/results.md)."""
+    from sklearn.linear_model import LogisticRegression
+
+    tokens = net.input
+    id_words, ngrams = linear.get_layer("id_words"), linear.get_layer("ngrams")
+    width = linear.get_layer(bow.LOGITS).units
+    rows = bow.ngram_rows(ngrams, train.tokens)
+    fold = fold_of(bow.words(train.tokens)).numpy()
+    kernel = np.zeros((rows.shape[1], FOLDS, width), "float32")
+    bias = np.full((FOLDS, width), -30.0, "float32")  # a class no row of the fold has
+    for k in range(FOLDS):
+        seen = fold != k
+        model = LogisticRegression(C=C, max_iter=cfg.max_iter).fit(rows[seen], train.labels[seen])
+        columns = [0] if width == 1 else model.classes_
+        kernel[:, k, columns] = model.coef_.T
+        bias[k, columns] = model.intercept_
+    words = id_words(tokens)
+    cross = CrossFitted(width, name="cross_fitted", dtype="float32")
+    offsets = cross([ngrams(words), words])
+    cross.set_weights([kernel.reshape(len(kernel), -1), bias.reshape(-1)])
+    summed = layers.Add(name="residual")([logits(net), offsets])
+    return keras.Model(tokens, probabilities(summed, max(width, 2)), name=f"{net.name}_residual")
 
 
 def fuse(net: keras.Model, linear: keras.Model, num_classes: int) -> keras.Model:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import batching, data, inference, pipeline, tracking, train
+from .. import batching, data, inference, models, pipeline, tracking, train
 from ..config import BatchingConfig, Config, ConfigError
 from ..models.lstm import LstmConfig
 from ..run_folder import RunFolder
@@ -179,7 +179,8 @@ def _setup(
     stats = batching.padding_stats(epoch)
     keras.utils.set_random_seed(cfg.train.seed)
     spec_cfg = replace(cfg, batching=spec)
-    net = pipeline.build(spec_cfg, pipeline.model_inputs(tokens, num_classes, spec_cfg))
+    inputs = pipeline.model_inputs(tokens, num_classes, spec_cfg)
+    net = pipeline.compiled(models.build(spec_cfg.model, inputs), spec_cfg, num_classes)
     result = {
         "padding_efficiency": stats.efficiency,
         "batches_per_epoch": stats.batches,

@@ -243,6 +243,23 @@ def test_what_a_run_counted_of_its_data_does_not_make_a_variant():
     assert compare.variant_keys(runs) == ["params.batching.strategy"]
 
 
+def test_an_option_added_since_older_runs_makes_a_variant_one_removed_does_not():
+    """Runs of today's code beside older ones in one experiment: `model.stop_on_mix`, which
+    only the newest runs log, tells them apart; `train.schedule`, which only the older ones
+    logged (an option since removed), does not."""
+    runs = pd.DataFrame(
+        {
+            "params.batching.strategy": ["pooled"] * 4,
+            "params.train.seed": ["0", "1", "0", "1"],
+            "params.train.schedule": ["constant", "constant", None, None],
+            "params.model.stop_on_mix": [None, None, "True", "True"],
+            "start_time": pd.to_datetime(["2026-12-01", "2026-12-01", "2026-12-07", "2026-12-07"]),
+        }
+    )
+    assert compare.variant_keys(runs) == ["params.model.stop_on_mix"]
+    assert list(compare.labels(runs, ["params.model.stop_on_mix"])) == ["-", "-", "True", "True"]
+
+
 def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.create_run(uri, "compare_padding", "sweep x", {"sweep_dir": "/tmp/x"})

@@ -149,8 +149,17 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
         and c.removeprefix("params.") not in IGNORED
         and not c.startswith(DATA_COUNTS)
     )
-    values = runs[choices + params].astype(str)
-    keys = [c for c in choices + params if values[c].nunique() > 1]
+    values = runs[choices + params].astype(object)
+    # a key the older runs lack tells them apart when the newest run has it (an option added
+    # since they ran), not when it lacks it (an option since removed)
+    newest = values.loc[runs["start_time"].idxmax()] if "start_time" in runs else None
+    keys = [
+        c
+        for c in choices + params
+        if values[c].nunique() > 1
+        or (values[c].isna().any() and newest is not None and pd.notna(newest[c]))
+    ]
+    values = values.fillna("-").astype(str)
     for col in [k for k in keys if k.startswith("params.")]:
         choice = "tags.choice." + col.removeprefix("params.").split(".")[0]
         if choice in keys and (values.groupby(choice)[col].nunique() <= 1).all():

@@ -40,7 +40,7 @@ class LateFusion(bow.Ngrams, ModelConfig):
     # masking comparisons turn it off to study the LSTM alone
     ngram_branch: bool = True
     # early stopping watches the mix's cross-fitted validation loss (false: the model's own)
-    stop_on_mix: bool = True
+    stop_on_mix: bool = False
     # train the model as a correction of the n-grams: on sigmoid/softmax(n-gram logits + its
     # own), each training row's n-gram logits from a linear model fit on the other folds
     residual: bool = False

@@ -345,8 +345,9 @@ def test_an_lstm_that_cannot_lift_the_ngrams_stops_early_and_gets_weight_0(
     tmp_path, empty_store, caplog
 ):
     """One keyword decides the label, 20% of labels flipped: the n-grams reach what the data
-    allow and the LSTM can add nothing. Training stops on the mix's validation loss long
-    before its 30 epochs, the mix keeps the n-grams alone (weight 0), and the log says why."""
+    allow and the LSTM can add nothing. With `model.stop_on_mix`, training stops on the mix's
+    validation loss long before its 30 epochs; the mix keeps the n-grams alone (weight 0), and
+    the log says why."""
     import logging
     import random
     import shutil
@@ -369,6 +370,7 @@ def test_an_lstm_that_cannot_lift_the_ngrams_stops_early_and_gets_weight_0(
         *"model.units=8 model.embedding_dim=16 train.learning_rate=0.01".split(),
         *"train.epochs=30 train.max_steps=null evaluate.plots=false".split(),
         "evaluate.served_limit=20",
+        "model.stop_on_mix=true",
     ]
     with caplog.at_level(logging.INFO, logger="textclf"):
         metrics = run_pipeline(OmegaConf.to_object(compose_config(overrides, tmp_path)))

@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from textclf import models
+from textclf.batching import padded
 from textclf.cli import CONF_DIR, ROOT, register_schemas
 from textclf.config import (
     BaselineConfig,
-    BatchingConfig,
     Config,
     TrainConfig,
     flatten,
@@ -79,11 +79,6 @@ def small_model(**kw) -> LstmConfig:
     """A one-direction LSTM alone, without dropout unless asked: small, deterministic test
     models."""
     return LstmConfig(**{"bidirectional": False, "dropout": 0.0, "ngram_branch": False} | kw)
-
-
-def padded(side: str = "post") -> BatchingConfig:
-    """Batches padded on `side` (after: post, before: pre), as a model or an export reads them."""
-    return BatchingConfig(strategy="per_batch", padding_side=side)
 
 
 def build_lstm(vocab_size: int, num_classes: int, cfg: LstmConfig, padding_side: str = "post"):

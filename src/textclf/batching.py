@@ -28,6 +28,12 @@ from .config import STRATEGIES, BatchingConfig, Strategy
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def padded(side: str = "post") -> BatchingConfig:
+    """Batches of random composition padded on `side` (after: post, before: pre), as a model
+    or an exported model reads them."""
+    return BatchingConfig(strategy="per_batch", padding_side=side)
+
+
 def bucket_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
     """Upper bounds (exclusive) splitting `lengths` into equally populated buckets."""
     quantiles = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1], method="lower")

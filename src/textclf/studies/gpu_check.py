@@ -1,6 +1,6 @@
 """`make gpu-check`: does the LSTM train and serve on this machine's GPU, with cuDNN where it can?
 
-cuDNN takes only right-padded masks, so `padding_side=pre` with a mask runs the LSTM with
+cuDNN takes only right-padded masks, so padding before the text (pre) with a mask runs the LSTM with
 `use_cudnn=False`. The check trains the default (bidirectional, `mask_zero`) LSTM with `post`
 and `pre` padding for a few steps on the GPU, saves the trained network and its fused serving
 copy as model.keras, reloads them, reports which LSTM kernel each one's graph holds (cuDNN,
@@ -95,8 +95,7 @@ def check(folder: Path) -> list[Result]:
     import keras
     import tensorflow as tf
 
-    from .. import models
-    from ..config import BatchingConfig
+    from .. import batching, models
     from ..models.fused import fused_copy, lstm_layers
     from ..models.lstm import LstmConfig
 
@@ -108,7 +107,7 @@ def check(folder: Path) -> list[Result]:
         keras.utils.set_random_seed(0)
         net = models.build(
             LstmConfig(embedding_dim=16, units=16, ngram_branch=False),
-            models.ModelInputs(VOCAB, 2, BatchingConfig(strategy="per_batch", padding_side=side)),
+            models.ModelInputs(VOCAB, 2, batching.padded(side)),
         )
         net.compile(optimizer="adam", loss="binary_crossentropy")
         net.fit(x, y, batch_size=32, epochs=1, verbose=0)  # a few steps

@@ -282,8 +282,8 @@ def test_bow_is_scikit_learns_logistic_regression_with_c_chosen_on_validation(ma
     best = int(np.argmax(history["val_accuracy"]))  # the first of the best
     assert kept == best and f"C={[0.01, 1.0, 100.0][best]:g}" in reason
 
-    x_train = bow._rows(net.get_layer("ngrams"), train.tokens)
-    x_val = bow._rows(net.get_layer("ngrams"), val.tokens)
+    x_train = bow.ngram_rows(net.get_layer("ngrams"), train.tokens)
+    x_val = bow.ngram_rows(net.get_layer("ngrams"), val.tokens)
     reference = LogisticRegression(C=[0.01, 1.0, 100.0][best], max_iter=1000)
     reference.fit(x_train, train.labels)
     got, expected = net(val.tokens.to_tensor()).numpy()[:, 0], reference.predict_proba(x_val)[:, 1]

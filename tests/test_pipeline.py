@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from textclf import data, inference, models, tracking
 from textclf.config import ConfigError, to_object
 from textclf.models.fused import FusedLSTM, lstm_layers
-from textclf.models.fusion import LateFusion
+from textclf.models.fusion import MIN_GAIN_Z, LateFusion
 from textclf.run_folder import RunFolder
 
 from .conftest import compose_config, reviews, run_pipeline, trained_once, write_csv
@@ -335,8 +335,11 @@ def test_a_new_model_is_a_config_class_a_build_function_and_a_registry_line(
     [run] = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "toy+ngrams·pooled·s42"
     assert run.data.tags["model"] == "toy+ngrams" and run.data.params["model.embedding_dim"] == "4"
-    mixed = {"mix_toy", "mix_ngrams", "val_accuracy_toy", "val_accuracy_mixed", "ngrams_C"}
-    assert mixed <= set(run.data.metrics) and run.data.metrics["mix_ngrams"] != 1.0
+    mixed = {"mix_toy", "mix_ngrams", "mix_lift_z", "val_accuracy_toy", "val_accuracy_mixed"}
+    assert mixed | {"ngrams_C"} <= set(run.data.metrics)
+    # mixed, or the n-grams alone (weight 0) when the toy's lift is within its noise
+    kept_alone = metrics["mix_lift_z"] < MIN_GAIN_Z
+    assert (metrics["mix_toy"] == 0 and metrics["mix_ngrams"] == 1) == kept_alone
     assert metrics["served_agreement"] == 1.0 and metrics["served_max_abs_diff"] <= 1e-5
     served = inference.Classifier.from_files(tmp_path / "run" / "model.keras")
     assert served.predict(["a wonderful film"])["label"].tolist()[0] in ("neg", "pos")

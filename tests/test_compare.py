@@ -258,6 +258,13 @@ def test_an_option_added_since_older_runs_makes_a_variant_one_removed_does_not()
     )
     assert compare.variant_keys(runs) == ["params.model.stop_on_mix"]
     assert list(compare.labels(runs, ["params.model.stop_on_mix"])) == ["-", "-", "True", "True"]
+    # a newer run of another model, which has no such option, changes neither
+    bow = {"params.batching.strategy": "pooled", "params.train.seed": "0"}
+    bow |= {"tags.choice.model": "bow", "start_time": pd.Timestamp("2026-12-08")}
+    runs = pd.concat(
+        [runs.assign(**{"tags.choice.model": "lstm"}), pd.DataFrame([bow])], ignore_index=True
+    )
+    assert compare.variant_keys(runs) == ["tags.choice.model", "params.model.stop_on_mix"]
 
 
 def test_runs_without_params_are_grouped_by_their_variant_tags(tmp_path):

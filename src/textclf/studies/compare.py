@@ -150,14 +150,10 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
         and not c.startswith(DATA_COUNTS)
     )
     values = runs[choices + params].astype(object)
-    # a key the older runs lack tells them apart when the newest run has it (an option added
-    # since they ran), not when it lacks it (an option since removed)
-    newest = values.loc[runs["start_time"].idxmax()] if "start_time" in runs else None
     keys = [
         c
         for c in choices + params
-        if values[c].nunique() > 1
-        or (values[c].isna().any() and newest is not None and pd.notna(newest[c]))
+        if values[c].nunique() > 1 or (values[c].isna().any() and added_since(runs, c))
     ]
     values = values.fillna("-").astype(str)
     for col in [k for k in keys if k.startswith("params.")]:
@@ -166,6 +162,18 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
             keys.remove(col)
     # No differing key (one variant, or runs without params): name it by its tags.
     return keys or [f"tags.{t}" for t in VARIANT_TAGS if f"tags.{t}" in runs]
+
+
+def added_since(runs: pd.DataFrame, key: str) -> bool:
+    """Whether the runs that lack `key` predate it: the newest run of the same choice of its
+    group (`model=lstm` for `params.model.residual`) has it. An option added since older runs
+    tells them apart; one since removed, which only older runs logged, does not."""
+    if "start_time" not in runs:
+        return False
+    choice = "tags.choice." + key.removeprefix("params.").split(".")[0]
+    if choice in runs:
+        runs = runs[runs[choice].isin(runs[choice][runs[key].notna().to_numpy()])]
+    return bool(runs[key].notna().to_numpy()[runs["start_time"].to_numpy().argmax()])
 
 
 def labels(runs: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -73,7 +73,8 @@ class Mixer(keras.callbacks.Callback):
     cross-fitted (`out_of_fold_losses`), as `val_mixed_loss`, which early stopping watches
     (`stop_on_mix`): the model trains while it lifts the mix, not while its own loss falls.
     `mix` then fixes the weights, or keeps the n-grams alone (weight 0) when the lift is
-    within its noise."""
+    within its noise. `trainee` is the network Keras' loop trains: the model itself, or with
+    `residual` the model plus each training row's cross-fitted n-gram logits."""
 
     def __init__(
         self,

@@ -400,7 +400,9 @@ def test_cross_fitted_ngram_logits_never_come_from_a_model_that_saw_the_row():
     cfg = bow.BowConfig()
     linear = bow.build(cfg, inputs)
     net = models.build(models.lstm.LstmConfig(units=4, embedding_dim=8), inputs)
-    trainee = fusion.residual(net, linear, SimpleNamespace(tokens=tokens, labels=labels), cfg, 1.0)
+    trainee = fusion.residual(
+        net, linear, SimpleNamespace(tokens=tokens, labels=labels), cfg, 1.0, 2
+    )
 
     cross = trainee.get_layer("cross_fitted")
     kernel, bias = (w.numpy() for w in cross.weights)

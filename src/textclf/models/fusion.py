@@ -88,14 +88,18 @@ class Mixer(keras.callbacks.Callback):
         super().__init__()
         self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
         linear = bow.build(self.linear_cfg, inputs)
-        _, _, self.kept_C, _ = bow.fit(linear, train, val, self.linear_cfg)
-        kept = sorted(self.linear_cfg.C_grid)[self.kept_C]
+        _, _, kept, _ = bow.fit(linear, train, val, self.linear_cfg)
+        self.C = sorted(self.linear_cfg.C_grid)[kept]  # the n-gram model's, chosen on validation
         self.fused = fuse(net, linear, inputs.num_classes)
         both = keras.Model(self.fused.input, self.fused.get_layer("mix").input)
         # one graph for batches of every length (predict_on_batch would trace one per length)
         self.halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
         self.val_batches, self.name = val_batches, cfg.name
-        self.trainee = residual(net, linear, train, self.linear_cfg, kept) if cfg.residual else net
+        self.trainee = (
+            residual(net, linear, train, self.linear_cfg, self.C, inputs.num_classes)
+            if cfg.residual
+            else net
+        )
         self.monitor = "val_mixed_loss" if cfg.stop_on_mix else "val_loss"  # as Keras names it
 
     def logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,9 +138,11 @@ class Mixer(keras.callbacks.Callback):
             f"mix_{self.name}": float(scales[0]),
             "mix_ngrams": float(scales[1]),
             "mix_lift_z": z,
-            "ngrams_C": float(sorted(self.linear_cfg.C_grid)[self.kept_C]),
+            "ngrams_C": float(self.C),
         }
 
+
+FOLDS = 5  # cross-fitting (validation rows, residual training's rows): fit on 4/5, score 1/5
 
 # The model's lift of the mixed validation log loss, in standard errors of its per-row mean,
 # below which the mix keeps the n-grams alone: one-sided, about 2% by chance
@@ -152,14 +158,12 @@ def lift_z(model: np.ndarray, ngrams: np.ndarray, labels: np.ndarray) -> float:
     return float(lift.mean() / max(lift.std(ddof=1) / np.sqrt(len(lift)), 1e-12))
 
 
-def out_of_fold_losses(
-    model: np.ndarray, ngrams: np.ndarray, labels: np.ndarray, folds: int = 5
-) -> np.ndarray:
+def out_of_fold_losses(model: np.ndarray, ngrams: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each row's log loss under the mix (`mix_weights`) fit on the other folds' rows: a mix
     scored on the rows it was fit on always looks at least as good as the n-grams alone."""
-    fold = np.random.default_rng(0).permutation(len(labels)) % folds
+    fold = np.random.default_rng(0).permutation(len(labels)) % FOLDS
     losses = np.empty(len(labels))
-    for k in range(folds):
+    for k in range(FOLDS):
         fit_rows, held = fold != k, fold == k
         (a, b), c = mix_weights(model[fit_rows], ngrams[fit_rows], labels[fit_rows])
         losses[held] = row_losses(a * model[held] + b * ngrams[held] + c, labels[held])
@@ -174,9 +178,6 @@ def row_losses(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if z.shape[1] == 1:
         return np.logaddexp(0, z[:, 0]) - labels * z[:, 0]
     return -log_softmax(z, axis=1)[np.arange(len(labels)), labels]
-
-
-FOLDS = 5  # cross-fitting: each training row's n-gram logits from a model fit on 4/5 of them
 
 
 @keras.saving.register_keras_serializable(package="textclf")
@@ -219,7 +220,12 @@ def fold_of(ids: tf.Tensor) -> tf.Tensor:
 
 
 def residual(
-    net: keras.Model, linear: keras.Model, train: Encoded, cfg: bow.BowConfig, C: float
+    net: keras.Model,
+    linear: keras.Model,
+    train: Encoded,
+    cfg: bow.BowConfig,
+    C: float,
+    num_classes: int,
 ) -> keras.Model:
     """`net` trained as a correction of the n-grams: probabilities of its logits plus each
     training row's out-of-fold n-gram logits (`CrossFitted`, fit here with the full model's
@@ -245,7 +251,7 @@ def residual(
     offsets = cross([ngrams(words), words])
     cross.set_weights([kernel.reshape(len(kernel), -1), bias.reshape(-1)])
     summed = layers.Add(name="residual")([logits(net), offsets])
-    return keras.Model(tokens, probabilities(summed, max(width, 2)), name=f"{net.name}_residual")
+    return keras.Model(tokens, probabilities(summed, num_classes), name=f"{net.name}_residual")
 
 
 def fuse(net: keras.Model, linear: keras.Model, num_classes: int) -> keras.Model:

@@ -88,6 +88,12 @@ def test_late_fusion_logs_what_its_halves_and_their_mix_scored_on_validation(run
     for half in ("lstm", "ngrams", "mixed"):
         assert 0.5 <= run.metrics[f"val_accuracy_{half}"] <= 1
     assert run.metrics["ngrams_C"] in bow.BowConfig().C_grid
+    assert run.metrics["ngrams_n"] in bow.BowConfig().ngrams
+    # each half scored alone on test; weight 0 gives the n-grams' answer exactly
+    assert 0.5 <= run.metrics["ngrams_test_accuracy"] <= 1
+    assert 0 <= run.metrics["trained_test_accuracy"] <= 1
+    if run.metrics["mix_lstm"] == 0:
+        assert run.metrics["ngrams_test_accuracy"] == run.metrics["test_accuracy"]
     net = inference.Classifier.from_files(run.out / "model.keras").model
     [mix] = [layer for layer in _layers(net) if layer.name == "mix"]
     np.testing.assert_allclose(
@@ -288,6 +294,60 @@ def test_bow_is_scikit_learns_logistic_regression_with_c_chosen_on_validation(ma
     reference.fit(x_train, train.labels)
     got, expected = net(val.tokens.to_tensor()).numpy()[:, 0], reference.predict_proba(x_val)[:, 1]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _order_data(rule: str) -> tuple:
+    """Texts of filler words around two three-word patterns: labels that only the patterns'
+    trigrams tell apart (`rule="trigrams"`: every uni- and bigram is in both classes), or
+    that one word tells (`"word"`)."""
+    from textclf.tokenize import Encoded
+
+    rng = np.random.default_rng(0)
+    ids, labels = [], []
+    for i in range(240):
+        label = i % 2
+        first, second = ([5, 6, 7], [9, 6, 8]) if label else ([5, 6, 8], [9, 6, 7])
+        filler = rng.integers(10, 30, size=6).tolist()
+        if rule == "word":
+            first = [4] if label else [3]
+        ids.append(filler[:2] + first + filler[2:4] + second + filler[4:])
+        labels.append(label)
+    tokens, labels = tf.ragged.constant(ids, dtype=tf.int32), np.array(labels)
+    return Encoded(tokens[:160], labels[:160], 0), Encoded(tokens[160:], labels[160:], 0)
+
+
+def _fitted(make_config, train, val, lengths: str):
+    cfg = make_config("model=bow", f"model.ngrams={lengths}", "model.C_grid=[1.0,100.0]").model
+    net = models.build(cfg, models.ModelInputs(30, 2, padded(), train.tokens, train.labels))
+    return net, bow.fit(net, train, val, cfg)
+
+
+def test_the_ngram_length_is_chosen_on_validation_with_c(make_config):
+    """Labels only trigrams tell: n-grams up to 2 score chance on validation, up to 3 are
+    kept, each (length, C) pair an epoch of the history; the kept layer weighs trigrams."""
+    train, val = _order_data("trigrams")
+    net, (history, seconds, kept, reason) = _fitted(make_config, train, val, "[2,3]")
+    assert len(history["val_accuracy"]) == len(seconds) == 4  # (2, 1), (2, 100), (3, 1), (3, 100)
+    assert max(history["val_accuracy"][:2]) < 0.75 < history["val_accuracy"][kept]
+    assert kept >= 2 and "n-grams up to 3" in reason
+    ngrams = net.get_layer("ngrams")
+    assert np.all(ngrams.weight.numpy()[ngrams.lengths() == 3] != 0)
+    predicted = net(val.tokens.to_tensor()).numpy()[:, 0] > 0.5
+    assert (predicted == val.labels).mean() == history["val_accuracy"][kept]
+
+
+def test_a_shorter_length_kept_is_the_model_of_that_length_alone(make_config):
+    """Where one word tells the labels, the tie keeps the shorter n-grams: trigrams weigh 0,
+    and the model answers as one adapted and solved on n-grams up to 2 only."""
+    train, val = _order_data("word")
+    net, (_, _, _, reason) = _fitted(make_config, train, val, "[3,2]")
+    alone, _ = _fitted(make_config, train, val, "[2]")
+    assert "n-grams up to 2" in reason
+    ngrams = net.get_layer("ngrams")
+    assert np.all(ngrams.weight.numpy()[ngrams.lengths() == 3] == 0)
+    assert ngrams.lengths().max() == 3 and alone.get_layer("ngrams").lengths().max() == 2
+    probe = tf.ragged.constant([[11, 5, 6, 7, 4, 12], [5, 6, 8, 3, 20], [9, 6, 7]]).to_tensor()
+    np.testing.assert_allclose(net(probe).numpy(), alone(probe).numpy(), atol=1e-5)
 
 
 def test_nb_weighting_needs_two_classes(make_config):

@@ -265,13 +265,14 @@ def run(
         test_labels = tokens.splits["test"].labels
         predictions = evaluate.predict(net, batches.test, test_labels)
         metrics = evaluate.score(predictions, class_names, cfg.evaluate.length_edges)
-        if net is not trained:  # what the mix added: the trained network scored alone
-            alone = evaluate.predict(trained, batches.test, test_labels)
-            finished |= {
-                f"trained_{k}": v
-                for k, v in evaluate.score(alone, class_names, []).items()
-                if k in ("test_accuracy", "test_f1")
-            }
+        if fusion:  # what the mix added: each half scored alone (the n-grams: model=bow's)
+            for name, half in (("trained", trained), ("ngrams", fusion.linear)):
+                alone = evaluate.predict(half, batches.test, test_labels)
+                finished |= {
+                    f"{name}_{k}": v
+                    for k, v in evaluate.score(alone, class_names, []).items()
+                    if k in ("test_accuracy", "test_f1")
+                }
             log.info("after training: %s", {k: round(v, 4) for k, v in finished.items()})
         metrics |= costs(fitted, batches.padding) | finished
         # epochs_run below it: early stopping ended training, not the limit (a solved model's

@@ -45,12 +45,17 @@ LOGITS = "ngram_logits"  # its linear layer's name, unique beside the model it i
 class Ngrams:
     """The n-gram features' settings, shared by bow and late fusion's n-gram half."""
 
-    ngrams: int = 2  # word n-grams up to this length
-    # the most frequent n-grams of the training texts kept (a sparse row each)
-    ngram_vocab: int = 100000
+    # the n-gram lengths tried (word n-grams up to each), chosen with C on validation accuracy
+    ngrams: list[int] = field(default_factory=lambda: [2, 3])
+    # the most frequent n-grams (up to the longest length) of the training texts kept
+    ngram_vocab: int = 1000000
 
     def __post_init__(self) -> None:
-        positive("model.ngrams", self.ngrams)
+        check(
+            len(self.ngrams) > 0 and all(n >= 1 for n in self.ngrams),
+            "model.ngrams",
+            f"must be one or more lengths >= 1, e.g. [2, 3], got {list(self.ngrams)}",
+        )
         at_least("model.ngram_vocab", self.ngram_vocab, 2)
 
 
@@ -153,14 +158,24 @@ class SparseTfIdf(layers.Layer):
             group = 0 if labels is None else labels[documents + index[:, 0]]
             frequency += np.bincount(group * size + index[:, 1], minlength=2 * size)
             documents += int(batch.shape[0])
-        frequency = frequency.reshape(2, size)
-        self.size = size
+        self.size, self._frequency, self._documents = size, frequency.reshape(2, size), documents
+        self._adapted = self.weights_up_to(self.ngrams)
+
+    def weights_up_to(self, n: int) -> np.ndarray:
+        """The adapted weights of n-grams up to length `n`, the longer ones' 0: the weights a
+        layer adapted with `ngrams=n` gives the same n-grams (`bow.fit` tries each length)."""
+        keep = self.lengths() <= n
         if self.weighting == "nb":
-            p, q = frequency[1] + 1.0, frequency[0] + 1.0
-            self._adapted = np.log((p / p.sum()) / (q / q.sum()))
-        else:
-            idf = np.log1p(documents / (1.0 + frequency.sum(axis=0)[1:]))
-            self._adapted = np.concatenate([[idf.mean() if len(idf) else 1.0], idf])
+            p, q = (np.where(keep, f + 1.0, 0.0) for f in self._frequency[::-1])
+            return np.log(np.divide(p / p.sum(), q / q.sum(), out=np.ones_like(p), where=keep))
+        documents = self._frequency.sum(axis=0)[1:]
+        idf = np.where(keep[1:], np.log1p(self._documents / (1.0 + documents)), 0.0)
+        return np.concatenate([[idf[keep[1:]].mean() if keep[1:].any() else 1.0], idf])
+
+    def lengths(self) -> np.ndarray:
+        """Each column's n-gram length (the out-of-vocabulary column counts as 1)."""
+        vocabulary = self.counts.get_vocabulary()
+        return np.array([1] + [token.count(" ") + 1 for token in vocabulary[1:]])
 
     def call(self, texts):
         counts = self.counts(texts)
@@ -190,7 +205,9 @@ def ngram_features(inputs: ModelInputs, cfg: BowConfig) -> Callable:
     if inputs.train_tokens is None:
         raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
     how = weighting(cfg, inputs.num_classes)
-    tfidf = SparseTfIdf(cfg.ngrams, cfg.ngram_vocab, weighting=how, dtype="float32", name="ngrams")
+    tfidf = SparseTfIdf(
+        max(cfg.ngrams), cfg.ngram_vocab, weighting=how, dtype="float32", name="ngrams"
+    )
     labels = None if how != "nb" else np.asarray(inputs.train_labels)
     tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(inputs.train_tokens)).batch(1024), labels)
     id_words = IdWords(name="id_words")
@@ -217,6 +234,11 @@ def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
     return keras.Model(tokens, head(features, inputs.num_classes, name=LOGITS), name="bow")
 
 
+def grid(cfg: BowConfig) -> list[tuple[int, float]]:
+    """The (n-gram length, C) pairs `fit` solves, in its order: each length's C rising."""
+    return [(n, c) for n in sorted(set(cfg.ngrams)) for c in sorted(cfg.C_grid)]
+
+
 def fit(
     net: keras.Model,
     train: Encoded,
@@ -224,32 +246,51 @@ def fit(
     cfg: BowConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[dict[str, list[float]], list[float], int, str]:
-    """Logistic (softmax) regression on the model's own n-gram rows (`solve`; each C an
-    "epoch" in the history and MLflow's per-step metrics), the kept C's weights written into
-    the model's linear layer. Returns the history, seconds per C, the kept C's index and why."""
+    """Logistic (softmax) regression on the model's own n-gram rows (`solve`) for each
+    n-gram length of `cfg.ngrams` and C of `cfg.C_grid` (each pair an "epoch" of the history
+    and MLflow's per-step metrics, in `grid`'s order); the pair of the best validation accuracy
+    (ties: the shorter n-grams, the smaller C) is written into the model: its weights into the
+    linear layer, its length as the n-gram layer's weights (`SparseTfIdf.weights_up_to`: the
+    longer n-grams weigh 0), so one vocabulary serves every length. Returns the history,
+    seconds per pair, the kept pair's index and why."""
     ngrams = net.get_layer("ngrams")
+    history: dict[str, list[float]] = {}
+    seconds: list[float] = []
+    kept: tuple[int, int, LogisticRegression] | None = None
 
     def on_step(i: int, c: float, logs: dict[str, float]) -> None:
         for callback in callbacks:
             callback.set_model(net)
-            callback.on_epoch_end(i, logs)
+            callback.on_epoch_end(len(seconds) + i, logs)
 
-    kept, history, seconds, best = solve(
-        ngram_rows(ngrams, train.tokens),
-        train.labels,
-        ngram_rows(ngrams, val.tokens),
-        val.labels,
-        cfg.C_grid,
-        cfg.max_iter,
-        on_step,
+    for n in sorted(set(cfg.ngrams)):
+        ngrams.weight.assign(ngrams.weights_up_to(n))
+        model, part, took, best = solve(
+            ngram_rows(ngrams, train.tokens),
+            train.labels,
+            ngram_rows(ngrams, val.tokens),
+            val.labels,
+            cfg.C_grid,
+            cfg.max_iter,
+            on_step,
+        )
+        if kept is None or part["val_accuracy"][best] > history["val_accuracy"][kept[0]]:
+            kept = (len(seconds) + best, n, model)
+        seconds += took
+        for key, values in part.items():
+            history.setdefault(key, []).extend(values)
+    assert kept is not None  # ngrams holds one length at least (BowConfig checks it)
+    index, n, model = kept
+    ngrams.weight.assign(ngrams.weights_up_to(n))
+    net.get_layer(LOGITS).set_weights(
+        [model.coef_.T.astype("float32"), model.intercept_.astype("float32")]
     )
-    weights = [kept.coef_.T.astype("float32"), kept.intercept_.astype("float32")]
-    net.get_layer(LOGITS).set_weights(weights)
     return (
         history,
         seconds,
-        best,
-        f"solved: C={kept.C:g} of model.C_grid, the best validation accuracy",
+        index,
+        f"solved: n-grams up to {n} of model.ngrams and C={model.C:g} of model.C_grid, "
+        "the best validation accuracy",
     )
 
 
@@ -303,7 +344,9 @@ def ngram_rows(
                 (rows.values.numpy(), (index[:, 0], index[:, 1])), shape=rows.dense_shape.numpy()
             )
         )
-    return scipy.sparse.vstack(parts).tocsr()
+    rows = scipy.sparse.vstack(parts).tocsr()
+    rows.eliminate_zeros()  # the n-grams longer than the chosen length (`fit`) weigh 0
+    return rows
 
 
 def _scores(model: LogisticRegression, x: scipy.sparse.csr_matrix, y: np.ndarray) -> dict:

@@ -87,9 +87,10 @@ class Mixer(keras.callbacks.Callback):
     ):
         super().__init__()
         self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
-        linear = bow.build(self.linear_cfg, inputs)
+        self.linear = linear = bow.build(self.linear_cfg, inputs)  # model=bow's model, solved
         _, _, kept, _ = bow.fit(linear, train, val, self.linear_cfg)
-        self.C = sorted(self.linear_cfg.C_grid)[kept]  # the n-gram model's, chosen on validation
+        # the n-gram model's length and C, chosen on validation
+        self.n, self.C = bow.grid(self.linear_cfg)[kept]
         self.fused = fuse(net, linear, inputs.num_classes)
         both = keras.Model(self.fused.input, self.fused.get_layer("mix").input)
         # one graph for batches of every length (predict_on_batch would trace one per length)
@@ -138,6 +139,7 @@ class Mixer(keras.callbacks.Callback):
             f"mix_{self.name}": float(scales[0]),
             "mix_ngrams": float(scales[1]),
             "mix_lift_z": z,
+            "ngrams_n": float(self.n),
             "ngrams_C": float(self.C),
         }
 

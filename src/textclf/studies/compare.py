@@ -57,8 +57,7 @@ METRICS = {
     "padding_efficiency": "padding eff.",
 }
 # Also in the per-run CSV: which epoch was kept, how long training went on, and for a model
-# mixed with the n-grams (late fusion) the trained network's score alone and the mix's
-# weights (`MIX`).
+# mixed with the n-grams (late fusion) each half's score alone and the mix's weights (`MIX`).
 RUN_METRICS = [
     "served_agreement",
     "batch_rows",
@@ -68,6 +67,7 @@ RUN_METRICS = [
     "best_val_loss",
     "test_loss",
     "trained_test_accuracy",
+    "ngrams_test_accuracy",
 ]
 MIX = "metrics.mix_"  # late fusion's weights: mix_<model>, mix_ngrams
 FORMATS = {"served_max_abs_diff": "{:.1e}", "train_reviews_per_s": "{:,.0f}"}

@@ -269,7 +269,7 @@ def test_bow_is_scikit_learns_logistic_regression_with_c_chosen_on_validation(ma
     tokens = tf.ragged.constant(ids, dtype=tf.int32)
     train = Encoded(tokens[:120], labels[:120], 0)
     val = Encoded(tokens[120:], labels[120:], 0)
-    cfg = make_config("model=bow", "model.C_grid=[0.01,1.0,100.0]").model
+    cfg = make_config("model=bow", "model.ngrams=[2]", "model.C_grid=[0.01,1.0,100.0]").model
     net = models.build(cfg, models.ModelInputs(40, 2, padded(), train.tokens, train.labels))
     seen = []
     history, _, kept, reason = bow.fit(

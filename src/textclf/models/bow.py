@@ -159,12 +159,13 @@ class SparseTfIdf(layers.Layer):
             frequency += np.bincount(group * size + index[:, 1], minlength=2 * size)
             documents += int(batch.shape[0])
         self.size, self._frequency, self._documents = size, frequency.reshape(2, size), documents
+        self._lengths = self.lengths()  # once: `fit` asks for each length's weights
         self._adapted = self.weights_up_to(self.ngrams)
 
     def weights_up_to(self, n: int) -> np.ndarray:
         """The adapted weights of n-grams up to length `n`, the longer ones' 0: the weights a
         layer adapted with `ngrams=n` gives the same n-grams (`bow.fit` tries each length)."""
-        keep = self.lengths() <= n
+        keep = self._lengths <= n
         if self.weighting == "nb":
             p, q = (np.where(keep, f + 1.0, 0.0) for f in self._frequency[::-1])
             return np.log(np.divide(p / p.sum(), q / q.sum(), out=np.ones_like(p), where=keep))

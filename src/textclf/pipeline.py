@@ -117,10 +117,8 @@ def fit(
     on_epoch_end: Callable,
     checkpoint: Path,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-    mixer: models.fusion.Mixer | None = None,
 ) -> train.Fit:
-    """Keras' loop over the batches (early stopping on the mix's validation loss with a
-    `mixer`), or the model's own solver (bow) on the token ids."""
+    """Keras' loop over the batches, or the model's own solver (bow) on the token ids."""
     log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
     solve = models.spec(cfg.model).fit
     if solve is not None:
@@ -138,7 +136,6 @@ def fit(
         cfg.train,
         [log_epoch, *callbacks],
         checkpoint,
-        mixer,
     )
 
 
@@ -146,7 +143,7 @@ def mixer(
     net: keras.Model, inputs: models.ModelInputs, tokens: Vectorized, batches: Batches, cfg: Config
 ) -> models.fusion.Mixer | None:
     """Late fusion with bow's n-gram model, if the model offers it: solved before training,
-    it scores the mix after every epoch and mixes after training."""
+    mixed after it."""
     splits = tokens.splits
     return models.mixer(net, inputs, splits["train"], splits["val"], batches.val, cfg.model)
 
@@ -251,9 +248,14 @@ def run(
         inputs = model_inputs(tokens, len(class_names), cfg)
         net = models.build(cfg.model, inputs)
         fusion = mixer(net, inputs, tokens, batches, cfg)
-        trainee = compiled(fusion.trainee if fusion else net, cfg, inputs.num_classes)
         fitted = fit(
-            trainee, tokens, batches, cfg, mlrun.log_epoch, folder.checkpoint, callbacks, fusion
+            compiled(net, cfg, inputs.num_classes),
+            tokens,
+            batches,
+            cfg,
+            mlrun.log_epoch,
+            folder.checkpoint,
+            callbacks,
         )
         log.info(
             "training stopped after %d epochs: %s", len(fitted.epoch_seconds), fitted.stop_reason

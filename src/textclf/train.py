@@ -162,15 +162,15 @@ class EarlyStopping(keras.callbacks.Callback):
     `min_delta` means one thing at a loss of 0.9 (many classes, noisy labels) and another at
     0.05; a val_loss that falls by 0.3% an epoch at flat accuracy is not learning."""
 
-    def __init__(self, patience: int, min_delta: float, monitor: str = "val_loss"):
+    def __init__(self, patience: int, min_delta: float):
         super().__init__()
-        self.patience, self.min_delta, self.monitor = patience, min_delta, monitor
+        self.patience, self.min_delta = patience, min_delta
         self.wait, self.best_epoch = 0, 0
         self.best: float | None = None
         self.best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = float(logs[self.monitor])
+        loss = float(logs["val_loss"])
         if self.best is None or loss < self.best * (1 - self.min_delta):
             self.wait, self.best, self.best_epoch = 0, loss, epoch
             self.best_weights = self.model.get_weights()
@@ -325,21 +325,17 @@ def fit(
     cfg: TrainConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     checkpoint: Path | None = None,
-    monitor: keras.callbacks.Callback | None = None,
 ) -> Fit:
     """Fit a compiled model; the returned weights are those of the best validation epoch.
 
     `train_epoch(e)` gives epoch e's batches; each Keras epoch takes `steps_per_epoch` of
     them (`epoch_limit` epochs at most, `cfg.patience`, `cfg.verbose` as configured). With
     `checkpoint`, training continues from the epoch saved there, if any: as epoch e's order
-    depends on e alone, the resumed run sees the batches an uninterrupted one would. A
-    `monitor` callback names the quantity early stopping watches, `monitor.monitor`, and may
-    write it into each epoch's logs (late fusion's mixed validation loss); else: val_loss.
+    depends on e alone, the resumed run sees the batches an uninterrupted one would.
     """
     epochs = epoch_limit(cfg, steps_per_epoch)
     timer = Timer()
-    watched = monitor.monitor if monitor else "val_loss"
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta, watched)
+    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     state = Checkpoint(checkpoint, stopper, timer)
     state.restore_variables(model)
     if state.epoch:
@@ -364,8 +360,7 @@ def fit(
             verbose=cfg.verbose,
             shuffle=False,  # the dataset orders each epoch itself
             steps_per_epoch=steps_per_epoch,
-            callbacks=[StopRequest(), StopOnNaN(), timer, *([monitor] if monitor else [])]
-            + [stopper, *callbacks, state],
+            callbacks=[StopRequest(), StopOnNaN(), timer, stopper, *callbacks, state],
         )
     best = stopper.best_epoch
     return Fit(
@@ -374,7 +369,7 @@ def fit(
         timer.steady_seconds,
         timer.steps,
         best,
-        stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch, watched),
+        stop_reason(len(timer.epoch_seconds), best, cfg, steps_per_epoch),
     )
 
 
@@ -383,14 +378,13 @@ def stop_reason(
     best_epoch: int,
     cfg: TrainConfig,
     steps_per_epoch: int,
-    watched: str = "val_loss",
 ) -> str:
     """Why training ended after `epochs_run` epochs: early stopping (fewer epochs than the
     limit: interruptions and divergence raise instead), `max_steps` or `epochs`."""
     limit = epoch_limit(cfg, steps_per_epoch)
     if epochs_run < limit:
         return (
-            f"early_stopping: {watched} fell by less than train.min_delta={cfg.min_delta:g} "
+            f"early_stopping: val_loss fell by less than train.min_delta={cfg.min_delta:g} "
             f"of its best for train.patience={cfg.patience} epochs after epoch "
             f"{best_epoch + 1}"
         )

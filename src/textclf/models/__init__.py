@@ -34,8 +34,8 @@ def serving(net: keras.Model, cfg: ModelConfig) -> keras.Model:
 def mixer(
     net: keras.Model, inputs: ModelInputs, train, val, val_batches, cfg: ModelConfig
 ) -> fusion.Mixer | None:
-    """Late fusion's n-gram half, solved before training, if `cfg` offers it and asks for it:
-    the callback that scores the mix each epoch and mixes after training (`fusion.Mixer`)."""
+    """Late fusion's n-gram half, solved before training, if `cfg` offers it and asks for it;
+    it mixes after training (`fusion.Mixer`)."""
     if isinstance(cfg, fusion.LateFusion) and cfg.ngram_branch:
         return fusion.Mixer(net, inputs, train, val, val_batches, cfg)
     return None

@@ -2,8 +2,8 @@
 
 A model whose config subclasses `LateFusion` (instead of `ModelConfig`) and whose network ends
 in `base.head` gets it with no code of its own (`Mixer`): bow's n-gram model (models/bow.py)
-is solved on the training rows first; Keras' loop trains the model alone, stopping when it no
-longer lifts the mix on validation; then the two models' logits are mixed,
+is solved on the training rows; Keras' loop trains the model alone, to its own early stop;
+then the two models' logits are mixed,
 `a · model + b · ngrams + c`, with a, b and c fit on the validation split's log loss, or the
 n-grams kept alone (a = 0) when the model's lift is within its noise.
 Trained apart, neither half starves the other: trained jointly (the LSTM's former default),
@@ -39,11 +39,6 @@ class LateFusion(bow.Ngrams, ModelConfig):
     # mix the model with bow's n-gram model, weights fit on validation; the padding and
     # masking comparisons turn it off to study the LSTM alone
     ngram_branch: bool = True
-    # early stopping watches the mix's cross-fitted validation loss (false: the model's own)
-    stop_on_mix: bool = False
-    # train the model as a correction of the n-grams: on sigmoid/softmax(n-gram logits + its
-    # own), each training row's n-gram logits from a linear model fit on the other folds
-    residual: bool = False
 
     def variant(self) -> str:
         return f"{self.name}+ngrams" if self.ngram_branch else self.name
@@ -67,14 +62,10 @@ class Mix(layers.Layer):
         return self.scales[0] * model + self.scales[1] * ngrams + self.bias
 
 
-class Mixer(keras.callbacks.Callback):
-    """Late fusion around Keras' loop. Built before training, it solves bow's n-gram model on
-    the training rows; after every epoch it scores the model mixed with it on validation,
-    cross-fitted (`out_of_fold_losses`), as `val_mixed_loss`, which early stopping watches
-    (`stop_on_mix`): the model trains while it lifts the mix, not while its own loss falls.
-    `mix` then fixes the weights, or keeps the n-grams alone (weight 0) when the lift is
-    within its noise. `trainee` is the network Keras' loop trains: the model itself, or with
-    `residual` the model plus each training row's cross-fitted n-gram logits."""
+class Mixer:
+    """Late fusion around Keras' loop: built before training, it solves bow's n-gram model on
+    the training rows; after training, `mix` fixes the mix's weights, or keeps the n-grams
+    alone (weight 0) when the model's lift is within its noise."""
 
     def __init__(
         self,
@@ -85,7 +76,6 @@ class Mixer(keras.callbacks.Callback):
         val_batches,
         cfg: LateFusion,
     ):
-        super().__init__()
         self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
         self.linear = linear = bow.build(self.linear_cfg, inputs)  # model=bow's model, solved
         _, _, kept, _ = bow.fit(linear, train, val, self.linear_cfg)
@@ -96,22 +86,12 @@ class Mixer(keras.callbacks.Callback):
         # one graph for batches of every length (predict_on_batch would trace one per length)
         self.halves = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
         self.val_batches, self.name = val_batches, cfg.name
-        self.trainee = (
-            residual(net, linear, train, self.linear_cfg, self.C, inputs.num_classes)
-            if cfg.residual
-            else net
-        )
-        self.monitor = "val_mixed_loss" if cfg.stop_on_mix else "val_loss"  # as Keras names it
 
     def logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The model's and the n-grams' validation logits, and the labels, in one order."""
         parts = [([h.numpy() for h in self.halves(x)], y.numpy()) for x, y in self.val_batches]
         model, ngrams = (np.concatenate([p[0][i] for p in parts]) for i in (0, 1))
         return model, ngrams, np.concatenate([p[1] for p in parts])
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor == "val_mixed_loss":
-            logs[self.monitor] = float(out_of_fold_losses(*self.logits()).mean())
 
     def mix(self) -> tuple[keras.Model, dict[str, float]]:
         """The fused model, its weights fit on the validation split's log loss (`Mix`), or the
@@ -144,7 +124,7 @@ class Mixer(keras.callbacks.Callback):
         }
 
 
-FOLDS = 5  # cross-fitting (validation rows, residual training's rows): fit on 4/5, score 1/5
+FOLDS = 5  # cross-fitting the mix on validation: fit on 4/5 of the rows, score 1/5
 
 # The model's lift of the mixed validation log loss, in standard errors of its per-row mean,
 # below which the mix keeps the n-grams alone: one-sided, about 2% by chance
@@ -180,80 +160,6 @@ def row_losses(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if z.shape[1] == 1:
         return np.logaddexp(0, z[:, 0]) - labels * z[:, 0]
     return -log_softmax(z, axis=1)[np.arange(len(labels)), labels]
-
-
-@keras.saving.register_keras_serializable(package="textclf")
-class CrossFitted(layers.Layer):
-    """N-gram rows and their id strings → each row's logits under the linear model of its
-    fold, the one that never saw it: `FOLDS` models side by side, a row's fold a hash of its
-    ids (duplicates share one). Used in training only; the exported model holds the full
-    model's layer."""
-
-    def __init__(self, width: int, **kwargs):
-        super().__init__(**kwargs)
-        self.width = width
-
-    def build(self, input_shape) -> None:
-        size = input_shape[0][-1]
-        self.kernel = self.add_weight(
-            shape=(size, FOLDS * self.width), initializer="zeros", trainable=False, name="kernel"
-        )
-        self.bias = self.add_weight(
-            shape=(FOLDS * self.width,), initializer="zeros", trainable=False, name="bias"
-        )
-
-    def call(self, inputs):
-        rows, ids = inputs
-        every = tf.sparse.sparse_dense_matmul(rows, self.kernel) + self.bias
-        every = tf.reshape(every, (-1, FOLDS, self.width))
-        return tf.gather(every, fold_of(ids), batch_dims=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], self.width)
-
-    def get_config(self) -> dict:
-        return super().get_config() | {"width": self.width}
-
-
-def fold_of(ids: tf.Tensor) -> tf.Tensor:
-    """A row's cross-fitting fold from its id string ("12 7 431 ..."): the same in training,
-    in the solver and for every copy of a text."""
-    return tf.strings.to_hash_bucket_fast(ids, FOLDS)
-
-
-def residual(
-    net: keras.Model,
-    linear: keras.Model,
-    train: Encoded,
-    cfg: bow.BowConfig,
-    C: float,
-    num_classes: int,
-) -> keras.Model:
-    """`net` trained as a correction of the n-grams: probabilities of its logits plus each
-    training row's out-of-fold n-gram logits (`CrossFitted`, fit here with the full model's
-    C), sharing `net`'s layers. In-sample logits would be near-perfect on the training rows
-    and leave it nothing to learn (the trap of the joint model, docs/results.md)."""
-    from sklearn.linear_model import LogisticRegression
-
-    tokens = net.input
-    id_words, ngrams = linear.get_layer("id_words"), linear.get_layer("ngrams")
-    width = linear.get_layer(bow.LOGITS).units
-    rows = bow.ngram_rows(ngrams, train.tokens)
-    fold = fold_of(bow.words(train.tokens)).numpy()
-    kernel = np.zeros((rows.shape[1], FOLDS, width), "float32")
-    bias = np.full((FOLDS, width), -30.0, "float32")  # a class no row of the fold has
-    for k in range(FOLDS):
-        seen = fold != k
-        model = LogisticRegression(C=C, max_iter=cfg.max_iter).fit(rows[seen], train.labels[seen])
-        columns = [0] if width == 1 else model.classes_
-        kernel[:, k, columns] = model.coef_.T
-        bias[k, columns] = model.intercept_
-    words = id_words(tokens)
-    cross = CrossFitted(width, name="cross_fitted", dtype="float32")
-    offsets = cross([ngrams(words), words])
-    cross.set_weights([kernel.reshape(len(kernel), -1), bias.reshape(-1)])
-    summed = layers.Add(name="residual")([logits(net), offsets])
-    return keras.Model(tokens, probabilities(summed, num_classes), name=f"{net.name}_residual")
 
 
 def fuse(net: keras.Model, linear: keras.Model, num_classes: int) -> keras.Model:

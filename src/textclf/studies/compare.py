@@ -166,7 +166,7 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
 
 def added_since(runs: pd.DataFrame, key: str) -> bool:
     """Whether the runs that lack `key` predate it: the newest run of the same choice of its
-    group (`model=lstm` for `params.model.residual`) has it. An option added since older runs
+    group (`model=lstm` for `params.model.ngrams`) has it. An option added since older runs
     tells them apart; one since removed, which only older runs logged, does not."""
     if "start_time" not in runs:
         return False

@@ -24,13 +24,13 @@ from textclf import models
 from textclf.batching import padded
 from textclf.cli import CONF_DIR, ROOT, register_schemas
 from textclf.config import (
-    BaselineConfig,
     Config,
     TrainConfig,
     flatten,
     to_object,
 )
 from textclf.models.lstm import LstmConfig
+from textclf.studies.config import BaselineConfig
 
 register_schemas(with_models=True)  # as `textclf train` does: conf/model/*.yaml start from them
 
@@ -140,6 +140,9 @@ def trained_once(tmp_path_factory, empty_store: Path, *overrides: str, rows: int
 
 def compose_baseline(overrides: list[str], tmp_path: Path) -> BaselineConfig:
     """`textclf baseline`'s real config: outputs and the MLflow store inside `tmp_path`."""
+    from textclf.studies import commands
+
+    commands.register_schemas()  # as `textclf baseline` does
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "baseline",

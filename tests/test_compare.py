@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from textclf import data, tracking
 from textclf.cli import CONF_DIR
-from textclf.config import CompareConfig, ConfigError, flatten
+from textclf.config import ConfigError, flatten
 from textclf.studies import compare
+from textclf.studies.config import CompareConfig
 
 from .conftest import compose_baseline, compose_config
 
@@ -434,6 +435,9 @@ def test_runs_that_logged_no_datasets_are_compared_with_a_warning(tmp_path, capl
 
 
 def test_the_override_is_a_key_of_the_compare_command():
+    from textclf.studies import commands
+
+    commands.register_schemas()  # as `textclf compare` does
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("compare", overrides=["mixed_data=true", "out_dir=x"])
     assert OmegaConf.to_object(cfg).mixed_data is True

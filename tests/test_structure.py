@@ -26,7 +26,8 @@ def module_name(path: Path) -> str:
 
 MODULES = {module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py") if module_name(p)}
 PACKAGES = {module_name(p) for p in SRC.rglob("__init__.py") if module_name(p)}
-ENTRY_POINTS = {"cli", "sweep"}  # what Hydra calls: the app and its callbacks
+# what Hydra calls: the apps (the studies' in studies/commands.py) and the sweep's callbacks
+ENTRY_POINTS = {"cli", "studies.commands", "sweep"}
 GROUP_SCHEMA = {
     "data": None,  # per option: data/
     "tokenize": config.TokenizeConfig,

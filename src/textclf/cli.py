@@ -1,6 +1,6 @@
 """Entry points: `textclf <command> [hydra overrides]`, one Hydra app per command, listed with
-its primary config in `COMMANDS`, and `textclf log-model <run folder>`. The study commands
-import `textclf.studies` only when they run.
+its primary config in `COMMANDS`, and `textclf log-model <run folder>`. The study commands'
+apps live in `studies/commands.py`, imported only when one runs.
 
 Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
 plain values down to the orchestration.
@@ -10,33 +10,26 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import re
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
-from hydra import compose
 from hydra.conf import HydraConf
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from . import resume
 from .config import (
     SCHEMAS,
-    STRATEGIES,
-    BaselineConfig,
-    BatchingConfig,
-    CompareConfig,
     Config,
     ConfigError,
     EvaluateModelConfig,
@@ -183,7 +176,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(reason)
 
 
-def _stop_on_signals() -> None:
+def stop_on_signals() -> None:
     """Ctrl-C and SIGTERM (a scheduler, `kill`) end the MLflow run as KILLED."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -193,7 +186,7 @@ def _stop_on_signals() -> None:
 def train(cfg: DictConfig) -> float:
     """One training run (or one job of a sweep); returns `optimized_metric` (a validation
     metric) for sweepers. A failed sweep job is already its FAILED run: the sweep goes on."""
-    _stop_on_signals()
+    stop_on_signals()
     hydra_cfg = HydraConfig.get()
     if cfg.get("tune") is not None:
         raise ConfigError(
@@ -208,7 +201,7 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def _choice_tags(hydra_cfg: HydraConf, command: str) -> dict[str, str]:
+def choice_tags(hydra_cfg: HydraConf, command: str) -> dict[str, str]:
     """A run's config-group choices as `choice.<group>` tags (what `make compare` groups by),
     and MLflow's source tags: the `textclf` command and the commit it ran."""
     from . import tracking
@@ -221,7 +214,7 @@ def _choice_tags(hydra_cfg: HydraConf, command: str) -> dict[str, str]:
     return tags | tracking.source_tags(f"textclf {command}", ROOT)
 
 
-def _params(cfg: DictConfig) -> dict[str, str]:
+def run_params(cfg: DictConfig) -> dict[str, str]:
     """A training run's MLflow params: what is trained, not how (bench, tune, resume)."""
     return {
         k: v
@@ -234,8 +227,8 @@ def _train(cfg: DictConfig, hydra_cfg: HydraConf) -> float:
     from . import pipeline, sweep
 
     config = to_object(cfg)
-    tags = _choice_tags(hydra_cfg, "train")
-    params = _params(cfg)
+    tags = choice_tags(hydra_cfg, "train")
+    params = run_params(cfg)
     if config.train.resume and sweep.parent_run_id():  # a resumed sweep (resume.py)
         if (done := sweep.finished_before(config)) is not None:
             log.info("job already FINISHED in %s; skipped", config.output_dir)
@@ -315,110 +308,6 @@ def evaluate(cfg: DictConfig) -> None:
     evaluate_model.run(structured(cfg, EvaluateModelConfig))
 
 
-# The studies' commands (studies/): each imports its study when it runs, never before
-# (docs/design.md, tests/test_structure.py).
-
-
-def tune(space: dict[str, str]) -> Callable[[DictConfig], object]:
-    """`textclf tune`: the Optuna study of conf/hparams_search/<file> (`tune.space`), with
-    `space` from the command line (its sweeps) added and keys fixed there taken out."""
-
-    @task_wrapper
-    def search(cfg: DictConfig) -> None:
-        from .studies import tune as study
-
-        _stop_on_signals()
-        overrides = list(HydraConfig.get().overrides.task)
-        if cfg.get("tune") is None:
-            raise ConfigError(
-                "tune: hparams_search=none has no search space; name a file of conf/hparams_search/"
-            )
-        fixed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        cfg.tune.space = {k: v for k, v in cfg.tune.space.items() if k not in fixed} | space
-
-        def compose_trial(values: list[str], output_dir: str):
-            trial = compose(
-                "config",
-                overrides=[*overrides, *values, f"output_dir={output_dir}"],
-                return_hydra_config=True,
-            )
-            tags = _choice_tags(trial.hydra, "tune")
-            with open_dict(trial):
-                del trial["hydra"]
-            return to_object(trial), _params(trial), tags
-
-        study.run(to_object(cfg), compose_trial)
-
-    return search
-
-
-def _split_sweeps(args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """`textclf tune`'s arguments without their sweeps ('model.units=choice(32,64)', which
-    Hydra takes only in a multirun), and those sweeps as `tune.space` entries."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser, rest, space = OverridesParser.create(), [], {}
-    for arg in args:
-        try:
-            override = None if arg.startswith("-") else parser.parse_overrides([arg])[0]
-        except Exception:  # not an override: Hydra says what is wrong with it
-            override = None
-        if override is not None and override.is_sweep_override():
-            space[override.key_or_group] = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return rest, space
-
-
-@task_wrapper
-def baseline(cfg: DictConfig) -> None:
-    from .studies import baseline as reference
-
-    reference.run(structured(cfg, BaselineConfig), _choice_tags(HydraConfig.get(), "baseline"))
-
-
-@task_wrapper
-def compare(cfg: DictConfig) -> None:
-    from .studies import compare as report
-
-    config = structured(cfg, CompareConfig)  # validates alpha
-    report.main(
-        config.tracking.uri,
-        config.tracking.experiment,
-        config.sweep,
-        Path(config.out_dir),
-        config.alpha,
-        config.mixed_data,
-    )
-
-
-@task_wrapper
-def bench(cfg: DictConfig) -> None:
-    """Every `batching=` option as composed by Hydra, with the run's batch size and padding
-    side, so all strategies train the same model on the same batches."""
-    from .studies import bench as benchmark
-
-    config = to_object(cfg)
-    # the command line's batching settings for every strategy, all at the same rows per
-    # batch: each ratio then says what padding saves
-    same = [o for o in HydraConfig.get().overrides.task if o.startswith("batching.")]
-    same.append("batching.token_budget=null")
-    length = config.bench.fixed_length if config.bench else None  # bench.yaml sets bench
-    cut = [f"batching.max_length={length}"] if length else []  # for a truncating strategy
-    names = GlobalHydra.instance().config_loader().get_group_options("batching")
-    strategies: dict[str, BatchingConfig] = {}
-    for name in names:
-        truncate = cut if STRATEGIES[name].truncates else []
-        composed = compose("bench", overrides=[f"batching={name}", *same, *truncate])
-        strategies[name] = structured(composed.batching, BatchingConfig)
-    # the token budget as its own lever: what wider batches of short texts add
-    budget = config.batching.token_budget or BatchingConfig.token_budget
-    for name in names:
-        if STRATEGIES[name].budgeted:
-            strategies[f"{name}-budget"] = replace(strategies[name], token_budget=budget)
-    benchmark.run(config, strategies)
-
-
 def _quote_text(arg: str) -> str:
     """`text=a review, with commas` (the shell ate the quotes) → one Hydra-quoted string.
 
@@ -491,7 +380,7 @@ def _check_output_folders(overrides: list[str]) -> None:
             raise SystemExit(2) from None
 
 
-def _usage_error(message: str) -> NoReturn:
+def usage_error(message: str) -> NoReturn:
     print(f"textclf: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -525,7 +414,7 @@ class Command:
 
 def _no_search(command: str, args: list[str]) -> None:
     if any(a.startswith("hparams_search=") for a in args):
-        _usage_error(
+        usage_error(
             f"hparams_search: a search runs with `textclf tune` (make tune), not "
             f"`textclf {command}`"
         )
@@ -542,16 +431,11 @@ def _resume_args(args: list[str]) -> tuple[list[str], App]:
     return args, train
 
 
-def _tune_args(args: list[str]) -> tuple[list[str], App]:
-    if importlib.util.find_spec("optuna") is None:
-        _usage_error("textclf tune needs Optuna: make install EXTRAS=dev,optuna")
-    if {"-m", "--multirun"} & set(args):
-        _usage_error("textclf tune runs its trials itself: drop --multirun")
-    args, space = _split_sweeps(args)
-    if not any(a.startswith("hparams_search=") for a in args):
-        args.insert(0, "hparams_search=imdb_optuna")
-    args.insert(0, "hydra.job.name=tune")  # its log: tune.log
-    return args, tune(space)
+def _study(name: str, args: list[str]) -> tuple[list[str], App]:
+    """A study's command: its Hydra app and schema come from `studies/`, imported only now."""
+    from .studies import commands
+
+    return commands.arguments(name, args)
 
 
 def _predict_args(args: list[str]) -> tuple[list[str], App]:
@@ -564,7 +448,7 @@ COMMANDS: dict[str, Command] = {
     "tune": Command(
         "config",
         None,
-        _tune_args,
+        functools.partial(_study, "tune"),
         models=True,
         outputs=True,
         interrupted=(
@@ -572,12 +456,12 @@ COMMANDS: dict[str, Command] = {
             " (textclf tune) again continues the study."
         ),
     ),
-    "baseline": Command("baseline", baseline),
-    "compare": Command("compare", compare),
+    "baseline": Command("baseline", None, functools.partial(_study, "baseline")),
+    "compare": Command("compare", None, functools.partial(_study, "compare")),
     "predict": Command("predict", None, _predict_args),
     "evaluate": Command("evaluate_model", evaluate, outputs=True),
     "register": Command("register", register),
-    "bench": Command("bench", bench, models=True, outputs=True),
+    "bench": Command("bench", None, functools.partial(_study, "bench"), models=True, outputs=True),
 }
 
 

@@ -397,19 +397,6 @@ class Config:
 
 
 @dataclass
-class CompareConfig:
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    sweep: str = "latest"  # latest | all | <parent run id of a sweep>
-    out_dir: str = MISSING
-    alpha: float = 0.05  # significance level of the tests against the best variant
-    # true: compare runs trained on different data (other dataset digests) in one table
-    mixed_data: bool = False
-
-    def __post_init__(self) -> None:
-        check(0 < self.alpha < 1, "alpha", f"must be between 0 and 1, got {self.alpha}")
-
-
-@dataclass
 class ModelChoice:
     """Which trained model: the newest FINISHED run of `tracking.experiment` unless one of
     `run_id`, `model_uri`, `model_name` (+ `model_version`) or `model_path` says otherwise."""
@@ -503,39 +490,13 @@ class RegisterConfig:
         check(bool(self.alias), "alias", f"give the alias to set: {how}")
 
 
-@dataclass
-class BaselineConfig:
-    """`textclf baseline`: the reference model (TF-IDF n-grams + logistic regression) on the
-    split a training run with the same `data.*` uses; `tokenize.*` as that run's, since its
-    tokenizer decides which rows a run drops and how long each test review counts."""
-
-    data: DataConfig = MISSING  # conf/data/<source>.yaml chooses the class (data/)
-    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # inverse regularisation strengths tried; the one of best validation accuracy is kept
-    # bow's grid: the best C sat at 30, the old top, on two development sets (docs/results.md)
-    C_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-    max_iter: int = 2000  # lbfgs iterations per fit
-    output_dir: str = MISSING
-
-    def __post_init__(self) -> None:
-        check(
-            len(self.C_grid) > 0 and all(c > 0 for c in self.C_grid),
-            "C_grid",
-            f"must be one or more values > 0, got {list(self.C_grid)}",
-        )
-        positive("max_iter", self.max_iter)
-
-
 # The schemas the primary configs' defaults lists start from (`conf/<command>.yaml`), by the
-# name the entry point stores them under (`cli.register_schemas`).
+# name the entry point stores them under (`cli.register_schemas`); the studies' own are
+# studies/config.py's.
 SCHEMAS: dict[str, type] = {
     "config_schema": Config,
-    "config_schema_compare": CompareConfig,
     "config_schema_predict": PredictConfig,
     "config_schema_evaluate_model": EvaluateModelConfig,
-    "config_schema_baseline": BaselineConfig,
     "config_schema_register": RegisterConfig,
 }
 

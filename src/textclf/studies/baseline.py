@@ -29,9 +29,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from .. import data, evaluate, tokenize, tracking
-from ..config import BaselineConfig, TokenizeConfig, flatten
+from ..config import TokenizeConfig, flatten
 from ..models import bow
 from ..run_folder import RunFolder
+from .config import BaselineConfig
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -135,14 +135,7 @@ def plot(
 ) -> list[Path]:
     """Learning curves, the test plots (`plot_test`) and length histogram as PNG files in
     `out_dir`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-
+    plt = _pyplot(out_dir)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix in ("", "val_"):
@@ -150,44 +143,25 @@ def plot(
             ax.plot(range(1, len(values) + 1), values, marker="o", label=prefix + metric)
         ax.set(xlabel="epoch", title=metric)
         ax.legend()
-    paths.append(save_figure(fig, out_dir / "learning_curves.png"))
-
+    paths = [save_figure(fig, out_dir / "learning_curves.png")]
     paths.extend(plot_test(pred, class_names, out_dir))
-
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(train_lengths, bins=50)
     ax.set(xlabel="tokens per review", ylabel="training reviews", title="review lengths")
-    paths.append(save_figure(fig, out_dir / "length_histogram.png"))
-    return paths
-
-
-def plot_confusion(matrix: np.ndarray, class_names: list[str], out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4 + len(class_names) * 0.4,) * 2)
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center")
-    ax.set(
-        xticks=range(len(class_names)),
-        yticks=range(len(class_names)),
-        xticklabels=class_names,
-        yticklabels=class_names,
-        xlabel="predicted",
-        ylabel="true",
-        title="test confusion matrix",
-    )
-    return save_figure(fig, out_dir / "confusion_matrix.png")
+    return [*paths, save_figure(fig, out_dir / "length_histogram.png")]
 
 
 def plot_test(pred: Predictions, class_names: list[str], out_dir: Path) -> list[Path]:
     """The test plots every kind of run logs: the confusion matrix, then `plot_curves`."""
-    matrix = confusion(pred, len(class_names))
-    return [plot_confusion(matrix, class_names, out_dir), *plot_curves(pred, class_names, out_dir)]
+    plt = _pyplot(out_dir)
+    fig, ax = plt.subplots(figsize=(4 + len(class_names) * 0.4,) * 2)
+    shown = skm.ConfusionMatrixDisplay(
+        confusion(pred, len(class_names)), display_labels=class_names
+    )
+    shown.plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
+    matrix = save_figure(fig, out_dir / "confusion_matrix.png")
+    return [matrix, *plot_curves(pred, class_names, out_dir)]
 
 
 def plot_curves(pred: Predictions, class_names: list[str], out_dir: Path) -> list[Path]:
@@ -195,12 +169,9 @@ def plot_curves(pred: Predictions, class_names: list[str], out_dir: Path) -> lis
     calibration curve: of that class's probability when binary, of the top label's otherwise
     (is a 0.8 confidence right 80% of the time?). The confusion matrix shows one threshold;
     these show every one. A curve needs both outcomes in the test labels: else it is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from sklearn.calibration import CalibrationDisplay
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _pyplot(out_dir)
     binary = len(class_names) == 2
     if binary:  # named outcomes: the displays' axes then say "(Positive label: <class>)"
         truth, score = np.asarray(class_names)[pred.labels], pred.probabilities[:, 1]
@@ -210,7 +181,17 @@ def plot_curves(pred: Predictions, class_names: list[str], out_dir: Path) -> lis
         score, positive = pred.probabilities.max(axis=1), "top label right"
     if len(np.unique(truth)) < 2:
         return []
-    paths = _rank_curves(truth, score, positive, out_dir) if binary else []
+    paths = []
+    if binary:
+        for display, name, title in (
+            (skm.RocCurveDisplay, "roc_curve", "ROC curve"),
+            (skm.PrecisionRecallDisplay, "precision_recall_curve", "precision-recall curve"),
+        ):
+            shown = display.from_predictions(
+                truth, score, pos_label=positive, name="model", plot_chance_level=True
+            )
+            shown.ax_.set(title=f"test {title}, positive class {positive}")
+            paths.append(save_figure(shown.figure_, out_dir / f"{name}.png"))
     shown = CalibrationDisplay.from_predictions(
         truth, score, n_bins=10, pos_label=positive, name="model"
     )
@@ -218,18 +199,15 @@ def plot_curves(pred: Predictions, class_names: list[str], out_dir: Path) -> lis
     return [*paths, save_figure(shown.figure_, out_dir / "calibration_curve.png")]
 
 
-def _rank_curves(truth: np.ndarray, score: np.ndarray, positive: str, out_dir: Path) -> list[Path]:
-    """ROC and precision-recall curves of a binary run's positive-class probability."""
-    shown = skm.RocCurveDisplay.from_predictions(
-        truth, score, pos_label=positive, name="model", plot_chance_level=True
-    )
-    shown.ax_.set(title=f"test ROC curve, positive class {positive}")
-    roc = save_figure(shown.figure_, out_dir / "roc_curve.png")
-    shown = skm.PrecisionRecallDisplay.from_predictions(
-        truth, score, pos_label=positive, name="model", plot_chance_level=True
-    )
-    shown.ax_.set(title=f"test precision-recall curve, positive class {positive}")
-    return [roc, save_figure(shown.figure_, out_dir / "precision_recall_curve.png")]
+def _pyplot(out_dir: Path):
+    """matplotlib's pyplot on the file-only Agg backend, `out_dir` made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plt
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:

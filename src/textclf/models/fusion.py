@@ -188,15 +188,9 @@ def mix_weights(
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         a, b, c = theta[0], theta[1], theta[2:]
         z = a * model + b * ngrams + c
-        if width == 1:
-            value = np.mean(np.logaddexp(0, z) - target * z)
-            error = (expit(z) - target) / n
-        else:
-            logp = log_softmax(z, axis=1)
-            value = -np.mean(np.sum(target * logp, axis=1))
-            error = (np.exp(logp) - target) / n
+        error = ((expit(z) if width == 1 else np.exp(log_softmax(z, axis=1))) - target) / n
         grad = [np.sum(error * model) + l2 * a, np.sum(error * ngrams) + l2 * b, *error.sum(0)]
-        return value + l2 / 2 * (a * a + b * b), np.array(grad)
+        return row_losses(z, labels).mean() + l2 / 2 * (a * a + b * b), np.array(grad)
 
     found = minimize(loss, np.r_[1.0, 1.0, np.zeros(width)], jac=True, method="L-BFGS-B").x
     return found[:2].astype("float32"), found[2:].astype("float32")

@@ -4,16 +4,13 @@ model, mixed with the LSTM (models/fusion.py).
 
 It reads the same padded token ids as the LSTM, so batching, evaluation, export (raw strings
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
-of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse n-gram
-rows: sublinear tf-idf (1 + log count, times idf), or for two classes NB-weighted
-binary n-grams (NBSVM's log-count ratios, Wang & Manning 2012). Words outside `tokenize.vocab_size`
-share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
+of id "words", which `SparseTfIdf` turns into sparse weighted n-gram rows. Words outside
+`tokenize.vocab_size` share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
 
 Why a solver and not Keras' loop: the model is convex, and a few Adam epochs with dropout
 stopped early reach less than the converged optimum with a regularisation strength chosen
 on validation (IMDB: 0.898 against 0.906 for the same kind of features in scikit-learn,
-docs/other_data.md). `fit` solves it for each C of `model.C_grid`, keeps the C with the best
-validation accuracy, and writes the weights into the Keras layer that is exported.
+docs/other_data.md).
 """
 
 from __future__ import annotations

@@ -46,13 +46,12 @@ class LstmConfig(LateFusion):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.segment is not None:
-            positive("model.segment", self.segment, null=True)
-            check(
-                self.pooling == "mean" and self.masking != "none",
-                "model.segment",
-                "windows are pooled by their mask: use model.pooling=mean and a masking mode",
-            )
+        positive("model.segment", self.segment, null=True)
+        check(
+            self.segment is None or (self.pooling == "mean" and self.masking != "none"),
+            "model.segment",
+            "windows are pooled by their mask: use model.pooling=mean and a masking mode",
+        )
         one_of(self.pooling, "model.pooling", ("mean", "last"))
         positive("model.embedding_dim", self.embedding_dim)
         positive("model.units", self.units)

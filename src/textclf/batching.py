@@ -87,44 +87,6 @@ def length_batches(
     return ranges
 
 
-def _sorted_pools(
-    ds: tf.data.Dataset,
-    size: int,
-    pool_batches: int,
-    token_budget: int | None = None,
-    max_rows: int | None = None,
-) -> tf.data.Dataset:
-    """Pools of `pool_batches` batches of consecutive reviews, each sorted by length and cut
-    into batches of `size` (with a token budget: wider batches of short reviews,
-    `length_batches`, and pools of `pool_batches` of the widest, `max_rows`, so a pool still
-    holds about `pool_batches` batches): padding as in a sorted epoch, members as random as
-    one pool allows."""
-
-    def limits(lengths: np.ndarray) -> np.ndarray:
-        ranges = length_batches(lengths, size, token_budget or 0, max_rows)
-        return np.array([stop for _, stop in ranges], np.int64)
-
-    def cut(x: tf.RaggedTensor, y: tf.Tensor) -> tf.data.Dataset:
-        order = tf.argsort(x.row_lengths(), stable=True)
-        ids, labels = tf.gather(x, order).to_tensor(), tf.gather(y, order)
-        if not token_budget:
-            return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(size).map(_trim)
-        stops = tf.numpy_function(limits, [tf.gather(x.row_lengths(), order)], tf.int64)
-        starts = tf.concat([[0], stops[:-1]], 0)
-        spans = tf.data.Dataset.from_tensor_slices((starts, stops))
-        return spans.map(lambda a, b: _trim(ids[a:b], labels[a:b]))
-
-    widest = max(size, max_rows or size) if token_budget else size
-    return ds.ragged_batch(widest * pool_batches).flat_map(cut)
-
-
-def _random_keys(ds: tf.data.Dataset, base: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-    """Each review paired with the length of a random other review (`base` shuffled apart):
-    `bucket` then builds batches of its usual sizes with members that ignore their length."""
-    keys = base.shuffle(base.cardinality(), seed=seed).map(lambda x, y: tf.shape(x)[0])
-    return tf.data.Dataset.zip(ds, keys)
-
-
 def examples(tokens: tf.RaggedTensor, labels: np.ndarray) -> tf.data.Dataset:
     """(ids, label) pairs, one dense row per review. Build it once per split and batch it for
     every epoch: each `from_tensor_slices` of a ragged tensor holds its own copy of the ids."""
@@ -179,22 +141,46 @@ def _per_batch(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.da
 
 
 def _bucket(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
-    boundaries = list(epoch.boundaries)
-    sizes = bucket_batch_sizes(boundaries, spec.batch_size, spec.token_budget, spec.max_batch_rows)
+    bounds = epoch.boundaries
+    sizes = bucket_batch_sizes(bounds, spec.batch_size, spec.token_budget, spec.max_batch_rows)
     if spec.bucket_keys == "random" and epoch.shuffle:
-        keyed = _random_keys(ds, epoch.examples, epoch.seed + 2).bucket_by_sequence_length(
-            lambda e, key: key, boundaries, sizes, pad_to_bucket_boundary=False
+        # each review keyed by the length of a random other review (the stored examples
+        # shuffled apart): bucket's usual batch sizes, members that ignore their length
+        others = epoch.examples.shuffle(epoch.examples.cardinality(), seed=epoch.seed + 2)
+        keys = others.map(lambda x, y: tf.shape(x)[0])
+        keyed = tf.data.Dataset.zip(ds, keys).bucket_by_sequence_length(
+            lambda e, key: key, bounds, sizes, pad_to_bucket_boundary=False
         )
         return keyed.map(lambda e, key: e)
     return ds.bucket_by_sequence_length(
-        lambda x, y: tf.shape(x)[0], boundaries, sizes, pad_to_bucket_boundary=False
+        lambda x, y: tf.shape(x)[0], bounds, sizes, pad_to_bucket_boundary=False
     )
 
 
 def _pooled(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:
-    return _sorted_pools(
-        ds, spec.batch_size, spec.pool_batches, spec.token_budget, spec.max_batch_rows
-    )
+    """Pools of `pool_batches` batches of consecutive reviews, each sorted by length and cut
+    into batches (with a token budget: wider batches of short reviews, `length_batches`, and
+    pools of `pool_batches` of the widest, `max_batch_rows`, so a pool still holds about
+    `pool_batches` batches): padding as in a sorted epoch, members as random as one pool
+    allows."""
+    size, budget = spec.batch_size, spec.token_budget
+
+    def limits(lengths: np.ndarray) -> np.ndarray:
+        ranges = length_batches(lengths, size, budget or 0, spec.max_batch_rows)
+        return np.array([stop for _, stop in ranges], np.int64)
+
+    def cut(x: tf.RaggedTensor, y: tf.Tensor) -> tf.data.Dataset:
+        order = tf.argsort(x.row_lengths(), stable=True)
+        ids, labels = tf.gather(x, order).to_tensor(), tf.gather(y, order)
+        if not budget:
+            return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(size).map(_trim)
+        stops = tf.numpy_function(limits, [tf.gather(x.row_lengths(), order)], tf.int64)
+        starts = tf.concat([[0], stops[:-1]], 0)
+        spans = tf.data.Dataset.from_tensor_slices((starts, stops))
+        return spans.map(lambda a, b: _trim(ids[a:b], labels[a:b]))
+
+    widest = max(size, spec.max_batch_rows or size) if budget else size
+    return ds.ragged_batch(widest * spec.pool_batches).flat_map(cut)
 
 
 def _exact(ds: tf.data.Dataset, spec: BatchingConfig, epoch: Epoch) -> tf.data.Dataset:

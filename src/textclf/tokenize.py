@@ -27,13 +27,9 @@ def html_standardize(text: tf.Tensor) -> tf.Tensor:
     return tf.strings.regex_replace(text, PUNCTUATION, " ")
 
 
-_STANDARDIZE = {
-    "html": html_standardize,
-    "lower_and_strip_punctuation": "lower_and_strip_punctuation",
-    "lower": "lower",
-    "strip_punctuation": "strip_punctuation",
-    "none": None,
-}
+def _standardize(name: str):
+    """`tokenize.standardize` as `TextVectorization` takes it: Keras' own by name, or ours."""
+    return {"html": html_standardize, "none": None}.get(name, name)
 
 
 @dataclass
@@ -56,11 +52,11 @@ def adapt(texts: list[str], cfg: TokenizeConfig) -> keras.layers.TextVectorizati
     """A vectorizer whose vocabulary comes from `texts` (pass training texts only)."""
     vectorizer = keras.layers.TextVectorization(
         max_tokens=cfg.vocab_size,
-        standardize=_STANDARDIZE[cfg.standardize],
+        standardize=_standardize(cfg.standardize),
         output_mode="int",
         ragged=True,
     )
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(BATCH))
     return vectorizer
 
 
@@ -105,7 +101,7 @@ def inference_vectorizer(
         "ragged": False,
         "output_sequence_length": cfg.max_length,
         "vocabulary": None,
-        "standardize": _STANDARDIZE[cfg.standardize],
+        "standardize": _standardize(cfg.standardize),
     }
     dense = keras.layers.TextVectorization(**config)
     dense.set_vocabulary(vectorizer.get_vocabulary())

@@ -1,9 +1,5 @@
-"""The models, one module each, and the one registry line per model that makes it
-`model=<name>`: a config class (its defaults and checks), a build function, if the served
-network differs from the trained one a serving function, and if it is not trained by Keras'
-loop a fit function. A new model is a module here, a `conf/model/<name>.yaml` and a line
-below; its config subclassing `fusion.LateFusion` and its network ending in `head` give it
-the n-gram mix (models/fusion.py)."""
+"""The models, one module each, and one registry line per model making it `model=<name>`
+(with `conf/model/<name>.yaml`; docs/design.md, Models)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""What every model gets to build from, and the registry that maps a config class to its model.
-
-A model is a config class (a `ModelConfig` subclass with a `name`), a `build(cfg, inputs)`
-function returning an uncompiled Keras model from padded token ids [batch, time] to class
-probabilities, optionally a `serving(net, cfg)` function turning the trained network into
-the one `model.keras` runs, optionally a `fit(net, train, val, cfg, callbacks)` function
-that fits it by its own solver instead of Keras' training loop (bow's logistic regression),
-returning (history, seconds per step of the solver, index of the kept step, stop reason).
-A network that ends in `head` exposes its logits, so a config subclassing
-`fusion.LateFusion` gets the n-gram mix with no code of its own (models/fusion.py).
-`models/__init__.py` registers the project's own.
+"""What every model builds from (`ModelInputs`) and ends in (`head`), and the registry mapping
+a config class to its functions (docs/design.md, Models). A model's optional `fit(net, train,
+val, cfg, callbacks)` solves it instead of Keras' loop (bow's logistic regression) and returns
+(history, seconds per step of the solver, index of the kept step, stop reason).
 """
 
 from __future__ import annotations

@@ -4,16 +4,13 @@ model, mixed with the LSTM (models/fusion.py).
 
 It reads the same padded token ids as the LSTM, so batching, evaluation, export (raw strings
 in), `make predict` and serving are shared unchanged: each row's ids are written as a string
-of id "words", and `SparseTfIdf` (adapted on the training rows) turns them into sparse n-gram
-rows: sublinear tf-idf (1 + log count, times idf), or for two classes NB-weighted
-binary n-grams (NBSVM's log-count ratios, Wang & Manning 2012). Words outside `tokenize.vocab_size`
-share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
+of id "words", which `SparseTfIdf` turns into sparse weighted n-gram rows. Words outside
+`tokenize.vocab_size` share the OOV id, and `tokenize.max_length` truncates, as for the LSTM.
 
 Why a solver and not Keras' loop: the model is convex, and a few Adam epochs with dropout
 stopped early reach less than the converged optimum with a regularisation strength chosen
 on validation (IMDB: 0.898 against 0.906 for the same kind of features in scikit-learn,
-docs/other_data.md). `fit` solves it for each C of `model.C_grid`, keeps the C with the best
-validation accuracy, and writes the weights into the Keras layer that is exported.
+docs/other_data.md).
 """
 
 from __future__ import annotations
@@ -112,23 +109,17 @@ class SparseTfIdf(layers.Layer):
     `log(1 + documents / (1 + document count))` (the mean idf for out-of-vocabulary
     n-grams); with `"nb"`, 1 × its NB log-count ratio `log((p / |p|₁) / (q / |q|₁))`, p and
     q the training rows containing it of class 1 and class 0, plus 1 (NBSVM). Each row is
-    then scaled to unit length, as scikit-learn's. The rows stay sparse: a dense row is
-    `max_tokens` floats, and building and multiplying 256 of them took ~8× the time
-    (docs/design.md). Keras' own sparse tf_idf fails when called (a GatherNd on its idf
-    weights), so this counts n-grams with `output_mode="count", sparse=True` and weighs them
-    itself. `adapt` sets the vocabulary and weights from training rows; model.keras saves both.
+    then scaled to unit length, as scikit-learn's. The rows stay sparse, counted with
+    `output_mode="count"` and weighed here: Keras' sparse tf_idf fails when called
+    (docs/design.md). `adapt` sets the vocabulary and weights; model.keras saves both.
     """
 
     def __init__(
         self, ngrams: int, max_tokens: int, size: int = 1, weighting: str = "tfidf", **kwargs
     ):
         super().__init__(**kwargs)
-        self.ngrams, self.max_tokens, self.size, self.weighting = (
-            ngrams,
-            max_tokens,
-            size,
-            weighting,
-        )
+        self.ngrams, self.max_tokens = ngrams, max_tokens
+        self.size, self.weighting = size, weighting
         self.counts = layers.TextVectorization(
             max_tokens=max_tokens,
             standardize=None,
@@ -200,21 +191,6 @@ class SparseTfIdf(layers.Layer):
         }
 
 
-def ngram_features(inputs: ModelInputs, cfg: BowConfig) -> Callable:
-    """Padded ids → sparse weighted n-gram rows, the vocabulary and weights adapted on the
-    training rows' ids (and labels, for "nb")."""
-    if inputs.train_tokens is None:
-        raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
-    how = weighting(cfg, inputs.num_classes)
-    tfidf = SparseTfIdf(
-        max(cfg.ngrams), cfg.ngram_vocab, weighting=how, dtype="float32", name="ngrams"
-    )
-    labels = None if how != "nb" else np.asarray(inputs.train_labels)
-    tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(inputs.train_tokens)).batch(1024), labels)
-    id_words = IdWords(name="id_words")
-    return lambda tokens: tfidf(id_words(tokens))
-
-
 def weighting(cfg: BowConfig, num_classes: int) -> str:
     """The layer's weighting `cfg.weighting` means for `num_classes` classes."""
     if cfg.weighting == "auto":
@@ -228,10 +204,19 @@ def weighting(cfg: BowConfig, num_classes: int) -> str:
 
 
 def build(cfg: BowConfig, inputs: ModelInputs) -> keras.Model:
-    """An uncompiled model from padded int ids to class probabilities (see `ngram_features`);
-    its weights are set by `fit`."""
+    """An uncompiled model from padded int ids through sparse weighted n-gram rows, their
+    vocabulary and weights adapted on the training rows' ids (and labels, for "nb"), to class
+    probabilities; its linear layer's weights are set by `fit`."""
+    if inputs.train_tokens is None:
+        raise ValueError("n-gram features adapt on the training rows: pass train_tokens")
+    how = weighting(cfg, inputs.num_classes)
+    tfidf = SparseTfIdf(
+        max(cfg.ngrams), cfg.ngram_vocab, weighting=how, dtype="float32", name="ngrams"
+    )
+    labels = None if how != "nb" else np.asarray(inputs.train_labels)
+    tfidf.adapt(tf.data.Dataset.from_tensor_slices(words(inputs.train_tokens)).batch(1024), labels)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    features = ngram_features(inputs, cfg)(tokens)
+    features = tfidf(IdWords(name="id_words")(tokens))
     return keras.Model(tokens, head(features, inputs.num_classes, name=LOGITS), name="bow")
 
 

@@ -10,6 +10,7 @@ at export (`model.serve_lstm=fused`).
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -25,19 +26,10 @@ class LSTM(keras.layers.LSTM):
         return super().get_config() | {"use_cudnn": self.use_cudnn}
 
 
-def _gpu_available() -> bool:
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return bool(tf.config.list_logical_devices("GPU"))
-
-
 @keras.saving.register_keras_serializable(package="textclf")
 class FusedLSTM(LSTM):
-    """`keras.layers.LSTM` run by TensorFlow's fused CPU kernel (`BlockLSTM`, the op behind
-    the old `LSTMBlockFusedCell`): the whole sequence, forward and backward, in one op each
-    instead of a graph loop of small ops per time step.
+    """`keras.layers.LSTM` run by TensorFlow's fused kernel (`BlockLSTM`, the op behind the
+    old `LSTMBlockFusedCell`).
 
     The kernel takes no per-row mask, only a step count, so each row's unmasked steps are
     gathered to its front, run, and the outputs put back where Keras' LSTM puts them (zeros
@@ -59,7 +51,7 @@ class FusedLSTM(LSTM):
             keras.backend.backend() != "tensorflow"
             or cell.recurrent_dropout
             or not default_activations
-            or (self.use_cudnn is not False and _gpu_available())
+            or (self.use_cudnn is not False and tf.config.list_logical_devices("GPU"))
         ):
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)
         if isinstance(mask, list | tuple):
@@ -72,8 +64,6 @@ class FusedLSTM(LSTM):
 
 
 def _fused_loop(sequences, mask, initial_state, cell, go_backwards: bool, zero_output: bool):
-    import tensorflow as tf
-
     x = tf.convert_to_tensor(sequences)
     batch, steps = tf.shape(x)[0], tf.shape(x)[1]
     mask = tf.ones([batch, steps], tf.bool) if mask is None else tf.cast(mask, tf.bool)

@@ -1,14 +1,10 @@
 """Late fusion: any model mixed with bow's n-gram model (`model.ngram_branch=true`).
 
 A model whose config subclasses `LateFusion` (instead of `ModelConfig`) and whose network ends
-in `base.head` gets it with no code of its own (`Mixer`): bow's n-gram model (models/bow.py)
-is solved on the training rows; Keras' loop trains the model alone, to its own early stop;
-then the two models' logits are mixed,
-`a · model + b · ngrams + c`, with a, b and c fit on the validation split's log loss, or the
-n-grams kept alone (a = 0) when the model's lift is within its noise.
-Trained apart, neither half starves the other: trained jointly (the LSTM's former default),
-the n-gram weights memorised the training set within two epochs and left the LSTM almost
-nothing to learn (docs/results.md has both measured).
+in `base.head` gets it with no code of its own (`Mixer`; docs/design.md). Trained apart,
+neither half starves the other: trained jointly (the LSTM's former default), the n-gram
+weights memorised the training set within two epochs and left the LSTM almost nothing to
+learn (docs/results.md has both measured).
 """
 
 from __future__ import annotations
@@ -63,9 +59,8 @@ class Mix(layers.Layer):
 
 
 class Mixer:
-    """Late fusion around Keras' loop: built before training, it solves bow's n-gram model on
-    the training rows; after training, `mix` fixes the mix's weights, or keeps the n-grams
-    alone (weight 0) when the model's lift is within its noise."""
+    """Late fusion around Keras' loop, to its own early stop: built before training, it solves
+    bow's n-gram model (models/bow.py) on the training rows; after training, `mix` mixes."""
 
     def __init__(
         self,
@@ -76,11 +71,11 @@ class Mixer:
         val_batches,
         cfg: LateFusion,
     ):
-        self.linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
-        self.linear = linear = bow.build(self.linear_cfg, inputs)  # model=bow's model, solved
-        _, _, kept, _ = bow.fit(linear, train, val, self.linear_cfg)
+        linear_cfg = bow.BowConfig(ngrams=cfg.ngrams, ngram_vocab=cfg.ngram_vocab)
+        self.linear = linear = bow.build(linear_cfg, inputs)  # model=bow's model, solved
+        _, _, kept, _ = bow.fit(linear, train, val, linear_cfg)
         # the n-gram model's length and C, chosen on validation
-        self.n, self.C = bow.grid(self.linear_cfg)[kept]
+        self.n, self.C = bow.grid(linear_cfg)[kept]
         self.fused = fuse(net, linear, inputs.num_classes)
         both = keras.Model(self.fused.input, self.fused.get_layer("mix").input)
         # one graph for batches of every length (predict_on_batch would trace one per length)
@@ -188,15 +183,9 @@ def mix_weights(
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         a, b, c = theta[0], theta[1], theta[2:]
         z = a * model + b * ngrams + c
-        if width == 1:
-            value = np.mean(np.logaddexp(0, z) - target * z)
-            error = (expit(z) - target) / n
-        else:
-            logp = log_softmax(z, axis=1)
-            value = -np.mean(np.sum(target * logp, axis=1))
-            error = (np.exp(logp) - target) / n
+        error = ((expit(z) if width == 1 else np.exp(log_softmax(z, axis=1))) - target) / n
         grad = [np.sum(error * model) + l2 * a, np.sum(error * ngrams) + l2 * b, *error.sum(0)]
-        return value + l2 / 2 * (a * a + b * b), np.array(grad)
+        return row_losses(z, labels).mean() + l2 / 2 * (a * a + b * b), np.array(grad)
 
     found = minimize(loss, np.r_[1.0, 1.0, np.zeros(width)], jac=True, method="L-BFGS-B").x
     return found[:2].astype("float32"), found[2:].astype("float32")

@@ -36,9 +36,8 @@ class LstmConfig(LateFusion):
     # mean: masked average of the LSTM outputs | last: final state. Measured, then removed:
     # max (masked maximum) and concat (mean, max and final state), no gain (docs/results.md)
     pooling: str = "mean"
-    # the LSTM the exported model.keras runs: fused (FusedLSTM with the trained weights, same
-    # answers; one kernel call per review instead of a loop of small ops per step: single-review
-    # latency 3.3x lower in make bench, docs/bench.md) | trained (Keras' LSTM, as trained)
+    # the LSTM model.keras runs: fused (FusedLSTM, the trained weights and answers, single-review
+    # latency 3.3x lower: models/fused.py) | trained (Keras' LSTM, as trained)
     serve_lstm: str = "fused"
     # segments: the LSTM reads each review in windows of this many tokens, all windows of a
     # batch side by side (short loops, wide matmuls), and mean-pools each review over its own
@@ -47,13 +46,12 @@ class LstmConfig(LateFusion):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.segment is not None:
-            positive("model.segment", self.segment, null=True)
-            check(
-                self.pooling == "mean" and self.masking != "none",
-                "model.segment",
-                "windows are pooled by their mask: use model.pooling=mean and a masking mode",
-            )
+        positive("model.segment", self.segment, null=True)
+        check(
+            self.segment is None or (self.pooling == "mean" and self.masking != "none"),
+            "model.segment",
+            "windows are pooled by their mask: use model.pooling=mean and a masking mode",
+        )
         one_of(self.pooling, "model.pooling", ("mean", "last"))
         positive("model.embedding_dim", self.embedding_dim)
         positive("model.units", self.units)

@@ -210,7 +210,7 @@ def start_run(
     (ms since the epoch) dates a run opened after its work began. `training=False`: the
     experiment holds other runs (evaluations, benchmarks) and gets no training description."""
     client, experiment_id = connect(uri, experiment, training)
-    all_tags = dict(tags or {})
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     resumed = bool(run_id)
@@ -218,10 +218,7 @@ def start_run(
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(
-            experiment_id,
-            start_time=start_time,
-            run_name=run_name,
-            tags={k: str(v) for k, v in all_tags.items()},
+            experiment_id, start_time=start_time, run_name=run_name, tags=all_tags
         ).info.run_id
     run = Run(client, run_id)
     try:

@@ -43,27 +43,24 @@ class RunFolder:
     PLOTS = "plots"
     LOGGED = (CONFIG, VOCABULARY, METRICS, DATA_REPORT, MODEL, CLASSES)  # the run's artifacts
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
     @property
     def model(self) -> Path:
-        return self.path / self.MODEL
+        return self / self.MODEL
 
     @property
     def classes(self) -> Path:
-        return self.path / self.CLASSES
+        return self / self.CLASSES
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / self.CHECKPOINT
+        return self / self.CHECKPOINT
 
     @property
     def plots(self) -> Path:
-        return self.path / self.PLOTS
+        return self / self.PLOTS
 
     def prepare(self) -> None:
         """Create the folder and prove that it takes files, before any data is read or any run
@@ -79,25 +76,25 @@ class RunFolder:
 
     def logged(self) -> list[Path]:
         """The files of `LOGGED` the folder holds."""
-        return [self.path / name for name in self.LOGGED if (self.path / name).is_file()]
+        return [self / name for name in self.LOGGED if (self / name).is_file()]
 
     def missing(self, *names: str) -> list[str]:
-        return [name for name in names if not (self.path / name).is_file()]
+        return [name for name in names if not (self / name).is_file()]
 
     def read_json(self, name: str):
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        return json.loads((self / name).read_text(encoding="utf-8"))
 
     def write_json(self, name: str, value: object) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / name).write_text(json.dumps(value, indent=2), encoding="utf-8")
-        return self.path / name
+        (self / name).write_text(json.dumps(value, indent=2), encoding="utf-8")
+        return self / name
 
     def run_id(self) -> str | None:
-        saved = self.path / self.RUN_ID
+        saved = self / self.RUN_ID
         return saved.read_text().strip() if saved.is_file() else None
 
     def save_run_id(self, run_id: str) -> None:
-        (self.path / self.RUN_ID).write_text(run_id)
+        (self / self.RUN_ID).write_text(run_id)
 
     def identity(self) -> tuple[str, dict[str, str]]:
         """The run name and tags saved when the run started."""

@@ -176,14 +176,9 @@ def register_model(uri: str, model: str, name: str, alias: str) -> str:
         raise TrackingError(
             f"cannot register {model} as {name}@{alias} in {uri}: {first_line(error)}"
         ) from None
+    loads = f"models:/{name}@{alias}"
     log.info(
-        "%s is version %s of %s; alias %s points to it: models:/%s@%s",
-        model,
-        version,
-        name,
-        alias,
-        name,
-        alias,
+        "%s is version %s of %s; alias %s points to it: %s", model, version, name, alias, loads
     )
     return str(version)
 

@@ -20,7 +20,6 @@ import pandas as pd
 from mlflow.entities import (
     Dataset,
     DatasetInput,
-    Experiment,
     InputTag,
     Metric,
     Param,
@@ -32,6 +31,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import (
     MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
 )
@@ -41,7 +41,6 @@ from . import ui
 from .outage import (
     KeepsMetrics,
     TrackingError,
-    check_server,
     first_line,
     is_unreachable,
     now_ms,
@@ -52,7 +51,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs s
 # MLflow's INFO lines (signature inference, system metrics starting and stopping, store
 # migrations) would be a run's last words; MLFLOW_LOGGING_LEVEL=INFO brings them back.
 logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL") or "WARNING")
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = MLFLOW_PARENT_RUN_ID
 SQLITE = "sqlite:///"  # an SQLite store's URI: this, then the file's absolute path (sqlite_uri)
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's words
 _BATCH = 100
@@ -70,25 +69,24 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
 
 
-def _local_artifacts(uri: str) -> str | None:
-    """Artifact root beside a local SQLite store; None lets a tracking server decide."""
-    store = sqlite_path(uri)
-    return None if store is None else (store.parent / "mlartifacts").as_uri()
-
-
 def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, created if needed; fails fast naming the URI. An
-    experiment of `training` runs gets the description and kind the UI shows (`describe`)."""
+    experiment of `training` runs gets the description and kind the UI shows (`ui`)."""
     store = sqlite_path(uri)
+    artifacts = None  # a tracking server's choice
     if store is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri)
+        artifacts = (store.parent / "mlartifacts").as_uri()  # beside the local store
+    elif problem := server_problem(uri):  # at once: MLflow's own client retries for minutes
+        raise TrackingError(
+            f"the MLflow tracking server {uri!r} is not reachable ({problem}). "
+            "Start it (make server) or fix tracking.uri."
+        )
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            created = client.create_experiment(experiment, artifact_location=_local_artifacts(uri))
+            created = client.create_experiment(experiment, artifact_location=artifacts)
             found = client.get_experiment(created)
     except Exception as error:  # MLflow raises many types for an unusable store
         if "already exists" in str(error):  # created meanwhile by a parallel job
@@ -100,17 +98,14 @@ def connect(uri: str, experiment: str, training: bool = True) -> tuple[MlflowCli
             f"{type(error).__name__}: {first_line(error)}. "
             "Check tracking.uri (or start the server it names)."
         ) from error
+    # A new experiment, or one from before them, gets the UI's tags it lacks; best effort:
+    # who may log runs to an experiment may not edit it (`make server AUTH=1`).
     if training:
-        describe(client, found, ui.experiment_tags(found.experiment_id))
+        tags = ui.experiment_tags(found.experiment_id)
+        for key in tags.keys() - found.tags.keys():
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.set_experiment_tag(found.experiment_id, key, tags[key])
     return client, found.experiment_id
-
-
-def describe(client: MlflowClient, experiment: Experiment, tags: dict[str, str]) -> None:
-    """Give a new experiment, or one from before them, the UI's tags it lacks (`ui`). Best
-    effort: who may log runs to an experiment may not edit it (`make server AUTH=1`)."""
-    for key in tags.keys() - experiment.tags.keys():
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            client.set_experiment_tag(experiment.experiment_id, key, tags[key])
 
 
 def source_tags(command: str, cwd: str | Path | None = None) -> dict[str, str]:
@@ -158,18 +153,12 @@ class Run(KeepsMetrics):
         self.pending: list[Metric] = []
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        self.client.log_batch(
+            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+        )
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self._send([Metric(k, float(v), int(now_ms()), step) for k, v in metrics.items()])
-
-    def _send(self, items: list[Metric]) -> None:
-        # Sending a metric twice is harmless: the store drops an exact duplicate (same key,
-        # value, step and timestamp), so a batch cut short by a lost server can be resent whole.
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+        self._send([Metric(k, float(v), now_ms(), step) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -221,7 +210,7 @@ def start_run(
     (ms since the epoch) dates a run opened after its work began. `training=False`: the
     experiment holds other runs (evaluations, benchmarks) and gets no training description."""
     client, experiment_id = connect(uri, experiment, training)
-    all_tags = dict(tags or {})
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     resumed = bool(run_id)
@@ -229,10 +218,7 @@ def start_run(
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(
-            experiment_id,
-            start_time=start_time,
-            run_name=run_name,
-            tags={k: str(v) for k, v in all_tags.items()},
+            experiment_id, start_time=start_time, run_name=run_name, tags=all_tags
         ).info.run_id
     run = Run(client, run_id)
     try:

@@ -319,7 +319,7 @@ def _drop_seen(train: Split, test_texts: set[str], stats: dict[str, int]) -> Spl
 def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, where: str) -> None:
     """Say what `repeats` found; refuse it with data.duplicates=refuse, and with `keep` when
     conflicting labels exceed data.max_conflicts of the training rows."""
-    found = _repeats_found(counts)
+    found = "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
     if not found:
         return
     if cfg.duplicates == "refuse":
@@ -343,11 +343,6 @@ def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, whe
         where,
         found,
     )
-
-
-def _repeats_found(counts: dict[str, int]) -> str:
-    """The non-zero counts of `repeats`, in words, or ""."""
-    return "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
 
 
 # --- lineage: which rows a run saw -----------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import DataConfig
+from ..config import DataConfig, registered
 from . import aclimdb, csv, imdb
 from .core import (
     REGISTRY,
@@ -25,7 +25,6 @@ from .core import (
     digest,
     register,
     report,
-    spec,
     split,
 )
 from .table import TABLE_SUFFIXES, read_table
@@ -37,7 +36,9 @@ register(csv.CsvConfig, csv.load_table)
 
 def load(config: DataConfig) -> Dataset:
     """The configured source, cleaned and split."""
-    return split(spec(config).load(config), config)
+    how = "textclf.data.register(<config class>, <load function>)"
+    source = registered(REGISTRY, config.source, config, "data", "data source", how)
+    return split(source.load(config), config)
 
 
 def lineage(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, check, registered
+from ..config import DataConfig, check
 
 log = logging.getLogger(__name__)
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -85,11 +85,6 @@ REGISTRY: dict[str, Source] = {}
 def register(config: type[DataConfig], load: Callable[[Any], Raw]) -> None:
     """Make a source loadable by `data.load` and selectable as `data=<source>`."""
     REGISTRY[config.source] = Source(config, load)
-
-
-def spec(cfg: DataConfig) -> Source:
-    how = "textclf.data.register(<config class>, <load function>)"
-    return registered(REGISTRY, cfg.source, cfg, "data", "data source", how)
 
 
 def require_path(cfg: Any) -> None:

@@ -1,11 +1,6 @@
-"""The data stage: labelled texts from a registered source, cleaned and split.
-
-A source is a module here with its config class (a `DataConfig` subclass: its `source` name,
-its own settings and their checks) and a `load(cfg)` returning the rows it read (`Raw`: texts
-and integer labels per split, the test split optional), registered below with one line; the
-entry point stores its config as the `data` group's `<source>_schema`, which
-`conf/data/<source>.yaml` starts from. What every source shares lives in `core.py` (splitting,
-the counts, repeated texts, lineage) and `table.py` (CSV/TSV/JSON Lines reading).
+"""The data stage: labelled texts from a registered source, cleaned and split. A source is a
+module here with its `DataConfig` subclass and `load(cfg) -> Raw`, registered below with one
+line (docs/design.md lists what adding one takes); what sources share is `core.py` and `table.py`.
 """
 
 # ruff: noqa: F401  (a package's API: the names imported here)
@@ -14,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import DataConfig
+from ..config import DataConfig, registered
 from . import aclimdb, csv, imdb
 from .core import (
     REGISTRY,
@@ -30,7 +25,6 @@ from .core import (
     digest,
     register,
     report,
-    spec,
     split,
 )
 from .table import TABLE_SUFFIXES, read_table
@@ -42,7 +36,9 @@ register(csv.CsvConfig, csv.load_table)
 
 def load(config: DataConfig) -> Dataset:
     """The configured source, cleaned and split."""
-    return split(spec(config).load(config), config)
+    how = "textclf.data.register(<config class>, <load function>)"
+    source = registered(REGISTRY, config.source, config, "data", "data source", how)
+    return split(source.load(config), config)
 
 
 def lineage(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .core import DataError, Raw, Split, as_split, decode, require_path, warn_invalid_utf8
+from .core import DataError, Raw, as_split, decode, require_path, warn_invalid_utf8
 from .imdb import IMDB_CLASSES
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,14 @@ def load_aclimdb(path: str | Path, urls_path: str | Path | None = None) -> Raw:
     outside = Path(urls_path).expanduser() if urls_path else path.parent / URLS_FOLDER
     if urls_path or (not urls and outside.is_dir()):
         urls = _url_lists(outside)
-    train, test = (reviews[s] for s in ("train", "test"))
-    groups = _movies(train, urls) if urls else None
-    warn_invalid_utf8(path, stats)
-    return Raw(
-        Split([t for t, _, _ in train], np.array([y for _, y, _ in train], np.int32), groups),
-        as_split([t for t, _, _ in test], [y for _, y, _ in test]),
-        list(IMDB_CLASSES),
-        stats,
+    train, test = (
+        as_split([t for t, _, _ in reviews[s]], [y for _, y, _ in reviews[s]])
+        for s in ("train", "test")
     )
+    if urls:
+        train.groups = _movies(reviews["train"], urls)
+    warn_invalid_utf8(path, stats)
+    return Raw(train, test, list(IMDB_CLASSES), stats)
 
 
 def _url_lists(folder: Path) -> dict[tuple[str, str], list[str]]:

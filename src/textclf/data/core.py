@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, check, registered
+from ..config import DataConfig, check
 
 log = logging.getLogger(__name__)
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -85,11 +85,6 @@ REGISTRY: dict[str, Source] = {}
 def register(config: type[DataConfig], load: Callable[[Any], Raw]) -> None:
     """Make a source loadable by `data.load` and selectable as `data=<source>`."""
     REGISTRY[config.source] = Source(config, load)
-
-
-def spec(cfg: DataConfig) -> Source:
-    how = "textclf.data.register(<config class>, <load function>)"
-    return registered(REGISTRY, cfg.source, cfg, "data", "data source", how)
 
 
 def require_path(cfg: Any) -> None:
@@ -319,7 +314,7 @@ def _drop_seen(train: Split, test_texts: set[str], stats: dict[str, int]) -> Spl
 def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, where: str) -> None:
     """Say what `repeats` found; refuse it with data.duplicates=refuse, and with `keep` when
     conflicting labels exceed data.max_conflicts of the training rows."""
-    found = _repeats_found(counts)
+    found = "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
     if not found:
         return
     if cfg.duplicates == "refuse":
@@ -343,11 +338,6 @@ def _judge_repeats(counts: dict[str, int], train_rows: int, cfg: DataConfig, whe
         where,
         found,
     )
-
-
-def _repeats_found(counts: dict[str, int]) -> str:
-    """The non-zero counts of `repeats`, in words, or ""."""
-    return "; ".join(f"{counts[k]} {words} ({k})" for k, words in REPEATS.items() if counts.get(k))
 
 
 # --- lineage: which rows a run saw -----------------------------------------------------------

@@ -100,7 +100,7 @@ def _labelled_rows(
     if missing:
         where = (
             f"{path}: {len(missing)} row(s) without a label in column {cfg.label_column!r} "
-            f"(line {_first(missing)})"
+            f"(line {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
         )
         if cfg.missing_labels == "error":
             raise DataError(
@@ -115,10 +115,6 @@ def _labelled_rows(
             "; ".join(f"{label!r} <- {', '.join(s[:5])}" for label, s in merged.items()),
         )
     return rows
-
-
-def _first(lines: list[int], shown: int = 5) -> str:
-    return ", ".join(map(str, lines[:shown])) + (", ..." if len(lines) > shown else "")
 
 
 def _configured_classes(classes: Sequence) -> list[str]:
@@ -150,12 +146,6 @@ def _refuse_case_twins(labels: set[str], listed: set[str], path: Path) -> None:
         )
 
 
-def _sort_classes(values: set[str]) -> list[str]:
-    if all(NUMBER.fullmatch(v) for v in values):
-        return sorted(values, key=Decimal)
-    return sorted(values)
-
-
 def load_table(cfg: CsvConfig) -> Raw:
     """Read a CSV, TSV or JSON Lines file (and an optional test file) of labelled texts. The
     classes are data.classes, in its order, else the training file's labels, sorted."""
@@ -166,8 +156,9 @@ def load_table(cfg: CsvConfig) -> Raw:
     rows = {part: _labelled_rows(file, cfg, part, stats) for part, file in files.items()}
     if cfg.classes:
         class_names = _configured_classes(cfg.classes)
-    else:
-        class_names = _sort_classes({label for _, label, _ in rows["train"]})
+    else:  # by value when every label is a number
+        labels = {label for _, label, _ in rows["train"]}
+        class_names = sorted(labels, key=Decimal if all(map(NUMBER.fullmatch, labels)) else None)
     found = {label for part in rows.values() for _, label, _ in part}
     _refuse_case_twins(found | set(class_names), set(class_names) if cfg.classes else set(), path)
     if len(class_names) < 2:

@@ -73,26 +73,25 @@ def read_table(
             "delimiter) or JSON Lines (.jsonl, .json, .ndjson)."
         )
     lines, bad = _decoded_lines(path)
-    separator = TABLE_FORMATS[suffix]
-    if separator is None:
-        if delimiter:
-            raise DataError(
-                f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
-                "to .csv and .tsv files; leave it unset."
-            )
+    if TABLE_FORMATS[suffix] is None and delimiter:
+        raise DataError(
+            f"{path} is JSON Lines: data.delimiter={delimiter!r} applies only "
+            "to .csv and .tsv files; leave it unset."
+        )
+    delimiter = delimiter or TABLE_FORMATS[suffix]
+    if delimiter is None:
         names, records = _json_records(path, lines)
     else:
-        names, records = _delimited_records(path, lines, delimiter or separator, delimiter_key)
+        names, records = _delimited_records(path, lines, delimiter, delimiter_key)
     missing = [c for c in columns if c not in names]
     if missing:
-        hint = _delimiter_hint(lines, delimiter or TABLE_FORMATS[suffix], delimiter_key, columns)
+        hint = _delimiter_hint(lines, delimiter, delimiter_key, columns) if delimiter else ""
         raise DataError(f"{path} has no column(s) {missing}; it has {names}; {hint or fix}")
-    table = Table({c: [] for c in columns}, [])
-    for first, last, record in records:
-        table.lines.append(first)
-        table.invalid_utf8 += any(n in bad for n in range(first, last + 1))
-        for column in columns:
-            table.columns[column].append(record.get(column))
+    table = Table(
+        {c: [record.get(c) for _, _, record in records] for c in columns},
+        [first for first, _, _ in records],
+        sum(any(n in bad for n in range(first, last + 1)) for first, last, _ in records),
+    )
     if table.invalid_utf8:
         log.warning(
             "%s: %d record(s) held invalid UTF-8, replaced by U+FFFD (first at line %d)",
@@ -174,13 +173,11 @@ def _delimited_records(
 
 
 def _delimiter_hint(
-    lines: list[str], delimiter: str | None, key: str | None, columns: Sequence[str] = ()
+    lines: list[str], delimiter: str, key: str | None, columns: Sequence[str] = ()
 ) -> str:
     """When the header and first rows read cleanly with another common delimiter (a `;` export
     of a European-locale spreadsheet, a tab-separated file named .csv), which one and the
     setting `key` that reads with it; else "". One whose header holds `columns` comes first."""
-    if delimiter is None:  # JSON Lines
-        return ""
     fits = [d for d in SNIFFED_DELIMITERS if d != delimiter and _reads_cleanly(lines, d)]
     fits.sort(key=lambda d: not set(columns) <= set(_header(lines, d)))
     if not fits:

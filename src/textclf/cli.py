@@ -2,8 +2,8 @@
 its primary config in `COMMANDS`, and `textclf log-model <run folder>`. The study commands'
 apps live in `studies/commands.py`, imported only when one runs.
 
-Only this module reads Hydra's DictConfig: it validates it into typed objects and hands
-plain values down to the orchestration.
+Only the entry points (this module, `studies/commands.py` and the sweep callback) read Hydra's
+DictConfig: they validate it into typed objects and hand plain values down.
 """
 
 from __future__ import annotations

@@ -29,11 +29,10 @@ def register_schemas() -> None:
 
 
 def arguments(name: str, args: list[str]) -> tuple[list[str], App]:
-    """The command line as Hydra is to read it, and the app of study command `name`."""
+    """The command line as Hydra is to read it, and the app of study command `name`
+    (`PREPARE`)."""
     register_schemas()
-    if name == "tune":
-        return _tune_arguments(args)
-    return args, {"baseline": baseline, "compare": compare, "bench": bench}[name]
+    return PREPARE[name](args)
 
 
 def tune(space: dict[str, str]) -> Callable[[DictConfig], object]:
@@ -146,3 +145,12 @@ def _tune_arguments(args: list[str]) -> tuple[list[str], App]:
         args.insert(0, "hparams_search=imdb_optuna")
     args.insert(0, "hydra.job.name=tune")  # its log: tune.log
     return args, tune(space)
+
+
+# study command → (its arguments → the command line Hydra reads, and the app to run)
+PREPARE: dict[str, Callable[[list[str]], tuple[list[str], App]]] = {
+    "tune": _tune_arguments,
+    "baseline": lambda args: (args, baseline),
+    "compare": lambda args: (args, compare),
+    "bench": lambda args: (args, bench),
+}

@@ -56,7 +56,7 @@ class BaselineConfig:
         positive("max_iter", self.max_iter)
 
 
-# by the name conf/compare.yaml and conf/baseline.yaml start from (`commands.arguments`)
+# by the name conf/compare.yaml and conf/baseline.yaml start from (`commands.register_schemas`)
 SCHEMAS: dict[str, type] = {
     "config_schema_compare": CompareConfig,
     "config_schema_baseline": BaselineConfig,
